@@ -1,0 +1,54 @@
+# kick-monitor. `make help` lists the targets; each one is a thin wrapper over the CLI or a tool.
+# Everything runs from .venv (created on first use; rebuilt only when setup.cfg or setup.py change).
+
+PYTHON   ?= python3
+VENV     ?= .venv
+BIN      := $(VENV)/bin
+STAMP    := $(VENV)/.installed
+CONFIG   ?=
+SCENARIO ?= S1
+PYTEST_ARGS ?=
+KICK_MONITOR := $(BIN)/kick-monitor $(if $(CONFIG),--config $(CONFIG))
+
+.DEFAULT_GOAL := help
+.PHONY: help venv test test-faults lint run demo migrate status bench
+
+help: ## list the targets
+	@echo "usage: make TARGET [CONFIG=file.env] [SCENARIO=S1]"
+	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z_-]+:.*?## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+venv: $(STAMP) ## create .venv and install kick-monitor with its test extra
+
+$(STAMP): setup.cfg setup.py
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "kick-monitor needs python 3.11+, $(PYTHON) is " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+test: venv ## run the test suite (all but tests marked slow) against real PostgreSQL and processes
+	@$(BIN)/python -m pytest -m "not slow" -ra $(PYTEST_ARGS) \
+		&& echo "make test: all tests passed" \
+		|| { echo "make test: FAILED (failures are listed above)"; exit 1; }
+
+test-faults: venv ## run the fault-injection tests, slow ones included
+	$(BIN)/python -m pytest -m faults -ra $(PYTEST_ARGS)
+
+lint: venv ## ruff check + mypy (config in ruff.toml and mypy.ini)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+run: venv ## run the monitor (settings from KICK_MONITOR_* or CONFIG=file.env)
+	$(KICK_MONITOR) run
+
+demo: venv ## embedded database + local Kick simulator + the real service, with a live view
+	$(KICK_MONITOR) demo
+
+migrate: venv ## apply database migrations
+	$(KICK_MONITOR) db migrate
+
+status: venv ## show every streamer's status
+	$(KICK_MONITOR) status
+
+bench: venv ## run a benchmark scenario (SCENARIO=S1 by default)
+	$(KICK_MONITOR) bench --scenario $(SCENARIO)

@@ -1,0 +1,100 @@
+"""`kick-monitor --dry-run`: check config, database and schema; show what `run` would do.
+
+Nothing is changed: no migration, no write, and no embedded database is created (an
+existing one is started for the check and stopped again). The checks run before anything
+is printed, so a failure is exactly one error line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .. import __version__
+from ..config import Settings
+from ..database import DatabaseUnavailable, describe_url
+from ..embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
+from ..migrations import SchemaError, current_version
+from ..sharding import (
+    check_shard_selection,
+    plan_shards,
+    shard_count_for,
+    subscriptions_per_streamer,
+    unresolved,
+)
+from ..streamers import Streamer, list_streamers
+from .database_commands import open_database
+from .errors import EXIT_OK, EXIT_USAGE, CliError
+from .render import clean_cell
+
+SHOWN_PER_SHARD = 5
+SHOWN_UNRESOLVED = 20
+
+
+def dry_run(settings: Settings) -> int:
+    where, version, streamers = check_database(settings)
+    lines = [f"kick-monitor {__version__} dry run: configuration, database and shard plan (nothing changed)"]
+    lines += ["", "effective configuration (secrets masked):"]
+    lines += [f"  {key}={value}" for key, value in settings.effective().items()]
+    lines += ["", f"database: {where}: reachable, schema version {version} (current)"]
+    lines += ["", *describe_plan(settings, streamers)]
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def check_database(settings: Settings) -> tuple[str, int, list[Streamer]]:
+    """Where the database is, its schema version and the streamers; CliError (exit 2) if not usable."""
+    if settings.database_url is None:
+        pgdata = EmbeddedPostgres(settings.data_dir).pgdata
+        if not (pgdata / "PG_VERSION").exists():
+            raise CliError(
+                f"no embedded database in {pgdata} yet; run `kick-monitor db migrate` to create it",
+                EXIT_USAGE,
+            )
+        where = f"embedded PostgreSQL in {pgdata}"
+    else:
+        where = describe_url(settings.database_url.get_secret_value())
+    try:
+        with open_database(settings) as conn:
+            version = current_version(conn)
+            streamers = list_streamers(conn)
+    except (DatabaseUnavailable, SchemaError, EmbeddedPostgresError) as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    return where, version, streamers
+
+
+def describe_plan(settings: Settings, streamers: Sequence[Streamer]) -> list[str]:
+    """The shard plan as text: shard count and why, streamers per shard, the unresolved ones."""
+    waiting = unresolved(streamers)
+    resolved = [s for s in streamers if s.is_resolved]
+    count = shard_count_for(settings, len(resolved))
+    try:
+        check_shard_selection(settings, count)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    if settings.shard_count:
+        why = "KICK_MONITOR_SHARD_COUNT"
+    else:
+        channels = len(resolved) * subscriptions_per_streamer(settings)
+        why = f"auto: {channels} Pusher channels, at most {settings.channels_per_connection} per connection"
+    lines = [
+        f"streamers: {len(streamers)} ({len(resolved)} resolved, {len(waiting)} unresolved)",
+        f"shard plan: {count} shard{'s' if count != 1 else ''} ({why})",
+    ]
+    for shard, members in plan_shards(resolved, count).items():
+        names = ", ".join(s.username for s in members[:SHOWN_PER_SHARD])
+        more = f", … +{len(members) - SHOWN_PER_SHARD}" if len(members) > SHOWN_PER_SHARD else ""
+        listed = f" ({names}{more})" if members else ""
+        marker = "  <- this process" if settings.shard_index == shard else ""
+        lines.append(
+            f"  shard {shard}: {len(members)} streamer{'s' if len(members) != 1 else ''}{listed}{marker}"
+        )
+    if waiting:
+        lines.append(f"  unresolved (subscribed once their channel id is known): {len(waiting)}")
+        lines += [f"    {s.username}: {clean_cell(s.unresolved_reason)}" for s in waiting[:SHOWN_UNRESOLVED]]
+        if len(waiting) > SHOWN_UNRESOLVED:
+            lines.append(
+                f"    … and {len(waiting) - SHOWN_UNRESOLVED} more (`kick-monitor status` lists them)"
+            )
+    scope = "all shards" if settings.shard_index is None else f"shard {settings.shard_index} of {count}"
+    lines.append(f"`kick-monitor run` would run: {scope}")
+    return lines

@@ -1,0 +1,174 @@
+"""`kick-monitor streamers add|remove|list|import` and `kick-monitor status`."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
+
+from ..config import Settings
+from ..streamers import (
+    ImportReport,
+    NewStreamer,
+    Streamer,
+    StreamerError,
+    add_streamer,
+    import_streamers,
+    iso_utc,
+    list_streamers,
+    remove_streamer,
+    status_summary,
+    validate_slug,
+)
+from .database_commands import open_database
+from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError
+from .render import clean_cell, format_age, render_table
+
+
+def add_command(args: argparse.Namespace, settings: Settings) -> int:
+    try:  # validate before touching (or starting) a database
+        new = NewStreamer.build(args.slug, args.channel_id, args.user_id, args.chatroom_id)
+    except StreamerError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    with open_database(settings) as conn:
+        added = add_streamer(
+            conn,
+            new.username,
+            channel_id=new.channel_id,
+            user_id=new.kick_user_id,
+            chatroom_id=new.chatroom_id,
+        )
+    if added.is_resolved:
+        print(f"added {added.username} (channel id {added.channel_id})")
+    else:
+        print(
+            f"added {added.username} (unresolved: {added.unresolved_reason}; the running service looks it up)"
+        )
+    return EXIT_OK
+
+
+def remove_command(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        username = validate_slug(args.slug)
+    except StreamerError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    with open_database(settings) as conn:
+        if not remove_streamer(conn, username):
+            raise CliError(f"no streamer named {username!r}")
+    print(f"removed {username}")
+    return EXIT_OK
+
+
+def list_command(args: argparse.Namespace, settings: Settings) -> int:
+    with open_database(settings) as conn:
+        streamers = list_streamers(conn)
+    if args.json:
+        print(json.dumps([streamer.as_json() for streamer in streamers], indent=2))
+        return EXIT_OK
+    if not streamers:
+        print("no streamers yet; add one with `kick-monitor streamers add SLUG`")
+        return EXIT_OK
+    rows = [
+        [
+            s.username,
+            _id_text(s.channel_id),
+            _id_text(s.kick_user_id),
+            _id_text(s.chatroom_id),
+            s.status if s.is_resolved else f"unresolved ({clean_cell(s.unresolved_reason)})",
+        ]
+        for s in streamers
+    ]
+    print("\n".join(render_table(["SLUG", "CHANNEL ID", "USER ID", "CHATROOM ID", "STATUS"], rows)))
+    return EXIT_OK
+
+
+def _id_text(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+@contextlib.contextmanager
+def _open_lines(name: str) -> Iterator[TextIO]:
+    """The import file (`-` = stdin); undecodable bytes become U+FFFD and fail on their own line."""
+    if name == "-":
+        yield sys.stdin
+        return
+    try:
+        handle = Path(name).open(encoding="utf-8", errors="replace", newline="")  # noqa: SIM115
+    except OSError as exc:
+        raise CliError(f"cannot read {name}: {exc.strerror or exc}", EXIT_USAGE) from None
+    with handle:
+        yield handle
+
+
+def import_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Import a slug list or CSV; exit 0 if every line was good, 1 if some were reported bad."""
+    name = str(args.file)
+    shown = "<stdin>" if name == "-" else name
+    progress = _show_progress if sys.stderr.isatty() else None
+    with _open_lines(name) as lines, open_database(settings) as conn:
+        report = import_streamers(conn, lines, progress=progress)
+    if progress is not None:
+        print(file=sys.stderr)
+    for bad in report.bad_lines:
+        print(f"{shown}:{bad.number}: {bad.reason}", file=sys.stderr)
+    summary = f"imported {shown}: {report.added} added, {report.already_present} already present"
+    if report.bad_lines:
+        summary += (
+            f", {len(report.bad_lines)} bad line{'s' if len(report.bad_lines) != 1 else ''} not imported"
+        )
+    print(summary)
+    return EXIT_FAILURE if report.bad_lines else EXIT_OK
+
+
+def _show_progress(report: ImportReport) -> None:
+    print(
+        f"\rimporting: {report.lines} lines read, {report.added} added, {len(report.bad_lines)} bad",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def status_command(args: argparse.Namespace, settings: Settings) -> int:
+    """The status table (or JSON) with the counts under it."""
+    with open_database(settings) as conn:
+        summary = status_summary(conn)
+    if args.json:
+        document = {"streamers": [_status_json(s) for s in summary.streamers], "counts": summary.counts()}
+        print(json.dumps(document, indent=2))
+        return EXIT_OK
+    if summary.streamers:
+        rows = [_status_row(s) for s in summary.streamers]
+        print("\n".join(render_table(["SLUG", "STATUS", "SINCE", "TITLE"], rows)))
+        print()
+    else:
+        print("no streamers yet; add one with `kick-monitor streamers add SLUG`")
+    counts = summary.counts()
+    print("  ".join(f"{name}: {count}" for name, count in counts.items()))
+    return EXIT_OK
+
+
+def _status_row(s: Streamer) -> list[str]:
+    if not s.is_resolved:
+        return [s.username, "unresolved", "-", f"({clean_cell(s.unresolved_reason)})"]
+    title = clean_cell(s.stream_title) if s.status == "online" else ""
+    return [s.username, s.status, format_age(s.since_seconds), title]
+
+
+def _status_json(s: Streamer) -> dict[str, object]:
+    return {
+        "slug": s.username,
+        "status": s.status,
+        "resolved": s.is_resolved,
+        "unresolved_reason": s.unresolved_reason,
+        "channel_id": s.channel_id,
+        "since": iso_utc(s.last_status_change),
+        "since_seconds": s.since_seconds,
+        "title": s.stream_title if s.status == "online" else None,
+        "livestream_id": s.livestream_id,
+        "last_seen_online": iso_utc(s.last_seen_online),
+    }

@@ -1,0 +1,274 @@
+"""Configuration: one pydantic model, filled from CLI flags > environment > config file > defaults.
+
+The config file uses the systemd EnvironmentFile format (``KEY=VALUE`` lines, ``#``
+comments, optional quotes), so one file serves systemd, supervisord and the CLI.
+Every key is ``KICK_MONITOR_<FIELD>``; errors name that key, never echo a secret.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shlex
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+ENV_PREFIX = "KICK_MONITOR_"
+KICK_PUSHER_URL = (
+    "wss://ws-us2.pusher.com/app/32cbd69e4b950bf97679?protocol=7&client=js&version=8.4.0&flash=false"
+)
+SECRET_MASK = "**********"
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(Exception):
+    """A bad setting: one line naming the key and the problem (CLI exit code 2)."""
+
+
+def _check_url(value: str, schemes: tuple[str, ...], key: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in schemes:
+        raise ValueError(f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
+    if not parts.netloc and not (key == "database_url" and "host=" in parts.query):
+        raise ValueError("must name a host")
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check (it raises on "host:abc" or "host:99999")
+    except ValueError:
+        raise ValueError("has a malformed port") from None
+    return value
+
+
+class Settings(BaseModel):
+    """Every setting of the service; the field name in upper case, prefixed, is its env key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    # where things are
+    database_url: SecretStr | None = Field(
+        None, description="PostgreSQL URL; unset = an embedded PostgreSQL under the data dir"
+    )
+    data_dir: Path = Field(Path("./var"), description="embedded database, spool and runtime files")
+    pusher_url: str = Field(KICK_PUSHER_URL, description="Kick's Pusher websocket URL (app key included)")
+    api_base_url: str = Field("https://api.kick.com", description="Kick's official API")
+    oauth_token_url: str = Field("https://id.kick.com/oauth/token", description="OAuth token endpoint")
+    web_api_base_url: str = Field("https://kick.com", description="Kick's unofficial web API (id resolution)")
+    client_id: str | None = Field(None, description="Kick app client id (optional; enables reconciliation)")
+    client_secret: SecretStr | None = Field(None, description="Kick app client secret (never printed)")
+
+    # observability
+    metrics_host: str = Field("127.0.0.1", description="metrics bind address (loopback by default)")
+    metrics_port: int = Field(0, ge=0, le=65535, description="metrics port; 0 = off")
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="json | text; auto = text on a TTY, JSON lines otherwise"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+
+    # sharding
+    shard_count: int = Field(0, ge=0, le=4096, description="shards; 0 = ceil(channels / channels_per_connection)")
+    shard_index: int | None = Field(None, ge=0, description="run only this shard (with shard_count)")
+    channels_per_connection: int = Field(
+        10000, ge=2, le=100000, description="Pusher subscriptions per connection (2 per streamer)"
+    )
+    lifecycle_channels: Literal["both", "dot", "underscore"] = Field(
+        "both", description="subscribe channel.{id}, channel_{id} or both (Kick's choice is disputed)"
+    )
+
+    # Pusher
+    activity_timeout: float = Field(120.0, gt=0, le=3600, description="seconds of silence before a ping")
+    pong_timeout: float = Field(30.0, gt=0, le=600, description="seconds to wait for a pong")
+    connect_timeout: float = Field(10.0, gt=0, le=300, description="websocket connect timeout, seconds")
+
+    # writer
+    batch_size: int = Field(500, ge=1, le=100000, description="max changes per commit")
+    flush_interval: float = Field(
+        0.02, ge=0, le=10, description="max seconds a change waits for a batch (idle input flushes at once)"
+    )
+    memory_buffer: int = Field(100000, ge=100, description="changes held in memory while the DB is down")
+    spool_max_bytes: int = Field(1 << 30, ge=1 << 20, description="cap of the durable spool on disk")
+
+    # Kick API
+    reconcile_interval: float = Field(300.0, ge=0, description="seconds between reconciliations; 0 = only on connect")
+    api_batch_size: int = Field(50, ge=1, le=50, description="slugs per /public/v1/channels request")
+    api_rate: float = Field(5.0, gt=0, le=100, description="API requests per second (token bucket)")
+    api_burst: int = Field(10, ge=1, le=1000, description="API token bucket size")
+    api_timeout: float = Field(10.0, gt=0, le=120, description="API request timeout, seconds")
+
+    # coordinator
+    heartbeat_timeout: float = Field(30.0, gt=0, le=3600, description="a worker silent this long is killed")
+    reload_interval: float = Field(60.0, gt=0, description="seconds between full streamer-list reloads")
+    drain_timeout: float = Field(20.0, gt=0, le=600, description="graceful stop bound, seconds")
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _check_url(value.get_secret_value(), ("postgresql", "postgres"), "database_url")
+        return value
+
+    @field_validator("pusher_url")
+    @classmethod
+    def _pusher_url(cls, value: str) -> str:
+        return _check_url(value, ("ws", "wss"), "pusher_url")
+
+    @field_validator("api_base_url", "oauth_token_url", "web_api_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        return _check_url(value, ("http", "https"), "url").rstrip("/")
+
+    @field_validator("client_id", "metrics_host")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    @property
+    def has_api_credentials(self) -> bool:
+        return self.client_id is not None and self.client_secret is not None
+
+    def resolve_shard_count(self, channel_count: int) -> int:
+        """Configured shard count, or enough shards to keep each connection under its cap."""
+        if self.shard_count:
+            return self.shard_count
+        return max(1, math.ceil(channel_count / self.channels_per_connection))
+
+    def effective(self) -> dict[str, str]:
+        """The settings as KEY=value text, secrets masked: what `--dry-run` shows."""
+        shown: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                text = SECRET_MASK
+            elif value is None:
+                text = ""
+            else:
+                text = str(value)
+            shown[env_key(name)] = text
+        return shown
+
+
+def env_key(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+FIELD_BY_KEY = {env_key(name): name for name in Settings.model_fields}
+SECRET_FIELDS = frozenset({"client_secret", "database_url"})
+
+
+def parse_env_file(path: Path) -> dict[str, str]:
+    """Read KEY=VALUE lines (systemd EnvironmentFile format); unknown keys are errors."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config {path}: not UTF-8 text") from None
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("export "):
+            line = line[len("export ") :].lstrip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--config {path}:{number}: expected KEY=VALUE")
+        if key not in FIELD_BY_KEY:
+            raise ConfigError(f"--config {path}:{number}: unknown key {key}")
+        value = value.strip()
+        if value[:1] in ("'", '"'):
+            try:
+                parts = shlex.split(value)
+            except ValueError:
+                raise ConfigError(f"--config {path}:{number}: {key}: unbalanced quotes") from None
+            value = parts[0] if parts else ""
+        values[key] = value
+    _warn_if_exposed(path, values)
+    return values
+
+
+def _warn_if_exposed(path: Path, values: Mapping[str, str]) -> None:
+    holds_secret = any(FIELD_BY_KEY[key] in SECRET_FIELDS and value for key, value in values.items())
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if holds_secret and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning(
+            "config file %s holds a secret and is readable by group or others (mode %o); chmod 600 it",
+            path,
+            stat.S_IMODE(mode),
+        )
+
+
+def env_values(environ: Mapping[str, str]) -> dict[str, str]:
+    """The KICK_MONITOR_* variables we know; an unknown one is warned about (likely a typo)."""
+    known: dict[str, str] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        if key in FIELD_BY_KEY:
+            known[key] = value
+        elif key not in IGNORED_ENV:
+            log.warning("ignoring unknown environment variable %s", key)
+    return known
+
+
+# Variables of ours that are not settings (set by units and scripts for other purposes).
+IGNORED_ENV = frozenset({ENV_PREFIX + "CONFIG"})
+
+
+def load_settings(
+    cli: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Merge the sources in precedence order and validate once; raise ConfigError on bad input.
+
+    `cli` is keyed by field name and holds only flags the user actually gave.
+    """
+    environ = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    if config_file is not None:
+        for key, value in parse_env_file(config_file).items():
+            merged[FIELD_BY_KEY[key]] = value
+            origin[FIELD_BY_KEY[key]] = f"{key} (from {config_file})"
+    for key, value in env_values(environ).items():
+        merged[FIELD_BY_KEY[key]] = value
+        origin[FIELD_BY_KEY[key]] = key
+    for name, value in (cli or {}).items():
+        if value is None:
+            continue
+        if name not in Settings.model_fields:
+            raise ConfigError(f"unknown setting {name}")
+        merged[name] = value
+        origin[name] = "--" + name.replace("_", "-")
+    for name, value in list(merged.items()):
+        if value == "":  # an empty optional setting (e.g. KICK_MONITOR_CLIENT_ID=) means unset
+            merged[name] = None if Settings.model_fields[name].default is None else value
+    try:
+        return Settings(**merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin)) from None
+
+
+def _describe(exc: ValidationError, origin: Mapping[str, str]) -> str:
+    """First validation error as one line: the key, where it came from, the problem — no value."""
+    first = exc.errors(include_url=False, include_input=False)[0]
+    loc = first.get("loc") or ("?",)
+    name = str(loc[0])
+    where = origin.get(name, env_key(name))
+    message = str(first.get("msg", "invalid value"))
+    message = message.removeprefix("Value error, ")
+    more = len(exc.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{where}: {message}{suffix}"

@@ -1,0 +1,334 @@
+"""The worker → writer hand-off: at-least-once delivery with acknowledgements.
+
+Why not a bare `multiprocessing.Queue`: its reader and writer hold inter-process locks
+while blocked in a pipe read/write, so a `SIGKILL` of the writer (or of any worker) in
+that window leaves the lock taken forever and every other process deadlocks; and it has
+no way to say "committed", so whatever the dead writer had read is lost.
+
+So each worker holds its own Unix stream socket to the writer's listening socket (created
+by the coordinator before forking and kept open across writer restarts, so connections
+made while the writer is down wait in the backlog). Messages are length-prefixed pickles
+of the typed messages in `kick_monitor.messages`:
+
+- worker → writer: `ChangeBatch(sender, seq, changes)`; the worker keeps every batch in
+  `unacked` until acknowledged;
+- writer → worker: `Ack(seq)` once everything up to `seq` is durable — committed to
+  PostgreSQL or fsync'ed to the local spool;
+- when the connection breaks (writer killed, restarted), the worker reconnects and sends
+  every unacknowledged batch again, oldest first. A batch the dead writer had committed
+  but not yet acknowledged arrives twice: its `change_id`s make the history insert a
+  no-op and "newer wins" makes the state update a no-op. Nothing is lost, nothing doubled.
+
+Both ends are non-blocking: a stalled writer can never block a worker's socket loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import pickle
+import socket
+import struct
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+
+from .messages import Ack, ChangeBatch, StatusChange
+
+log = logging.getLogger(__name__)
+
+_HEADER = struct.Struct("!I")
+MAX_MESSAGE_BYTES = 64 << 20
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a framed message of ours."""
+
+
+def encode(message: object) -> bytes:
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(body)) + body
+
+
+class FramedSocket:
+    """A non-blocking Unix stream socket carrying length-prefixed pickled messages."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self._inbox = bytearray()
+        self._outbox = bytearray()
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    @property
+    def wants_write(self) -> bool:
+        return bool(self._outbox)
+
+    def queue(self, message: object) -> None:
+        self._outbox += encode(message)
+
+    def flush(self) -> None:
+        """Write as much of the outbox as the socket takes now; raise OSError if broken."""
+        while self._outbox:
+            try:
+                sent = self.sock.send(self._outbox)
+            except BlockingIOError:
+                return
+            del self._outbox[:sent]
+
+    def read(self) -> list[object]:
+        """Every complete message readable now; raise ConnectionError at EOF."""
+        while True:
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except BlockingIOError:
+                break
+            if not chunk:
+                raise ConnectionError("peer closed the connection")
+            self._inbox += chunk
+            if len(chunk) < (1 << 20):
+                break
+        messages: list[object] = []
+        offset = 0
+        view = memoryview(self._inbox)
+        try:
+            while len(self._inbox) - offset >= _HEADER.size:
+                (size,) = _HEADER.unpack_from(view, offset)
+                if size > MAX_MESSAGE_BYTES:
+                    raise ProtocolError(f"message of {size} bytes exceeds the limit")
+                end = offset + _HEADER.size + size
+                if end > len(self._inbox):
+                    break
+                messages.append(pickle.loads(view[offset + _HEADER.size : end]))
+                offset = end
+        finally:
+            view.release()
+        if offset:
+            del self._inbox[:offset]
+        return messages
+
+    def close(self) -> None:
+        self.closed = True
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+class ChangeSender:
+    """Worker side: sends batches, keeps them until acknowledged, re-sends after a reconnect."""
+
+    def __init__(self, address: str, sender: str, *, max_unacked: int = 500_000) -> None:
+        self.address = address
+        self.sender = sender
+        self.max_unacked = max_unacked
+        self.unacked: deque[ChangeBatch] = deque()
+        self.unacked_changes = 0
+        self.dropped = 0
+        self.reconnects = 0
+        self._seq = 0
+        self._channel: FramedSocket | None = None
+        self._retry_at = 0.0
+
+    @property
+    def connected(self) -> bool:
+        return self._channel is not None
+
+    def fileno(self) -> int | None:
+        return self._channel.fileno() if self._channel else None
+
+    @property
+    def wants_write(self) -> bool:
+        return self._channel is not None and self._channel.wants_write
+
+    def next_timeout(self, now: float) -> float:
+        """Seconds until `service()` must run without input: only a pending reconnect needs it."""
+        if self._channel is not None:
+            return float("inf")
+        return max(0.0, self._retry_at - now)
+
+    def send(self, changes: Sequence[StatusChange]) -> None:
+        """Queue changes for the writer; they stay in `unacked` until the writer says durable."""
+        if not changes:
+            return
+        self._seq += 1
+        batch = ChangeBatch(self.sender, self._seq, tuple(changes))
+        self.unacked.append(batch)
+        self.unacked_changes += len(batch.changes)
+        self._shed_overflow()
+        if self._channel is not None:
+            self._channel.queue(batch)
+            self._flush()
+
+    def service(self, now: float, readable: bool = False, writable: bool = False) -> None:
+        """Connect when due, read acks, write what is pending. Never raises."""
+        if self._channel is None:
+            if now >= self._retry_at:
+                self._connect(now)
+            return
+        try:
+            if readable:
+                for message in self._channel.read():
+                    if isinstance(message, Ack):
+                        self._forget_through(message.seq)
+            if writable or self._channel.wants_write:
+                self._channel.flush()
+        except (OSError, ConnectionError, ProtocolError, pickle.UnpicklingError) as exc:
+            self._drop_connection(now, f"{type(exc).__name__}: {exc}")
+
+    def wait_drained(self, timeout: float) -> bool:
+        """Block until every batch is acknowledged or `timeout` passes (used at shutdown)."""
+        import select
+
+        deadline = time.monotonic() + timeout
+        while self.unacked and time.monotonic() < deadline:
+            now = time.monotonic()
+            fileno = self.fileno()
+            if fileno is None:
+                self.service(now)
+                time.sleep(min(0.05, max(0.0, self._retry_at - now)))
+                continue
+            wlist = [fileno] if self.wants_write else []
+            readable, writable, _ = select.select([fileno], wlist, [], min(0.1, deadline - now))
+            self.service(time.monotonic(), bool(readable), bool(writable))
+        return not self.unacked
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def _connect(self, now: float) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(1.0)
+            sock.connect(self.address)
+        except OSError as exc:
+            sock.close()
+            self._retry_at = now + 0.2
+            if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN):
+                log.warning("cannot reach the writer at %s: %s", self.address, exc)
+            return
+        self._channel = FramedSocket(sock)
+        for batch in self.unacked:  # everything not yet durable, oldest first
+            self._channel.queue(batch)
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._channel is None:
+            return
+        try:
+            self._channel.flush()
+        except OSError as exc:
+            self._drop_connection(time.monotonic(), str(exc))
+
+    def _drop_connection(self, now: float, reason: str) -> None:
+        log.info("lost the writer connection (%s); %d changes will be sent again", reason, self.unacked_changes)
+        self.close()
+        self.reconnects += 1
+        self._retry_at = now + 0.05
+
+    def _forget_through(self, seq: int) -> None:
+        while self.unacked and self.unacked[0].seq <= seq:
+            self.unacked_changes -= len(self.unacked.popleft().changes)
+
+    def _shed_overflow(self) -> None:
+        # Bounded memory: the writer has been unreachable for very long. Reconciliation
+        # repairs current state after the writer returns; the oldest history is what goes.
+        while self.unacked_changes > self.max_unacked and len(self.unacked) > 1:
+            dropped = self.unacked.popleft()
+            self.unacked_changes -= len(dropped.changes)
+            self.dropped += len(dropped.changes)
+            log.error("writer unreachable: dropped %d oldest unacknowledged changes", len(dropped.changes))
+
+
+class ChangeReceiver:
+    """Writer side: accepts worker connections, reads batches, acknowledges durable ones."""
+
+    def __init__(self, listener: socket.socket) -> None:
+        listener.setblocking(False)
+        self.listener = listener
+        self.channels: dict[int, FramedSocket] = {}
+
+    def filenos(self) -> list[int]:
+        return [self.listener.fileno(), *self.channels]
+
+    def writers(self) -> list[int]:
+        return [fd for fd, ch in self.channels.items() if ch.wants_write]
+
+    def accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                log.warning("accept failed: %s", exc)
+                return
+            channel = FramedSocket(sock)
+            self.channels[channel.fileno()] = channel
+
+    def read(self, readable: Iterable[int]) -> list[tuple[int, ChangeBatch]]:
+        """Batches readable now, tagged with the connection they came on."""
+        received: list[tuple[int, ChangeBatch]] = []
+        for fd in readable:
+            if fd == self.listener.fileno():
+                self.accept()
+                continue
+            channel = self.channels.get(fd)
+            if channel is None:
+                continue
+            try:
+                for message in channel.read():
+                    if isinstance(message, ChangeBatch):
+                        received.append((fd, message))
+                    else:
+                        log.warning("ignoring unexpected message %s from a worker", type(message).__name__)
+            except (OSError, ConnectionError, ProtocolError, pickle.UnpicklingError, EOFError) as exc:
+                self._close(fd, str(exc))
+        return received
+
+    def acknowledge(self, acks: dict[int, int]) -> None:
+        """Tell each connection the highest seq now durable; a vanished one re-sends anyway."""
+        for fd, seq in acks.items():
+            channel = self.channels.get(fd)
+            if channel is None:
+                continue
+            channel.queue(Ack(seq))
+            self.flush(fd)
+
+    def flush(self, fd: int) -> None:
+        channel = self.channels.get(fd)
+        if channel is None:
+            return
+        try:
+            channel.flush()
+        except OSError as exc:
+            self._close(fd, str(exc))
+
+    def close(self) -> None:
+        for fd in list(self.channels):
+            self._close(fd, "closing")
+
+    def _close(self, fd: int, reason: str) -> None:
+        channel = self.channels.pop(fd, None)
+        if channel is not None:
+            log.debug("worker connection closed: %s", reason)
+            channel.close()
+
+
+def bind_listener(path: str) -> socket.socket:
+    """The writer's listening socket; the coordinator creates it before forking the writer."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o077)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old_umask)
+    sock.listen(1024)
+    return sock

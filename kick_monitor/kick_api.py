@@ -1,0 +1,775 @@
+"""Kick's REST APIs: id resolution and the reconciliation of live status.
+
+The Pusher socket is the fast path but it misses events, so the worker regularly checks
+its state against Kick's official API (`/public/v1/channels`, app token from OAuth client
+credentials). The unofficial web API (`/api/v2/channels/{slug}`) is used only to learn a
+channel id for an offline streamer, and is often blocked by Cloudflare.
+
+    client = KickApiClient(api_url, token_url, web_url, client_id, SecretStr(secret))
+    ids = client.resolve_streamer("xqc")                  # ResolvedIds | Unresolved
+    live = Reconciler(client).fetch_live_status(refs)     # {channel_id: LiveInfo}
+    for channel_id, info in diff_live_status(known, live): ...
+
+Thread safety: one client may be used from several threads at once (the worker's main
+loop and its reconcile thread). The token cache, the rate limiter, the counters and the
+HTTP session each have their own lock; HTTP calls are serialised (pacing spaces them out
+anyway). A client carried across `fork()` builds a fresh session in the child, but build
+clients after forking. The client secret is a `SecretStr` and the access token a private
+attribute: neither is logged, put in an exception or shown by `repr`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Self, TypeVar
+from urllib.parse import quote
+
+import requests
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from kick_monitor import __version__
+from kick_monitor.messages import Status, StreamerRef
+from kick_monitor.ratelimit import (
+    RetryPolicy,
+    TokenBucket,
+    backoff_delay,
+    parse_retry_after,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 50  # Kick's documented cap on slugs / user ids per official request
+TOKEN_ENDPOINT = "/oauth/token"
+CHANNELS = "/public/v1/channels"
+LIVESTREAMS = "/public/v1/livestreams"
+WEB_CHANNEL = "/api/v2/channels"  # metrics label; the slug is left out to bound cardinality
+
+
+class KickApiError(Exception):
+    """Kick answered something this client cannot use (base of all errors here)."""
+
+
+class KickAuthError(KickApiError):
+    """The client credentials were rejected: fatal, fix the configuration."""
+
+
+class KickNoCredentialsError(KickAuthError):
+    """An official-API call was made without a client id and secret."""
+
+
+class KickApiUnavailable(KickApiError):
+    """Kick failed (5xx, timeouts, network, persistent 429) after bounded retries: try later."""
+
+
+class KickBlockedError(KickApiError):
+    """Cloudflare refused the request (403 JSON or an HTML challenge page)."""
+
+
+class KickNotFoundError(KickApiError):
+    """Kick has no such channel."""
+
+
+# ---------------------------------------------------------------- answers, validated
+
+
+class _Model(BaseModel):
+    """Strict types (no "12" for 12), unknown fields ignored: Kick adds fields freely."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+class StreamInfo(_Model):
+    is_live: bool
+    start_time: str | None = None
+    viewer_count: int | None = None
+
+
+class ChannelInfo(_Model):
+    """One item of `/public/v1/channels`."""
+
+    broadcaster_user_id: int
+    slug: str
+    stream_title: str | None = None
+    stream: StreamInfo
+
+    @property
+    def is_live(self) -> bool:
+        return self.stream.is_live
+
+    @property
+    def started_at(self) -> float | None:
+        """Epoch seconds the current stream started; None when offline or unreadable."""
+        return parse_time(self.stream.start_time) if self.stream.is_live else None
+
+
+class LiveStream(_Model):
+    """One item of `/public/v1/livestreams` (only live streams are listed)."""
+
+    broadcaster_user_id: int
+    channel_id: int
+    slug: str | None = None
+    stream_title: str | None = None
+    started_at: str | None = None
+
+
+class WebChatroom(_Model):
+    id: int
+
+
+class WebLivestream(_Model):
+    id: int
+    is_live: bool = True
+    session_title: str | None = None
+    created_at: str | None = None
+
+
+class WebChannel(_Model):
+    """`/api/v2/channels/{slug}`: the only place that gives an offline channel's ids."""
+
+    id: int  # the channel id Pusher channels are named after
+    user_id: int
+    slug: str
+    chatroom: WebChatroom
+    livestream: WebLivestream | None = None
+
+
+class _ChannelsAnswer(_Model):
+    data: list[ChannelInfo]
+
+
+class _LivestreamsAnswer(_Model):
+    data: list[LiveStream]
+
+
+class _TokenAnswer(_Model):
+    access_token: str = Field(min_length=1)
+    expires_in: float = Field(ge=0)
+    token_type: str = "Bearer"
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _parse(model: type[M], resp: requests.Response, label: str) -> M:
+    """Validate a JSON body; any mismatch becomes one readable KickApiError."""
+    try:
+        return model.model_validate_json(resp.content)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise KickApiError(
+            f"malformed answer from {label}: {where}: {first['msg']} ({exc.error_count()} errors)"
+        ) from None
+
+
+def parse_time(text: str | None) -> float | None:
+    """ISO 8601 (Kick's `...Z`, `+11:00` or naive UTC) to epoch seconds; None if unusable."""
+    if not text:
+        return None
+    try:
+        when = datetime.fromisoformat(text.replace(" ", "T", 1))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    if when.year < 2000:  # Kick sends 0001-01-01 for "never started"
+        return None
+    return when.timestamp()
+
+
+# ---------------------------------------------------------------- counters
+
+
+@dataclass(frozen=True, slots=True)
+class ApiStatsSnapshot:
+    """Counter values at one moment; `requests` is keyed by (endpoint, status or error)."""
+
+    requests: dict[tuple[str, str], int]
+    token_refreshes: int
+    retries: int
+    rate_limited: int
+    throttled_seconds: float
+
+
+class ApiStats:
+    """Counters for metrics; updated from any thread, read with `snapshot()`."""
+
+    def __init__(self, bucket: TokenBucket) -> None:
+        self._lock = threading.Lock()
+        self._requests: Counter[tuple[str, str]] = Counter()
+        self._counts: Counter[str] = Counter()
+        self._bucket = bucket
+
+    def count(self, endpoint: str, outcome: str) -> None:
+        with self._lock:
+            self._requests[(endpoint, outcome)] += 1
+
+    def add(self, name: str) -> None:
+        with self._lock:
+            self._counts[name] += 1
+
+    def snapshot(self) -> ApiStatsSnapshot:
+        with self._lock:
+            return ApiStatsSnapshot(
+                requests=dict(self._requests),
+                token_refreshes=self._counts["token_refreshes"],
+                retries=self._counts["retries"],
+                rate_limited=self._counts["rate_limited"],
+                throttled_seconds=self._bucket.waited,
+            )
+
+    def total(self, endpoint: str | None = None) -> int:
+        """Requests sent (to one endpoint, or to all)."""
+        with self._lock:
+            return sum(n for (ep, _), n in self._requests.items() if endpoint in (None, ep))
+
+
+# ---------------------------------------------------------------- transport
+
+
+def _is_cloudflare_block(resp: requests.Response) -> bool:
+    """403 challenge/deny pages (HTML or `{"error": ...}`), or a 503 JS challenge."""
+    if resp.status_code not in (403, 503):
+        return False
+    head = resp.content[:4096]
+    if resp.headers.get("cf-mitigated") or b"Just a moment" in head:
+        return True
+    if resp.status_code == 503:  # other 503s are outages: retry them
+        return False
+    if "html" in resp.headers.get("Content-Type", "").lower() or head.lstrip()[:1] == b"<":
+        return True
+    return b"Request blocked" in head or b"security policy" in head
+
+
+def _detail(resp: requests.Response) -> str:
+    """Kick's own short error message, if any, for an exception text."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return ""
+    message = body.get("message") if isinstance(body, dict) else None
+    return f": {message[:200]}" if isinstance(message, str) and message.isprintable() else ""
+
+
+def _interruptible_sleep(closed: threading.Event, seconds: float) -> None:
+    """Wait, unless the client is closed meanwhile (so shutdown never waits out a 429)."""
+    if closed.wait(seconds):
+        raise KickApiUnavailable("Kick API client closed")
+
+
+class _Transport:
+    """Paced, retried HTTP on one lazily created session per process."""
+
+    def __init__(self, timeout: tuple[float, float], bucket: TokenBucket, retry: RetryPolicy,
+                 stats: ApiStats, closed: threading.Event) -> None:
+        self.timeout = timeout
+        self.bucket = bucket
+        self.retry = retry
+        self.stats = stats
+        self._closed = closed
+        self._lock = threading.Lock()
+        self._session: requests.Session | None = None
+        self._pid = os.getpid()
+
+    def _http(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        if self._pid != os.getpid():  # forked child: never reuse the parent's sockets
+            self._lock, self._session, self._pid = threading.Lock(), None, os.getpid()
+        with self._lock:  # requests.Session is not documented as thread-safe
+            if self._closed.is_set():
+                raise KickApiUnavailable("Kick API client closed")
+            if self._session is None:
+                self._session = requests.Session()
+                self._session.headers["User-Agent"] = f"kick-monitor/{__version__}"
+                self._session.headers["Accept"] = "application/json"
+            return self._session.request(
+                method, url, timeout=self.timeout, allow_redirects=False, **kwargs
+            )
+
+    def send(self, method: str, url: str, label: str, **kwargs: Any) -> requests.Response:
+        """Send with pacing; retry 429 / 5xx / network errors; raise on Cloudflare blocks.
+
+        Returns the response for every other status (2xx and 4xx) for the caller to judge.
+        """
+        failures = limited = 0
+        while True:
+            self.bucket.acquire()
+            retry_after: float | None = None
+            try:
+                resp = self._http(method, url, **kwargs)
+            except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                    requests.exceptions.InvalidSchema) as exc:
+                raise KickApiError(f"{label}: bad URL {url!r} ({type(exc).__name__})") from None
+            except requests.ConnectTimeout:
+                self.stats.count(label, "timeout")
+                problem = f"no connection within {self.timeout[0]:g} s"
+            except requests.Timeout:
+                self.stats.count(label, "timeout")
+                problem = f"no answer within {self.timeout[1]:g} s"
+            except requests.RequestException as exc:
+                self.stats.count(label, "error")
+                problem = f"network error ({type(exc).__name__})"
+                log.debug("Kick API %s: %s", label, exc)  # URL and cause; bodies never appear
+            else:
+                code = resp.status_code
+                self.stats.count(label, str(code))
+                retry_after = parse_retry_after(
+                    resp.headers.get("Retry-After"), cap=self.retry.retry_after_cap
+                )
+                if code == 429:
+                    limited += 1
+                    self.stats.add("rate_limited")
+                    if limited > self.retry.rate_limited_retries:
+                        raise KickApiUnavailable(f"{label}: still rate limited after {limited} tries")
+                    delay = retry_after if retry_after is not None else backoff_delay(limited, self.retry)
+                    log.warning("Kick API %s: rate limited (429), waiting %.1f s", label, delay)
+                    self.stats.add("retries")
+                    self.bucket.defer(delay)  # every thread of this client waits, not just this one
+                    continue
+                if _is_cloudflare_block(resp):
+                    raise KickBlockedError(
+                        f"blocked by Cloudflare on {label} (HTTP {code}); "
+                        "set --channel-id for streamers that cannot be resolved"
+                    )
+                if code < 500:
+                    return resp
+                problem = f"HTTP {code}"
+            failures += 1
+            if failures >= self.retry.attempts:
+                raise KickApiUnavailable(f"{label}: {problem} after {failures} attempts")
+            delay = retry_after if retry_after is not None else backoff_delay(failures, self.retry)
+            log.warning("Kick API %s: %s, retry %d in %.1f s", label, problem, failures, delay)
+            self.stats.add("retries")
+            _interruptible_sleep(self._closed, delay)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._session is not None and self._pid == os.getpid():
+                self._session.close()
+            self._session = None
+
+
+# ---------------------------------------------------------------- token
+
+
+class TokenProvider:
+    """App access token from OAuth client credentials: fetched lazily, cached, renewed early.
+
+    Renewal happens `min(10 % of expires_in, 60 s)` before expiry so in-flight requests
+    never carry a dying token; `invalidate()` after a 401 forces one fresh fetch. A rejected
+    secret raises KickAuthError and is remembered: later calls fail at once, without traffic,
+    because a wrong secret does not fix itself.
+    """
+
+    def __init__(self, transport: _Transport, token_url: str, client_id: str,
+                 client_secret: SecretStr, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._transport = transport
+        self.token_url = token_url
+        self.client_id = client_id
+        self._secret = client_secret
+        self._clock = clock
+        self._lock = threading.Lock()  # held across the fetch: concurrent callers share one
+        self._token: str | None = None
+        self._renew_at = 0.0
+        self._refused: str | None = None  # why the token endpoint refused our credentials
+
+    def __repr__(self) -> str:
+        return f"TokenProvider(token_url={self.token_url!r}, client_id={self.client_id!r})"
+
+    def token(self) -> str:
+        """A valid access token, fetching one if none is cached or it is about to expire."""
+        with self._lock:
+            if self._token is None or self._clock() >= self._renew_at:
+                self._token = self._fetch()
+            return self._token
+
+    def invalidate(self, token: str) -> None:
+        """Forget `token` (the server refused it) unless another thread already replaced it."""
+        with self._lock:
+            if self._token == token:
+                self._token = None
+
+    def _fetch(self) -> str:
+        if self._refused is not None:
+            raise KickAuthError(self._refused)
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": self.client_id,
+            "client_secret": self._secret.get_secret_value(),
+        }
+        resp = self._transport.send("POST", self.token_url, TOKEN_ENDPOINT, data=form)
+        if resp.status_code in (400, 401, 403):
+            # The body is not quoted: an OAuth server may echo the request back.
+            self._refused = (
+                f"Kick rejected the client credentials (HTTP {resp.status_code} from "
+                f"{TOKEN_ENDPOINT}); check the client id and secret"
+            )
+            raise KickAuthError(self._refused)
+        if resp.status_code != 200:
+            raise KickApiError(f"unexpected HTTP {resp.status_code} from {TOKEN_ENDPOINT}")
+        answer = _parse(_TokenAnswer, resp, TOKEN_ENDPOINT)
+        lifetime = answer.expires_in
+        self._renew_at = self._clock() + lifetime - min(0.1 * lifetime, 60.0)
+        self._transport.stats.add("token_refreshes")
+        log.info("fetched a Kick app access token (expires in %.0f s)", lifetime)
+        return answer.access_token
+
+
+# ---------------------------------------------------------------- client
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedIds:
+    """Every id a streamer needs: Pusher listens on `channel.{channel_id}`."""
+
+    slug: str
+    channel_id: int
+    user_id: int
+    chatroom_id: int | None  # only the web API tells it; not needed for live status
+
+
+@dataclass(frozen=True, slots=True)
+class Unresolved:
+    """Why a streamer could not be resolved; `retryable` if trying later may help."""
+
+    slug: str
+    reason: str
+    retryable: bool = False
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _unique_slugs(slugs: Iterable[str]) -> list[str]:
+    """Kick slugs are lower case; the API matches them exactly, so normalise and dedupe."""
+    return list(dict.fromkeys(s.strip().lower() for s in slugs if s and s.strip()))
+
+
+class KickApiClient:
+    """Kick's official API (app token) and unofficial web API, paced and retried.
+
+    `rate=(per_second, burst)` is the client-side limit; the default (5/s, i.e. 300/min)
+    stays far below the ~690/min at which 429s were reported. `batch_size` (≤ 50) is how
+    many slugs or user ids go in one request: reports say large batches can misbehave,
+    so it is configurable. `timeout` is (connect, read) seconds, or one number for the
+    read timeout (connect then gets at most 3.05 s).
+    """
+
+    def __init__(
+        self,
+        api_base_url: str,
+        oauth_token_url: str,
+        web_api_base_url: str,
+        client_id: str | None,
+        client_secret: SecretStr | None,
+        *,
+        timeout: float | tuple[float, float] = (3.05, 10.0),
+        batch_size: int = MAX_BATCH,
+        rate: tuple[float, int] = (5.0, 10),
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        if not 1 <= batch_size <= MAX_BATCH:
+            raise ValueError(f"batch_size must be 1..{MAX_BATCH}, got {batch_size}")
+        self.api_base_url = api_base_url.rstrip("/")
+        self.web_api_base_url = web_api_base_url.rstrip("/")
+        self.batch_size = batch_size
+        self._closed = threading.Event()
+        bucket = TokenBucket(
+            rate[0], rate[1], sleep=lambda seconds: _interruptible_sleep(self._closed, seconds)
+        )
+        self.stats = ApiStats(bucket)
+        if not isinstance(timeout, tuple):
+            timeout = (min(3.05, timeout), timeout)
+        self._transport = _Transport(timeout, bucket, retry or RetryPolicy(), self.stats,
+                                     self._closed)
+        self.tokens: TokenProvider | None = None
+        if client_id and client_secret is not None and client_secret.get_secret_value():
+            self.tokens = TokenProvider(self._transport, oauth_token_url, client_id, client_secret)
+
+    def __repr__(self) -> str:
+        return (f"KickApiClient(api_base_url={self.api_base_url!r}, "
+                f"has_credentials={self.has_credentials})")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def has_credentials(self) -> bool:
+        """False without a client id and secret: only the web API can be used."""
+        return self.tokens is not None
+
+    def close(self) -> None:
+        """Stop: waits in progress end with KickApiUnavailable, the session is closed."""
+        self._closed.set()
+        self._transport.close()
+
+    # -- official API
+
+    def _official_get(self, path: str, params: list[tuple[str, str | int]]) -> requests.Response:
+        """GET with the app token; on a 401 renew the token once and retry once."""
+        if self.tokens is None:
+            raise KickNoCredentialsError(f"{path} needs Kick API credentials (client id and secret)")
+        url = self.api_base_url + path
+        for attempt in (1, 2):
+            token = self.tokens.token()
+            resp = self._transport.send(
+                "GET", url, path, params=params, headers={"Authorization": f"Bearer {token}"}
+            )
+            if resp.status_code != 401:
+                break
+            self.tokens.invalidate(token)
+            if attempt == 1:
+                log.info("Kick API %s: token refused (401), renewing it once", path)
+        if resp.status_code == 200:
+            return resp
+        if resp.status_code == 401:
+            raise KickAuthError(f"{path}: Kick refused a freshly issued app token (HTTP 401)")
+        if resp.status_code == 404:
+            raise KickNotFoundError(f"{path}: HTTP 404{_detail(resp)}")
+        raise KickApiError(f"{path}: unexpected HTTP {resp.status_code}{_detail(resp)}")
+
+    def _channels(self, key: str, values: Sequence[str | int]) -> list[ChannelInfo]:
+        found: list[ChannelInfo] = []
+        for batch in _chunks(values, self.batch_size):
+            resp = self._official_get(CHANNELS, [(key, v) for v in batch])
+            found.extend(_parse(_ChannelsAnswer, resp, CHANNELS).data)
+        return found
+
+    def channels_by_slug(self, slugs: Iterable[str]) -> list[ChannelInfo]:
+        """Channels for these slugs, `batch_size` per request; unknown slugs are left out."""
+        return self._channels("slug", _unique_slugs(slugs))
+
+    def channels_by_user_id(self, user_ids: Iterable[int]) -> list[ChannelInfo]:
+        """Channels for these broadcaster user ids, `batch_size` per request."""
+        return self._channels("broadcaster_user_id", list(dict.fromkeys(user_ids)))
+
+    def livestreams(self, user_ids: Iterable[int]) -> list[LiveStream]:
+        """Live streams of these broadcasters (offline ones are absent); [] for no ids.
+
+        An empty filter would list all of Kick, so no ids means no request.
+        """
+        found: list[LiveStream] = []
+        for batch in _chunks(list(dict.fromkeys(user_ids)), self.batch_size):
+            # `limit` ≥ batch so pagination never hides a live broadcaster of the batch.
+            params: list[tuple[str, str | int]] = [("broadcaster_user_id", u) for u in batch]
+            resp = self._official_get(LIVESTREAMS, [*params, ("limit", 100)])
+            found.extend(_parse(_LivestreamsAnswer, resp, LIVESTREAMS).data)
+        return found
+
+    # -- unofficial web API
+
+    def channel_v2(self, slug: str) -> WebChannel:
+        """`GET /api/v2/channels/{slug}` (no credentials; Cloudflare may block it)."""
+        slug = slug.strip().lower()
+        url = f"{self.web_api_base_url}{WEB_CHANNEL}/{quote(slug, safe='')}"
+        resp = self._transport.send("GET", url, WEB_CHANNEL)
+        if resp.status_code == 404:
+            raise KickNotFoundError(f"channel {slug!r} not found on Kick")
+        if resp.status_code != 200:
+            raise KickApiError(f"{WEB_CHANNEL}: unexpected HTTP {resp.status_code}{_detail(resp)}")
+        return _parse(WebChannel, resp, f"{WEB_CHANNEL}/{slug}")
+
+    # -- id resolution
+
+    def resolve_streamer(self, slug: str) -> ResolvedIds | Unresolved:
+        """Find a streamer's channel id (and user and chatroom ids) from its slug.
+
+        Official API first (user id; channel id only while live), then the web API.
+        Failures come back as `Unresolved` with a reason for the operator, so one bad
+        streamer never stops the others; only KickAuthError (bad secret) is raised.
+        """
+        slug = slug.strip().lower()
+        if not slug:
+            return Unresolved(slug, "empty name")
+        user_id: int | None = None
+        try:
+            if self.tokens is not None:
+                channels = [c for c in self.channels_by_slug([slug]) if c.slug.lower() == slug]
+                if not channels:
+                    return Unresolved(slug, "not found on Kick")
+                user_id = channels[0].broadcaster_user_id
+                for stream in self.livestreams([user_id]):
+                    if stream.broadcaster_user_id == user_id:
+                        return ResolvedIds(slug, stream.channel_id, user_id, None)
+            web = self.channel_v2(slug)
+        except KickAuthError:
+            raise
+        except KickNotFoundError:
+            return Unresolved(slug, "not found on Kick")
+        except KickBlockedError:
+            prefix = "offline, and the web API is " if user_id else ""
+            if self.tokens is None:
+                prefix = "no API credentials, and "
+            return Unresolved(slug, f"{prefix}blocked by Cloudflare; add it with --channel-id")
+        except KickApiError as exc:  # unavailable or malformed: may pass
+            return Unresolved(slug, str(exc), retryable=True)
+        if user_id is not None and web.user_id != user_id:
+            log.warning("streamer %s: official API says user %d, web API says %d; using the web API's",
+                        slug, user_id, web.user_id)
+        return ResolvedIds(slug, web.id, web.user_id, web.chatroom.id)
+
+
+# ---------------------------------------------------------------- reconciliation
+
+
+@dataclass(frozen=True, slots=True)
+class LiveInfo:
+    """What the API says about one channel; `observed_mono` is when the answer arrived.
+
+    A socket event newer than `observed_mono` beats this answer: the worker should drop
+    an API verdict older than the last frame it saw for the channel.
+    """
+
+    is_live: bool
+    title: str | None
+    livestream_id: int | None
+    started_at: float | None
+    observed_mono: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileReport:
+    """How the last `fetch_live_status` went (for logs and metrics)."""
+
+    asked: int
+    answered: int
+    failed_batches: int
+    error: str | None
+    seconds: float
+
+
+class Reconciler:
+    """Asks the official API for the live status of many streamers at once.
+
+    Safe on a background thread: it keeps no state the caller shares except
+    `last_report`, which is replaced whole (an atomic assignment). Pass it an immutable
+    snapshot of the streamers (a tuple of frozen StreamerRef), not a list the main loop
+    mutates; it returns a new dict.
+    """
+
+    def __init__(self, client: KickApiClient) -> None:
+        self.client = client
+        self.last_report: ReconcileReport | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Reconciliation needs the official API, hence credentials."""
+        return self.client.has_credentials
+
+    def fetch_live_status(self, streamers: Sequence[StreamerRef]) -> dict[int, LiveInfo]:
+        """Live status by channel id for the streamers Kick answered about.
+
+        Asks by slug (`username`, case-insensitive); streamers the answer leaves out but
+        whose Kick user id is known are asked again by user id (a renamed channel).
+        Streamers still absent are left out (unknown), never reported offline. A failed
+        batch is skipped; once Kick is unavailable no further batch is tried. Auth and
+        Cloudflare errors are raised. `livestream_id` stays None: the official API does
+        not tell it.
+        """
+        if not self.enabled:
+            return {}
+        started = time.monotonic()
+        tally = _Tally()
+        result: dict[int, LiveInfo] = {}
+        by_slug: dict[str, list[StreamerRef]] = {}
+        for ref in streamers:
+            by_slug.setdefault(ref.username.strip().lower(), []).append(ref)
+        for wanted, answer in self._batches(self.client.channels_by_slug, list(by_slug), tally):
+            for info in answer:
+                slug = info.slug.lower()
+                if slug in wanted:  # a confused answer's extra channels are ignored
+                    _record(result, by_slug[slug], info)
+        by_user: dict[int, list[StreamerRef]] = {}
+        for ref in streamers:
+            if ref.channel_id not in result and ref.kick_user_id is not None:
+                by_user.setdefault(ref.kick_user_id, []).append(ref)
+        for wanted, answer in self._batches(self.client.channels_by_user_id, list(by_user), tally):
+            for info in answer:
+                if info.broadcaster_user_id in wanted:
+                    refs = by_user[info.broadcaster_user_id]
+                    log.info("reconcile: %s is now called %s on Kick", refs[0].username, info.slug)
+                    _record(result, refs, info)
+        self.last_report = ReconcileReport(
+            len(streamers), len(result), tally.failed, tally.error, time.monotonic() - started
+        )
+        return result
+
+    def _batches(
+        self, query: Callable[[Sequence[Any]], list[ChannelInfo]], keys: Sequence[Any],
+        tally: _Tally,
+    ) -> Iterator[tuple[set[Any], list[ChannelInfo]]]:
+        """(keys asked, answer) per batch, skipping batches that failed."""
+        for batch in _chunks(keys, self.client.batch_size):
+            if tally.down:
+                return
+            try:
+                answer = query(batch)
+            except (KickAuthError, KickBlockedError):
+                raise
+            except KickApiError as exc:
+                tally.failed += 1
+                tally.error = str(exc)
+                tally.down = isinstance(exc, KickApiUnavailable)
+                log.warning("reconcile: a batch of %d failed: %s", len(batch), exc)
+                continue
+            yield set(batch), answer
+
+
+@dataclass(slots=True)
+class _Tally:
+    """Failures of one `fetch_live_status` run (local to the run, never shared)."""
+
+    failed: int = 0
+    error: str | None = None
+    down: bool = False
+
+
+def _record(result: dict[int, LiveInfo], refs: Sequence[StreamerRef], info: ChannelInfo) -> None:
+    live = LiveInfo(
+        is_live=info.is_live,
+        title=info.stream_title if info.is_live else None,
+        livestream_id=None,
+        started_at=info.started_at,
+        observed_mono=time.monotonic(),
+    )
+    for ref in refs:
+        result[ref.channel_id] = live
+
+
+def diff_live_status(
+    known: Mapping[int, tuple[Status, int | None]], live: Mapping[int, LiveInfo]
+) -> list[tuple[int, LiveInfo]]:
+    """Channels where the API disagrees with what we know, ordered by channel id.
+
+    Only channels in both maps count: a channel the API did not answer about is unknown,
+    not offline. A known "unknown" always counts (the API settles it). Live vs known
+    online disagrees only when both livestream ids are known and differ (a whole
+    offline/online cycle was missed).
+    """
+    changes: list[tuple[int, LiveInfo]] = []
+    for channel_id in sorted(live.keys() & known.keys()):
+        info = live[channel_id]
+        status, livestream_id = known[channel_id]
+        if info.is_live:
+            stale = (
+                status == "online"
+                and info.livestream_id is not None
+                and livestream_id is not None
+                and info.livestream_id != livestream_id
+            )
+            if status != "online" or stale:
+                changes.append((channel_id, info))
+        elif status != "offline":
+            changes.append((channel_id, info))
+    return changes

@@ -1,0 +1,106 @@
+"""Typed messages that cross process boundaries.
+
+Workers, the writer and the coordinator never share mutable state; they exchange these
+small frozen dataclasses over `multiprocessing.connection` sockets and pipes. Keep them
+flat and picklable: every field is a builtin type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Status = Literal["online", "offline", "unknown"]
+Source = Literal["pusher", "api"]
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """One observed status of one streamer, as a worker saw it.
+
+    `change_id` is unique per observation and stable across re-sends: the writer's
+    history insert is `ON CONFLICT (change_id) DO NOTHING`, which is what makes the
+    worker→writer hand-off safe to repeat (at-least-once delivery, exactly-once rows).
+    `received_at` (wall clock, epoch seconds) orders changes ("newer wins");
+    `received_mono` lets the latency be measured within this host.
+    """
+
+    change_id: str
+    channel_id: int
+    status: Status
+    source: Source
+    event: str
+    livestream_id: int | None
+    title: str | None
+    occurred_at: float | None
+    received_at: float
+    received_mono: float
+    shard: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeBatch:
+    """Changes sent by one worker in one write; `seq` is the highest sequence number in it.
+
+    Sequence numbers are per sender and strictly increasing; the writer acknowledges the
+    highest `seq` it has made durable (committed or spooled) and the sender forgets
+    everything up to it.
+    """
+
+    sender: str
+    seq: int
+    changes: tuple[StatusChange, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Writer → worker: every change of `sender` up to `seq` is durable."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamerRef:
+    """What a worker needs to know about one streamer of its shard."""
+
+    streamer_id: int
+    username: str
+    channel_id: int
+    kick_user_id: int | None
+    status: Status = "unknown"
+    livestream_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Coordinator → worker: watch these streamers too (no reconnect)."""
+
+    streamers: tuple[StreamerRef, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    """Coordinator → worker: stop watching these channel ids."""
+
+    channel_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Coordinator → worker: finish sending, close the socket, exit 0."""
+
+    reason: str = "stop"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerState:
+    """Worker → coordinator: connection state, for metrics and the demo view."""
+
+    shard: int
+    state: str
+    subscribed: int
+    reconnects: int
+    frames: int
+    changes: int
+    detail: str = ""
+    extra: dict[str, int] = field(default_factory=dict)

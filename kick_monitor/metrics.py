@@ -1,0 +1,79 @@
+"""Every Prometheus metric of the service, defined once.
+
+Multiprocess mode: the coordinator sets PROMETHEUS_MULTIPROC_DIR (see
+`kick_monitor.metrics_server.prepare_multiprocess_dir`) *before* anything imports this
+module, so import it lazily, inside process entry points, never at the top of a module
+that the CLI imports. Names follow Prometheus conventions: `_total` counters, base units.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from . import __version__
+
+# Latency buckets from 0.5 ms to 5 s: the pipeline's floor is ~0.7 ms, the promise < 1 s.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+    0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.0, 5.0,
+)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+# Info metrics do not work in multiprocess mode; a constant-1 gauge with labels does.
+BUILD_INFO = Gauge("kick_monitor_build_info", "Version of kick-monitor", ["version"], multiprocess_mode="livemax")
+
+FRAMES = Counter("kick_monitor_frames_received_total", "Pusher frames received", ["shard", "event"])
+PARSE_ERRORS = Counter("kick_monitor_parse_errors_total", "Malformed or unusable frames", ["shard", "kind"])
+STATUS_CHANGES = Counter(
+    "kick_monitor_status_changes_total", "Status changes sent to the writer", ["shard", "status", "source"]
+)
+CONNECTION_UP = Gauge(
+    "kick_monitor_pusher_connected", "1 while the shard's Pusher connection is established", ["shard"],
+    multiprocess_mode="livemax",
+)
+RECONNECTS = Counter("kick_monitor_pusher_reconnects_total", "Pusher reconnects", ["shard", "reason"])
+SUBSCRIPTIONS = Gauge(
+    "kick_monitor_pusher_subscriptions", "Channels subscribed", ["shard"], multiprocess_mode="livemax"
+)
+SUBSCRIPTION_ERRORS = Counter(
+    "kick_monitor_pusher_subscription_errors_total", "Per-channel subscription errors", ["shard"]
+)
+UNACKED = Gauge(
+    "kick_monitor_worker_unacked_changes", "Changes a worker holds until the writer makes them durable",
+    ["shard"], multiprocess_mode="livemax",
+)
+HEARTBEAT = Gauge(
+    "kick_monitor_worker_heartbeat_timestamp_seconds", "Last heartbeat of a worker", ["shard"],
+    multiprocess_mode="livemax",
+)
+
+QUEUE_DEPTH = Gauge(
+    "kick_monitor_writer_queue_depth", "Changes received by the writer and not yet durable",
+    multiprocess_mode="livemax",
+)
+BATCH_SIZE = Histogram("kick_monitor_writer_batch_size", "Changes per committed batch", buckets=BATCH_BUCKETS)
+COMMIT_SECONDS = Histogram(
+    "kick_monitor_writer_commit_duration_seconds", "Duration of one batch commit", buckets=LATENCY_BUCKETS
+)
+COMMITTED = Counter("kick_monitor_writer_committed_changes_total", "Changes committed", ["outcome"])
+COMMIT_ERRORS = Counter("kick_monitor_writer_commit_errors_total", "Failed commits", ["kind"])
+LATENCY = Histogram(
+    "kick_monitor_frame_to_commit_seconds", "From frame received to transition committed",
+    ["source"], buckets=LATENCY_BUCKETS,
+)
+SPOOL_BYTES = Gauge("kick_monitor_spool_bytes", "Size of the durable spool", multiprocess_mode="livemax")
+SPOOLED = Counter("kick_monitor_spooled_changes_total", "Changes written to the spool")
+DB_UP = Gauge("kick_monitor_database_up", "1 while the writer can commit", multiprocess_mode="livemax")
+
+API_REQUESTS = Counter("kick_monitor_api_requests_total", "Kick API requests", ["endpoint", "status"])
+TOKEN_REFRESHES = Counter("kick_monitor_api_token_refreshes_total", "OAuth token fetches")
+RECONCILIATIONS = Counter("kick_monitor_reconciliations_total", "Reconciliation runs", ["shard", "outcome"])
+
+WORKER_RESTARTS = Counter("kick_monitor_worker_restarts_total", "Child processes restarted", ["role"])
+STREAMERS = Gauge(
+    "kick_monitor_streamers", "Streamers by status", ["status"], multiprocess_mode="livemax"
+)
+
+
+def record_build_info() -> None:
+    BUILD_INFO.labels(version=__version__).set(1)

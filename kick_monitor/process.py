@@ -1,0 +1,67 @@
+"""Small process helpers every role uses after fork: titles, parent death, signals, heartbeats."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import time
+from multiprocessing.sharedctypes import RawArray
+from typing import Any
+
+PR_SET_PDEATHSIG = 1
+
+
+def set_title(title: str) -> None:
+    """`ps` shows the role and shard — never the command line, which may hold secrets."""
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(f"kick-monitor: {title}")
+    except ImportError:  # pragma: no cover - a declared dependency
+        pass
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask the kernel to send `sig` when the coordinator dies, so no child outlives it."""
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+
+def reset_signals() -> None:
+    """Children start from default handlers: the coordinator's must not run in them."""
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_DFL)
+    # Ctrl-C goes to the whole foreground group; only the coordinator decides what it means.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class Heartbeats:
+    """One monotonic timestamp per child slot in shared memory (gunicorn's idea, no files).
+
+    Children write their slot; the coordinator reads all of them. A double is written
+    atomically on every platform we run on, so no lock is needed.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self._array: Any = RawArray("d", slots)
+
+    def beat(self, slot: int) -> None:
+        self._array[slot] = time.monotonic()
+
+    def age(self, slot: int, now: float | None = None) -> float:
+        last = self._array[slot]
+        if not last:
+            return 0.0
+        return (time.monotonic() if now is None else now) - last
+
+    def clear(self, slot: int) -> None:
+        self._array[slot] = 0.0
+
+
+def parent_changed(original_ppid: int) -> bool:
+    return os.getppid() != original_ppid

@@ -1,0 +1,113 @@
+"""A durable local spool for changes the database cannot take right now.
+
+Append-only segment files of JSON lines under `<data_dir>/spool/<tree>/`, each append
+fsync'ed before the writer acknowledges the changes to the workers. Replay reads the
+oldest segment, commits it, then deletes it; a crash in between replays it again, which
+the idempotent history insert absorbs. A torn last line (crash mid-append) is skipped.
+Files are 0600 in a 0700 directory: they hold nothing secret, but nothing for others.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+
+from .messages import StatusChange
+
+log = logging.getLogger(__name__)
+
+SEGMENT_BYTES = 16 << 20
+_FIELDS = StatusChange.__slots__
+
+
+class SpoolFullError(OSError):
+    """The spool reached its configured cap."""
+
+
+class Spool:
+    """Ordered, durable backlog of changes; oldest first."""
+
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(directory, 0o700)
+        self._segments = sorted(directory.glob("*.jsonl"))
+        self._bytes = sum(p.stat().st_size for p in self._segments)
+        self._replaying: Path | None = None  # never append to a segment being replayed
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def __bool__(self) -> bool:
+        return bool(self._segments)
+
+    def append(self, changes: Sequence[StatusChange]) -> None:
+        """Write and fsync; raise OSError (ENOSPC, SpoolFullError, ...) if it cannot be made durable."""
+        if not changes:
+            return
+        data = b"".join(orjson.dumps([getattr(c, f) for f in _FIELDS]) + b"\n" for c in changes)
+        if self._bytes + len(data) > self.max_bytes:
+            raise SpoolFullError(f"spool {self.directory} is full ({self._bytes} bytes, cap {self.max_bytes})")
+        path = self._tail_segment(len(data))
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            size_before = os.fstat(fd).st_size
+            try:
+                written = os.write(fd, data)
+                if written != len(data):
+                    raise OSError(f"short write to {path}")
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, size_before)  # leave no half batch behind
+                raise
+        finally:
+            os.close(fd)
+        if path not in self._segments:
+            self._segments.append(path)
+            self._fsync_directory()
+        self._bytes += len(data)
+
+    def oldest(self) -> tuple[Path, list[StatusChange]] | None:
+        """The oldest segment and its changes, or None when empty."""
+        if not self._segments:
+            return None
+        path = self._segments[0]
+        self._replaying = path
+        changes: list[StatusChange] = []
+        for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+            try:
+                changes.append(StatusChange(*orjson.loads(line)))
+            except (orjson.JSONDecodeError, TypeError) as exc:
+                log.warning("skipping unreadable spool line %s:%d (%s)", path.name, number, exc)
+        return path, changes
+
+    def remove(self, path: Path) -> None:
+        """Forget a segment once its changes are committed."""
+        size = path.stat().st_size if path.exists() else 0
+        path.unlink(missing_ok=True)
+        if path in self._segments:
+            self._segments.remove(path)
+        self._bytes = max(0, self._bytes - size)
+
+    def _tail_segment(self, incoming: int) -> Path:
+        if self._segments:
+            tail = self._segments[-1]
+            if tail != self._replaying and tail.stat().st_size + incoming <= SEGMENT_BYTES:
+                return tail
+            number = int(tail.stem) + 1
+        else:
+            number = 1
+        return self.directory / f"{number:09d}.jsonl"
+
+    def _fsync_directory(self) -> None:
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

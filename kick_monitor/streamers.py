@@ -1,0 +1,449 @@
+"""The streamer list in PostgreSQL: add, remove, list, import, and the status summary.
+
+Every function takes an open psycopg2 connection and commits its own work in one
+transaction: a failed call leaves nothing half-written. Slugs and ids are validated here
+(the database's CHECK and UNIQUE constraints stay the last line of defence), and every
+error is a `StreamerError` whose message is fit to show a user as it is.
+
+A streamer added without a channel id is stored *unresolved* (`channel_id` NULL,
+`unresolved_reason` set): the running service resolves ids through Kick's API.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg2.errors
+import psycopg2.extensions
+import psycopg2.extras
+
+SLUG_PATTERN = re.compile(r"[a-z0-9_-]{1,64}")
+MAX_ID = 2**63 - 1  # bigint
+WAITING_FOR_RESOLUTION = "waiting for id resolution"
+ID_FIELDS = ("channel_id", "kick_user_id", "chatroom_id")
+ID_LABELS = {"channel_id": "channel id", "kick_user_id": "user id", "chatroom_id": "chatroom id"}
+
+
+class StreamerError(ValueError):
+    """A rejected slug, id or change; the message names what and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Streamer:
+    """One row of `kick_monitor.streamers`, as the CLI shows it."""
+
+    id: int
+    username: str
+    channel_id: int | None
+    kick_user_id: int | None
+    chatroom_id: int | None
+    status: str
+    livestream_id: int | None
+    stream_title: str | None
+    last_status_change: datetime | None
+    last_seen_online: datetime | None
+    unresolved_reason: str | None
+    created_at: datetime
+    # seconds since last_status_change by the database's clock (None if it never changed)
+    since_seconds: float | None = None
+
+    @property
+    def is_resolved(self) -> bool:
+        return self.channel_id is not None
+
+    def as_json(self) -> dict[str, Any]:
+        """A JSON-ready dict: timestamps as ISO 8601 in UTC."""
+        return {
+            key: iso_utc(value) if isinstance(value, datetime) else value
+            for key, value in asdict(self).items()
+        }
+
+
+def iso_utc(moment: datetime | None) -> str | None:
+    """ISO 8601 in UTC, whatever the database session's time zone."""
+    return None if moment is None else moment.astimezone(UTC).isoformat()
+
+
+SELECT_COLUMNS = """
+SELECT id, username, channel_id, kick_user_id, chatroom_id, status, livestream_id, stream_title,
+       last_status_change, last_seen_online, unresolved_reason, created_at,
+       EXTRACT(EPOCH FROM now() - last_status_change)::float8 AS since_seconds
+FROM kick_monitor.streamers
+"""
+
+
+def validate_slug(slug: object) -> str:
+    """The slug lower-cased, or StreamerError: letters, digits, `_` and `-` only, 1–64 characters."""
+    if not isinstance(slug, str):
+        raise StreamerError(f"slug must be text, got {type(slug).__name__}")
+    cleaned = slug.strip().lower()
+    if not cleaned:
+        raise StreamerError("slug is empty")
+    if len(cleaned) > 64:
+        raise StreamerError(f"slug {_quote(slug)} is longer than 64 characters")
+    if not SLUG_PATTERN.fullmatch(cleaned):
+        raise StreamerError(f"slug {_quote(slug)} may only contain letters, digits, '_' and '-'")
+    return cleaned
+
+
+def validate_id(value: object, column: str = "channel_id") -> int | None:
+    """A positive bigint from an int or a string of digits; None stays None (not known yet)."""
+    label = ID_LABELS.get(column, column)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        if not text.isascii() or not text.isdigit():
+            raise StreamerError(f"{label} must be a positive integer, got {_quote(value)}")
+        value = int(text)
+    elif isinstance(value, bool) or not isinstance(value, int):
+        raise StreamerError(f"{label} must be a positive integer, got {type(value).__name__}")
+    if not 0 < value <= MAX_ID:
+        raise StreamerError(f"{label} must be a positive integer below 2^63, got {value}")
+    return value
+
+
+def _quote(text: str, limit: int = 40) -> str:
+    """`text` quoted for a message, shortened and with control characters escaped."""
+    shown = text if len(text) <= limit else text[: limit - 1] + "…"
+    return repr(shown)
+
+
+@dataclass(frozen=True, slots=True)
+class NewStreamer:
+    """A validated streamer to insert."""
+
+    username: str
+    channel_id: int | None = None
+    kick_user_id: int | None = None
+    chatroom_id: int | None = None
+
+    @classmethod
+    def build(
+        cls, slug: object, channel_id: object = None, user_id: object = None, chatroom_id: object = None
+    ) -> NewStreamer:
+        return cls(
+            validate_slug(slug),
+            validate_id(channel_id, "channel_id"),
+            validate_id(user_id, "kick_user_id"),
+            validate_id(chatroom_id, "chatroom_id"),
+        )
+
+    def row(self) -> tuple[Any, ...]:
+        reason = None if self.channel_id is not None else WAITING_FOR_RESOLUTION
+        return (self.username, self.channel_id, self.kick_user_id, self.chatroom_id, reason)
+
+
+INSERT_INTO = (
+    "INSERT INTO kick_monitor.streamers (username, channel_id, kick_user_id, chatroom_id, unresolved_reason)"
+)
+
+
+def add_streamer(
+    conn: psycopg2.extensions.connection,
+    slug: object,
+    *,
+    channel_id: object = None,
+    user_id: object = None,
+    chatroom_id: object = None,
+) -> Streamer:
+    """Insert one streamer; StreamerError if the slug, channel id or user id is taken."""
+    new = NewStreamer.build(slug, channel_id, user_id, chatroom_id)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                INSERT_INTO + " VALUES (%s, %s, %s, %s, %s)",
+                new.row(),
+            )
+    except psycopg2.errors.UniqueViolation:
+        raise StreamerError(_describe_conflict(conn, new) or f"streamer {new.username!r} conflicts") from None
+    found = find_streamer(conn, new.username)
+    assert found is not None
+    return found
+
+
+def _describe_conflict(conn: psycopg2.extensions.connection, new: NewStreamer) -> str | None:
+    """Why `new` cannot be inserted next to the rows already there; None if it can."""
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            """SELECT username, channel_id, kick_user_id FROM kick_monitor.streamers
+               WHERE username = %s OR channel_id = %s OR kick_user_id = %s""",
+            (new.username, new.channel_id, new.kick_user_id),
+        )
+        rows = cur.fetchall()
+    for username, _, _ in rows:
+        if username == new.username:
+            return f"streamer {new.username!r} already exists"
+    for username, channel_id, _ in rows:
+        if new.channel_id is not None and channel_id == new.channel_id:
+            return f"channel id {new.channel_id} already belongs to streamer {username!r}"
+    for username, _, kick_user_id in rows:
+        if new.kick_user_id is not None and kick_user_id == new.kick_user_id:
+            return f"user id {new.kick_user_id} already belongs to streamer {username!r}"
+    return None
+
+
+def remove_streamer(conn: psycopg2.extensions.connection, slug: object) -> bool:
+    """Delete a streamer (its history stays); False if there was none by that slug."""
+    username = validate_slug(slug)
+    with conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM kick_monitor.streamers WHERE username = %s", (username,))
+        return cur.rowcount > 0
+
+
+def list_streamers(conn: psycopg2.extensions.connection) -> list[Streamer]:
+    """Every streamer, by slug."""
+    with conn, conn.cursor() as cur:
+        cur.execute(SELECT_COLUMNS + "ORDER BY username")
+        return [Streamer(*row) for row in cur.fetchall()]
+
+
+def find_streamer(conn: psycopg2.extensions.connection, slug: object) -> Streamer | None:
+    username = validate_slug(slug)
+    with conn, conn.cursor() as cur:
+        cur.execute(SELECT_COLUMNS + "WHERE username = %s", (username,))
+        row = cur.fetchone()
+    return Streamer(*row) if row else None
+
+
+# ---------------------------------------------------------------- import
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    """A line of an import file that was not imported, and why."""
+
+    number: int
+    text: str
+    reason: str
+
+
+@dataclass(slots=True)
+class ImportReport:
+    """What an import did: counts, and every bad line with its number."""
+
+    added: int = 0
+    already_present: int = 0
+    lines: int = 0
+    bad_lines: list[BadLine] = field(default_factory=list)
+
+
+HEADER = ("slug", "channel_id", "user_id", "chatroom_id")
+HEADER_ALIASES = {"username": "slug", "kick_user_id": "user_id"}
+IMPORT_CHUNK = 1000
+
+
+def parse_import_line(text: str) -> NewStreamer | None:
+    """One line of an import file: `slug` or `slug,channel_id,user_id,chatroom_id` (ids optional).
+
+    Returns None for blank lines and `#` comments; raises StreamerError for bad ones.
+    """
+    content = text.split("#", 1)[0].strip()
+    if not content:
+        return None
+    if "\ufffd" in content:  # what the reader puts where bytes were not UTF-8
+        raise StreamerError("line is not UTF-8 text")
+    fields = [part.strip() for part in content.split(",")]
+    if len(fields) > len(HEADER):
+        raise StreamerError(f"expected at most {len(HEADER)} fields (slug,channel_id,user_id,chatroom_id)")
+    fields += [""] * (len(HEADER) - len(fields))
+    return NewStreamer.build(*fields)
+
+
+def is_header(text: str) -> bool:
+    first = text.split("#", 1)[0].split(",", 1)[0].strip().lower()
+    return first in ("slug", "username")
+
+
+def check_header(text: str) -> None:
+    names = [part.strip().lower() for part in text.split("#", 1)[0].split(",")]
+    names = [HEADER_ALIASES.get(name, name) for name in names]
+    if tuple(names) != HEADER[: len(names)]:
+        raise StreamerError("header must be slug,channel_id,user_id,chatroom_id (trailing ones optional)")
+
+
+def import_streamers(
+    conn: psycopg2.extensions.connection,
+    lines: Iterable[str],
+    *,
+    chunk_size: int = IMPORT_CHUNK,
+    progress: Callable[[ImportReport], None] | None = None,
+) -> ImportReport:
+    """Import streamers from lines of text; bad lines are reported, good ones kept.
+
+    Each chunk of good lines is inserted in one transaction. A slug that already exists
+    with the same ids (or without ids on the line) counts as already present, so
+    re-running an import is harmless. `progress(report)` is called after each chunk.
+    """
+    report = ImportReport()
+    seen_slugs: dict[str, int] = {}
+    seen_ids: dict[tuple[str, int], int] = {}
+    for chunk in _chunks(_parse_lines(lines, report, seen_slugs, seen_ids), chunk_size):
+        _insert_chunk(conn, chunk, report)
+        if progress is not None:
+            progress(report)
+    report.bad_lines.sort(key=lambda bad: bad.number)
+    return report
+
+
+def _parse_lines(
+    lines: Iterable[str],
+    report: ImportReport,
+    seen_slugs: dict[str, int],
+    seen_ids: dict[tuple[str, int], int],
+) -> Iterator[tuple[int, str, NewStreamer]]:
+    """Valid, in-file-unique streamers with their line numbers; bad lines go to the report."""
+    first_content = True
+    for number, raw in enumerate(lines, start=1):
+        text = raw.rstrip("\r\n")
+        report.lines = number
+        try:
+            if first_content and text.split("#", 1)[0].strip():
+                first_content = False
+                if is_header(text):
+                    check_header(text)
+                    continue
+            new = parse_import_line(text)
+            if new is None:
+                continue
+            if new.username in seen_slugs:
+                raise StreamerError(f"streamer {new.username!r} repeats line {seen_slugs[new.username]}")
+            for column in ("channel_id", "kick_user_id"):
+                value = getattr(new, column)
+                if value is not None and (column, value) in seen_ids:
+                    raise StreamerError(
+                        f"{ID_LABELS[column]} {value} repeats line {seen_ids[(column, value)]}"
+                    )
+        except StreamerError as exc:
+            report.bad_lines.append(BadLine(number, text, str(exc)))
+            continue
+        seen_slugs[new.username] = number
+        for column in ("channel_id", "kick_user_id"):
+            value = getattr(new, column)
+            if value is not None:
+                seen_ids[(column, value)] = number
+        yield number, text, new
+
+
+def _chunks(
+    items: Iterable[tuple[int, str, NewStreamer]], size: int
+) -> Iterator[list[tuple[int, str, NewStreamer]]]:
+    chunk: list[tuple[int, str, NewStreamer]] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _insert_chunk(
+    conn: psycopg2.extensions.connection, chunk: Sequence[tuple[int, str, NewStreamer]], report: ImportReport
+) -> None:
+    """Insert one chunk in one transaction; rows that hit an existing one are explained, not forced."""
+    with conn, conn.cursor() as cur:
+        inserted = psycopg2.extras.execute_values(
+            cur,
+            INSERT_INTO + " VALUES %s ON CONFLICT DO NOTHING RETURNING username",
+            [new.row() for _, _, new in chunk],
+            page_size=len(chunk),
+            fetch=True,
+        )
+        added = {row[0] for row in inserted}
+        rest = [item for item in chunk if item[2].username not in added]
+        existing = _existing_rows(cur, [new for _, _, new in rest]) if rest else []
+    report.added += len(added)
+    for number, text, new in rest:
+        reason = _conflict_reason(new, existing)
+        if reason is None:
+            report.already_present += 1
+        else:
+            report.bad_lines.append(BadLine(number, text, reason))
+
+
+def _existing_rows(
+    cur: psycopg2.extensions.cursor, rest: Sequence[NewStreamer]
+) -> list[tuple[str, int | None, int | None, int | None]]:
+    cur.execute(
+        """SELECT username, channel_id, kick_user_id, chatroom_id FROM kick_monitor.streamers
+           WHERE username = ANY(%s) OR channel_id = ANY(%s) OR kick_user_id = ANY(%s)""",
+        (
+            [new.username for new in rest],
+            [new.channel_id for new in rest if new.channel_id is not None],
+            [new.kick_user_id for new in rest if new.kick_user_id is not None],
+        ),
+    )
+    return list(cur.fetchall())
+
+
+def _conflict_reason(
+    new: NewStreamer, existing: Sequence[tuple[str, int | None, int | None, int | None]]
+) -> str | None:
+    """None if the row already there is this same streamer; else why the line was refused."""
+    for username, channel_id, kick_user_id, chatroom_id in existing:
+        if username != new.username:
+            continue
+        stored = {"channel_id": channel_id, "kick_user_id": kick_user_id, "chatroom_id": chatroom_id}
+        for column, value in stored.items():
+            wanted = getattr(new, column)
+            if wanted is not None and wanted != value:
+                shown = "none" if value is None else value
+                return (
+                    f"streamer {new.username!r} already exists with {ID_LABELS[column]} {shown}, "
+                    f"not {wanted} (remove it first to change its ids)"
+                )
+        return None
+    for username, channel_id, kick_user_id, _ in existing:
+        if new.channel_id is not None and channel_id == new.channel_id:
+            return f"channel id {new.channel_id} already belongs to streamer {username!r}"
+        if new.kick_user_id is not None and kick_user_id == new.kick_user_id:
+            return f"user id {new.kick_user_id} already belongs to streamer {username!r}"
+    return "not inserted: the streamer list changed during the import; run it again"
+
+
+# ---------------------------------------------------------------- status
+
+
+@dataclass(frozen=True, slots=True)
+class StatusSummary:
+    """Every streamer and the counts the `status` command prints under its table."""
+
+    streamers: list[Streamer]
+    online: int
+    offline: int
+    unknown: int
+    unresolved: int
+
+    @property
+    def total(self) -> int:
+        return len(self.streamers)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "online": self.online,
+            "offline": self.offline,
+            "unknown": self.unknown,
+            "unresolved": self.unresolved,
+            "total": self.total,
+        }
+
+
+def status_summary(conn: psycopg2.extensions.connection) -> StatusSummary:
+    """Every streamer with its status; unresolved ones (no channel id) are counted apart."""
+    streamers = list_streamers(conn)
+    unresolved = sum(1 for s in streamers if not s.is_resolved)
+    resolved = [s for s in streamers if s.is_resolved]
+    return StatusSummary(
+        streamers=streamers,
+        online=sum(1 for s in resolved if s.status == "online"),
+        offline=sum(1 for s in resolved if s.status == "offline"),
+        unknown=sum(1 for s in resolved if s.status == "unknown"),
+        unresolved=unresolved,
+    )

@@ -1,0 +1,243 @@
+"""The whole product end to end: simulator → workers → writer → PostgreSQL, real processes.
+
+Each test starts `kick-monitor run` as a subprocess (its own process group, stopped by
+PID), drives the simulator, lets the pipeline settle, and compares the database with the
+simulator's ground truth: current state equal, history = every transition exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import psycopg2.extensions
+import pytest
+
+from kick_monitor.database import connect
+from kick_monitor.embedded_pg import EmbeddedPostgres
+from kick_monitor.migrations import migrate
+from kick_monitor.sim import SimConfig, Simulator
+from tests.service import (
+    Service,
+    alive,
+    history_errors,
+    insert_streamers,
+    mismatches,
+    running,
+    service_env,
+    status_transitions,
+    wait_until,
+)
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    simulator = Simulator(SimConfig(port=0, http_port=0, control_port=0, seed=7))
+    simulator.start()
+    try:
+        yield simulator
+    finally:
+        simulator.stop()
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg2.extensions.connection]:
+    connection = connect(database_url)
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+def settle(sim: Simulator, conn: psycopg2.extensions.connection, timeout: float = 20.0) -> None:
+    """Wait until the database agrees with the simulator (or fail with the differences)."""
+    try:
+        wait_until(lambda: not mismatches(sim, conn) and not history_errors(sim, conn), timeout,
+                   interval=0.2, what="database to match the simulator")
+    except AssertionError:
+        bad = mismatches(sim, conn)
+        errors = history_errors(sim, conn)
+        raise AssertionError(f"{len(bad)} state mismatches {bad[:5]}; {len(errors)} history errors {errors[:5]}")
+
+
+def latencies_ms(sim: Simulator, conn: psycopg2.extensions.connection) -> list[float]:
+    """Commit time minus simulator send time, per transition, joined on (channel, status, order)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT channel_id, status, extract(epoch FROM recorded_at)::float8 FROM kick_monitor.status_events"
+            " WHERE source = 'pusher' ORDER BY received_at"
+        )
+        rows = cur.fetchall()
+    conn.rollback()
+    sent: dict[tuple[int, str], list[float]] = {}
+    for t in status_transitions(sim.truth()):
+        if t.delivered:
+            sent.setdefault((t.channel_id, t.status), []).append(t.sent_wall)
+    recorded: dict[tuple[int, str], list[float]] = {}
+    for channel_id, status, at in rows:
+        recorded.setdefault((channel_id, status), []).append(at)
+    result = []
+    for key, times in recorded.items():
+        for sent_at, recorded_at in zip(sorted(sent.get(key, [])), sorted(times), strict=False):
+            result.append((recorded_at - sent_at) * 1000)
+    return sorted(result)
+
+
+def percentile(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(len(values) * q))]
+
+
+def make_service(sim: Simulator, url: str, tmp_path: Path, **settings: str) -> Service:
+    return Service(service_env(sim, url, tmp_path / "data", **settings), tmp_path / "service.log")
+
+
+def test_1000_streamers_4_shards_every_transition_recorded(
+    sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, tmp_path: Path
+) -> None:
+    insert_streamers(conn, sim.create_streamers(1000))
+    service = make_service(sim, database_url, tmp_path, shard_count="4")
+    with running(service):
+        service.wait_children(4)
+        wait_until(lambda: sim.subscription_count() >= 2000, 30, what="2,000 subscriptions")
+        sim.start_flipping(rate=200.0, duration=5.0)
+        assert sim.wait_flipping_done(timeout=30)
+        settle(sim, conn)
+        assert service.stop() == 0
+    transitions = status_transitions(sim.truth())
+    assert len(transitions) >= 800
+    lat = latencies_ms(sim, conn)
+    assert len(lat) == len(transitions)
+    p50, p99 = percentile(lat, 0.5), percentile(lat, 0.99)
+    print(f"\nframe→commit over {len(lat)} transitions: p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {lat[-1]:.2f} ms")
+    assert p99 < 1000.0
+
+
+def test_streamers_added_and_removed_while_running(
+    sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, tmp_path: Path
+) -> None:
+    first, later = sim.create_streamers(40, prefix="first"), sim.create_streamers(20, prefix="later")
+    insert_streamers(conn, first)
+    service = make_service(sim, database_url, tmp_path, shard_count="3", reload_interval="600")
+    with running(service):
+        service.wait_children(3)
+        wait_until(lambda: sim.subscription_count() >= 80, 20, what="initial subscriptions")
+        pids = service.worker_pids()
+        insert_streamers(conn, later)  # the NOTIFY trigger tells the coordinator
+        wait_until(lambda: sim.subscription_count() >= 120, 10, what="new streamers subscribed")
+        sim.set_live(later[0].slug, True)
+        settle(sim, conn)
+        with conn, conn.cursor() as cur:
+            cur.execute("DELETE FROM kick_monitor.streamers WHERE username = ANY(%s)", ([s.slug for s in first[:10]],))
+        wait_until(lambda: sim.subscription_count() <= 100, 10, what="removed streamers unsubscribed")
+        assert service.worker_pids() == pids, "no worker was restarted"
+        assert service.stop() == 0
+
+
+def test_killed_worker_is_restarted_and_nothing_else_disturbed(
+    sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, tmp_path: Path
+) -> None:
+    insert_streamers(conn, sim.create_streamers(200))
+    service = make_service(sim, database_url, tmp_path, shard_count="4")
+    with running(service):
+        service.wait_children(4)
+        wait_until(lambda: sim.subscription_count() >= 400, 20, what="subscriptions")
+        before = service.worker_pids()
+        writer = service.writer_pid()
+        sim.start_flipping(rate=50.0, duration=6.0)
+        time.sleep(1.0)
+        victim_shard = 2
+        os.kill(before[victim_shard], signal.SIGKILL)
+        wait_until(lambda: service.worker_pids().get(victim_shard, before[victim_shard]) != before[victim_shard]
+                   and len(service.worker_pids()) == 4, 15, what="worker restarted")
+        after = service.worker_pids()
+        assert {s: p for s, p in after.items() if s != victim_shard} == {
+            s: p for s, p in before.items() if s != victim_shard
+        }
+        assert service.writer_pid() == writer
+        assert sim.wait_flipping_done(timeout=30)
+        # Frames sent to the dead worker's channels are repaired by reconciliation on reconnect.
+        wait_until(lambda: not mismatches(sim, conn), 20, interval=0.2, what="state to match after the kill")
+        assert service.stop() == 0
+
+
+def test_killed_writer_loses_nothing(
+    sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, tmp_path: Path
+) -> None:
+    insert_streamers(conn, sim.create_streamers(300))
+    service = make_service(sim, database_url, tmp_path, shard_count="3")
+    with running(service):
+        service.wait_children(3)
+        wait_until(lambda: sim.subscription_count() >= 600, 20, what="subscriptions")
+        sim.start_flipping(rate=200.0, duration=6.0)
+        for _ in range(3):
+            time.sleep(1.5)
+            writer = service.writer_pid()
+            assert writer is not None
+            os.kill(writer, signal.SIGKILL)
+            wait_until(lambda w=writer: service.writer_pid() not in (None, w), 15, what="writer restarted")
+        assert sim.wait_flipping_done(timeout=30)
+        settle(sim, conn)
+        assert service.stop() == 0
+
+
+def test_postgres_down_for_20_seconds_loses_nothing(sim: Simulator, tmp_path: Path) -> None:
+    pg = EmbeddedPostgres(tmp_path / "own-pg")
+    url = pg.start()
+    conn = connect(url)
+    try:
+        migrate(conn)
+        insert_streamers(conn, sim.create_streamers(100))
+        service = make_service(sim, url, tmp_path, shard_count="2")
+        with running(service):
+            service.wait_children(2)
+            wait_until(lambda: sim.subscription_count() >= 200, 20, what="subscriptions")
+            sim.start_flipping(rate=50.0, duration=28.0)
+            time.sleep(2.0)
+            conn.close()
+            pg.stop()
+            time.sleep(20.0)
+            pg.restart_after_stop()
+            conn = connect(url)
+            assert sim.wait_flipping_done(timeout=40)
+            settle(sim, conn, timeout=40)
+            assert "spooled" in service.log_text()
+            assert service.stop() == 0
+    finally:
+        conn.close()
+        pg.stop(force=True)
+
+
+def test_sigterm_during_burst_commits_everything_received(
+    sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, tmp_path: Path
+) -> None:
+    insert_streamers(conn, sim.create_streamers(500))
+    service = make_service(sim, database_url, tmp_path, shard_count="2")
+    with running(service):
+        service.wait_children(2)
+        wait_until(lambda: sim.subscription_count() >= 1000, 20, what="subscriptions")
+        sim.start_flipping(rate=1000.0, duration=10.0)
+        time.sleep(2.0)
+        signalled_at = time.time()
+        children = list(service.children())
+        assert service.stop() == 0
+        sim.stop_flipping()
+    assert not [pid for pid in children if alive(pid)], "no child outlives the coordinator"
+    sent_before = Counter(
+        (t.channel_id, t.status)
+        for t in status_transitions(sim.truth())
+        if t.delivered and t.sent_wall < signalled_at - 0.05
+    )
+    with conn.cursor() as cur:
+        cur.execute("SELECT channel_id, status FROM kick_monitor.status_events")
+        recorded = Counter(cur.fetchall())
+    conn.rollback()
+    missing = {key: n - recorded[key] for key, n in sent_before.items() if recorded[key] < n}
+    assert sum(sent_before.values()) > 500
+    assert not missing, f"{len(missing)} streamers lack transitions sent before SIGTERM: {list(missing.items())[:5]}"

@@ -1,0 +1,416 @@
+"""A shard worker: one synchronous process, one Pusher connection, one shard of streamers.
+
+The main loop is a single `select()` over the Pusher socket, the coordinator's control
+pipe, the writer connection and the reconciler's wake-up pipe. Frames become typed
+`StatusChange`s (kick_monitor.events) and go to the writer through the acknowledged
+hand-off (kick_monitor.handoff). API reconciliation runs on a helper thread so that a
+slow Kick API never delays a frame; its verdicts are applied in the main loop, and only
+for channels that saw no frame since the API was asked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import select
+import signal
+import threading
+import time
+from collections.abc import Iterable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from kick_monitor.config import Settings
+from kick_monitor.events import LIFECYCLE_EVENTS, EventStats, StatusTracker, TitleUpdate
+from kick_monitor.handoff import ChangeSender
+from kick_monitor.logsetup import configure_logging
+from kick_monitor.messages import (
+    StatusChange,
+    Stop,
+    StreamerRef,
+    Subscribe,
+    Unsubscribe,
+    WorkerState,
+)
+from kick_monitor.process import Heartbeats, die_with_parent, parent_changed, reset_signals, set_title
+from kick_monitor.pusher import PusherFatalError, PusherSession
+
+log = logging.getLogger("kick_monitor.worker")
+
+EXIT_FATAL_CONFIG = 78  # sysexits EX_CONFIG: the coordinator stops instead of respawning
+EXIT_BOOT_FAILED = 3
+STATE_EVERY = 1.0  # seconds between WorkerState reports to the coordinator
+HEARTBEAT_EVERY = 1.0
+
+
+def lifecycle_names(channel_id: int, which: str) -> list[str]:
+    """The Pusher channels to subscribe for one streamer, per `lifecycle_channels`."""
+    names = []
+    if which in ("both", "dot"):
+        names.append(f"channel.{channel_id}")
+    if which in ("both", "underscore"):
+        names.append(f"channel_{channel_id}")
+    return names
+
+
+class Reconciliation:
+    """Runs API reconciliation on one helper thread; results come back through a queue.
+
+    The thread never touches the tracker: it gets an immutable snapshot and returns the
+    API's answer; the main loop decides.
+    """
+
+    def __init__(self, settings: Settings, shard: int) -> None:
+        self.settings = settings
+        self.shard = shard
+        self.results: queue.SimpleQueue[tuple[float, dict[int, Any], str | None]] = queue.SimpleQueue()
+        self.wake_read, self.wake_write = os.pipe()
+        os.set_blocking(self.wake_read, False)
+        self._thread: threading.Thread | None = None
+        self._reconciler: Any = None
+        self.enabled = settings.has_api_credentials
+
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, streamers: tuple[StreamerRef, ...]) -> bool:
+        if not self.enabled or self.running():
+            return False
+        started = time.monotonic()
+        self._thread = threading.Thread(
+            target=self._run, args=(streamers, started), name=f"reconcile-{self.shard}", daemon=True
+        )
+        self._thread.start()
+        return True
+
+    def drain_wakeups(self) -> None:
+        try:
+            while os.read(self.wake_read, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _run(self, streamers: tuple[StreamerRef, ...], started: float) -> None:
+        error: str | None = None
+        answer: dict[int, Any] = {}
+        try:
+            answer = self._client().fetch_live_status(streamers)
+        except Exception as exc:  # reported to the main loop; the thread never dies silently
+            error = f"{type(exc).__name__}: {exc}"
+        self.results.put((started, answer, error))
+        try:
+            os.write(self.wake_write, b"x")
+        except OSError:
+            pass
+
+    def _client(self) -> Any:
+        if self._reconciler is None:
+            from kick_monitor.kick_api import KickApiClient, Reconciler
+
+            s = self.settings
+            client = KickApiClient(
+                s.api_base_url, s.oauth_token_url, s.web_api_base_url, s.client_id, s.client_secret,
+                timeout=(min(3.05, s.api_timeout), s.api_timeout), batch_size=s.api_batch_size,
+                rate=(s.api_rate, s.api_burst),
+            )
+            self._reconciler = Reconciler(client)
+        return self._reconciler
+
+
+class ShardWorker:
+    """Runs in the forked worker process; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        shard: int,
+        streamers: Iterable[StreamerRef],
+        control: Connection,
+        writer_address: str,
+        heartbeats: Heartbeats | None = None,
+        heartbeat_slot: int = 0,
+    ) -> None:
+        self.settings = settings
+        self.shard = shard
+        self.control = control
+        self.heartbeats = heartbeats
+        self.heartbeat_slot = heartbeat_slot
+        self.refs: dict[int, StreamerRef] = {ref.channel_id: ref for ref in streamers}
+        self.stats = EventStats(shard)
+        self.tracker = StatusTracker(self.refs.values(), shard=shard, stats=self.stats)
+        self.sender = ChangeSender(writer_address, sender=f"shard-{shard}")
+        self.session = PusherSession(
+            settings.pusher_url,
+            activity_timeout=settings.activity_timeout,
+            pong_timeout=settings.pong_timeout,
+            connect_timeout=settings.connect_timeout,
+            shard=shard,
+            app_events=LIFECYCLE_EVENTS,  # chat and goal noise is dropped before decoding `data`
+            event_stats=self.stats,
+        )
+        self.reconciliation = Reconciliation(settings, shard)
+        self.last_frame_mono: dict[int, float] = {}
+        self.stopping = False
+        self.generation = 0
+        self.next_reconcile = float("inf")
+        self.frames = 0
+        self.changes_sent = 0
+        self.ppid = os.getppid()
+        self._next_state = 0.0
+        self._next_beat = 0.0
+        self._metrics: Any = None
+
+    # -- process entry ---------------------------------------------------------------
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._record_stop)
+        self._load_metrics()
+        self.session.subscribe(self._all_channel_names())
+        if not self.reconciliation.enabled:
+            log.info("no Kick API credentials: running Pusher-only, without reconciliation")
+        try:
+            while not self.stopping:
+                self.step()
+                if parent_changed(self.ppid):
+                    log.warning("coordinator is gone; stopping")
+                    self.stopping = True
+        except PusherFatalError as exc:
+            log.error(
+                "Pusher refused us for good (code %s: %s); check KICK_MONITOR_PUSHER_URL and the app key",
+                exc.code, exc.message, extra={"error_code": exc.code},
+            )
+            self._send_state("fatal", f"{exc.code} {exc.message}")
+            self.session.close()
+            return EXIT_FATAL_CONFIG
+        return self.stop()
+
+    def step(self) -> None:
+        """One turn of the loop: wait for anything, then serve each source."""
+        now = time.monotonic()
+        rlist: list[Any] = [self.control, self.reconciliation.wake_read]
+        ws_fd = self.session.fileno()
+        if ws_fd is not None:
+            rlist.append(ws_fd)
+        sender_fd = self.sender.fileno()
+        if sender_fd is not None:
+            rlist.append(sender_fd)
+        wlist = [sender_fd] if sender_fd is not None and self.sender.wants_write else []
+        timeout = min(
+            self.session.next_timeout(now),
+            self.sender.next_timeout(now),
+            max(0.0, self._next_beat - now),
+            max(0.0, self.next_reconcile - now),
+        )
+        if self.session.has_buffered_data():
+            timeout = 0.0
+        try:
+            readable, writable, _ = select.select(rlist, wlist, [], max(0.0, timeout))
+        except InterruptedError:
+            return
+        now = time.monotonic()
+        self.read_pusher(now, ws_fd is not None and ws_fd in readable)
+        if self.session.generation != self.generation:
+            self.on_connected(now)
+        self.sender.service(now, sender_fd in readable if sender_fd else False, bool(writable))
+        if self.control in readable:
+            self.read_control()
+        if self.reconciliation.wake_read in readable:
+            self.reconciliation.drain_wakeups()
+            self.apply_reconciliation()
+        if now >= self.next_reconcile:
+            self.start_reconcile(now)
+        if now >= self._next_beat:
+            self._next_beat = now + HEARTBEAT_EVERY
+            if self.heartbeats is not None:
+                self.heartbeats.beat(self.heartbeat_slot)
+        if now >= self._next_state:
+            self._next_state = now + STATE_EVERY
+            self._send_state("connected" if self.session.connected else "connecting")
+
+    # -- Pusher ------------------------------------------------------------------------
+    def read_pusher(self, now: float, readable: bool) -> None:
+        events = self.session.service(now, readable)
+        if not events:
+            return
+        changes: list[StatusChange] = []
+        for ev in events:
+            self.frames += 1
+            result = self.tracker.apply(ev)
+            if isinstance(result, StatusChange):
+                changes.append(result)
+                self.last_frame_mono[result.channel_id] = result.received_mono
+            elif isinstance(result, TitleUpdate):
+                changes.append(result.change)
+        if self._metrics is not None:
+            self._count_frames(events)
+        if changes:
+            self.send(changes)
+
+    def on_connected(self, now: float) -> None:
+        """A new Pusher connection: everything was resubscribed; reconcile what we missed."""
+        self.generation = self.session.generation
+        log.info("connected to Pusher", extra={"socket_id": self.session.socket_id})
+        self.start_reconcile(now)
+
+    # -- reconciliation -----------------------------------------------------------------
+    def start_reconcile(self, now: float) -> None:
+        interval = self.settings.reconcile_interval
+        self.next_reconcile = now + interval if interval > 0 else float("inf")
+        self.reconciliation.start(self._snapshot())
+
+    def apply_reconciliation(self) -> None:
+        from kick_monitor.kick_api import diff_live_status
+
+        while True:
+            try:
+                started, answer, error = self.reconciliation.results.get_nowait()
+            except queue.Empty:
+                return
+            if error is not None:
+                log.warning("reconciliation failed: %s", error)
+                self._count_reconcile("error")
+                continue
+            known = {cid: st for cid in answer if (st := self.tracker.status(cid)) is not None}
+            changes: list[StatusChange] = []
+            for channel_id, info in diff_live_status(known, answer):
+                if self.last_frame_mono.get(channel_id, 0.0) >= started:
+                    continue  # a frame arrived after we asked: it is newer than this answer
+                change = self.tracker.set_status(
+                    channel_id, "online" if info.is_live else "offline", info.livestream_id,
+                    title=info.title, occurred_at=info.started_at if info.is_live else None,
+                    received_at=time.time(), received_mono=time.monotonic(), event="reconcile",
+                )
+                if change is not None:
+                    changes.append(change)
+            if changes:
+                log.info("reconciliation repaired %d streamers", len(changes))
+                self.send(changes)
+            self._count_reconcile("ok")
+
+    # -- coordinator ---------------------------------------------------------------------
+    def read_control(self) -> None:
+        try:
+            while self.control.poll():
+                message = self.control.recv()
+                if isinstance(message, Subscribe):
+                    self.subscribe(message.streamers)
+                elif isinstance(message, Unsubscribe):
+                    self.unsubscribe(message.channel_ids)
+                elif isinstance(message, Stop):
+                    self.stopping = True
+        except (EOFError, OSError):
+            self.stopping = True  # the coordinator is gone
+
+    def subscribe(self, streamers: Iterable[StreamerRef]) -> None:
+        fresh = [ref for ref in streamers if ref.channel_id not in self.refs]
+        for ref in fresh:
+            self.refs[ref.channel_id] = ref
+        self.tracker.add(fresh)
+        names = [n for ref in fresh for n in lifecycle_names(ref.channel_id, self.settings.lifecycle_channels)]
+        self.session.subscribe(names)
+        if fresh:
+            log.info("subscribed %d more streamers", len(fresh))
+            self.reconciliation.start(tuple(fresh))
+
+    def unsubscribe(self, channel_ids: Iterable[int]) -> None:
+        gone = [cid for cid in channel_ids if cid in self.refs]
+        for cid in gone:
+            del self.refs[cid]
+            self.last_frame_mono.pop(cid, None)
+        self.tracker.remove(gone)
+        names = [n for cid in gone for n in lifecycle_names(cid, self.settings.lifecycle_channels)]
+        self.session.unsubscribe(names)
+        if gone:
+            log.info("unsubscribed %d streamers", len(gone))
+
+    # -- writer ---------------------------------------------------------------------------
+    def send(self, changes: list[StatusChange]) -> None:
+        self.sender.send(changes)
+        self.changes_sent += len(changes)
+        m = self._metrics
+        if m is not None:
+            for change in changes:
+                m.STATUS_CHANGES.labels(shard=str(self.shard), status=change.status, source=change.source).inc()
+
+    def stop(self) -> int:
+        """Graceful stop: close the socket, wait until the writer has every change, exit 0."""
+        self.session.close()
+        drained = self.sender.wait_drained(self.settings.drain_timeout)
+        if not drained:
+            log.error("stopping with %d changes the writer did not confirm", self.sender.unacked_changes)
+        self.sender.close()
+        return 0
+
+    # -- reporting --------------------------------------------------------------------------
+    def _all_channel_names(self) -> list[str]:
+        which = self.settings.lifecycle_channels
+        return [n for cid in self.refs for n in lifecycle_names(cid, which)]
+
+    def _snapshot(self) -> tuple[StreamerRef, ...]:
+        return tuple(self.refs.values())
+
+    def _record_stop(self, signum: int, frame: object) -> None:
+        self.stopping = True
+
+    def _send_state(self, state: str, detail: str = "") -> None:
+        reconnects = sum(self.session.stats.reconnects.values())
+        message = WorkerState(
+            self.shard, state, len(self.refs), reconnects, self.frames, self.changes_sent, detail,
+            {"unacked": self.sender.unacked_changes},
+        )
+        try:
+            self.control.send(message)
+        except (OSError, ValueError):
+            self.stopping = True
+        m = self._metrics
+        if m is not None:
+            shard = str(self.shard)
+            m.CONNECTION_UP.labels(shard=shard).set(1 if self.session.connected else 0)
+            m.SUBSCRIPTIONS.labels(shard=shard).set(len(self.refs) * len(lifecycle_names(0, self.settings.lifecycle_channels)))
+            m.UNACKED.labels(shard=shard).set(self.sender.unacked_changes)
+            m.HEARTBEAT.labels(shard=shard).set(time.time())
+
+    def _load_metrics(self) -> None:
+        try:
+            from kick_monitor import metrics
+        except ImportError:  # pragma: no cover
+            return
+        self._metrics = metrics
+
+    def _count_frames(self, events: list[Any]) -> None:
+        # Label by lifecycle name only: event names come from the network, and a label
+        # per name would let a hostile stream grow our metrics without bound.
+        frames = self._metrics.FRAMES
+        shard = str(self.shard)
+        for ev in events:
+            frames.labels(shard=shard, event=ev.event if ev.event in LIFECYCLE_EVENTS else "other").inc()
+
+    def _count_reconcile(self, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.RECONCILIATIONS.labels(shard=str(self.shard), outcome=outcome).inc()
+
+
+def run_worker(
+    settings: Settings,
+    shard: int,
+    streamers: list[StreamerRef],
+    control: Connection,
+    writer_address: str,
+    heartbeats: Heartbeats | None,
+    heartbeat_slot: int,
+) -> int:
+    """Entry point in the forked child: fresh signals, own sockets, then the loop."""
+    reset_signals()
+    die_with_parent(signal.SIGTERM)
+    set_title(f"worker shard {shard}")
+    configure_logging(settings, role="worker", shard=shard)
+    try:
+        worker = ShardWorker(settings, shard, streamers, control, writer_address, heartbeats, heartbeat_slot)
+    except Exception:
+        log.exception("worker %d failed to boot", shard)
+        return EXIT_BOOT_FAILED
+    try:
+        return worker.run()
+    except Exception:
+        log.exception("worker %d crashed", shard)
+        return 1
