@@ -8,6 +8,7 @@ stop and restart the server on purpose.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import warnings
@@ -108,7 +109,7 @@ class EmbeddedPostgres:
         import pgserver
 
         try:
-            pgserver.pg_ctl(args, pgdata=self.pgdata, user=self._system_user, timeout=60)
+            pgserver.pg_ctl(args, pgdata=self.pgdata, user=self._system_user, timeout=60)  # type: ignore[attr-defined]
         except (subprocess.SubprocessError, OSError) as exc:
             raise EmbeddedPostgresError(f"pg_ctl {args[-1]} failed for {self.pgdata}: {exc}") from None
 
@@ -119,9 +120,7 @@ class EmbeddedPostgres:
             with conn.cursor() as cur:
                 cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.database,))
                 if cur.fetchone() is None:
-                    try:
+                    with contextlib.suppress(psycopg2.errors.DuplicateDatabase):  # a concurrent start won
                         cur.execute(f'CREATE DATABASE "{self.database}"')
-                    except psycopg2.errors.DuplicateDatabase:
-                        pass
         finally:
             conn.close()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import pickle
@@ -246,12 +247,20 @@ class ChangeSender:
 
 
 class ChangeReceiver:
-    """Writer side: accepts worker connections, reads batches, acknowledges durable ones."""
+    """Writer side: accepts worker connections, reads batches, acknowledges durable ones.
+
+    Connections are identified by a number never reused (not by file descriptor: a closed
+    connection's fd can be reused at once by a new one, which must never receive an ack
+    for sequence numbers it did not send).
+    """
 
     def __init__(self, listener: socket.socket) -> None:
         listener.setblocking(False)
         self.listener = listener
-        self.channels: dict[int, FramedSocket] = {}
+        self.channels: dict[int, FramedSocket] = {}  # by fd, for select()
+        self._ids: dict[int, int] = {}  # fd -> connection id
+        self._by_id: dict[int, FramedSocket] = {}
+        self._next_id = itertools.count(1)
 
     def filenos(self) -> list[int]:
         return [self.listener.fileno(), *self.channels]
@@ -269,10 +278,13 @@ class ChangeReceiver:
                 log.warning("accept failed: %s", exc)
                 return
             channel = FramedSocket(sock)
-            self.channels[channel.fileno()] = channel
+            fd, conn_id = channel.fileno(), next(self._next_id)
+            self.channels[fd] = channel
+            self._ids[fd] = conn_id
+            self._by_id[conn_id] = channel
 
     def read(self, readable: Iterable[int]) -> list[tuple[int, ChangeBatch]]:
-        """Batches readable now, tagged with the connection they came on."""
+        """Batches readable now, tagged with the id of the connection they came on."""
         received: list[tuple[int, ChangeBatch]] = []
         for fd in readable:
             if fd == self.listener.fileno():
@@ -281,10 +293,11 @@ class ChangeReceiver:
             channel = self.channels.get(fd)
             if channel is None:
                 continue
+            conn_id = self._ids[fd]
             try:
                 for message in channel.read():
                     if isinstance(message, ChangeBatch):
-                        received.append((fd, message))
+                        received.append((conn_id, message))
                     else:
                         log.warning("ignoring unexpected message %s from a worker", type(message).__name__)
             except (OSError, ConnectionError, ProtocolError, pickle.UnpicklingError, EOFError) as exc:
@@ -292,13 +305,13 @@ class ChangeReceiver:
         return received
 
     def acknowledge(self, acks: dict[int, int]) -> None:
-        """Tell each connection the highest seq now durable; a vanished one re-sends anyway."""
-        for fd, seq in acks.items():
-            channel = self.channels.get(fd)
+        """Tell each connection (by id) the highest seq now durable; a vanished one re-sends anyway."""
+        for conn_id, seq in acks.items():
+            channel = self._by_id.get(conn_id)
             if channel is None:
                 continue
             channel.queue(Ack(seq))
-            self.flush(fd)
+            self.flush(channel.fileno())
 
     def flush(self, fd: int) -> None:
         channel = self.channels.get(fd)
@@ -315,6 +328,9 @@ class ChangeReceiver:
 
     def _close(self, fd: int, reason: str) -> None:
         channel = self.channels.pop(fd, None)
+        conn_id = self._ids.pop(fd, None)
+        if conn_id is not None:
+            self._by_id.pop(conn_id, None)
         if channel is not None:
             log.debug("worker connection closed: %s", reason)
             channel.close()

@@ -116,25 +116,24 @@ def migrate(conn: psycopg2.extensions.connection) -> list[Migration]:
     """Apply every pending migration, each in its own transaction; return those applied."""
     applied: list[Migration] = []
     for migration in MIGRATIONS:
-        with conn:  # one transaction per migration
-            with conn.cursor() as cur:
-                cur.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
-                cur.execute("CREATE SCHEMA IF NOT EXISTS kick_monitor")
-                cur.execute(
-                    """CREATE TABLE IF NOT EXISTS kick_monitor.schema_migrations (
-                           version    integer PRIMARY KEY,
-                           name       text NOT NULL,
-                           applied_at timestamptz NOT NULL DEFAULT now())"""
-                )
-                cur.execute("SELECT 1 FROM kick_monitor.schema_migrations WHERE version = %s", (migration.version,))
-                if cur.fetchone() is not None:
-                    continue
-                cur.execute(migration.sql)
-                cur.execute(
-                    "INSERT INTO kick_monitor.schema_migrations (version, name) VALUES (%s, %s)",
-                    (migration.version, migration.name),
-                )
-                applied.append(migration)
+        with conn, conn.cursor() as cur:  # one transaction per migration
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
+            cur.execute("CREATE SCHEMA IF NOT EXISTS kick_monitor")
+            cur.execute(
+                """CREATE TABLE IF NOT EXISTS kick_monitor.schema_migrations (
+                       version    integer PRIMARY KEY,
+                       name       text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
+            cur.execute("SELECT 1 FROM kick_monitor.schema_migrations WHERE version = %s", (migration.version,))
+            if cur.fetchone() is not None:
+                continue
+            cur.execute(migration.sql)
+            cur.execute(
+                "INSERT INTO kick_monitor.schema_migrations (version, name) VALUES (%s, %s)",
+                (migration.version, migration.name),
+            )
+            applied.append(migration)
     return applied
 
 

@@ -54,7 +54,7 @@ class Heartbeats:
         self._array[slot] = time.monotonic()
 
     def age(self, slot: int, now: float | None = None) -> float:
-        last = self._array[slot]
+        last = float(self._array[slot])
         if not last:
             return 0.0
         return (time.monotonic() if now is None else now) - last

@@ -154,4 +154,4 @@ def backoff_delay(
     workers that failed together from retrying in lockstep.
     """
     ceiling = min(policy.backoff_cap, policy.backoff_base * (2 ** max(0, attempt - 1)))
-    return ceiling / 2 + rand() * ceiling / 2
+    return float(ceiling / 2 + rand() * ceiling / 2)

@@ -151,8 +151,7 @@ def apply_changes(conn: psycopg2.extensions.connection, changes: Sequence[Status
     unique = coalesce(changes)
     if not unique:
         return BatchResult(0, 0)
-    with conn:
-        with conn.cursor() as cur:
-            cur.execute(f"EXECUTE {PREPARED_NAME} (%s)", (encode_batch(unique),))
-            rows = cur.fetchall()
+    with conn, conn.cursor() as cur:
+        cur.execute(f"EXECUTE {PREPARED_NAME} (%s)", (encode_batch(unique),))
+        rows = cur.fetchall()
     return BatchResult(len(unique), len(rows))

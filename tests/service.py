@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg2
 import psycopg2.extensions
 
-from kick_monitor.sim import Simulator, SimStreamer, Transition
+from kick_monitor.sim import SimStreamer, Simulator, Transition
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -184,13 +184,18 @@ def history(conn: psycopg2.extensions.connection) -> dict[int, list[str]]:
 
 
 def mismatches(sim: Simulator, conn: psycopg2.extensions.connection) -> list[tuple[int, str, str | None]]:
-    """Streamers whose DB status differs from the simulator's truth (offline when never flipped)."""
+    """Watched streamers whose DB status differs from the simulator's truth.
+
+    "unknown" counts as agreeing with offline: the simulator's streamers start offline, and
+    without a frame or a reconciliation there is nothing to learn it from.
+    """
     state = current_state(conn)
     return [
-        (s.channel_id, truth, state.get(s.channel_id))
+        (s.channel_id, truth, state[s.channel_id])
         for s in sim.streamers()
-        if (truth := ("online" if sim.is_live(s.slug) else "offline")) != state.get(s.channel_id)
-        and not (truth == "offline" and state.get(s.channel_id) == "unknown")
+        if s.channel_id in state
+        and (truth := ("online" if sim.is_live(s.slug) else "offline")) != state[s.channel_id]
+        and not (truth == "offline" and state[s.channel_id] == "unknown")
     ]
 
 

@@ -41,6 +41,7 @@ from kick_monitor.handoff import bind_listener
 from kick_monitor.messages import Stop, StreamerRef, Subscribe, Unsubscribe, WorkerState
 from kick_monitor.migrations import STREAMERS_CHANNEL
 from kick_monitor.process import Heartbeats, set_title
+from kick_monitor.resolver import resolve_pending
 from kick_monitor.sharding import shard_for, subscriptions_per_streamer
 from kick_monitor.systemd import sd_notify
 
@@ -55,6 +56,7 @@ BOOT_WINDOW = 10.0  # a child dying sooner than this after start failed at boot
 MAX_BOOT_FAILURES = 5  # in a row: stop respawning that child and report it
 RESPAWN_MIN, RESPAWN_MAX = 0.5, 30.0
 RELOAD_DEBOUNCE = 0.2  # coalesce a burst of streamer notifications into one reload
+RESOLVE_BUDGET = 2.0  # seconds of Kick API id lookups per reload, at most
 SIGNALS = ("HUP", "TERM", "INT", "CHLD")
 
 
@@ -112,6 +114,7 @@ class Coordinator:
         self._wake_read, self._wake_write = os.pipe()
         self._lock_fd: int | None = None
         self._metrics: Any = None
+        self.api_client: Any = None
 
     # -- lifecycle -------------------------------------------------------------------
     def run(self) -> int:
@@ -459,9 +462,31 @@ class Coordinator:
         if self.conn is None or self.conn.closed:
             self.open_database()
         assert self.conn is not None
+        self.resolve_ids()
         streamers = load_streamers(self.conn)
         self._count_streamers()
         return streamers
+
+    def resolve_ids(self) -> None:
+        """Give streamers added by slug their ids (time-boxed: the loop must stay responsive)."""
+        assert self.conn is not None
+        if self.api_client is None:
+            from kick_monitor.kick_api import KickApiClient
+
+            s = self.settings
+            self.api_client = KickApiClient(
+                s.api_base_url, s.oauth_token_url, s.web_api_base_url, s.client_id, s.client_secret,
+                timeout=(min(3.05, s.api_timeout), s.api_timeout), batch_size=s.api_batch_size,
+                rate=(s.api_rate, s.api_burst),
+            )
+        try:
+            resolved = resolve_pending(self.conn, self.api_client, budget=RESOLVE_BUDGET)
+        except psycopg2.Error as exc:
+            log.warning("id resolution skipped: %s", str(exc).strip().splitlines()[0])
+            self.conn.rollback()
+            return
+        if resolved:
+            log.info("resolved ids of %d streamers", resolved)
 
     def refresh_streamer_status(self) -> None:
         """Before respawning workers: their starting view of each streamer's last status."""
@@ -534,7 +559,8 @@ class Coordinator:
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise RuntimeError(f"another kick-monitor ({self.tree}) is running with data dir {self.data_dir}") from None
+                message = f"another kick-monitor ({self.tree}) is running with data dir {self.data_dir}"
+                raise RuntimeError(message) from None
             raise
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())

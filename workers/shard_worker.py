@@ -10,6 +10,7 @@ for channels that saw no frame since the API was asked.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -65,6 +66,7 @@ class Reconciliation:
         self.settings = settings
         self.shard = shard
         self.results: queue.SimpleQueue[tuple[float, dict[int, Any], str | None]] = queue.SimpleQueue()
+        self.auth_failed = False
         self.wake_read, self.wake_write = os.pipe()
         os.set_blocking(self.wake_read, False)
         self._thread: threading.Thread | None = None
@@ -94,15 +96,20 @@ class Reconciliation:
     def _run(self, streamers: tuple[StreamerRef, ...], started: float) -> None:
         error: str | None = None
         answer: dict[int, Any] = {}
+        from kick_monitor.kick_api import KickAuthError
+
         try:
             answer = self._client().fetch_live_status(streamers)
+        except KickAuthError as exc:
+            # A refused secret does not fix itself: stop asking (the service runs Pusher-only).
+            self.enabled = False
+            self.auth_failed = True
+            error = f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # reported to the main loop; the thread never dies silently
             error = f"{type(exc).__name__}: {exc}"
         self.results.put((started, answer, error))
-        try:
+        with contextlib.suppress(OSError):  # a full pipe already holds a wake-up
             os.write(self.wake_write, b"x")
-        except OSError:
-            pass
 
     def _client(self) -> Any:
         if self._reconciler is None:
@@ -267,7 +274,10 @@ class ShardWorker:
             except queue.Empty:
                 return
             if error is not None:
-                log.warning("reconciliation failed: %s", error)
+                if self.reconciliation.auth_failed:
+                    log.error("Kick API refused our credentials (%s); reconciliation is off, Pusher-only", error)
+                else:
+                    log.warning("reconciliation failed: %s", error)
                 self._count_reconcile("error")
                 continue
             known = {cid: st for cid in answer if (st := self.tracker.status(cid)) is not None}
@@ -366,7 +376,8 @@ class ShardWorker:
         if m is not None:
             shard = str(self.shard)
             m.CONNECTION_UP.labels(shard=shard).set(1 if self.session.connected else 0)
-            m.SUBSCRIPTIONS.labels(shard=shard).set(len(self.refs) * len(lifecycle_names(0, self.settings.lifecycle_channels)))
+            per_streamer = len(lifecycle_names(0, self.settings.lifecycle_channels))
+            m.SUBSCRIPTIONS.labels(shard=shard).set(len(self.refs) * per_streamer)
             m.UNACKED.labels(shard=shard).set(self.sender.unacked_changes)
             m.HEARTBEAT.labels(shard=shard).set(time.time())
 

@@ -14,6 +14,7 @@ first, in order, then the memory backlog — older changes never land after newe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -45,15 +46,15 @@ STOP_GRACE = 1.0  # after SIGTERM, seconds to keep reading from workers still co
 
 @dataclass
 class Backlog:
-    """Received changes not yet durable, and the highest seq per connection they cover."""
+    """Received changes not yet durable, and the highest seq per connection id they cover."""
 
     changes: list[StatusChange] = field(default_factory=list)
     acks: dict[int, int] = field(default_factory=dict)
     since: float | None = None
 
-    def add(self, fd: int, seq: int, changes: tuple[StatusChange, ...], now: float) -> None:
+    def add(self, conn_id: int, seq: int, changes: tuple[StatusChange, ...], now: float) -> None:
         self.changes.extend(changes)
-        self.acks[fd] = max(seq, self.acks.get(fd, 0))
+        self.acks[conn_id] = max(seq, self.acks.get(conn_id, 0))
         if self.since is None:
             self.since = now
 
@@ -64,8 +65,8 @@ class Backlog:
 
     def merge(self, other: Backlog) -> None:
         self.changes.extend(other.changes)
-        for fd, seq in other.acks.items():
-            self.acks[fd] = max(seq, self.acks.get(fd, 0))
+        for conn_id, seq in other.acks.items():
+            self.acks[conn_id] = max(seq, self.acks.get(conn_id, 0))
         if other.since is not None:
             self.since = other.since if self.since is None else min(self.since, other.since)
 
@@ -132,8 +133,8 @@ class BatchWriter:
         for fd in writable:
             self.receiver.flush(fd)
         now = time.monotonic()
-        for fd, batch in self.receiver.read(readable):
-            self.pending.add(fd, batch.seq, batch.changes, now)
+        for conn_id, batch in self.receiver.read(readable):
+            self.pending.add(conn_id, batch.seq, batch.changes, now)
         if self.pending and self._should_flush(now):
             self.flush(now)
         if (self.held or self.spool) and now >= self.retry_at:
@@ -172,21 +173,19 @@ class BatchWriter:
             self.held.changes[:0] = changes
         else:
             self.held.changes.extend(changes)
-        for fd, seq in acks.items():
-            self.held.acks[fd] = max(seq, self.held.acks.get(fd, 0))
+        for conn_id, seq in acks.items():
+            self.held.acks[conn_id] = max(seq, self.held.acks.get(conn_id, 0))
         self.held.since = self.held.since or now
 
     def commit(self, changes: list[StatusChange]) -> bool:
         """Commit in slices of batch_size; False (and the DB marked down) on a connection error."""
         size = self.settings.batch_size
-        for start in range(0, len(changes), size):
-            if not self._commit_slice(changes[start : start + size]):
-                return False
-        return True
+        return all(self._commit_slice(changes[start : start + size]) for start in range(0, len(changes), size))
 
     def _commit_slice(self, changes: list[StatusChange]) -> bool:
         assert self.conn is not None
         started = time.perf_counter()
+        result: BatchResult | None
         try:
             result = apply_changes(self.conn, changes)
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
@@ -194,8 +193,8 @@ class BatchWriter:
             return False
         except psycopg2.DatabaseError as exc:
             result = self._commit_one_by_one(changes, exc)
-            if result is None:
-                return False
+        if result is None:
+            return False
         committed_at = time.time()
         self._observe(changes, result, time.perf_counter() - started, committed_at)
         return True
@@ -262,8 +261,8 @@ class BatchWriter:
     def drain(self) -> None:
         """Shutdown: commit everything received; what cannot be committed goes to the spool."""
         now = time.monotonic()
-        for fd, batch in self.receiver.read(list(self.receiver.channels)):
-            self.pending.add(fd, batch.seq, batch.changes, now)
+        for conn_id, batch in self.receiver.read(list(self.receiver.channels)):
+            self.pending.add(conn_id, batch.seq, batch.changes, now)
         if self.pending:
             self.flush(now)
         if self.held or self.spool:
@@ -297,10 +296,8 @@ class BatchWriter:
     def _database_lost(self, exc: Exception) -> None:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if self.conn is not None:
-            try:
+            with contextlib.suppress(psycopg2.Error):
                 self.conn.close()
-            except psycopg2.Error:
-                pass
         self.conn = None
         if self._metrics:
             self._metrics.COMMIT_ERRORS.labels(kind="connection").inc()

@@ -64,7 +64,9 @@ def settle(sim: Simulator, conn: psycopg2.extensions.connection, timeout: float 
     except AssertionError:
         bad = mismatches(sim, conn)
         errors = history_errors(sim, conn)
-        raise AssertionError(f"{len(bad)} state mismatches {bad[:5]}; {len(errors)} history errors {errors[:5]}")
+        raise AssertionError(
+            f"{len(bad)} state mismatches {bad[:5]}; {len(errors)} history errors {errors[:5]}"
+        ) from None
 
 
 def latencies_ms(sim: Simulator, conn: psycopg2.extensions.connection) -> list[float]:
@@ -241,3 +243,34 @@ def test_sigterm_during_burst_commits_everything_received(
     missing = {key: n - recorded[key] for key, n in sent_before.items() if recorded[key] < n}
     assert sum(sent_before.values()) > 500
     assert not missing, f"{len(missing)} streamers lack transitions sent before SIGTERM: {list(missing.items())[:5]}"
+
+
+def test_streamer_added_by_slug_only_gets_its_ids_and_is_watched(
+    sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, tmp_path: Path
+) -> None:
+    known, by_slug = sim.create_streamers(10, prefix="known"), sim.create_streamers(2, prefix="byslug")
+    insert_streamers(conn, known)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO kick_monitor.streamers (username, unresolved_reason) VALUES (%s, 'waiting for id resolution'),"
+            " ('no_such_streamer', 'waiting for id resolution')",
+            (by_slug[0].slug,),
+        )
+    service = make_service(sim, database_url, tmp_path, shard_count="2")
+    with running(service):
+        service.wait_children(2)
+        wait_until(lambda: sim.subscription_count() >= 22, 20, what="the resolved streamer subscribed")
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT username, channel_id, kick_user_id, unresolved_reason FROM kick_monitor.streamers"
+                " WHERE username IN (%s, 'no_such_streamer') ORDER BY username",
+                (by_slug[0].slug,),
+            )
+            rows = cur.fetchall()
+        conn.rollback()
+        assert rows[0] == (by_slug[0].slug, by_slug[0].channel_id, by_slug[0].user_id, None)
+        assert rows[1][0] == "no_such_streamer" and rows[1][1] is None
+        assert rows[1][3] == "not found on Kick"
+        sim.set_live(by_slug[0].slug, True)
+        wait_until(lambda: not mismatches(sim, conn), 10, what="the resolved streamer's status")
+        assert service.stop() == 0
