@@ -39,6 +39,7 @@ from kick_monitor.config import Settings
 from kick_monitor.database import DatabaseUnavailable, connect
 from kick_monitor.handoff import bind_listener
 from kick_monitor.messages import Stop, StreamerRef, Subscribe, Unsubscribe, WorkerState
+from kick_monitor.metric_deltas import CounterDeltas
 from kick_monitor.migrations import STREAMERS_CHANNEL
 from kick_monitor.process import Heartbeats, set_title
 from kick_monitor.resolver import resolve_pending
@@ -114,6 +115,7 @@ class Coordinator:
         self._wake_read, self._wake_write = os.pipe()
         self._lock_fd: int | None = None
         self._metrics: Any = None
+        self._deltas = CounterDeltas()
         self.api_client: Any = None
 
     # -- lifecycle -------------------------------------------------------------------
@@ -596,7 +598,13 @@ class Coordinator:
             self._metrics.STREAMERS.labels(status=status).set(counts.get(status, 0))
 
     def _report_metrics(self) -> None:
-        pass
+        """The id resolver's Kick API counters (the workers export their own)."""
+        if self._metrics is None or self.api_client is None:
+            return
+        api = self.api_client.stats.snapshot()
+        for (endpoint, status), total in api.requests.items():
+            self._deltas.advance(self._metrics.API_REQUESTS, total, endpoint=endpoint, status=status)
+        self._deltas.advance(self._metrics.TOKEN_REFRESHES, api.token_refreshes)
 
 
 def run_service(settings: Settings) -> int:

@@ -34,6 +34,7 @@ from kick_monitor.messages import (
     Unsubscribe,
     WorkerState,
 )
+from kick_monitor.metric_deltas import CounterDeltas
 from kick_monitor.process import Heartbeats, die_with_parent, parent_changed, reset_signals, set_title
 from kick_monitor.pusher import PusherFatalError, PusherSession
 
@@ -124,6 +125,11 @@ class Reconciliation:
             self._reconciler = Reconciler(client)
         return self._reconciler
 
+    def api_stats(self) -> Any:
+        """The API client's counters so far (an ApiStatsSnapshot), None before the first run."""
+        reconciler = self._reconciler
+        return None if reconciler is None else reconciler.client.stats.snapshot()
+
 
 class ShardWorker:
     """Runs in the forked worker process; see the module docstring."""
@@ -167,6 +173,7 @@ class ShardWorker:
         self._next_state = 0.0
         self._next_beat = 0.0
         self._metrics: Any = None
+        self._deltas = CounterDeltas()  # running totals already exported as counter increments
 
     # -- process entry ---------------------------------------------------------------
     def run(self) -> int:
@@ -349,6 +356,8 @@ class ShardWorker:
         if not drained:
             log.error("stopping with %d changes the writer did not confirm", self.sender.unacked_changes)
         self.sender.close()
+        if self._metrics is not None:
+            self._export_counters(self._metrics, str(self.shard))
         return 0
 
     # -- reporting --------------------------------------------------------------------------
@@ -380,6 +389,25 @@ class ShardWorker:
             m.SUBSCRIPTIONS.labels(shard=shard).set(len(self.refs) * per_streamer)
             m.UNACKED.labels(shard=shard).set(self.sender.unacked_changes)
             m.HEARTBEAT.labels(shard=shard).set(time.time())
+            self._export_counters(m, shard)
+
+    def _export_counters(self, m: Any, shard: str) -> None:
+        """The session's, the parser's and the API client's running totals, as counter increments.
+
+        Every label value comes from a fixed set in our code (reconnect reasons, malformed
+        kinds, API endpoints, HTTP status codes), never from free text off the network.
+        """
+        deltas = self._deltas
+        for reason, total in self.session.stats.reconnects.items():
+            deltas.advance(m.RECONNECTS, total, shard=shard, reason=reason)
+        deltas.advance(m.SUBSCRIPTION_ERRORS, self.session.stats.subscription_errors, shard=shard)
+        for kind, total in self.stats.malformed.items():
+            deltas.advance(m.PARSE_ERRORS, total, shard=shard, kind=kind)
+        api = self.reconciliation.api_stats()
+        if api is not None:
+            for (endpoint, status), total in api.requests.items():
+                deltas.advance(m.API_REQUESTS, total, endpoint=endpoint, status=status)
+            deltas.advance(m.TOKEN_REFRESHES, api.token_refreshes)
 
     def _load_metrics(self) -> None:
         try:
