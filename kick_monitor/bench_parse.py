@@ -17,10 +17,11 @@ from pathlib import Path
 
 import orjson
 
+from kick_monitor.data import CAPTURED_FRAMES
 from kick_monitor.events import LIFECYCLE_EVENTS, StatusTracker, parse_frame
 from kick_monitor.messages import StreamerRef
 
-DEFAULT_FILE = Path(__file__).resolve().parents[2] / "shared/kick/captured-frames.jsonl"
+DEFAULT_FILE = CAPTURED_FRAMES
 
 
 def load_frames(path: Path) -> list[bytes]:

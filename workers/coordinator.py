@@ -26,6 +26,7 @@ import signal
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
@@ -38,6 +39,7 @@ import psycopg2.extensions
 from kick_monitor.config import Settings
 from kick_monitor.database import DatabaseUnavailable, connect
 from kick_monitor.handoff import bind_listener
+from kick_monitor.logsetup import register_settings_secrets
 from kick_monitor.messages import Stop, StreamerRef, Subscribe, Unsubscribe, WorkerState
 from kick_monitor.metric_deltas import CounterDeltas
 from kick_monitor.migrations import STREAMERS_CHANNEL
@@ -60,6 +62,18 @@ RELOAD_DEBOUNCE = 0.2  # coalesce a burst of streamer notifications into one rel
 RESOLVE_BUDGET = 2.0  # seconds of Kick API id lookups per reload, at most
 SIGNALS = ("HUP", "TERM", "INT", "CHLD")
 
+# What a SIGHUP may change, and what it takes (see `reload_configuration`).
+RESTART_ONLY = frozenset({
+    "data_dir", "database_url", "shard_count", "shard_index", "channels_per_connection",
+    "metrics_host", "metrics_port", "log_format",
+})
+WRITER_SETTINGS = frozenset({"batch_size", "flush_interval", "memory_buffer", "spool_max_bytes", "log_level"})
+WORKER_SETTINGS = frozenset({
+    "pusher_url", "api_base_url", "oauth_token_url", "web_api_base_url", "client_id", "client_secret",
+    "lifecycle_channels", "activity_timeout", "pong_timeout", "connect_timeout", "reconcile_interval",
+    "api_batch_size", "api_rate", "api_burst", "api_timeout", "log_level",
+})
+
 
 @dataclass
 class Child:
@@ -77,6 +91,7 @@ class Child:
     streamers: dict[int, StreamerRef] = field(default_factory=dict)
     state: WorkerState | None = None
     restarts: int = 0
+    planned_restart: bool = False
 
 
 def load_streamers(conn: psycopg2.extensions.connection) -> list[StreamerRef]:
@@ -94,8 +109,11 @@ def load_streamers(conn: psycopg2.extensions.connection) -> list[StreamerRef]:
 class Coordinator:
     """Runs the process tree for all shards, or for one (`shard_index`)."""
 
-    def __init__(self, settings: Settings, database_url: str) -> None:
+    def __init__(
+        self, settings: Settings, database_url: str, reload_settings: Callable[[], Settings] | None = None
+    ) -> None:
         self.settings = settings
+        self.reload_settings = reload_settings
         self.database_url = database_url
         self.data_dir = Path(settings.data_dir)
         self.tree = "all" if settings.shard_index is None else f"shard-{settings.shard_index}"
@@ -209,8 +227,56 @@ class Coordinator:
         self.stopping = True
 
     def handle_hup(self) -> None:
-        log.info("SIGHUP: reloading the streamer list")
+        log.info("SIGHUP: reloading the configuration and the streamer list")
+        self.reload_configuration()
         self.reload_streamers()
+
+    def reload_configuration(self) -> None:
+        """Apply a changed config: children that use a changed setting restart one by one.
+
+        A restart is safe at any time (unacknowledged changes are re-sent, reconciliation
+        runs on reconnect). Settings that shape the process tree itself need a full restart.
+        """
+        if self.reload_settings is None:
+            return
+        try:
+            new = self.reload_settings()
+        except Exception as exc:  # ConfigError and friends: the running config stays
+            log.error("SIGHUP: configuration not reloaded, keeping the running one: %s", exc)
+            return
+        changed = {name for name in Settings.model_fields if getattr(new, name) != getattr(self.settings, name)}
+        fixed = changed & RESTART_ONLY
+        if fixed:
+            names = ", ".join(sorted(fixed))
+            log.warning("SIGHUP: %s can only change with a restart; keeping the running values", names)
+            new = new.model_copy(update={name: getattr(self.settings, name) for name in fixed})
+            changed -= fixed
+        if not changed:
+            log.info("SIGHUP: configuration unchanged")
+            return
+        log.info("SIGHUP: applying new %s", ", ".join(sorted(changed)))
+        self.settings = new
+        register_settings_secrets(new)
+        logging.getLogger().setLevel(new.log_level)
+        restart = []
+        if changed & WRITER_SETTINGS and self.writer is not None:
+            restart.append(self.writer)
+        if changed & WORKER_SETTINGS:
+            restart.extend(self.children.values())
+        for child in restart:
+            self.restart_child(child)
+
+    def restart_child(self, child: Child) -> None:
+        """Ask a child to stop gracefully; reaping respawns it with the current settings."""
+        if child.pid is None:
+            return
+        child.planned_restart = True
+        if child.shard is not None and child.control is not None:
+            with contextlib.suppress(OSError, ValueError):
+                child.control.send(Stop("restart"))
+                return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGTERM)
 
     def handle_chld(self) -> None:
         pass  # reaping happens in every loop turn
@@ -294,6 +360,11 @@ class Coordinator:
             self.heartbeats.clear(child.slot)
         lived = time.monotonic() - child.started
         if self.stopping and code == 0:
+            return
+        if child.planned_restart and code == 0:
+            child.planned_restart = False
+            child.respawn_at = time.monotonic()
+            log.info("%s stopped for a restart", child.name)
             return
         how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
         if code == EXIT_FATAL_CONFIG:
@@ -607,8 +678,11 @@ class Coordinator:
         self._deltas.advance(self._metrics.TOKEN_REFRESHES, api.token_refreshes)
 
 
-def run_service(settings: Settings) -> int:
-    """`kick-monitor run`: the whole service in the foreground until SIGTERM/SIGINT."""
+def run_service(settings: Settings, reload_settings: Callable[[], Settings] | None = None) -> int:
+    """`kick-monitor run`: the whole service in the foreground until SIGTERM/SIGINT.
+
+    `reload_settings` re-reads the configuration sources on SIGHUP.
+    """
     from kick_monitor.database import database_url
     from kick_monitor.logsetup import configure_logging
     from kick_monitor.metrics_server import prepare_multiprocess_dir, start_metrics_server
@@ -633,7 +707,7 @@ def run_service(settings: Settings) -> int:
                 require_current(conn)
             finally:
                 conn.close()
-            return Coordinator(settings, url).run()
+            return Coordinator(settings, url, reload_settings).run()
     except (DatabaseUnavailable, SchemaError, ValueError, RuntimeError) as exc:
         log.error("%s", exc)
         return 2 if isinstance(exc, (SchemaError, ValueError)) else EXIT_FAILURE

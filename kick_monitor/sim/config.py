@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from kick_monitor.data import CAPTURED_FRAMES
+
 LifecycleChannels = Literal["dot", "underscore", "both"]
 SubscriptionErrorStyle = Literal["subscription_error", "pusher_error"]
 
@@ -25,12 +27,11 @@ PUSHER_QUERY = "protocol=7&client=js&version=8.4.0&flash=false"
 
 
 def default_noise_file() -> Path:
-    """Locate the captured Kick frames: $KICK_SIM_NOISE_FILE, else the shared data folder."""
+    """Locate the captured Kick frames: $KICK_SIM_NOISE_FILE, else the copy shipped in the package."""
     env = os.environ.get(NOISE_FILE_ENV)
     if env:
         return Path(env)
-    repo = Path(__file__).resolve().parents[2]
-    return repo.parent / "shared" / "kick" / "captured-frames.jsonl"
+    return CAPTURED_FRAMES
 
 
 def is_loopback(host: str) -> bool:

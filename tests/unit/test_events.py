@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from kick_monitor.data import DATA_DIR
 from kick_monitor.events import (
     LIFECYCLE_EVENTS,
     LIVESTREAM_ENDED,
@@ -29,7 +29,7 @@ from kick_monitor.messages import Status, StatusChange, StreamerRef
 
 pytestmark = pytest.mark.timeout(30)
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "kick"
+SHARED = DATA_DIR  # real captured Kick traffic, shipped with the package
 CHAT = "App\\Events\\ChatMessageEvent"
 T0 = 1_757_866_279.385  # 2025-09-14T16:11:19.385Z, when the capture received the live event
 

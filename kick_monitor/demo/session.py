@@ -1,0 +1,339 @@
+"""One demo run: start PostgreSQL, the simulator and the service; watch; stop all three; sum up.
+
+Everything lives under `<data_dir>/demo` (its own PostgreSQL, logs, the service's data dir),
+guarded by a lock so two demos never share it. Signal handlers only count signals: the
+first SIGINT/SIGTERM ends the watch and starts a graceful stop, a second one hurries it.
+Children run in their own sessions, so Ctrl-C reaches only the demo, which stops them in
+order (service first, so it drains into a still-running database) by PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import orjson
+import psycopg2
+from pydantic import SecretStr
+
+from kick_monitor.cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, CliError
+from kick_monitor.config import Settings, env_key
+from kick_monitor.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
+from kick_monitor.sharding import subscriptions_per_streamer
+from kick_monitor.sim.config import TEST_CLIENT_ID, TEST_CLIENT_SECRET, default_noise_file
+
+from .processes import Child, free_port, port_in_use
+from .sim_control import SimControl, scrape_shards
+from .store import DemoDatabase, mismatches
+from .summary import Outcome
+from .tracker import Tracker
+from .view import Screen, Snapshot, render_line, render_screen
+
+LOOPBACK = "127.0.0.1"
+START_TIMEOUT = 30.0  # the simulator's ready file
+READY_TIMEOUT = 60.0  # every shard subscribed and every status known
+SETTLE_TIMEOUT = 15.0  # after the last flip, for the database to agree with the simulator
+LINE_EVERY = 5.0  # seconds between status lines when stdout is not a terminal
+POLL = 0.2
+# Settings the demo chooses for the service itself; any other setting given is passed on.
+OWNED_SETTINGS = frozenset({
+    "database_url", "data_dir", "pusher_url", "api_base_url", "oauth_token_url", "web_api_base_url",
+    "client_id", "client_secret", "shard_count", "shard_index", "metrics_host", "metrics_port", "log_format",
+})
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # holds kick_monitor/ and workers/
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """The demo's own flags (settings flags arrive as `Settings`)."""
+
+    streamers: int = 300
+    rate: float = 20.0
+    live_fraction: float = 0.3
+    noise_rate: float = 50.0
+    shards: int = 4
+    duration: float | None = None
+    seed: int = 1
+    sim_port: int = 0
+    refresh: float = 0.5
+    plain: bool = False
+
+
+class Demo:
+    """Owns every process it starts and stops exactly those."""
+
+    def __init__(self, options: DemoOptions, settings: Settings) -> None:
+        self.options = options
+        self.settings = settings
+        self.dir = (Path(settings.data_dir) / "demo").resolve()
+        self.tty = sys.stdout.isatty() and not options.plain
+        self.signals = 0
+        self.tracker = Tracker()
+        self.pg: EmbeddedPostgres | None = None
+        self.db: DemoDatabase | None = None
+        self.sim: Child | None = None
+        self.control: SimControl | None = None
+        self.service: Child | None = None
+        self.metrics_url = ""
+        self._lock_fd: int | None = None
+
+    # -- the whole run ---------------------------------------------------------------------
+    def run(self) -> int:
+        previous = {sig: signal.signal(sig, self._record_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.start()
+            failure = self.watch()
+            outcome = None if failure else self.finish()
+        finally:
+            self.cleanup()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if outcome is None:
+            raise CliError(f"stopped: {failure}; logs in {self.dir}")
+        print("\n".join(outcome.lines(self.dir)), flush=True)
+        if outcome.problem:
+            raise CliError(outcome.problem, EXIT_FAILURE)
+        return 0
+
+    def _record_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.signals += 1
+
+    def say(self, text: str) -> None:
+        print(f"demo: {text}", flush=True)
+
+    def check_interrupt(self) -> None:
+        if self.signals:
+            raise CliError("interrupted while starting; everything started so far was stopped", EXIT_INTERRUPTED)
+
+    # -- start -------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.settings.database_url is not None:
+            self.say("ignoring the configured database URL: the demo uses its own embedded PostgreSQL")
+        self.lock()
+        shutil.rmtree(self.dir / "service", ignore_errors=True)  # no spool from an earlier run
+        self.start_database()
+        self.check_interrupt()
+        self.start_simulator()
+        assert self.control is not None and self.db is not None
+        loaded = self.db.insert_streamers(self.control.streamers())
+        self.say(f"loaded {loaded} streamers from the simulator into the database")
+        self.start_service()
+        self.wait_ready()
+        if self.options.rate > 0:
+            self.control.start_flipping(self.options.rate)
+        self.tracker = Tracker()
+
+    def lock(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir / "demo.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise CliError(f"another demo is running in {self.dir}; stop it or use another --data-dir") from None
+        self._lock_fd = fd
+
+    def start_database(self) -> None:
+        self.say(f"starting embedded PostgreSQL in {self.dir / 'postgres'}")
+        self.pg = EmbeddedPostgres(self.dir)
+        url = self.pg.start()
+        self.db = DemoDatabase(url)
+        self.db.reset()
+        self.database_url = url
+
+    def start_simulator(self) -> None:
+        options = self.options
+        if port_in_use(LOOPBACK, options.sim_port):
+            raise CliError(f"simulator port {LOOPBACK}:{options.sim_port} is in use; choose another --sim-port")
+        noise = options.noise_rate
+        if noise > 0 and not default_noise_file().exists():
+            self.say(f"no captured Kick frames at {default_noise_file()}: running without chat noise")
+            noise = 0.0
+        ready = self.dir / "sim-ready.json"
+        ready.unlink(missing_ok=True)
+        argv = [
+            sys.executable, "-m", "kick_monitor.sim.cli", "--streamers", str(options.streamers),
+            "--live-fraction", str(options.live_fraction), "--noise-rate", str(noise),
+            "--seed", str(options.seed), "--port", str(options.sim_port), "--ready-file", str(ready),
+        ]
+        self.say(
+            f"starting the Kick simulator: {options.streamers} streamers, ~{options.live_fraction:.0%} live,"
+            f" chat noise {noise:g} frames/s"
+        )
+        self.sim = Child("the simulator", argv, self.child_env(), self.dir / "sim.log")
+        self.sim.start()
+        deadline = time.monotonic() + START_TIMEOUT
+        while not ready.exists():
+            if not self.sim.running():
+                raise CliError(f"the simulator did not start: {self.sim.failure()}")
+            self.check_interrupt()
+            if time.monotonic() > deadline:
+                raise CliError(f"the simulator did not start within {START_TIMEOUT:.0f}s; see {self.sim.log_path}")
+            time.sleep(0.05)
+        self.urls: dict[str, Any] = orjson.loads(ready.read_bytes())
+        self.control = SimControl(self.urls["control_url"])
+
+    def start_service(self) -> None:
+        port = self.settings.metrics_port or free_port(LOOPBACK)
+        if port_in_use(LOOPBACK, port):
+            raise CliError(f"metrics port {LOOPBACK}:{port} is in use; choose another --metrics-port (0 = any)")
+        self.metrics_url = f"http://{LOOPBACK}:{port}/metrics"
+        env = self.child_env()
+        env.update(self.passed_settings())
+        env.update({
+            "KICK_MONITOR_DATABASE_URL": self.database_url,
+            "KICK_MONITOR_DATA_DIR": str(self.dir / "service"),
+            "KICK_MONITOR_PUSHER_URL": self.urls["pusher_url"],
+            "KICK_MONITOR_API_BASE_URL": self.urls["api_base_url"],
+            "KICK_MONITOR_OAUTH_TOKEN_URL": self.urls["oauth_token_url"],
+            "KICK_MONITOR_WEB_API_BASE_URL": self.urls["web_api_base_url"],
+            "KICK_MONITOR_CLIENT_ID": TEST_CLIENT_ID,
+            "KICK_MONITOR_CLIENT_SECRET": TEST_CLIENT_SECRET,
+            "KICK_MONITOR_SHARD_COUNT": str(self.options.shards),
+            "KICK_MONITOR_METRICS_HOST": LOOPBACK,
+            "KICK_MONITOR_METRICS_PORT": str(port),
+            "KICK_MONITOR_LOG_FORMAT": "json",
+        })
+        argv = [sys.executable, "-m", "kick_monitor.cli.main", "run"]
+        self.service = Child("the service", argv, env, self.dir / "service.log")
+        self.service.start()
+        self.say(f"started `kick-monitor run` (pid {self.service.pid}, {self.options.shards} shards),"
+                 f" metrics {self.metrics_url}, log {self.service.log_path}")
+
+    def child_env(self) -> dict[str, str]:
+        """This environment without our settings (they would leak into the children), package importable."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KICK_MONITOR_")}
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def passed_settings(self) -> dict[str, str]:
+        """Settings the user gave (flags, environment, --config) that the demo does not own."""
+        passed = {}
+        for name in self.settings.model_fields_set - OWNED_SETTINGS:
+            value = getattr(self.settings, name)
+            if value is not None:
+                passed[env_key(name)] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        return passed
+
+    def wait_ready(self) -> None:
+        """Until every channel is subscribed at the simulator and every status is known."""
+        assert self.service is not None and self.control is not None and self.db is not None
+        expected = self.options.streamers * subscriptions_per_streamer(self.settings)
+        started = time.monotonic()
+        subscribed, unknown = 0, -1
+        while subscribed < expected or unknown != 0:
+            if not self.service.running():
+                raise CliError(f"the service did not start: {self.service.failure()}")
+            self.check_interrupt()
+            if time.monotonic() - started > READY_TIMEOUT:
+                raise CliError(
+                    f"the service was not ready after {READY_TIMEOUT:.0f}s ({subscribed}/{expected} channels"
+                    f" subscribed, {unknown} statuses unknown); see {self.service.log_path}"
+                )
+            time.sleep(POLL)
+            subscribed = int(self.control.stats()["subscriptions"])
+            unknown = self.db.counts()["unknown"]
+        self.say(f"service ready after {time.monotonic() - started:.1f}s: {subscribed} channels subscribed,"
+                 f" every status known; flipping {self.options.rate:g} streamers/s")
+
+    # -- watch -------------------------------------------------------------------------------
+    def watch(self) -> str | None:
+        """The live view until --duration, a signal, or a dead child (returned as the failure)."""
+        screen = Screen() if self.tty else None
+        started = time.monotonic()
+        next_line = started + LINE_EVERY
+        try:
+            while True:
+                now = time.monotonic()
+                elapsed = now - started
+                for child in (self.service, self.sim):
+                    if child is not None and not child.running():
+                        return child.failure()
+                if self.signals or (self.options.duration is not None and elapsed >= self.options.duration):
+                    return None
+                snapshot = self.snapshot(elapsed)
+                if screen is not None:
+                    size = shutil.get_terminal_size()
+                    screen.draw(render_screen(snapshot), size.columns, size.lines)
+                elif now >= next_line:
+                    print(render_line(snapshot), flush=True)
+                    next_line += LINE_EVERY
+                remaining = float("inf") if self.options.duration is None else self.options.duration - elapsed
+                time.sleep(max(0.0, min(self.options.refresh - (time.monotonic() - now), remaining)))
+        finally:
+            if screen is not None:
+                screen.close()
+
+    def poll(self) -> None:
+        """Rows committed since the last poll, then the truth that covers them."""
+        assert self.db is not None and self.control is not None
+        events = self.db.events_since(self.tracker.last_id)
+        self.tracker.add_truth(self.control.truth(self.tracker.truth_seq))
+        self.tracker.add_events(events)
+
+    def snapshot(self, elapsed: float) -> Snapshot:
+        assert self.db is not None
+        self.poll()
+        t = self.tracker
+        return Snapshot(
+            elapsed=elapsed, duration=self.options.duration, streamers=self.options.streamers,
+            shard_count=self.options.shards, flip_rate=self.options.rate, counts=self.db.counts(),
+            sent=t.sent, committed=t.committed, rate=t.rate(), p50=t.percentile(0.5), p99=t.percentile(0.99),
+            joined=len(t.latencies), shards=scrape_shards(self.metrics_url), recent=list(t.recent),
+        )
+
+    # -- stop ----------------------------------------------------------------------------------
+    def finish(self) -> Outcome:
+        """Stop flipping, let the pipeline catch up, stop the service, compare with the truth."""
+        assert self.control is not None and self.db is not None and self.service is not None
+        self.say("stopping: no more flips; waiting for the database to catch up")
+        started = time.monotonic()
+        self.control.stop_flipping()
+        truth = self.control.streamers()
+        while time.monotonic() - started < SETTLE_TIMEOUT and self.signals < 2:
+            self.poll()
+            if self.tracker.committed >= self.tracker.sent and not mismatches(truth, self.db.statuses()):
+                break
+            time.sleep(POLL)
+        self.say(f"stopping the service (pid {self.service.pid}): SIGTERM, it drains")
+        code = self.service.stop(self.service_stop_timeout(), hurry=lambda: self.signals >= 2)
+        self.poll()
+        t = self.tracker
+        return Outcome(
+            sent=t.sent, committed=t.committed, learned=t.learned, counts=self.db.counts(),
+            wrong=mismatches(truth, self.db.statuses()), p50=t.percentile(0.5), p99=t.percentile(0.99),
+            joined=len(t.latencies), service_code=code,
+        )
+
+    def service_stop_timeout(self) -> float:
+        return 2 * self.settings.drain_timeout + 10
+
+    def cleanup(self) -> None:
+        """Stop whatever still runs, newest first; each step even if an earlier one failed."""
+        hurry = lambda: self.signals >= 2  # noqa: E731 - a one-line predicate
+        if self.service is not None:
+            self.service.stop(self.service_stop_timeout(), hurry=hurry)
+        if self.sim is not None:
+            self.sim.stop(10.0, hurry=hurry)
+        if self.db is not None:
+            with contextlib.suppress(psycopg2.Error):
+                self.db.close()
+        if self.pg is not None:
+            try:
+                self.pg.stop(force=True)  # ours: under the demo's own, locked directory
+            except EmbeddedPostgresError as exc:
+                print(f"demo: {exc}", file=sys.stderr)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
