@@ -209,23 +209,32 @@ class BenchDatabase:
         conn.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
         return conn
 
-    def fresh(self, name: str) -> str:
-        """Drop and recreate database `name`, migrate it, return its URL (old runs' data never leaks in)."""
+    def fresh(self, name: str, template: str | None = None) -> str:
+        """Drop and recreate database `name` (migrated, or cloned from `template`); return its URL.
+
+        Old runs' data never leaks into a new run; cloning a prepared template (100,000
+        streamers for the writer) takes a fraction of a second instead of re-inserting.
+        """
         admin = self._admin()
         try:
             with admin.cursor() as cur:
                 cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                if template is None:
+                    cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                else:
+                    cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                        sql.Identifier(name), sql.Identifier(template)))
         finally:
             admin.close()
         if name not in self._created:
             self._created.append(name)
         url = self.pg.url(name)
-        conn = psycopg2.connect(url)
-        try:
-            migrate(conn)
-        finally:
-            conn.close()
+        if template is None:
+            conn = psycopg2.connect(url)
+            try:
+                migrate(conn)
+            finally:
+                conn.close()
         return url
 
     def postmaster_pid(self) -> int | None:

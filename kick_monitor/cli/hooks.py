@@ -69,7 +69,7 @@ def require(module: ModuleType, attribute: str, command: str) -> Callable[..., A
     return found
 
 
-def run_service(settings: Settings) -> int:
-    """`kick-monitor run`: hand over to the coordinator."""
+def run_service(settings: Settings, reload_settings: Callable[[], Settings] | None = None) -> int:
+    """`kick-monitor run`: hand over to the coordinator (`reload_settings` serves SIGHUP)."""
     entry = require(load_module(RUN_MODULE, "run"), "run_service", "run")
-    return int(entry(settings))
+    return int(entry(settings, reload_settings))

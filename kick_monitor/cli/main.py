@@ -137,7 +137,8 @@ def _leaf(parser: argparse.ArgumentParser, handler: Handler) -> None:
 
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:
-    return run_service(settings)
+    # SIGHUP re-reads the same sources: flags, environment, config file.
+    return run_service(settings, reload_settings=lambda: load(args))
 
 
 def load(args: argparse.Namespace) -> Settings:

@@ -84,6 +84,8 @@ class Demo:
         self.control: SimControl | None = None
         self.service: Child | None = None
         self.metrics_url = ""
+        self.database_url = ""
+        self.urls: dict[str, Any] = {}
         self._lock_fd: int | None = None
 
     # -- the whole run ---------------------------------------------------------------------
@@ -179,7 +181,7 @@ class Demo:
             if time.monotonic() > deadline:
                 raise CliError(f"the simulator did not start within {START_TIMEOUT:.0f}s; see {self.sim.log_path}")
             time.sleep(0.05)
-        self.urls: dict[str, Any] = orjson.loads(ready.read_bytes())
+        self.urls = orjson.loads(ready.read_bytes())
         self.control = SimControl(self.urls["control_url"])
 
     def start_service(self) -> None:

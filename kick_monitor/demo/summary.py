@@ -37,11 +37,9 @@ class Outcome:
         rows = [
             ("streamers", f"online {counts['online']}, offline {counts['offline']}, unknown {counts['unknown']}"),
             ("transitions sent", f"{self.sent}  (by the simulator)"),
-            ("transitions committed", f"{self.committed}  (by the service; {self.learned} initial statuses"
-                                      " learned from the API not counted)"),
-            ("mismatches", f"{len(self.wrong)}  (streamers whose database status differs from the simulator)"),
-            ("latency", f"p50 {ms(self.p50)}, p99 {ms(self.p99)}  (frame sent → row committed,"
-                        f" {self.joined} transitions)"),
+            ("transitions committed", f"{self.committed}  (plus {self.learned} initial statuses from the API)"),
+            ("mismatches", f"{len(self.wrong)}  (database vs simulator, per streamer)"),
+            ("latency", f"p50 {ms(self.p50)}, p99 {ms(self.p99)}  (send→commit, {self.joined} transitions)"),
             ("service exit code", str(self.service_code)),
             ("logs", f"{directory / 'service.log'}, {directory / 'sim.log'}"),
         ]

@@ -274,3 +274,33 @@ def test_streamer_added_by_slug_only_gets_its_ids_and_is_watched(
         sim.set_live(by_slug[0].slug, True)
         wait_until(lambda: not mismatches(sim, conn), 10, what="the resolved streamer's status")
         assert service.stop() == 0
+
+
+def test_sighup_reloads_config_with_rolling_restart(
+    sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, tmp_path: Path
+) -> None:
+    insert_streamers(conn, sim.create_streamers(30))
+    config = tmp_path / "kick-monitor.env"
+    config.write_text("KICK_MONITOR_LIFECYCLE_CHANNELS=both\n")
+    service = make_service(sim, database_url, tmp_path, shard_count="2")
+    service.args = ["--config", str(config)]
+    with running(service):
+        service.wait_children(2)
+        wait_until(lambda: sim.subscription_count() == 60, 20, what="both channels per streamer")
+        before = service.worker_pids()
+        config.write_text("KICK_MONITOR_LIFECYCLE_CHANNELS=dot\nKICK_MONITOR_BATCH_SIZE=not-a-number\n")
+        os.kill(service.pid, signal.SIGHUP)  # a bad file: the running configuration stays
+        time.sleep(1.0)
+        assert service.worker_pids() == before
+        assert "configuration not reloaded" in service.log_text()
+        config.write_text("KICK_MONITOR_LIFECYCLE_CHANNELS=dot\n")
+        os.kill(service.pid, signal.SIGHUP)
+        wait_until(lambda: sim.subscription_count() == 30, 20, what="only channel.{id} after the reload")
+        def all_restarted() -> bool:
+            now = service.worker_pids()
+            return len(now) == 2 and not set(now.values()) & set(before.values())
+
+        wait_until(all_restarted, 10, what="workers restarted with the new config")
+        sim.set_live(sim.streamers()[0].slug, True)
+        settle(sim, conn)
+        assert service.stop() == 0

@@ -1,0 +1,392 @@
+"""What a run is judged by: CPU and memory per role from /proc, latency and losses against ground truth.
+
+- CPU: utime + stime from /proc/PID/stat (all threads), sampled per role; a PID that exits
+  keeps its last reading, and PostgreSQL also counts the CPU of reaped backends (the
+  postmaster's cutime/cstime), so a role's figure never drops when a process goes away.
+- Memory: VmRSS and VmHWM from /proc/PID/status (peak per process, peak sum per role);
+  PSS from smaps_rollup when asked (forked children share the parent's pages, which RSS
+  counts in full in every child).
+- Latency of a transition: the row's `recorded_at` (clock_timestamp() at insert, in the
+  transaction that commits it) minus the simulator's `sent_wall` for the frame — both
+  `time.time()` on the same host. Rows are joined to the truth on (channel id, status,
+  livestream id), which names one transition uniquely; rows without a livestream id
+  (reconciliation) fall back to order within (channel, status).
+- Lost: the truth's transitions missing from the history; duplicated: more than one row;
+  order errors: a channel whose recorded sequence differs from the truth's. Rows
+  unknown→offline are left out (reconciliation at start learning what the simulator
+  never announced: its streamers start offline).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KB = 1024
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """The PIDs of one role now; `reaped` PIDs also count their reaped children's CPU."""
+
+    pids: tuple[int, ...]
+    reaped: tuple[int, ...] = ()
+
+
+Discover = Callable[[], dict[str, RoleSpec]]
+
+
+def cpu_seconds(pid: int, with_reaped: bool = False) -> float | None:
+    """utime + stime (+ cutime + cstime) of `pid`, or None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    ticks = int(fields[11]) + int(fields[12])
+    if with_reaped:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLK_TCK
+
+
+def memory_kb(pid: int) -> tuple[int, int] | None:
+    """(VmRSS, VmHWM) in kB, or None if the process is gone (or a zombie)."""
+    rss = hwm = None
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1])
+                elif line.startswith("VmHWM:"):
+                    hwm = int(line.split()[1])
+    except OSError:
+        return None
+    if rss is None or hwm is None:
+        return None
+    return rss, hwm
+
+
+def pss_kb(pid: int) -> int | None:
+    """Proportional set size in kB (shared pages divided among the processes sharing them)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+@dataclass
+class RolePeaks:
+    """Peak memory of one role over the sampled period, in MB."""
+
+    rss_max_process: float = 0.0
+    hwm_max_process: float = 0.0
+    pss_max_process: float = 0.0
+    rss_total: float = 0.0
+    pss_total: float = 0.0
+    processes: int = 0
+
+
+class RoleSampler:
+    """Samples CPU and memory of every role on a thread; `mark()` snapshots CPU per role.
+
+        sampler = RoleSampler(discover, interval=0.5).start()
+        sampler.mark("flip")
+        ...
+        sampler.mark("done")
+        sampler.stop()
+        cpu = sampler.cpu_between("flip", "done")   # {role: seconds}
+    """
+
+    def __init__(self, discover: Discover, interval: float = 0.5, pss: bool = False) -> None:
+        self.discover = discover
+        self.interval = interval
+        self.pss = pss
+        self._cpu: dict[str, dict[int, float]] = defaultdict(dict)
+        self._marks: dict[str, dict[str, float]] = {}
+        self.peaks: dict[str, RolePeaks] = defaultdict(RolePeaks)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="role-sampler", daemon=True)
+
+    def start(self) -> RoleSampler:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self.sample()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def sample(self) -> None:
+        """One reading of every role's PIDs (discovered afresh: children come and go)."""
+        try:
+            roles = self.discover()
+        except Exception:  # a vanished process mid-discovery: try again next tick
+            return
+        with self._lock:
+            for role, spec in roles.items():
+                known = self._cpu[role]
+                rss_total = pss_total = 0.0
+                peaks = self.peaks[role]
+                peaks.processes = max(peaks.processes, len(spec.pids))
+                for pid in spec.pids:
+                    cpu = cpu_seconds(pid, with_reaped=pid in spec.reaped)
+                    if cpu is not None:
+                        known[pid] = cpu
+                    mem = memory_kb(pid)
+                    if mem is not None:
+                        rss_total += mem[0] / 1024
+                        peaks.rss_max_process = max(peaks.rss_max_process, mem[0] / 1024)
+                        peaks.hwm_max_process = max(peaks.hwm_max_process, mem[1] / 1024)
+                    if self.pss:
+                        pss = pss_kb(pid)
+                        if pss is not None:
+                            pss_total += pss / 1024
+                            peaks.pss_max_process = max(peaks.pss_max_process, pss / 1024)
+                peaks.rss_total = max(peaks.rss_total, rss_total)
+                peaks.pss_total = max(peaks.pss_total, pss_total)
+
+    def mark(self, label: str) -> None:
+        self.sample()
+        with self._lock:
+            self._marks[label] = {role: sum(pids.values()) for role, pids in self._cpu.items()}
+
+    def cpu_between(self, start: str, end: str) -> dict[str, float]:
+        """CPU seconds each role used between two marks."""
+        first, last = self._marks[start], self._marks[end]
+        return {role: round(last[role] - first.get(role, 0.0), 3) for role in last}
+
+    def peaks_json(self) -> dict[str, dict[str, float]]:
+        return {
+            role: {k: round(v, 1) for k, v in vars(p).items()} for role, p in self.peaks.items()
+        }
+
+
+# -- statistics -------------------------------------------------------------------------
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of already sorted values (q in 0..1); NaN when empty."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def latency_summary(latencies_ms: Iterable[float]) -> dict[str, float]:
+    """p50/p90/p99/p99.9/max/mean in ms, and the count."""
+    values = sorted(latencies_ms)
+    if not values:
+        return {"count": 0}
+    return {
+        "count": len(values),
+        "p50": round(percentile(values, 0.50), 3),
+        "p90": round(percentile(values, 0.90), 3),
+        "p99": round(percentile(values, 0.99), 3),
+        "p99.9": round(percentile(values, 0.999), 3),
+        "max": round(values[-1], 3),
+        "mean": round(statistics.fmean(values), 3),
+    }
+
+
+def spread(values: Iterable[float | None]) -> dict[str, float] | None:
+    """Median with min–max over runs (the way every figure is reported: machines are noisy)."""
+    present = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not present:
+        return None
+    return {"median": round(statistics.median(present), 3), "min": round(min(present), 3),
+            "max": round(max(present), 3), "runs": len(present)}
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+# -- ground truth -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    """One history row, times as epoch seconds."""
+
+    channel_id: int
+    status: str
+    previous_status: str
+    source: str
+    event: str
+    livestream_id: int | None
+    received_at: float
+    recorded_at: float
+
+
+def fetch_history(url: str) -> list[Row]:
+    """Every status_events row in recorded order."""
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT channel_id, status, previous_status, source, event, livestream_id,"
+                " extract(epoch FROM received_at)::float8, extract(epoch FROM recorded_at)::float8"
+                " FROM kick_monitor.status_events ORDER BY received_at, id"
+            )
+            rows = [Row(*r) for r in cur.fetchall()]
+        conn.rollback()
+        return rows
+    finally:
+        conn.close()
+
+
+def status_transitions(truth: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The simulator's status changes (title updates keep the status and are not transitions)."""
+    return [t for t in truth if t["status"] != t["previous_status"]]
+
+
+def is_start_reconciliation(row: Row) -> bool:
+    return row.previous_status == "unknown" and row.status == "offline"
+
+
+@dataclass
+class Verdict:
+    """The latency join and the loss check of one run."""
+
+    latencies_ms: list[float] = field(default_factory=list)
+    matched: int = 0
+    expected: int = 0
+    lost: int = 0
+    lost_delivered: int = 0
+    duplicated: int = 0
+    extra: int = 0
+    order_errors: int = 0
+    by_source: dict[str, int] = field(default_factory=dict)
+    lost_examples: list[str] = field(default_factory=list)
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "expected": self.expected, "matched": self.matched, "lost": self.lost,
+            "lost_delivered": self.lost_delivered, "duplicated": self.duplicated, "extra": self.extra,
+            "order_errors": self.order_errors, "by_source": self.by_source,
+            "lost_examples": self.lost_examples[:5],
+        }
+
+
+def judge(truth: Sequence[dict[str, Any]], rows: Sequence[Row], window: tuple[float, float] | None = None) -> Verdict:
+    """Join history rows to the truth: latencies, losses, duplicates and order (module docstring).
+
+    `window` (sent_wall from, to) limits latencies to transitions sent in it.
+    """
+    verdict = Verdict()
+    transitions = status_transitions(truth)
+    verdict.expected = len(transitions)
+    history = [r for r in rows if not is_start_reconciliation(r)]
+    verdict.by_source = dict(Counter(r.source for r in history))
+    by_key: dict[tuple[int, str, int], list[Row]] = defaultdict(list)
+    loose: dict[tuple[int, str], list[Row]] = defaultdict(list)
+    for row in history:
+        if row.livestream_id is not None:
+            by_key[(row.channel_id, row.status, row.livestream_id)].append(row)
+        else:
+            loose[(row.channel_id, row.status)].append(row)
+    used: set[int] = set()
+    for t in transitions:
+        key = (t["channel_id"], t["status"], t["livestream_id"])
+        candidates = by_key.get(key) or loose.get((t["channel_id"], t["status"])) or []
+        row = next((r for r in candidates if id(r) not in used), None)
+        if row is None:
+            verdict.lost += 1
+            if t["delivered"]:
+                verdict.lost_delivered += 1
+                verdict.lost_examples.append(f"{t['slug']} {t['previous_status']}→{t['status']} seq {t['seq']}")
+            continue
+        used.add(id(row))
+        verdict.matched += 1
+        if len(by_key.get(key, ())) > 1:
+            verdict.duplicated += 1
+        if window is None or window[0] <= t["sent_wall"] <= window[1]:
+            verdict.latencies_ms.append((row.recorded_at - t["sent_wall"]) * 1000)
+    verdict.extra = sum(1 for r in history if id(r) not in used)
+    want: dict[int, list[str]] = defaultdict(list)
+    got: dict[int, list[str]] = defaultdict(list)
+    for t in transitions:
+        want[t["channel_id"]].append(t["status"])
+    for row in history:
+        got[row.channel_id].append(row.status)
+    verdict.order_errors = sum(1 for cid in want.keys() | got.keys() if want.get(cid) != got.get(cid))
+    return verdict
+
+
+def state_mismatches(url: str, sim_streamers: Sequence[dict[str, Any]]) -> int:
+    """Streamers whose current DB status differs from the simulator's (never-flipped offline may be unknown)."""
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT channel_id, status FROM kick_monitor.streamers WHERE channel_id IS NOT NULL")
+            db = dict(cur.fetchall())
+        conn.rollback()
+    finally:
+        conn.close()
+    bad = 0
+    for s in sim_streamers:
+        want = "online" if s["live"] else "offline"
+        have = db.get(s["channel_id"])
+        if have != want and not (want == "offline" and have == "unknown"):
+            bad += 1
+    return bad
+
+
+def count_rows(url: str, where: str = "TRUE") -> int:
+    """Rows of status_events matching a fixed SQL condition written by this module's callers."""
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT count(*) FROM kick_monitor.status_events WHERE {where}")
+            row = cur.fetchone()
+        conn.rollback()
+        return int(row[0]) if row else 0
+    finally:
+        conn.close()
+
+
+def count_unknown(url: str) -> int:
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM kick_monitor.streamers WHERE status = 'unknown'")
+            row = cur.fetchone()
+        conn.rollback()
+        return int(row[0]) if row else 0
+    finally:
+        conn.close()
+
+
+def wait_quiet(read: Callable[[], int], quiet: float, timeout: float) -> tuple[int, float]:
+    """Poll a counter until it stops changing for `quiet` seconds; (value, seconds waited)."""
+    started = time.monotonic()
+    last, since = read(), time.monotonic()
+    while time.monotonic() - started < timeout:
+        time.sleep(0.1)
+        value = read()
+        if value != last:
+            last, since = value, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+    return last, time.monotonic() - started
