@@ -15,7 +15,7 @@ KICK_MONITOR := $(BIN)/kick-monitor $(if $(CONFIG),--config $(CONFIG))
 
 help: ## list the targets
 	@echo "usage: make TARGET [CONFIG=file.env] [SCENARIO=S1]"
-	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z_-]+:.*?## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z_-]+:.*?## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 venv: $(STAMP) ## create .venv and install kick-monitor with its test extra
 
@@ -52,3 +52,23 @@ status: venv ## show every streamer's status
 
 bench: venv ## run a benchmark scenario (SCENARIO=S1 by default)
 	$(KICK_MONITOR) bench --scenario $(SCENARIO)
+
+# -- operating an installed service (docs/deployment.md); thin wrappers over scripts/ ------------
+N ?=
+SHARDS ?=
+DRY_RUN ?=
+OPS := $(if $(CONFIG),KICK_MONITOR_ENV_FILE=$(CONFIG)) sh scripts/ops.sh
+.PHONY: install-systemd restart-shard logs metrics
+
+install-systemd: ## install user, data dir, env file, /opt/kick-monitor and the systemd units (root; SHARDS=4 for one unit per shard, DRY_RUN=1 to preview)
+	sh scripts/install.sh $(if $(DRY_RUN),--dry-run) $(if $(SHARDS),--shards $(SHARDS))
+
+restart-shard: ## restart shard N of the installed service (N=3): systemd kick-monitor@N, else supervisord
+	@test -n "$(N)" || { echo "usage: make restart-shard N=3"; exit 2; }
+	$(OPS) restart-shard $(N)
+
+logs: ## follow the installed service's logs (N=3: one shard's)
+	$(OPS) logs $(N)
+
+metrics: ## print one scrape of the metrics endpoint (KICK_MONITOR_METRICS_HOST/PORT or CONFIG=file; N=3: a shard's)
+	@$(OPS) metrics $(N)

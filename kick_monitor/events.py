@@ -381,6 +381,24 @@ class StatusTracker:
         )
         return result if isinstance(result, StatusChange) else None
 
+    def confirm(
+        self, channel_id: int, *, received_at: float, received_mono: float, event: str = "reconcile"
+    ) -> StatusChange | None:
+        """The channel's current status as a change (source "api"), leaving the state as it is.
+
+        For an API verdict that agrees with what we know: sent anyway, it is newer than any
+        older change still on its way to the database (a spool being replayed), so the row
+        ends at this status. The writer records no history for it unless the row differed.
+        None for an untracked channel or an unknown status.
+        """
+        state = self._states.get(channel_id)
+        if state is None or state.status == "unknown":
+            return None
+        livestream_id = state.livestream_id if state.status == "online" else None
+        return self._change(
+            channel_id, state.status, "api", event, livestream_id, None, None, received_at, received_mono
+        )
+
     def _read_payload(
         self, ev: AppEvent, spec: _Lifecycle, channel_id: int
     ) -> tuple[int | None, str | None, float | None, bool]:

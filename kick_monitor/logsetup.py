@@ -219,7 +219,7 @@ def wants_json(log_format: str, stream: IO[str]) -> bool:
     return log_format == "json"
 
 
-class _OurHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _OurHandler(logging.StreamHandler):
     """Marks the handler we installed, so a second `configure_logging` replaces it."""
 
 

@@ -59,6 +59,10 @@ class Heartbeats:
             return 0.0
         return (time.monotonic() if now is None else now) - last
 
+    def last(self, slot: int) -> float:
+        """The slot's last beat (monotonic seconds; 0.0 when cleared)."""
+        return float(self._array[slot])
+
     def clear(self, slot: int) -> None:
         self._array[slot] = 0.0
 

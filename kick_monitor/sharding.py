@@ -80,8 +80,6 @@ def check_shard_selection(settings: Settings, shard_count: int) -> None:
     if index is None:
         return
     if not settings.shard_count:
-        raise ValueError(
-            "KICK_MONITOR_SHARD_INDEX needs KICK_MONITOR_SHARD_COUNT (the total number of shards)"
-        )
+        raise ValueError("KICK_MONITOR_SHARD_INDEX needs KICK_MONITOR_SHARD_COUNT (the total number of shards)")
     if index >= shard_count:
         raise ValueError(f"KICK_MONITOR_SHARD_INDEX={index} is outside 0..{shard_count - 1}")

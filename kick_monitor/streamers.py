@@ -57,10 +57,7 @@ class Streamer:
 
     def as_json(self) -> dict[str, Any]:
         """A JSON-ready dict: timestamps as ISO 8601 in UTC."""
-        return {
-            key: iso_utc(value) if isinstance(value, datetime) else value
-            for key, value in asdict(self).items()
-        }
+        return {key: iso_utc(value) if isinstance(value, datetime) else value for key, value in asdict(self).items()}
 
 
 def iso_utc(moment: datetime | None) -> str | None:
@@ -140,9 +137,7 @@ class NewStreamer:
         return (self.username, self.channel_id, self.kick_user_id, self.chatroom_id, reason)
 
 
-INSERT_INTO = (
-    "INSERT INTO kick_monitor.streamers (username, channel_id, kick_user_id, chatroom_id, unresolved_reason)"
-)
+INSERT_INTO = "INSERT INTO kick_monitor.streamers (username, channel_id, kick_user_id, chatroom_id, unresolved_reason)"
 
 
 def add_streamer(
@@ -317,9 +312,7 @@ def _parse_lines(
             for column in ("channel_id", "kick_user_id"):
                 value = getattr(new, column)
                 if value is not None and (column, value) in seen_ids:
-                    raise StreamerError(
-                        f"{ID_LABELS[column]} {value} repeats line {seen_ids[(column, value)]}"
-                    )
+                    raise StreamerError(f"{ID_LABELS[column]} {value} repeats line {seen_ids[(column, value)]}")
         except StreamerError as exc:
             report.bad_lines.append(BadLine(number, text, str(exc)))
             continue
@@ -331,9 +324,7 @@ def _parse_lines(
         yield number, text, new
 
 
-def _chunks(
-    items: Iterable[tuple[int, str, NewStreamer]], size: int
-) -> Iterator[list[tuple[int, str, NewStreamer]]]:
+def _chunks(items: Iterable[tuple[int, str, NewStreamer]], size: int) -> Iterator[list[tuple[int, str, NewStreamer]]]:
     chunk: list[tuple[int, str, NewStreamer]] = []
     for item in items:
         chunk.append(item)

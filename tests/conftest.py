@@ -96,9 +96,7 @@ def make_database(embedded_postgres: EmbeddedPostgres) -> Iterator[DatabaseFacto
         try:
             with admin.cursor() as cur:
                 cur.execute(
-                    sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                        sql.Identifier(name), sql.Identifier(template)
-                    )
+                    sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
                 )
         finally:
             admin.close()

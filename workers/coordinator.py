@@ -55,8 +55,8 @@ log = logging.getLogger("kick_monitor.coordinator")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
-BOOT_WINDOW = 10.0  # a child dying sooner than this after start failed at boot
-MAX_BOOT_FAILURES = 5  # in a row: stop respawning that child and report it
+BOOT_WINDOW = 10.0  # a child dying sooner than this after start is respawned with back-off
+MAX_BOOT_FAILURES = 5  # deaths in a row before the first heartbeat: stop respawning, report it
 RESPAWN_MIN, RESPAWN_MAX = 0.5, 30.0
 RELOAD_DEBOUNCE = 0.2  # coalesce a burst of streamer notifications into one reload
 RESOLVE_BUDGET = 2.0  # seconds of Kick API id lookups per reload, at most
@@ -84,7 +84,10 @@ class Child:
     shard: int | None
     pid: int | None = None
     started: float = 0.0
-    boot_failures: int = 0
+    spawn_beat: float = 0.0  # the heartbeat value set at fork: a later one means the child booted
+    boot_failures: int = 0  # in a row, died before its first heartbeat
+    quick_deaths: int = 0  # in a row, died within BOOT_WINDOW of its start (booted or not)
+    murdered: bool = False  # SIGKILLed for silence, not reaped yet
     respawn_at: float = 0.0
     failed: bool = False
     control: Connection | None = None
@@ -290,6 +293,8 @@ class Coordinator:
         if child.shard is not None:
             parent_end, child_end = Pipe(duplex=True)
         self.heartbeats.beat(child.slot)
+        child.spawn_beat = self.heartbeats.last(child.slot)
+        child.murdered = False
         pid = os.fork()
         if pid == 0:  # child
             code = EXIT_FAILURE
@@ -356,6 +361,10 @@ class Coordinator:
     def on_child_exit(self, child: Child, status: int) -> None:
         code = os.waitstatus_to_exitcode(status)
         child.pid = None
+        # Booted = reached its main loop (beat at least once). Only a child that dies before
+        # that failed at boot; one killed from outside (OOM killer, kill -9) after booting
+        # is respawned however often it happens, with back-off if it dies young.
+        booted = self.heartbeats is not None and self.heartbeats.last(child.slot) > child.spawn_beat
         if self.heartbeats is not None:
             self.heartbeats.clear(child.slot)
         lived = time.monotonic() - child.started
@@ -376,10 +385,9 @@ class Coordinator:
             self.exit_code = EXIT_FATAL_CONFIG
             self.stopping = True
             return
-        if lived < BOOT_WINDOW:
-            child.boot_failures += 1
-        else:
-            child.boot_failures = 0
+        young = lived < BOOT_WINDOW
+        child.quick_deaths = child.quick_deaths + 1 if young else 0
+        child.boot_failures = child.boot_failures + 1 if young and not booted else 0
         if child.boot_failures >= MAX_BOOT_FAILURES:
             child.failed = True
             log.error("%s failed %d times in a row at boot (%s); not restarting it", child.name,
@@ -388,7 +396,7 @@ class Coordinator:
                 self.exit_code = EXIT_FAILURE
                 self.stopping = True
             return
-        delay = min(RESPAWN_MAX, RESPAWN_MIN * (2 ** max(0, child.boot_failures - 1))) if child.boot_failures else 0.0
+        delay = min(RESPAWN_MAX, RESPAWN_MIN * (2 ** max(0, child.quick_deaths - 1))) if child.quick_deaths else 0.0
         child.respawn_at = time.monotonic() + delay
         log.warning("%s exited (%s) after %.1fs; restarting in %.1fs", child.name, how, lived, delay)
 
@@ -401,11 +409,11 @@ class Coordinator:
             if child.pid is None:
                 continue
             age = self.heartbeats.age(child.slot, now)
-            if age > self.settings.heartbeat_timeout:
+            if age > self.settings.heartbeat_timeout and not child.murdered:
                 log.error("%s silent for %.0fs; killing it", child.name, age)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child.pid, signal.SIGKILL)
-                self.heartbeats.beat(child.slot)  # one kill per timeout, not one per loop
+                child.murdered = True  # one kill, not one per loop turn until it is reaped
 
     def manage_children(self) -> None:
         """Respawn children whose back-off has passed."""

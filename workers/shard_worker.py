@@ -164,6 +164,10 @@ class ShardWorker:
         )
         self.reconciliation = Reconciliation(settings, shard)
         self.last_frame_mono: dict[int, float] = {}
+        # Channels whose status we took from the database rather than saw ourselves: the
+        # writer may still hold older changes for them (a spool from before a restart), so
+        # the first API verdict for each is committed even where it agrees (see confirm()).
+        self.unconfirmed: set[int] = set(self.refs)
         self.stopping = False
         self.generation = 0
         self.next_reconcile = float("inf")
@@ -299,8 +303,20 @@ class ShardWorker:
                 )
                 if change is not None:
                     changes.append(change)
+            repaired = len(changes)
+            changed = {change.channel_id for change in changes}
+            for channel_id in sorted(self.unconfirmed & answer.keys()):
+                self.unconfirmed.discard(channel_id)
+                if channel_id in changed or self.last_frame_mono.get(channel_id, 0.0) >= started:
+                    continue  # a newer change of ours is on its way already
+                confirmation = self.tracker.confirm(
+                    channel_id, received_at=time.time(), received_mono=time.monotonic()
+                )
+                if confirmation is not None:
+                    changes.append(confirmation)
+            if repaired:
+                log.info("reconciliation repaired %d streamers", repaired)
             if changes:
-                log.info("reconciliation repaired %d streamers", len(changes))
                 self.send(changes)
             self._count_reconcile("ok")
 
@@ -322,6 +338,7 @@ class ShardWorker:
         fresh = [ref for ref in streamers if ref.channel_id not in self.refs]
         for ref in fresh:
             self.refs[ref.channel_id] = ref
+            self.unconfirmed.add(ref.channel_id)
         self.tracker.add(fresh)
         names = [n for ref in fresh for n in lifecycle_names(ref.channel_id, self.settings.lifecycle_channels)]
         self.session.subscribe(names)
@@ -334,6 +351,7 @@ class ShardWorker:
         for cid in gone:
             del self.refs[cid]
             self.last_frame_mono.pop(cid, None)
+            self.unconfirmed.discard(cid)
         self.tracker.remove(gone)
         names = [n for cid in gone for n in lifecycle_names(cid, self.settings.lifecycle_channels)]
         self.session.unsubscribe(names)

@@ -62,7 +62,7 @@ class StopFlag:
 
 def run_writer(args: argparse.Namespace) -> int:
     """The writer alone: ours (group commit) or the naive one, fed through the real hand-off."""
-    from kick_monitor.config import Settings
+    from kick_monitor.config import load_settings
     from kick_monitor.handoff import bind_listener
     from kick_monitor.logsetup import configure_logging
     from workers.writer import BatchWriter
@@ -78,7 +78,8 @@ def run_writer(args: argparse.Namespace) -> int:
         last_commit[0] = committed
 
     listener = bind_listener(args.socket)
-    settings = Settings(log_format="json", log_level="WARNING", data_dir=Path(args.spool).parent)
+    settings = load_settings(cli={"log_format": "json", "log_level": "WARNING", "data_dir": Path(args.spool).parent},
+                             environ={})
     configure_logging(settings, role="writer")
     writer: Any
     if args.mode == "naive":

@@ -121,7 +121,10 @@ def headline(run: dict[str, Any]) -> str:
     return ", ".join(parts) or "done"
 
 
-def base_result(name: str, title: str, machine: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+def base_result(name: str, title: str, machine: dict[str, Any], config: dict[str, Any],
+                quick: bool = False) -> dict[str, Any]:
+    if quick:
+        title = f"{title} [--quick: miniature sizes, not the scenario's figures]"
     return {"scenario": name, "title": title, "date": dt.date.today().isoformat(),
             "started": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine, "config": config}
 
@@ -152,7 +155,7 @@ def pipeline(base: scenarios.PipelineScenario, ctx: scenarios.BenchContext, mach
              out: Path) -> list[Path]:
     sc = scenarios.scaled(base, ctx)
     config = {k: v for k, v in vars(sc).items() if k not in ("targets", "name", "title")}
-    result = base_result(sc.name, sc.title, machine, config)
+    result = base_result(sc.name, sc.title, machine, config, ctx.quick)
     runs, errors = repeat(ctx, sc.name, lambda i: scenarios.run_pipeline(sc, ctx, i))
     notes = [
         "Latency = status_events.recorded_at (clock_timestamp() at insert, inside the committing transaction)"
@@ -178,7 +181,7 @@ def pipeline(base: scenarios.PipelineScenario, ctx: scenarios.BenchContext, mach
 
 def scale(ctx: scenarios.BenchContext, machine: dict[str, Any], out: Path) -> list[Path]:
     result = base_result("S3", "scale: 100,000 streamers (200,000 subscriptions)", machine,
-                         {"streamers": 600 if ctx.quick else 100_000, "shards": "product default"})
+                         {"streamers": 600 if ctx.quick else 100_000, "shards": "product default"}, ctx.quick)
     runs, errors = repeat(ctx, "S3", lambda i: scenarios.run_scale(ctx, i))
     notes = [
         "subscribed_s = from starting `kick-monitor run` until the simulator counts every subscription.",
@@ -194,7 +197,7 @@ def scale(ctx: scenarios.BenchContext, machine: dict[str, Any], out: Path) -> li
 
 def writer(ctx: scenarios.BenchContext, machine: dict[str, Any], out: Path) -> list[Path]:
     feed = scenarios.w_feed(ctx)
-    result = base_result("W", "writer alone, fed as fast as it acknowledges", machine, vars(feed))
+    result = base_result("W", "writer alone, fed as fast as it acknowledges", machine, vars(feed), ctx.quick)
     runs, errors = repeat(ctx, "W", lambda i: scenarios.run_writer(ctx, "batched", feed, i, "W"))
     summary = {
         "throughput": measure.spread(r["throughput"] for r in runs),
@@ -220,7 +223,7 @@ def writer_compare(ctx: scenarios.BenchContext, machine: dict[str, Any], out: Pa
     feeds = scenarios.cw_feeds(ctx)
     result = base_result("CW", "our batched writer vs a naive one-commit-per-change writer", machine,
                          {f"{pair[0].label}": f"{pair[0].count:,} (ours) / {pair[1].count:,} (naive) changes"
-                          for pair in feeds})
+                          for pair in feeds}, ctx.quick)
 
     def once(index: int) -> dict[str, Any]:
         run: dict[str, Any] = {"run": index + 1, "load_before": measure.loadavg()}
@@ -275,7 +278,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def clients(ctx: scenarios.BenchContext, machine: dict[str, Any], out: Path) -> list[Path]:
     result = base_result("CC", "our Pusher client vs Pysher 1.0.8 on the same flood of captured frames", machine,
-                         {"streamers": 100 if ctx.quick else 1000, "channels per client": "3 per streamer"})
+                         {"streamers": 100 if ctx.quick else 1000, "channels per client": "3 per streamer"}, ctx.quick)
     runs, errors = repeat(ctx, "CC", lambda i: scenarios.run_clients(ctx, i))
     notes = [
         "Both clients in their own process, subscribed to the same 3,000 channels (chatrooms.{id}.v2, channel.{id},"
@@ -298,7 +301,7 @@ def polling(ctx: scenarios.BenchContext, machine: dict[str, Any], out: Path) -> 
     result = base_result("CP", "detection latency: kick-monitor vs a REST poller (time scaled 10×)", machine,
                          {"streamers": 100 if ctx.quick else 1000, "shards": 4,
                           "poll": "every 6 s (= 60 s / 10), 50 slugs a request",
-                          "simulator rate limit": "600 requests / 60 s"})
+                          "simulator rate limit": "600 requests / 60 s"}, ctx.quick)
     runs, errors = repeat(ctx, "CP", lambda i: scenarios.run_polling(ctx, i))
     notes = [
         "Time is scaled down 10×: the poller polls every 6 s instead of 60 s and streams last ~500 s on average"

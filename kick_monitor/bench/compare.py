@@ -137,7 +137,7 @@ class PysherClient:
             events.append((time.time(), "attempt"))
             return original(app, *args, **kwargs)
 
-        websocket.WebSocketApp.run_forever = run_forever  # type: ignore[method-assign]
+        websocket.WebSocketApp.run_forever = run_forever  # type: ignore[method-assign,assignment]
 
     def _subscribe_all(self, data: Any) -> None:
         self.connection_events.append((time.time(), "established"))

@@ -310,19 +310,19 @@ def judge(truth: Sequence[dict[str, Any]], rows: Sequence[Row], window: tuple[fl
     for t in transitions:
         key = (t["channel_id"], t["status"], t["livestream_id"])
         candidates = by_key.get(key) or loose.get((t["channel_id"], t["status"])) or []
-        row = next((r for r in candidates if id(r) not in used), None)
-        if row is None:
+        match = next((r for r in candidates if id(r) not in used), None)
+        if match is None:
             verdict.lost += 1
             if t["delivered"]:
                 verdict.lost_delivered += 1
                 verdict.lost_examples.append(f"{t['slug']} {t['previous_status']}→{t['status']} seq {t['seq']}")
             continue
-        used.add(id(row))
+        used.add(id(match))
         verdict.matched += 1
         if len(by_key.get(key, ())) > 1:
             verdict.duplicated += 1
         if window is None or window[0] <= t["sent_wall"] <= window[1]:
-            verdict.latencies_ms.append((row.recorded_at - t["sent_wall"]) * 1000)
+            verdict.latencies_ms.append((match.recorded_at - t["sent_wall"]) * 1000)
     verdict.extra = sum(1 for r in history if id(r) not in used)
     want: dict[int, list[str]] = defaultdict(list)
     got: dict[int, list[str]] = defaultdict(list)

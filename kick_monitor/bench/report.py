@@ -60,7 +60,7 @@ def git_describe() -> str | None:
     return head + ("+dirty" if dirty else "")
 
 
-def histogram(values_ms: Sequence[float]) -> dict[str, list[float]]:
+def histogram(values_ms: Sequence[float]) -> dict[str, Any]:
     """Counts in log-spaced bins (10 a decade from 0.01 ms); values outside go to the end bins."""
     counts = [0] * (len(HIST_EDGES_MS) - 1)
     for value in values_ms:
@@ -155,8 +155,11 @@ def markdown(result: dict[str, Any]) -> str:
 def plot(result: dict[str, Any], series: dict[str, list[list[float]]], bars: dict[str, list[float | None]],
          bar_unit: str, path: Path) -> None:
     """Latency histogram + CDF of every series (runs pooled) and per-run bars."""
+    import logging
+
     import matplotlib
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -166,8 +169,8 @@ def plot(result: dict[str, Any], series: dict[str, list[list[float]]], bars: dic
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     if series:
         hist_ax, cdf_ax = next(ax_iter), next(ax_iter)
-        for color, (label, runs) in zip(colors, series.items(), strict=False):
-            pooled = sorted(v for run in runs for v in run if v > 0)
+        for color, (label, per_run) in zip(colors, series.items(), strict=False):
+            pooled = sorted(v for run in per_run for v in run if v > 0)
             if not pooled:
                 continue
             low = max(min(pooled), 0.01)
@@ -192,14 +195,14 @@ def plot(result: dict[str, Any], series: dict[str, list[list[float]]], bars: dic
     if bars:
         bar_ax = next(ax_iter)
         labels = list(bars)
-        runs = max(len(v) for v in bars.values())
+        run_count = max(len(v) for v in bars.values())
         width = 0.8 / max(1, len(labels))
         for k, (color, label) in enumerate(zip(colors, labels, strict=False)):
             values = [v if v is not None else 0.0 for v in bars[label]]
             xs = [i + k * width for i in range(len(values))]
             bar_ax.bar(xs, values, width=width, color=color, label=label)
-        bar_ax.set_xticks([i + width * (len(labels) - 1) / 2 for i in range(runs)])
-        bar_ax.set_xticklabels([f"run {i + 1}" for i in range(runs)])
+        bar_ax.set_xticks([i + width * (len(labels) - 1) / 2 for i in range(run_count)])
+        bar_ax.set_xticklabels([f"run {i + 1}" for i in range(run_count)])
         bar_ax.set_ylabel(bar_unit)
         bar_ax.set_title("per run", fontsize=9)
         bar_ax.legend(fontsize=7)

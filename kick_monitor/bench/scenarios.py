@@ -352,11 +352,11 @@ def summarize_pipeline(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "start_reconciled_s": pick(lambda r: r["start_reconciled_s"]),
         "settle_s": pick(lambda r: r["settle_s"]),
     }
-    roles = sorted({role for run in runs for role in run.get("cpu_per_1000_changes", {})})
-    for role in roles:
-        summary[f"cpu_per_1000_{role}"] = pick(lambda r, role=role: r["cpu_per_1000_changes"][role])
+    for role in sorted({role for run in runs for role in run.get("cpu_per_1000_changes", {})}):
+        summary[f"cpu_per_1000_{role}"] = measure.spread(r.get("cpu_per_1000_changes", {}).get(role) for r in runs)
     for role in sorted({role for run in runs for role in run.get("memory_mb", {})}):
-        summary[f"peak_rss_mb_{role}"] = pick(lambda r, role=role: r["memory_mb"][role]["hwm_max_process"])
+        summary[f"peak_rss_mb_{role}"] = measure.spread(
+            r.get("memory_mb", {}).get(role, {}).get("hwm_max_process") for r in runs)
     if any("drop" in run for run in runs):
         summary["resubscribed_s"] = pick(lambda r: r["drop"]["resubscribed_s"])
         summary["reconciled_s"] = pick(lambda r: r["drop"]["reconciled_s"])

@@ -17,9 +17,7 @@ APPLICATION_NAME = "kick-monitor-cli"
 
 
 @contextlib.contextmanager
-def open_database(
-    settings: Settings, *, require_schema: bool = True
-) -> Iterator[psycopg2.extensions.connection]:
+def open_database(settings: Settings, *, require_schema: bool = True) -> Iterator[psycopg2.extensions.connection]:
     """A connection for one command (embedded server started and stopped around it if unset).
 
     With `require_schema`, a database whose schema is missing or of another version is
@@ -41,9 +39,7 @@ def migrate_command(args: argparse.Namespace, settings: Settings) -> int:
         before = current_version(conn)
         conn.rollback()
         if before > LATEST_VERSION:
-            raise CliError(
-                f"schema version {before} is newer than this program ({LATEST_VERSION}); upgrade it"
-            )
+            raise CliError(f"schema version {before} is newer than this program ({LATEST_VERSION}); upgrade it")
         applied = migrate(conn)
         for migration in applied:
             print(f"applied migration {migration.version}: {migration.name}")

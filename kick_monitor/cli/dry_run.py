@@ -85,16 +85,12 @@ def describe_plan(settings: Settings, streamers: Sequence[Streamer]) -> list[str
         more = f", … +{len(members) - SHOWN_PER_SHARD}" if len(members) > SHOWN_PER_SHARD else ""
         listed = f" ({names}{more})" if members else ""
         marker = "  <- this process" if settings.shard_index == shard else ""
-        lines.append(
-            f"  shard {shard}: {len(members)} streamer{'s' if len(members) != 1 else ''}{listed}{marker}"
-        )
+        lines.append(f"  shard {shard}: {len(members)} streamer{'s' if len(members) != 1 else ''}{listed}{marker}")
     if waiting:
         lines.append(f"  unresolved (subscribed once their channel id is known): {len(waiting)}")
         lines += [f"    {s.username}: {clean_cell(s.unresolved_reason)}" for s in waiting[:SHOWN_UNRESOLVED]]
         if len(waiting) > SHOWN_UNRESOLVED:
-            lines.append(
-                f"    … and {len(waiting) - SHOWN_UNRESOLVED} more (`kick-monitor status` lists them)"
-            )
+            lines.append(f"    … and {len(waiting) - SHOWN_UNRESOLVED} more (`kick-monitor status` lists them)")
     scope = "all shards" if settings.shard_index is None else f"shard {settings.shard_index} of {count}"
     lines.append(f"`kick-monitor run` would run: {scope}")
     return lines

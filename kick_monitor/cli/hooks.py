@@ -54,18 +54,14 @@ def load_module(name: str, command: str) -> ModuleType:
         raise CliError(f"`{command}` needs the Python package {missing!r}, which is not installed") from None
     except Exception as exc:  # a broken plugin must not take the whole CLI down with a traceback
         log.debug("importing %s failed", name, exc_info=True)
-        raise CliError(
-            f"`{command}` cannot start: importing {name} failed: {type(exc).__name__}: {exc}"
-        ) from None
+        raise CliError(f"`{command}` cannot start: importing {name} failed: {type(exc).__name__}: {exc}") from None
 
 
 def require(module: ModuleType, attribute: str, command: str) -> Callable[..., Any]:
     """`module.attribute`, which must be callable; CliError if the module does not provide it."""
-    found = getattr(module, attribute, None)
+    found: object = getattr(module, attribute, None)
     if not callable(found):
-        raise CliError(
-            f"`{command}` is not available: {module.__name__}.{attribute} is missing", EXIT_FAILURE
-        )
+        raise CliError(f"`{command}` is not available: {module.__name__}.{attribute} is missing", EXIT_FAILURE)
     return found
 
 

@@ -84,9 +84,7 @@ def build_parser() -> CliParser:
     db = commands.add_parser("db", help="database schema").add_subparsers(
         dest="db_command", metavar="COMMAND", required=True
     )
-    migrate = db.add_parser(
-        "migrate", help="apply pending schema migrations (idempotent, safe while running)"
-    )
+    migrate = db.add_parser("migrate", help="apply pending schema migrations (idempotent, safe while running)")
     _leaf(migrate, migrate_command)
 
     _add_streamer_commands(commands.add_parser("streamers", help="add, remove, list or import streamers"))

@@ -83,8 +83,4 @@ def add_settings_flags(parser: argparse.ArgumentParser, fields: tuple[str, ...] 
 
 def given_settings(args: argparse.Namespace) -> dict[str, str]:
     """The settings flags the user gave, keyed by field name (for `load_settings(cli=...)`)."""
-    return {
-        key.removeprefix(DEST_PREFIX): value
-        for key, value in vars(args).items()
-        if key.startswith(DEST_PREFIX)
-    }
+    return {key.removeprefix(DEST_PREFIX): value for key, value in vars(args).items() if key.startswith(DEST_PREFIX)}

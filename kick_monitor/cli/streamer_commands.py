@@ -45,9 +45,7 @@ def add_command(args: argparse.Namespace, settings: Settings) -> int:
     if added.is_resolved:
         print(f"added {added.username} (channel id {added.channel_id})")
     else:
-        print(
-            f"added {added.username} (unresolved: {added.unresolved_reason}; the running service looks it up)"
-        )
+        print(f"added {added.username} (unresolved: {added.unresolved_reason}; the running service looks it up)")
     return EXIT_OK
 
 
@@ -117,9 +115,7 @@ def import_command(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{shown}:{bad.number}: {bad.reason}", file=sys.stderr)
     summary = f"imported {shown}: {report.added} added, {report.already_present} already present"
     if report.bad_lines:
-        summary += (
-            f", {len(report.bad_lines)} bad line{'s' if len(report.bad_lines) != 1 else ''} not imported"
-        )
+        summary += f", {len(report.bad_lines)} bad line{'s' if len(report.bad_lines) != 1 else ''} not imported"
     print(summary)
     return EXIT_FAILURE if report.bad_lines else EXIT_OK
 

@@ -84,9 +84,7 @@ def test_every_command_has_help(run_main: CliRunner, args: list[str]) -> None:
         (["--config", "/nonexistent/km.env", "status"], ["--config /nonexistent/km.env: cannot read"]),
     ],
 )
-def test_usage_and_config_errors_exit_2_with_one_line(
-    run_main: CliRunner, args: list[str], parts: list[str]
-) -> None:
+def test_usage_and_config_errors_exit_2_with_one_line(run_main: CliRunner, args: list[str], parts: list[str]) -> None:
     code, out, err = run_main(*args)
     assert code == 2, err
     assert out == ""

@@ -102,9 +102,7 @@ def test_secrets_never_appear(cli: CliRunner, database_url: str, tmp_path: Path,
     env = {"KICK_MONITOR_DATABASE_URL": with_password, "KICK_MONITOR_LOG_FORMAT": log_format}
     outputs = []
 
-    result = cli(
-        "--dry-run", "--config", str(config), "--log-level", "DEBUG", env=env
-    )  # secret from the file
+    result = cli("--dry-run", "--config", str(config), "--log-level", "DEBUG", env=env)  # secret from the file
     assert result.code == 0, result.stderr
     assert "readable by group or others" in result.stderr
     assert f"KICK_MONITOR_CLIENT_SECRET={SECRET_MASK}" in result.stdout

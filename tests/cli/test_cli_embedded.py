@@ -48,9 +48,7 @@ def test_embedded_server_is_started_and_stopped(cli: CliRunner, data_dir: Path) 
     assert not (pgdata / "postmaster.pid").exists()
     assert processes_using(pgdata) == []
 
-    code, out, err = cli(
-        "streamers", "add", "alice", "--channel-id", "5", "--data-dir", str(data_dir), env=NO_URL
-    )
+    code, out, err = cli("streamers", "add", "alice", "--channel-id", "5", "--data-dir", str(data_dir), env=NO_URL)
     assert (code, err) == (0, "")
     code, out, err = cli("--dry-run", env={**NO_URL, "KICK_MONITOR_DATA_DIR": str(data_dir)})
     assert code == 0, err

@@ -70,9 +70,7 @@ def test_demo_and_bench_get_their_arguments_and_settings(monkeypatch: pytest.Mon
     assert bench == "bench" and bench_args.scenario == "S2"
 
 
-def test_sim_gets_its_arguments_only(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_sim_gets_its_arguments_only(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     got: list[argparse.Namespace] = []
 
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,18 +103,14 @@ def test_module_with_a_missing_dependency(tmp_path: Path, monkeypatch: pytest.Mo
         load_module("km_plugin_dep", "sim")
 
 
-def test_broken_module(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_broken_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "km_plugin_broken.py").write_text("raise RuntimeError('boom')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(CliError, match="importing km_plugin_broken failed: RuntimeError: boom"):
         load_module("km_plugin_broken", "bench")
 
 
-def test_module_without_the_entry_points(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_module_without_the_entry_points(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     fake_module(monkeypatch, "kick_monitor.demo")
     assert main(["demo"]) == 1
     assert capsys.readouterr().err == (

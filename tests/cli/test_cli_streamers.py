@@ -14,9 +14,11 @@ from tests.conftest import CliRunner, clean_environment
 
 
 def test_add_list_remove(cli: CliRunner) -> None:
-    assert cli(
-        "streamers", "add", "Alice", "--channel-id", "11", "--user-id", "21", "--chatroom-id", "31"
-    ) == (0, "added alice (channel id 11)\n", "")
+    assert cli("streamers", "add", "Alice", "--channel-id", "11", "--user-id", "21", "--chatroom-id", "31") == (
+        0,
+        "added alice (channel id 11)\n",
+        "",
+    )
     code, out, err = cli("streamers", "add", "bob")
     assert code == 0 and "added bob (unresolved: waiting for id resolution" in out and err == ""
     code, out, _ = cli("streamers", "list")

@@ -70,7 +70,7 @@ def test_worker_sigkill_at_random_moments(
         time.sleep(1.0)
         sim.stop_flipping()
         wait_until(lambda: len(service.worker_pids()) == 4 and not set(service.worker_pids().values()) & set(victims),
-                   30, what="every killed worker replaced")
+                   45, what="every killed worker replaced")
         converge(sim, conn, 30, exact=False)
         record(f"worker SIGKILL x{kills} (random worker, random moment)", time.monotonic() - last_kill,
                "last kill → DB == truth")

@@ -19,10 +19,8 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg2.extensions
 import pytest
 import requests
 

@@ -163,9 +163,7 @@ def test_several_problems_are_counted_on_one_line() -> None:
 
 
 def test_unknown_key_in_file_names_its_line(tmp_path: Path) -> None:
-    config = write_config(
-        tmp_path / "km.env", "# settings\nKICK_MONITOR_BATCH_SIZE=5\nKICK_MONITOR_BATCHSIZE=5\n"
-    )
+    config = write_config(tmp_path / "km.env", "# settings\nKICK_MONITOR_BATCH_SIZE=5\nKICK_MONITOR_BATCHSIZE=5\n")
     with pytest.raises(ConfigError, match=rf"^--config {config}:3: unknown key KICK_MONITOR_BATCHSIZE$"):
         load_settings(environ={}, config_file=config)
 
@@ -212,15 +210,11 @@ def test_group_readable_file_with_a_secret_warns(tmp_path: Path, caplog: pytest.
     with caplog.at_level(logging.WARNING, logger="kick_monitor.config"):
         settings = load_settings(environ={}, config_file=config)
     assert settings.client_secret is not None
-    assert any(
-        "readable by group or others" in r.getMessage() and "640" in r.getMessage() for r in caplog.records
-    )
+    assert any("readable by group or others" in r.getMessage() and "640" in r.getMessage() for r in caplog.records)
     assert SECRET not in caplog.text
 
 
-def test_private_file_or_file_without_secret_does_not_warn(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_private_file_or_file_without_secret_does_not_warn(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     private = write_config(tmp_path / "private.env", f"KICK_MONITOR_CLIENT_SECRET={SECRET}\n", mode=0o600)
     public = write_config(tmp_path / "public.env", "KICK_MONITOR_BATCH_SIZE=5\n", mode=0o644)
     with caplog.at_level(logging.WARNING, logger="kick_monitor.config"):

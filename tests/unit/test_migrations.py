@@ -63,9 +63,7 @@ def test_rerun_is_a_no_op(database_url: str) -> None:
         assert migrate(conn) == []
     finally:
         conn.close()
-    assert (
-        query(database_url, "SELECT version, name, applied_at FROM kick_monitor.schema_migrations") == before
-    )
+    assert query(database_url, "SELECT version, name, applied_at FROM kick_monitor.schema_migrations") == before
 
 
 def test_foreign_tables_are_untouched(make_database: DatabaseFactory) -> None:

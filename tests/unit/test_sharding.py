@@ -88,10 +88,7 @@ def test_unresolved_streamers_are_left_out_and_listed() -> None:
 
 
 def test_works_with_the_message_type_workers_get() -> None:
-    refs = [
-        StreamerRef(streamer_id=i, username=f"u{i}", channel_id=1000 + i, kick_user_id=None)
-        for i in range(10)
-    ]
+    refs = [StreamerRef(streamer_id=i, username=f"u{i}", channel_id=1000 + i, kick_user_id=None) for i in range(10)]
     plan = plan_shards(refs, 3)
     assert sum(len(members) for members in plan.values()) == 10
 

@@ -108,7 +108,7 @@ def test_duplicates_are_refused_and_nothing_is_written(
 ) -> None:
     add_streamer(db_conn, "alice", channel_id=11, user_id=21)
     with pytest.raises(StreamerError) as caught:
-        add_streamer(db_conn, slug, **ids)  # type: ignore[arg-type]
+        add_streamer(db_conn, slug, **ids)
     assert str(caught.value) == message
     assert usernames(db_conn) == ["alice"]
     assert db_conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE

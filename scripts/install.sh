@@ -1,0 +1,163 @@
+#!/bin/sh
+# Install kick-monitor as a systemd service (Debian 12+). Idempotent: run it again to
+# upgrade; it never overwrites /etc/kick-monitor/kick-monitor.env once it exists.
+#
+#   sudo scripts/install.sh                 # all shards in one unit: kick-monitor.service
+#   sudo scripts/install.sh --shards 4      # one unit per shard: kick-monitor@0..3 + kick-monitor.target
+#   scripts/install.sh --dry-run            # print every action, change nothing (no root needed)
+#
+# Options:
+#   --dry-run        print the actions without doing them
+#   --shards N       set up the per-shard template units for N shards (writes
+#                    /etc/kick-monitor/shard-<i>.env: KICK_MONITOR_SHARD_COUNT=N and metrics port 94<ii>)
+#   --enable         also `systemctl enable --now` the service (or the target and its shards)
+#   --prefix DIR     the virtualenv to install into (default /opt/kick-monitor)
+#   --source SPEC    what pip installs (default: this checkout)
+#   --destdir DIR    stage files under DIR (packaging): no user, no ownership, no venv, no systemctl
+#
+# What it does: creates the system user kick-monitor, /var/lib/kick-monitor (0750),
+# /etc/kick-monitor/kick-monitor.env from etc/kick-monitor.env.example (0600, root), a
+# virtualenv with the package, and the units in /etc/systemd/system; then daemon-reload.
+set -eu
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+USER_NAME=kick-monitor
+PREFIX=/opt/kick-monitor
+SOURCE=$REPO
+DESTDIR=
+DRY_RUN=0
+SHARDS=0
+ENABLE=0
+PYTHON=${PYTHON:-python3}
+
+die() { echo "install.sh: $*" >&2; exit 2; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --dry-run) DRY_RUN=1 ;;
+        --enable) ENABLE=1 ;;
+        --shards) [ $# -ge 2 ] || die "--shards needs a number"; SHARDS=$2; shift ;;
+        --prefix) [ $# -ge 2 ] || die "--prefix needs a directory"; PREFIX=$2; shift ;;
+        --source) [ $# -ge 2 ] || die "--source needs a pip requirement or path"; SOURCE=$2; shift ;;
+        --destdir) [ $# -ge 2 ] || die "--destdir needs a directory"; DESTDIR=$2; shift ;;
+        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown option $1 (see --help)" ;;
+    esac
+    shift
+done
+case "$SHARDS" in ''|*[!0-9]*) die "--shards wants a number, not '$SHARDS'" ;; esac
+[ "$SHARDS" -le 100 ] || die "--shards: at most 100 (metrics ports 9400-9499)"
+
+ETC=$DESTDIR/etc/kick-monitor
+DATA=$DESTDIR/var/lib/kick-monitor
+UNITS=$DESTDIR/etc/systemd/system
+ENV_FILE=$ETC/kick-monitor.env
+
+if [ "$DRY_RUN" = 0 ] && [ -z "$DESTDIR" ] && [ "$(id -u)" != 0 ]; then
+    die "run as root (or with --dry-run to see what it would do)"
+fi
+
+# Print an action, then do it (unless --dry-run).
+run() {
+    printf '+ %s\n' "$*"
+    if [ "$DRY_RUN" = 0 ]; then "$@"; fi
+}
+
+# Write stdin to a file with a mode (and root ownership when installing for real).
+write_file() {
+    path=$1 mode=$2
+    content=$(cat)
+    printf '+ write %s (mode %s)\n' "$path" "$mode"
+    printf '%s\n' "$content" | sed 's/^/    /'
+    if [ "$DRY_RUN" = 0 ]; then
+        (umask 077 && printf '%s\n' "$content" > "$path.tmp")
+        chmod "$mode" "$path.tmp"
+        mv "$path.tmp" "$path"
+    fi
+}
+
+skip() { printf -- '- %s\n' "$*"; }
+
+owner() {  # install(1) ownership flags, unless staging
+    if [ -z "$DESTDIR" ]; then printf -- '-o %s -g %s' "$1" "$2"; fi
+}
+
+has_systemd() { [ -z "$DESTDIR" ] && [ -d /run/systemd/system ]; }
+
+# 1. the user
+if [ -n "$DESTDIR" ]; then
+    skip "user $USER_NAME: not created (--destdir)"
+elif getent passwd "$USER_NAME" >/dev/null 2>&1; then
+    skip "user $USER_NAME exists"
+else
+    run useradd --system --user-group --home-dir /var/lib/kick-monitor --no-create-home \
+        --shell /usr/sbin/nologin --comment kick-monitor "$USER_NAME"
+fi
+
+# 2. the data directory (the units' StateDirectory= keeps it so too)
+# shellcheck disable=SC2046 # owner() expands to separate flags on purpose
+run install -d -m 0750 $(owner "$USER_NAME" "$USER_NAME") "$DATA"
+
+# 3. the settings
+# shellcheck disable=SC2046
+run install -d -m 0755 $(owner root root) "$ETC"
+if [ -e "$ENV_FILE" ]; then
+    skip "$ENV_FILE exists: kept as it is (compare with etc/kick-monitor.env.example after upgrades)"
+else
+    # shellcheck disable=SC2046
+    run install -m 0600 $(owner root root) "$REPO/etc/kick-monitor.env.example" "$ENV_FILE"
+fi
+if [ "$SHARDS" -gt 0 ]; then
+    i=0
+    while [ "$i" -lt "$SHARDS" ]; do
+        write_file "$ETC/shard-$i.env" 0600 <<EOF
+# shard $i of $SHARDS; written by scripts/install.sh --shards $SHARDS (rewritten on every run)
+KICK_MONITOR_SHARD_COUNT=$SHARDS
+KICK_MONITOR_METRICS_PORT=$(printf '94%02d' "$i")
+EOF
+        i=$((i + 1))
+    done
+fi
+
+# 4. the program, in its own virtualenv
+if [ -n "$DESTDIR" ]; then
+    skip "virtualenv $PREFIX: not created (--destdir)"
+else
+    if [ -x "$PREFIX/bin/python" ]; then
+        skip "virtualenv $PREFIX exists"
+    else
+        "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+            || die "kick-monitor needs Python 3.11+; $PYTHON is $("$PYTHON" -V 2>&1)"
+        run "$PYTHON" -m venv "$PREFIX"
+    fi
+    run "$PREFIX/bin/python" -m pip install --quiet --upgrade "$SOURCE"
+fi
+
+# 5. the units
+run install -d -m 0755 "$UNITS"
+run install -m 0644 "$REPO/etc/systemd/kick-monitor.service" "$REPO/etc/systemd/kick-monitor@.service" \
+    "$REPO/etc/systemd/kick-monitor.target" "$UNITS/"
+if has_systemd; then
+    run systemctl daemon-reload
+else
+    skip "systemctl daemon-reload: systemd is not running here"
+fi
+
+# 6. enable, if asked
+if [ "$SHARDS" -gt 0 ]; then
+    units="kick-monitor.target"
+    i=0
+    while [ "$i" -lt "$SHARDS" ]; do units="$units kick-monitor@$i.service"; i=$((i + 1)); done
+else
+    units="kick-monitor.service"
+fi
+if [ "$ENABLE" = 1 ] && has_systemd; then
+    # shellcheck disable=SC2086 # one word per unit
+    run systemctl enable --now $units
+else
+    echo
+    echo "Next: edit $ENV_FILE (KICK_MONITOR_DATABASE_URL, KICK_MONITOR_CLIENT_ID, KICK_MONITOR_CLIENT_SECRET);"
+    echo "      with your own PostgreSQL: $PREFIX/bin/kick-monitor --config $ENV_FILE db migrate"
+    echo "      (the embedded one is migrated by the service itself); then"
+    echo "      systemctl enable --now $units"
+fi
