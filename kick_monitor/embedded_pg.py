@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
+from psycopg2 import sql
 
 log = logging.getLogger(__name__)
 DATABASE_NAME = "kick_monitor"
@@ -121,6 +122,6 @@ class EmbeddedPostgres:
                 cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.database,))
                 if cur.fetchone() is None:
                     with contextlib.suppress(psycopg2.errors.DuplicateDatabase):  # a concurrent start won
-                        cur.execute(f'CREATE DATABASE "{self.database}"')
+                        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.database)))
         finally:
             conn.close()

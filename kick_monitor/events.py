@@ -145,9 +145,12 @@ class EventStats:
         if kind in self._logged:
             return
         self._logged.add(kind)
+        # The kind is in the message template on purpose: the log's flood filter keys on the
+        # template, and one shared template let the first kind hide every other kind for a
+        # minute (and so for good, as each kind is logged only once). Kinds are a fixed set
+        # of names in this module, so the templates stay few.
         LOG.warning(
-            "malformed frame of kind %s (logged once per kind, then only counted)",
-            kind,
+            f"malformed frame of kind {kind} (logged once per kind, then only counted)",
             extra={
                 "kind": kind,
                 "shard": self.shard,
@@ -156,6 +159,16 @@ class EventStats:
                 "detail": _clip(detail, 300),
             },
         )
+
+    def stranger(self, channel: object, event: object) -> None:
+        """Count a lifecycle event for a channel we do not watch; log the first one."""
+        self.unknown_channel += 1
+        if self.unknown_channel == 1:
+            LOG.warning(
+                "lifecycle event for a channel we do not watch (logged once, then only counted)",
+                extra={"kind": "unknown_channel", "shard": self.shard, "channel": _clip(channel),
+                       "event": _clip(event)},
+            )
 
     def ignore(self, event: str) -> None:
         """Count one ignored event by name without letting the key set grow unbounded."""
@@ -279,6 +292,9 @@ class StatusTracker:
         self._states: dict[int, _ChannelState] = {}
         self._by_name: dict[str, int] = {}
         self._last_ns = 0
+        # Monotonic receive time of each channel's last valid lifecycle event, duplicates
+        # included: an API answer asked for before it is older than what the event said.
+        self.last_event_mono: dict[int, float] = {}
         self.add(streamers)
 
     def __len__(self) -> int:
@@ -305,6 +321,7 @@ class StatusTracker:
         for channel_id in channel_ids:
             if self._states.pop(channel_id, None) is None:
                 continue
+            self.last_event_mono.pop(channel_id, None)
             for name in channel_names(channel_id):
                 del self._by_name[name]
                 names.append(name)
@@ -327,7 +344,7 @@ class StatusTracker:
             return None
         channel_id = self._by_name.get(ev.channel) if ev.channel is not None else None
         if channel_id is None:
-            self.stats.unknown_channel += 1
+            self.stats.stranger(ev.channel, ev.event)
             return None
         try:
             livestream_id, title, occurred_at, live = self._read_payload(
@@ -341,6 +358,7 @@ class StatusTracker:
         if not live:
             self.stats.ignore(ev.event + " (is_live=false)")
             return None
+        self.last_event_mono[channel_id] = ev.received_mono
         return self._transition(
             channel_id,
             spec.status,

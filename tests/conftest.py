@@ -1,6 +1,8 @@
 """Shared fixtures: one real PostgreSQL per session, a fresh database per test, the CLI in a subprocess.
 
 - `embedded_postgres` (session): an `EmbeddedPostgres` in a temp dir, stopped at session end.
+- `server_tmp_path`: a temp dir for data dirs of other PostgreSQL servers (a test's own, or the
+  CLI's embedded one): NOT under `tmp_path`, see `make_server_dir` for why.
 - `make_database(migrated=True) -> str`: a new database, cloned from a migrated template
   (tens of milliseconds) or empty; dropped after the test. `database_url` is one of them.
 - `cli(*args, env=None, input=None, cwd=None, timeout=60) -> CliResult(code, stdout, stderr)`:
@@ -14,9 +16,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -58,12 +62,32 @@ def _admin(pg: EmbeddedPostgres) -> psycopg2.extensions.connection:
     return conn
 
 
+def make_server_dir(prefix: str) -> Path:
+    """A temp dir for a PostgreSQL data dir, outside pytest's base temp dir.
+
+    As root, pgserver runs PostgreSQL as its unprivileged `pgserver` user and opens the path
+    down to the data dir for it; but every pytest session that starts on the machine resets
+    /tmp/pytest-of-<user> to mode 0700, which would lock a running server out of its own data
+    (it crashes) and make initdb fail. A plain `mkdtemp` dir is left alone.
+    """
+    return Path(tempfile.mkdtemp(prefix=f"kick-monitor-{prefix}-"))
+
+
+@pytest.fixture
+def server_tmp_path() -> Iterator[Path]:
+    """Like `tmp_path`, for data dirs of PostgreSQL servers (see `make_server_dir`); removed after."""
+    path = make_server_dir("test")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def embedded_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+def embedded_postgres() -> Iterator[EmbeddedPostgres]:
     """One real PostgreSQL server for the whole session, with a migrated template database."""
-    pg = EmbeddedPostgres(tmp_path_factory.mktemp("embedded-pg"))
-    pg.start()
+    root = make_server_dir("session-pg")
+    pg = EmbeddedPostgres(root)
     try:
+        pg.start()
         admin = _admin(pg)
         with admin.cursor() as cur:
             # a throwaway server: durability costs time and buys nothing here
@@ -78,6 +102,7 @@ def embedded_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embe
         yield pg
     finally:
         pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 class DatabaseFactory(Protocol):

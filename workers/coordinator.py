@@ -60,6 +60,7 @@ MAX_BOOT_FAILURES = 5  # deaths in a row before the first heartbeat: stop respaw
 RESPAWN_MIN, RESPAWN_MAX = 0.5, 30.0
 RELOAD_DEBOUNCE = 0.2  # coalesce a burst of streamer notifications into one reload
 RESOLVE_BUDGET = 2.0  # seconds of Kick API id lookups per reload, at most
+STATEMENT_TIMEOUT_MS = 5000  # our queries are tiny: one stuck on a lock must not freeze the main loop
 SIGNALS = ("HUP", "TERM", "INT", "CHLD")
 
 # What a SIGHUP may change, and what it takes (see `reload_configuration`).
@@ -580,7 +581,15 @@ class Coordinator:
 
     # -- database -------------------------------------------------------------------------
     def open_database(self) -> None:
-        self.conn = connect(self.database_url, application_name=f"kick-monitor coordinator {self.tree}")
+        conn = connect(self.database_url, application_name=f"kick-monitor coordinator {self.tree}")
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET statement_timeout = %s", (STATEMENT_TIMEOUT_MS,))
+            conn.commit()
+        except psycopg2.Error as exc:
+            conn.close()
+            raise DatabaseUnavailable(f"database session lost at once: {str(exc).strip()}") from None
+        self.conn = conn
         try:
             listen = connect(self.database_url, application_name="kick-monitor listen", autocommit=True)
             with listen.cursor() as cur:

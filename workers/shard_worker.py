@@ -163,7 +163,6 @@ class ShardWorker:
             event_stats=self.stats,
         )
         self.reconciliation = Reconciliation(settings, shard)
-        self.last_frame_mono: dict[int, float] = {}
         # Channels whose status we took from the database rather than saw ourselves: the
         # writer may still hold older changes for them (a spool from before a restart), so
         # the first API verdict for each is committed even where it agrees (see confirm()).
@@ -171,6 +170,7 @@ class ShardWorker:
         self.stopping = False
         self.generation = 0
         self.next_reconcile = float("inf")
+        self.reconcile_again = False  # one was due while another ran: start it when that ends
         self.frames = 0
         self.changes_sent = 0
         self.ppid = os.getppid()
@@ -235,7 +235,7 @@ class ShardWorker:
         if self.reconciliation.wake_read in readable:
             self.reconciliation.drain_wakeups()
             self.apply_reconciliation()
-        if now >= self.next_reconcile:
+        if now >= self.next_reconcile or (self.reconcile_again and not self.reconciliation.running()):
             self.start_reconcile(now)
         if now >= self._next_beat:
             self._next_beat = now + HEARTBEAT_EVERY
@@ -256,7 +256,6 @@ class ShardWorker:
             result = self.tracker.apply(ev)
             if isinstance(result, StatusChange):
                 changes.append(result)
-                self.last_frame_mono[result.channel_id] = result.received_mono
             elif isinstance(result, TitleUpdate):
                 changes.append(result.change)
         if self._metrics is not None:
@@ -274,7 +273,18 @@ class ShardWorker:
     def start_reconcile(self, now: float) -> None:
         interval = self.settings.reconcile_interval
         self.next_reconcile = now + interval if interval > 0 else float("inf")
-        self.reconciliation.start(self._snapshot())
+        self.reconcile_again = False
+        self._reconcile(self._snapshot())
+
+    def _reconcile(self, streamers: tuple[StreamerRef, ...]) -> None:
+        """Start a reconciliation; if one is running, run a full one right after it.
+
+        The running one may have asked the API before events we have just lost (a reconnect
+        during a slow reconciliation): skipping ours would leave them unrepaired until the
+        next interval.
+        """
+        if not self.reconciliation.start(streamers) and self.reconciliation.running():
+            self.reconcile_again = True
 
     def apply_reconciliation(self) -> None:
         from kick_monitor.kick_api import diff_live_status
@@ -294,8 +304,10 @@ class ShardWorker:
             known = {cid: st for cid in answer if (st := self.tracker.status(cid)) is not None}
             changes: list[StatusChange] = []
             for channel_id, info in diff_live_status(known, answer):
-                if self.last_frame_mono.get(channel_id, 0.0) >= started:
-                    continue  # a frame arrived after we asked: it is newer than this answer
+                if self.tracker.last_event_mono.get(channel_id, 0.0) >= started:
+                    # A frame arrived after we asked (even one that changed nothing, e.g. the
+                    # offline we already believed): it is newer than this answer.
+                    continue
                 change = self.tracker.set_status(
                     channel_id, "online" if info.is_live else "offline", info.livestream_id,
                     title=info.title, occurred_at=info.started_at if info.is_live else None,
@@ -307,7 +319,7 @@ class ShardWorker:
             changed = {change.channel_id for change in changes}
             for channel_id in sorted(self.unconfirmed & answer.keys()):
                 self.unconfirmed.discard(channel_id)
-                if channel_id in changed or self.last_frame_mono.get(channel_id, 0.0) >= started:
+                if channel_id in changed or self.tracker.last_event_mono.get(channel_id, 0.0) >= started:
                     continue  # a newer change of ours is on its way already
                 confirmation = self.tracker.confirm(
                     channel_id, received_at=time.time(), received_mono=time.monotonic()
@@ -344,13 +356,12 @@ class ShardWorker:
         self.session.subscribe(names)
         if fresh:
             log.info("subscribed %d more streamers", len(fresh))
-            self.reconciliation.start(tuple(fresh))
+            self._reconcile(tuple(fresh))
 
     def unsubscribe(self, channel_ids: Iterable[int]) -> None:
         gone = [cid for cid in channel_ids if cid in self.refs]
         for cid in gone:
             del self.refs[cid]
-            self.last_frame_mono.pop(cid, None)
             self.unconfirmed.discard(cid)
         self.tracker.remove(gone)
         names = [n for cid in gone for n in lifecycle_names(cid, self.settings.lifecycle_channels)]
@@ -421,6 +432,11 @@ class ShardWorker:
         deltas.advance(m.SUBSCRIPTION_ERRORS, self.session.stats.subscription_errors, shard=shard)
         for kind, total in self.stats.malformed.items():
             deltas.advance(m.PARSE_ERRORS, total, shard=shard, kind=kind)
+        deltas.advance(m.PARSE_ERRORS, self.stats.unknown_channel, shard=shard, kind="unknown_channel")
+        # Events dropped by name before decoding (chat, goals, anything unknown) are frames
+        # received too; the "(is_live=false)" pseudo-names were counted under their own name.
+        other = sum(n for name, n in self.stats.ignored.items() if not name.endswith("(is_live=false)"))
+        deltas.advance(m.FRAMES, other, shard=shard, event="other")
         api = self.reconciliation.api_stats()
         if api is not None:
             for (endpoint, status), total in api.requests.items():

@@ -42,6 +42,14 @@ log = logging.getLogger("kick_monitor.writer")
 SPOOL_AFTER = 2.0  # seconds of outage before memory-held changes go to disk
 RETRY_MIN, RETRY_MAX = 0.25, 5.0
 STOP_GRACE = 1.0  # after SIGTERM, seconds to keep reading from workers still connected
+MAX_STATEMENT_SECONDS = 30.0
+
+
+def statement_timeout(heartbeat_timeout: float) -> float:
+    """Seconds one statement may take: well below the heartbeat timeout, so a statement stuck
+    on a lock is cancelled by PostgreSQL (and retried) before the coordinator takes the
+    silent writer for hung and kills it."""
+    return min(MAX_STATEMENT_SECONDS, heartbeat_timeout / 2)
 
 
 @dataclass
@@ -184,6 +192,7 @@ class BatchWriter:
 
     def _commit_slice(self, changes: list[StatusChange]) -> bool:
         assert self.conn is not None
+        self._beat()  # alive as long as statements complete, however many a replay takes
         started = time.perf_counter()
         result: BatchResult | None
         try:
@@ -278,8 +287,9 @@ class BatchWriter:
     def connect_database(self) -> bool:
         try:
             conn = connect(self.database_url, application_name="kick-monitor writer")
+            timeout_ms = max(1, int(statement_timeout(self.settings.heartbeat_timeout) * 1000))
             with conn.cursor() as cur:
-                cur.execute("SET statement_timeout = '30s'")
+                cur.execute("SET statement_timeout = %s", (timeout_ms,))
             conn.commit()
             prepare(conn)
         except (DatabaseUnavailable, psycopg2.Error) as exc:

@@ -287,7 +287,8 @@ def clients(ctx: scenarios.BenchContext, machine: dict[str, Any], out: Path) -> 
         "Ours = kick_monitor.pusher.PusherSession + events.StatusTracker (a worker's receive path). Pysher ="
         " pysher.Pusher as its README shows (subscribe in the connection_established handler), URL set to protocol"
         " 7, logging at WARNING; its callbacks json.loads the lifecycle data. CPU from os.times() of each process"
-        " (all threads) over the flood plus 2 s to drain.",
+        " (all threads) over the flood plus 6 s to drain. lifecycle_missed = lifecycle transitions sent during"
+        " the flood never detected (frames still unread in a socket when the server drops it are gone).",
         "Then the simulator drops every connection (TCP abort), and later drops them again while refusing"
         " handshakes (HTTP 503) for 15 s: attempts = connection attempts in that window.",
     ]

@@ -482,9 +482,9 @@ def run_writer(ctx: BenchContext, mode: str, feed: Feed, index: int, name: str) 
     url = ctx.db.fresh(f"bench_writer_{index}", template=template)
     channels = run_dir / "channels.json"
     channels.write_text(json.dumps(list(range(1, streamers + 1))))
-    socket_path = run_dir / "writer.sock"
     result: dict[str, Any] = {"run": index + 1, "mode": mode, "feed": vars(feed), "load_before": measure.loadavg()}
     with Stack() as stack:
+        socket_path = stack.push(ShortDir()).path / "writer.sock"  # AF_UNIX paths: 108 bytes at most
         writer = stack.push(AgentProcess.start(run_dir, "writer", [
             "--database-url", url, "--socket", str(socket_path), "--spool", str(run_dir / "spool"), "--mode", mode]))
         writer.wait_ready()
@@ -531,16 +531,30 @@ def run_writer(ctx: BenchContext, mode: str, feed: Feed, index: int, name: str) 
     return result
 
 
+class ShortDir:
+    """A directory with a short path (for a Unix socket), removed by `stop()`."""
+
+    def __init__(self) -> None:
+        import tempfile
+
+        self.path = Path(tempfile.mkdtemp(prefix="kb-"))
+
+    def stop(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
 def w_feed(ctx: BenchContext) -> Feed:
     return Feed("max", count=3000 if ctx.quick else 300_000, feeders=1 if ctx.quick else 2)
 
 
 def cw_feeds(ctx: BenchContext) -> list[tuple[Feed, Feed]]:
     """(batched, naive) pairs on the same stream: full speed, S1's rate, S2's bursty rate."""
-    seconds = 2.0 if ctx.quick else (ctx.duration or 15.0)
+    seconds = 2.0 if ctx.quick else (ctx.duration or 10.0)
     full = w_feed(ctx)
     return [
-        (full, replace(full, count=max(1000, full.count // 15))),
+        (full, replace(full, count=max(1000, full.count // 30))),
         (Feed("200/s", int(200 * seconds), rate=200.0),) * 2,
         (Feed("2000/s bursts", int(2000 * seconds), rate=2000.0, burst=100),) * 2,
     ]
@@ -577,8 +591,9 @@ def run_clients(ctx: BenchContext, index: int) -> dict[str, Any]:
         flood_start = time.time()
         sim.post("/control/noise", {"rate": noise_rate})
         time.sleep(flood_s)
+        noise_stopped = time.time()
         sim.post("/control/noise", {"rate": 0})
-        time.sleep(2.0)  # let both drain what is in their sockets
+        time.sleep(1.0 if ctx.quick else 6.0)  # let both drain what is in their sockets (Pysher lags)
         flood_end = time.time()
         sent_noise = sim.stats()["frames_sent"].get("noise", 0)
         dropped_at = time.time()
@@ -598,7 +613,8 @@ def run_clients(ctx: BenchContext, index: int) -> dict[str, Any]:
         outputs = {impl: client.result() for impl, client in clients.items()}
     result["noise_frames_sent_per_client"] = sent_noise // 2
     for impl, out in outputs.items():
-        result[impl] = client_figures(out, truth, flood_start, flood_end, dropped_at, outage_at, back_at)
+        result[impl] = client_figures(out, truth, (flood_start, noise_stopped, flood_end), dropped_at, outage_at,
+                                      back_at)
     ours, theirs = result["ours"], result["pysher"]
     if ours.get("cpu_per_100k_frames") and theirs.get("cpu_per_100k_frames"):
         result["cpu_ratio_pysher_over_ours"] = round(theirs["cpu_per_100k_frames"] / ours["cpu_per_100k_frames"], 2)
@@ -615,14 +631,19 @@ def _at(timeline: list[list[float]], wall: float) -> list[float]:
     return best
 
 
-def client_figures(out: dict[str, Any], truth: list[dict[str, Any]], flood_start: float, flood_end: float,
+def client_figures(out: dict[str, Any], truth: list[dict[str, Any]], flood: tuple[float, float, float],
                    dropped_at: float, outage_at: float, back_at: float) -> dict[str, Any]:
-    """CPU per 100k frames in the flood, lifecycle detection, behaviour after a drop and an outage."""
+    """CPU per 100k frames in the flood, lifecycle detection, behaviour after a drop and an outage.
+
+    `flood` is (noise started, noise stopped, drained): CPU and frames are counted from the
+    start until drained; lifecycle events sent while the noise ran must all be detected.
+    """
+    flood_start, noise_stopped, flood_end = flood
     timeline = out["timeline"]
     first, last = _at(timeline, flood_start), _at(timeline, flood_end)
     frames, cpu = last[1] - first[1], last[2] - first[2]
     detected = {(d[0].split("_")[-1].split(".")[-1], d[1], d[2]) for d in out["detections"]}
-    flood_truth = [t for t in truth if flood_start <= t["sent_wall"] <= dropped_at and t["delivered"]]
+    flood_truth = [t for t in truth if flood_start <= t["sent_wall"] <= noise_stopped and t["delivered"]]
     missed = sum(1 for t in flood_truth if (str(t["channel_id"]), t["status"], t["livestream_id"]) not in detected)
     events = out["connection_events"]
 
@@ -642,6 +663,7 @@ def client_figures(out: dict[str, Any], truth: list[dict[str, Any]], flood_start
         "outage_attempts": count(("attempt",), outage_at, back_at),
         "outage_reconnected_after_back_s": first_after("established", back_at),
         "connection_events": len(events),
+        "events_from_drop": [(round(e[0] - dropped_at, 2), e[1]) for e in events if e[0] >= dropped_at][:40],
     }
 
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -20,6 +21,14 @@ from typing import IO
 import orjson
 
 POLL = 0.05
+PR_SET_PDEATHSIG = 1
+_PRCTL = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)  # resolved before any fork (Linux only)
+
+
+def _term_with_parent() -> None:
+    """In the child before exec: SIGTERM it if the demo dies, even by SIGKILL (Linux)."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def group_members(pgid: int) -> list[int]:
@@ -58,23 +67,36 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def last_error(log_path: Path, limit: int = 200) -> str:
-    """The most telling line of a log: the last ERROR message of JSON logs, else the last line."""
+    """The most telling line of a log: the last ERROR of JSON logs, else the last plain line."""
     try:
         lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return ""
+    plain = ""
     for line in reversed(lines):
         try:
             entry = orjson.loads(line)
         except ValueError:
+            plain = plain or line
             continue
         if isinstance(entry, dict) and entry.get("level") in ("ERROR", "CRITICAL"):
             return str(entry.get("msg", ""))[:limit]
-    return lines[-1][:limit] if lines else ""
+    return plain[:limit]
+
+
+def describe_exit(code: int | None) -> str:
+    """`exited with code 2`, `was killed by SIGKILL`."""
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
 
 
 class Child:
-    """One subprocess in a new session (so Ctrl-C reaches only the demo), output to a log file."""
+    """One subprocess in a new session (so Ctrl-C reaches only the demo), output to a log file.
+
+    It is sent SIGTERM by the kernel if the demo dies without stopping it (PR_SET_PDEATHSIG).
+    """
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
         self.name = name
@@ -88,7 +110,7 @@ class Child:
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_term_with_parent,
         )
 
     @property
@@ -105,9 +127,9 @@ class Child:
         return self.proc is not None and self.proc.poll() is None
 
     def failure(self) -> str:
-        """`<name> exited (code N): <its last error line>` for a child that died."""
+        """`<name> exited with code N: <its last error line>` for a child that died."""
         reason = last_error(self.log_path)
-        return f"{self.name} exited (code {self.exit_code}){': ' + reason if reason else ''}"
+        return f"{self.name} {describe_exit(self.exit_code)}{': ' + reason if reason else ''}"
 
     def stop(self, timeout: float, hurry: Callable[[], bool] = lambda: False) -> int | None:
         """SIGTERM to the PID and wait (up to `timeout`, or until `hurry()`), then clear its group."""

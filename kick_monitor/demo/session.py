@@ -40,7 +40,7 @@ from .view import Screen, Snapshot, render_line, render_screen
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT = 30.0  # the simulator's ready file
-READY_TIMEOUT = 60.0  # every shard subscribed and every status known
+READY_STALL = 30.0  # no progress towards "every channel subscribed, every status known" for this long
 SETTLE_TIMEOUT = 15.0  # after the last flip, for the database to agree with the simulator
 LINE_EVERY = 5.0  # seconds between status lines when stdout is not a terminal
 POLL = 0.2
@@ -176,7 +176,7 @@ class Demo:
         deadline = time.monotonic() + START_TIMEOUT
         while not ready.exists():
             if not self.sim.running():
-                raise CliError(f"the simulator did not start: {self.sim.failure()}")
+                raise CliError(f"could not start: {self.sim.failure()}")
             self.check_interrupt()
             if time.monotonic() > deadline:
                 raise CliError(f"the simulator did not start within {START_TIMEOUT:.0f}s; see {self.sim.log_path}")
@@ -232,20 +232,22 @@ class Demo:
         """Until every channel is subscribed at the simulator and every status is known."""
         assert self.service is not None and self.control is not None and self.db is not None
         expected = self.options.streamers * subscriptions_per_streamer(self.settings)
-        started = time.monotonic()
+        started = progressed = time.monotonic()
         subscribed, unknown = 0, -1
         while subscribed < expected or unknown != 0:
             if not self.service.running():
-                raise CliError(f"the service did not start: {self.service.failure()}")
+                raise CliError(f"could not start: {self.service.failure()}")
             self.check_interrupt()
-            if time.monotonic() - started > READY_TIMEOUT:
+            if time.monotonic() - progressed > READY_STALL:
                 raise CliError(
-                    f"the service was not ready after {READY_TIMEOUT:.0f}s ({subscribed}/{expected} channels"
+                    f"the service made no progress for {READY_STALL:.0f}s ({subscribed}/{expected} channels"
                     f" subscribed, {unknown} statuses unknown); see {self.service.log_path}"
                 )
             time.sleep(POLL)
-            subscribed = int(self.control.stats()["subscriptions"])
-            unknown = self.db.counts()["unknown"]
+            now = (int(self.control.stats()["subscriptions"]), self.db.counts()["unknown"])
+            if now != (subscribed, unknown):
+                subscribed, unknown = now
+                progressed = time.monotonic()
         self.say(f"service ready after {time.monotonic() - started:.1f}s: {subscribed} channels subscribed,"
                  f" every status known; flipping {self.options.rate:g} streamers/s")
 

@@ -19,7 +19,7 @@ from .tracker import Committed
 HOME, CLEAR_LINE, CLEAR_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
 HIDE_CURSOR, SHOW_CURSOR, CLEAR_SCREEN = "\x1b[?25l", "\x1b[?25h", "\x1b[2J"
 SHARDS_PER_LINE = 3
-MAX_SHARD_LINES = 4
+MAX_SHARD_LINES = 3  # then `… and N more`: the view stays within 24 rows
 RECENT_ROWS = 10
 
 

@@ -30,8 +30,8 @@ def processes_using(path: Path) -> list[int]:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "var"
+def data_dir(server_tmp_path: Path) -> Iterator[Path]:
+    path = server_tmp_path / "var"
     yield path
     leftover = EmbeddedPostgres(path)
     if leftover.is_running():  # only if a test failed half-way: stop the server it started

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +40,19 @@ def fake_module(monkeypatch: pytest.MonkeyPatch, name: str, **attributes: Any) -
 def test_run_hands_the_settings_to_the_coordinator(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[Settings] = []
 
-    def run_service(settings: Settings) -> int:
+    def run_service(settings: Settings, reload_settings: Callable[[], Settings] | None = None) -> int:
         seen.append(settings)
+        assert reload_settings is not None
+        monkeypatch.setenv("KICK_MONITOR_API_RATE", "3")  # changed while running; then SIGHUP
+        seen.append(reload_settings())
         return 0
 
     fake_module(monkeypatch, "workers.coordinator", run_service=run_service)
+    monkeypatch.setenv("KICK_MONITOR_API_RATE", "2")
     assert main(["--batch-size", "7", "run", "--shard-count", "4", "--shard-index", "3"]) == 0
-    assert (seen[0].batch_size, seen[0].shard_count, seen[0].shard_index) == (7, 4, 3)
+    initial, reloaded = seen
+    assert (initial.batch_size, initial.shard_count, initial.shard_index, initial.api_rate) == (7, 4, 3, 2.0)
+    assert (reloaded.batch_size, reloaded.shard_count, reloaded.api_rate) == (7, 4, 3.0)  # flags kept, env re-read
 
 
 def test_demo_and_bench_get_their_arguments_and_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -121,7 +127,7 @@ def test_module_without_the_entry_points(monkeypatch: pytest.MonkeyPatch, capsys
 def test_failure_inside_a_command_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def run_service(settings: Settings) -> int:
+    def run_service(settings: Settings, reload_settings: object = None) -> int:
         raise KeyError("shard table")
 
     fake_module(monkeypatch, "workers.coordinator", run_service=run_service)

@@ -165,7 +165,11 @@ def assert_no_duplicates(conn: psycopg2.extensions.connection) -> None:
 def delivered_latencies(
     sim: Simulator, conn: psycopg2.extensions.connection, since_wall: float
 ) -> list[float]:
-    """Seconds from the simulator's send to the commit, for delivered transitions sent after `since_wall`."""
+    """Seconds from the simulator's send to the commit, for delivered transitions sent after `since_wall`.
+
+    Channels with a missed (undelivered) transition are left out: after one, a delivered
+    frame may rightly change nothing (the tracker already believed it).
+    """
     with conn.cursor() as cur:
         cur.execute(
             "SELECT channel_id, status, extract(epoch FROM recorded_at)::float8 FROM kick_monitor.status_events"
@@ -177,8 +181,10 @@ def delivered_latencies(
     for channel_id, status, at in rows:
         recorded.setdefault((channel_id, status), []).append(at)
     result = []
-    for t in status_transitions(sim.truth()):
-        if not t.delivered or t.sent_wall < since_wall:
+    truth = status_transitions(sim.truth())
+    skipped = {t.channel_id for t in truth if not t.delivered}
+    for t in truth:
+        if not t.delivered or t.sent_wall < since_wall or t.channel_id in skipped:
             continue
         later = [at for at in recorded.get((t.channel_id, t.status), []) if at >= t.sent_wall]
         if later:

@@ -189,8 +189,8 @@ def test_killed_writer_loses_nothing(
         assert service.stop() == 0
 
 
-def test_postgres_down_for_20_seconds_loses_nothing(sim: Simulator, tmp_path: Path) -> None:
-    pg = EmbeddedPostgres(tmp_path / "own-pg")
+def test_postgres_down_for_20_seconds_loses_nothing(sim: Simulator, tmp_path: Path, server_tmp_path: Path) -> None:
+    pg = EmbeddedPostgres(server_tmp_path / "own-pg")
     url = pg.start()
     conn = connect(url)
     try:

@@ -1,0 +1,61 @@
+"""`kick-monitor bench` end to end in miniature, so the benchmark harness cannot rot unnoticed.
+
+A quick S1 (the whole product: simulator, `kick-monitor run`, embedded PostgreSQL) and a
+quick W (the writer alone, fed by hand-off senders) run through the real CLI in a
+subprocess and must write their JSON and Markdown (and the PNG when matplotlib, from the
+`bench` extra, is installed), leaving no process of theirs behind. Figures are not
+checked: a benchmark reports, it does not assert.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line or environment names `text` (the run's work directory)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if any(text.encode() in (entry / name).read_bytes() for name in ("cmdline", "environ")):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.timeout(120)
+def test_quick_s1_and_w_write_their_reports(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KICK_MONITOR_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    out = tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, "-m", "kick_monitor.cli.main", "bench", "--scenario", "S1,W", "--quick", "--runs", "1",
+         "--out", str(out), "--work-dir", str(tmp_path)],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=110, check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for scenario in ("S1", "W"):
+        (result_file,) = out.glob(f"*-{scenario}.json")
+        result = json.loads(result_file.read_text())
+        assert result["scenario"] == scenario and len(result["runs"]) == 1, result.get("errors")
+        assert result["machine"]["cores"] and result["runs"][0]["load_before"]
+        assert all(target["verdict"] in ("PASS", "MISS") for target in result["targets"])
+        assert result_file.with_suffix(".md").read_text().startswith(f"# {scenario}:")
+        if importlib.util.find_spec("matplotlib") is not None:
+            assert result_file.with_suffix(".png").stat().st_size > 1000
+    s1 = json.loads(next(out.glob("*-S1.json")).read_text())
+    assert s1["runs"][0]["verdict"]["expected"] > 0 and s1["runs"][0]["latency_ms"]["count"] > 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("kick-bench-")], "work directory removed"
+    assert not processes_mentioning(str(tmp_path)), "no simulator, service or PostgreSQL left behind"
