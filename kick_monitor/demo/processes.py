@@ -46,6 +46,38 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def serves(pid: int, pgdata: Path) -> bool:
+    """True while `pid` is a live postgres process for `pgdata` (so a reused PID is never signalled)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and b"-D" in cmdline and str(pgdata).encode() in cmdline and b"postgres" in cmdline[0]
+
+
+def postmaster_pid(pgdata: Path) -> int | None:
+    """The postmaster serving `pgdata`, from its postmaster.pid; None if there is none."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+    return pid if serves(pid, pgdata) else None
+
+
+def stop_postmaster(pid: int, pgdata: Path, timeout: float = 20.0) -> bool:
+    """When pg_ctl cannot: SIGINT (fast shutdown), then SIGQUIT (immediate); True once it is gone."""
+    for sig in (signal.SIGINT, signal.SIGQUIT):
+        if not serves(pid, pgdata):
+            return True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + timeout / 2
+        while serves(pid, pgdata) and time.monotonic() < deadline:
+            time.sleep(POLL)
+    return not serves(pid, pgdata)
+
+
 def port_in_use(host: str, port: int) -> bool:
     """True if `port` cannot be bound on `host` right now (0 is never in use)."""
     if port == 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import shutil
 import signal
@@ -31,7 +32,7 @@ from kick_monitor.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
 from kick_monitor.sharding import subscriptions_per_streamer
 from kick_monitor.sim.config import TEST_CLIENT_ID, TEST_CLIENT_SECRET, default_noise_file
 
-from .processes import Child, free_port, port_in_use
+from .processes import Child, free_port, port_in_use, postmaster_pid, serves, stop_postmaster
 from .sim_control import SimControl, scrape_shards
 from .store import DemoDatabase, mismatches
 from .summary import Outcome
@@ -85,25 +86,27 @@ class Demo:
         self.service: Child | None = None
         self.metrics_url = ""
         self.database_url = ""
+        self.postmaster: int | None = None
         self.urls: dict[str, Any] = {}
         self._lock_fd: int | None = None
 
     # -- the whole run ---------------------------------------------------------------------
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._record_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        left: str | None = None
         try:
             self.start()
             failure = self.watch()
             outcome = None if failure else self.finish()
         finally:
-            self.cleanup()
+            left = self.cleanup()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         if outcome is None:
             raise CliError(f"stopped: {failure}; logs in {self.dir}")
-        print("\n".join(outcome.lines(self.dir)), flush=True)
-        if outcome.problem:
-            raise CliError(outcome.problem, EXIT_FAILURE)
+        print("\n".join(outcome.lines(self.dir, all_stopped=left is None)), flush=True)
+        if left or outcome.problem:
+            raise CliError(left or outcome.problem or "", EXIT_FAILURE)
         return 0
 
     def _record_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -148,6 +151,7 @@ class Demo:
         self.say(f"starting embedded PostgreSQL in {self.dir / 'postgres'}")
         self.pg = EmbeddedPostgres(self.dir)
         url = self.pg.start()
+        self.postmaster = postmaster_pid(self.pg.pgdata)
         self.db = DemoDatabase(url)
         self.db.reset()
         self.database_url = url
@@ -323,8 +327,11 @@ class Demo:
     def service_stop_timeout(self) -> float:
         return 2 * self.settings.drain_timeout + 10
 
-    def cleanup(self) -> None:
-        """Stop whatever still runs, newest first; each step even if an earlier one failed."""
+    def cleanup(self) -> str | None:
+        """Stop whatever still runs, newest first, each step even if an earlier one failed.
+
+        Returns what could not be stopped (also printed), or None.
+        """
         hurry = lambda: self.signals >= 2  # noqa: E731 - a one-line predicate
         if self.service is not None:
             self.service.stop(self.service_stop_timeout(), hurry=hurry)
@@ -333,11 +340,29 @@ class Demo:
         if self.db is not None:
             with contextlib.suppress(psycopg2.Error):
                 self.db.close()
-        if self.pg is not None:
-            try:
-                self.pg.stop(force=True)  # ours: under the demo's own, locked directory
-            except EmbeddedPostgresError as exc:
-                print(f"demo: {exc}", file=sys.stderr)
+        left = self.stop_database()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        if left:
+            print(f"demo: {left}", file=sys.stderr, flush=True)
+        return left
+
+    def stop_database(self) -> str | None:
+        """pg_ctl stop; if that fails (e.g. the server lost access to its directory), signal its PID."""
+        if self.pg is None:
+            return None
+        pgdata = self.pg.pgdata
+        pgserver_log = logging.getLogger("pgserver")
+        level = pgserver_log.level
+        pgserver_log.setLevel(logging.CRITICAL)  # a failed pg_ctl is handled below, not worth a traceback
+        try:
+            self.pg.stop(force=True)  # ours: under the demo's own, locked directory
+        except EmbeddedPostgresError:
+            pass
+        finally:
+            pgserver_log.setLevel(level)
+        pid = self.postmaster if self.postmaster is not None else postmaster_pid(pgdata)
+        if pid is not None and serves(pid, pgdata) and not stop_postmaster(pid, pgdata):
+            return f"could not stop PostgreSQL (pid {pid}) for {pgdata}"
+        return None

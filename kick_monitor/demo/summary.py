@@ -31,7 +31,7 @@ class Outcome:
             return f"the service exited with code {self.service_code}; see its log"
         return None
 
-    def lines(self, directory: Path) -> list[str]:
+    def lines(self, directory: Path, all_stopped: bool = True) -> list[str]:
         """The final summary, one fact per line, `name  value` aligned for humans and greps alike."""
         counts = self.counts
         rows = [
@@ -44,6 +44,7 @@ class Outcome:
             ("logs", f"{directory / 'service.log'}, {directory / 'sim.log'}"),
         ]
         width = max(len(name) for name, _ in rows)
-        return ["", "demo summary (service, simulator and PostgreSQL stopped)"] + [
+        stopped = "service, simulator and PostgreSQL stopped" if all_stopped else "NOT everything could be stopped"
+        return ["", f"demo summary ({stopped})"] + [
             f"  {name:<{width}}  {value}" for name, value in rows
         ]

@@ -214,7 +214,9 @@ def database_name(conn: psycopg2.extensions.connection) -> str:
     return str(conn.get_dsn_parameters()["dbname"])
 
 
-def backends(admin: psycopg2.extensions.connection, dbname: str, prefix: str = "kick-monitor") -> list[tuple[int, str, str]]:
+def backends(
+    admin: psycopg2.extensions.connection, dbname: str, prefix: str = "kick-monitor"
+) -> list[tuple[int, str, str]]:
     """(pid, application_name, state) of the service's sessions on `dbname`."""
     with admin.cursor() as cur:
         cur.execute(

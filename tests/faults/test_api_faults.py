@@ -116,7 +116,8 @@ def test_api_failure_keeps_pusher_flowing_and_is_repaired_after(
         converge(sim, conn, 30, exact=False)
         repaired = time.monotonic() - cleared
         record(f"Kick API: {description}", repaired,
-               f"API healthy again → {len(missed)} missed changes repaired (Pusher p99 during fault {p99 * 1000:.0f} ms)")
+               f"API healthy again → {len(missed)} missed changes repaired"
+               f" (Pusher p99 during the fault {p99 * 1000:.0f} ms)")
         assert_no_duplicates(conn)
         assert service.worker_pids() == workers, "no worker died"
         assert service.stop() == 0
@@ -143,7 +144,8 @@ def test_token_expiring_every_few_seconds(
             time.sleep(1.5)
         assert sim.stats()["tokens_issued"] >= issued + 4, "expired tokens were renewed"
         record("Kick API: token TTL 3 s + all tokens revoked every ~2 s", max(repairs),
-               f"missed change → repaired (worst of {len(repairs)}; {sim.stats()['tokens_issued'] - issued} tokens issued)")
+               f"missed change → repaired (worst of {len(repairs)};"
+               f" {sim.stats()['tokens_issued'] - issued} tokens issued)")
         assert_no_duplicates(conn)
         assert service.stop() == 0
 

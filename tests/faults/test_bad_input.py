@@ -56,7 +56,7 @@ def test_malformed_frames_floods_and_strangers_change_nothing_and_are_counted_on
         connections = sim.stats()["connections_total"]
         sim.start_flipping(rate=50.0, duration=6.0)
         started = time.monotonic()
-        sent = Counter()
+        sent = Counter[str]()
         for kind in MALFORMED_KINDS:
             sent[kind] += sim.send_malformed(kind)
         for _ in range(300):  # a flood of events nobody knows
@@ -86,12 +86,12 @@ def test_malformed_frames_floods_and_strangers_change_nothing_and_are_counted_on
         assert other >= 300, f"the unknown-event flood is not counted ({frames})"
 
         logged = Counter(
-            (r["pid"], r.get("kind")) for r in service.log_records() if "malformed frame" in str(r.get("msg"))
+            (int(r["pid"]), str(r["kind"]))
+            for r in service.log_records()
+            if r.get("kind") and ("malformed frame" in r["msg"] or "do not watch" in r["msg"])
         )
         kinds_logged = {kind for _, kind in logged}
-        assert set().union(*EXPECTED_KINDS.values()) <= kinds_logged | {"missing_field", "bad_type", "bad_frame"}
-        for kinds in EXPECTED_KINDS.values():
-            assert kinds & kinds_logged, f"none of {kinds} was logged: {sorted(kinds_logged)}"
+        assert set(errors) <= kinds_logged, f"counted but never logged: {sorted(set(errors) - kinds_logged)}"
         assert all(n == 1 for n in logged.values()), f"a kind was logged more than once by a worker: {logged}"
         assert service.stop() == 0
 

@@ -11,7 +11,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +27,6 @@ from tests.faults.faultkit import (
     admin_connection,
     assert_no_duplicates,
     assert_titles_clean,
-    backends,
     converge,
     database_name,
     database_unreachable,
@@ -131,7 +129,8 @@ def test_sessions_killed_server_side(
             sim.set_live(late[0].slug, True)
             converge(sim, conn, 30, exact=True)
             record("pg_terminate_backend (writer, coordinator, LISTEN) x3", time.monotonic() - done,
-                   f"end of traffic → every transition exactly once; a streamer added after: subscribed in {subscribed:.1f} s")
+                   "end of traffic → every transition exactly once;"
+                   f" a streamer added after: subscribed in {subscribed:.1f} s")
             assert time.monotonic() - added_at < 20
             assert service.worker_pids() == workers, "no worker restarted"
             assert service.stop() == 0
@@ -173,7 +172,8 @@ def test_statement_timeout_while_the_streamers_table_is_locked(
             converge(sim, conn, 30, exact=False)
             assert_no_duplicates(conn)
             record("statement timeout (streamers locked past the writer's timeout)", time.monotonic() - released,
-                   f"lock released → every transition exactly once (worker killed under the lock replaced in {replaced:.1f} s)")
+                   "lock released → DB == truth, no duplicates"
+                   f" (a worker killed under the lock replaced in {replaced:.1f} s)")
             assert service.writer_pid() == writer, "the writer was not killed as hung"
             assert not service.messages("silent for")
             assert service.stop() == 0

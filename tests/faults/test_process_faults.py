@@ -99,16 +99,22 @@ def test_writer_sigkill_mid_batch_at_1000_per_second(
                 assert writer is not None
                 deadline = time.monotonic() + 2.0
                 while time.monotonic() < deadline:  # catch it inside a statement if we can
-                    if any(name == "kick-monitor writer" and state != "idle" for _, name, state in backends(admin, dbname)):
+                    sessions = backends(admin, dbname)
+                    if any(name == "kick-monitor writer" and state != "idle" for _, name, state in sessions):
                         mid_statement += 1
                         break
                 os.kill(writer, signal.SIGKILL)
-                wait_until(lambda w=writer: service.writer_pid() not in (None, w), 15, what="writer restarted")
+
+                def replaced(old: int = writer) -> bool:
+                    return service.writer_pid() not in (None, old)
+
+                wait_until(replaced, 15, what="writer restarted")
             assert sim.wait_flipping_done(timeout=30)
             flipping_done = time.monotonic()
             converge(sim, conn, 40, exact=True)
             record("writer SIGKILL x3 mid-batch at 1,000 flips/s", time.monotonic() - flipping_done,
-                   f"end of burst → every transition committed exactly once ({mid_statement}/3 kills inside a statement)")
+                   "end of burst → every transition committed exactly once"
+                   f" ({mid_statement}/3 kills inside a statement)")
             assert service.stop() == 0
     finally:
         admin.close()
@@ -185,11 +191,11 @@ def test_sigstopped_worker_is_killed_and_replaced(
         time.sleep(1.0)
         victim = before[1]
         os.kill(victim, signal.SIGSTOP)
-        stopped_at = time.monotonic()
         try:
             # The stop would last `stop_for` seconds; the heartbeat must end it well before.
             replaced = wait_for(lambda: service.worker_pids().get(1) not in (None, victim),
-                                min(stop_for, heartbeat_timeout + 10), what="the stopped worker to be killed and replaced")
+                                min(stop_for, heartbeat_timeout + 10),
+                                what="the stopped worker to be killed and replaced")
         finally:
             if alive(victim):
                 os.kill(victim, signal.SIGCONT)

@@ -124,7 +124,8 @@ def test_4100_over_capacity_backs_off_at_least_a_second(
         assert attempts <= (4 if window < 10 else 6) * SHARDS, f"{attempts} connections while over capacity"
         wait_for(lambda: sim.connection_count() == SHARDS, 40, what="every shard reconnected")
         finish(service, sim, conn, end, f"Pusher: 4100 over capacity for {window:.0f} s",
-               f"end of window → DB == truth; {attempts} connections in the window, back-offs {min(delays):.1f}-{max(delays):.1f} s")
+               f"end of window → DB == truth; {attempts} connections in the window,"
+               f" back-offs {min(delays):.1f}-{max(delays):.1f} s")
 
 
 @pytest.mark.timeout(120)
@@ -183,10 +184,10 @@ def test_4001_wrong_app_key_stops_the_service_with_78(
     when: str, sim: Simulator, conn: psycopg2.extensions.connection, services: ServiceFactory
 ) -> None:
     insert_streamers(conn, sim.create_streamers(20))
-    settings = {"shard_count": str(SHARDS)}
+    url = sim.pusher_url
     if when == "at-connect":
-        settings["pusher_url"] = sim.pusher_url.replace(f"/app/{sim.config.app_key}", "/app/wrongkey0000")
-    service = services(**settings)
+        url = url.replace(f"/app/{sim.config.app_key}", "/app/wrongkey0000")
+    service = services(shard_count=str(SHARDS), pusher_url=url)
     with running(service):
         if when == "while-running":
             service.wait_children(SHARDS)
