@@ -11,6 +11,8 @@
 - `run_main(*args, env=None) -> CliResult`: the same entry point called in this process
   (about ten times faster; for tests of argument parsing and messages).
 - `free_port() -> int`: a TCP port free on 127.0.0.1 right now.
+- `sim_config` / `sim`: a local Kick simulator on loopback (override `sim_config` to change it);
+  `conn`: a connection to the test's fresh database.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ import psycopg2.extensions
 import pytest
 from psycopg2 import sql
 
+from kick_monitor.database import connect
 from kick_monitor.embedded_pg import EmbeddedPostgres
 from kick_monitor.migrations import migrate
+from kick_monitor.sim import SimConfig, Simulator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_DATABASE = "kick_monitor_template"
@@ -255,3 +259,30 @@ def run_main(
     yield run
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture
+def sim_config() -> SimConfig:
+    """The simulator's settings; a test module overrides this fixture to change them."""
+    return SimConfig(port=0, http_port=0, control_port=0, seed=7)
+
+
+@pytest.fixture
+def sim(sim_config: SimConfig) -> Iterator[Simulator]:
+    """A local Kick (Pusher + APIs) on loopback ports chosen by the OS, stopped after the test."""
+    simulator = Simulator(sim_config)
+    simulator.start()
+    try:
+        yield simulator
+    finally:
+        simulator.stop()
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg2.extensions.connection]:
+    """A connection to the test's fresh database."""
+    connection = connect(database_url)
+    try:
+        yield connection
+    finally:
+        connection.close()

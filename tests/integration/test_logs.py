@@ -20,13 +20,11 @@ import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg2.extensions
 import pytest
 
-from kick_monitor.database import connect
 from kick_monitor.sim import SimConfig, Simulator
 from tests.service import REPO, Service, insert_streamers, running, service_env, wait_until
 
@@ -69,22 +67,9 @@ def check_json_lines(text: str) -> list[dict[str, object]]:
 
 
 @pytest.fixture
-def sim() -> Iterator[Simulator]:
-    simulator = Simulator(SimConfig(port=0, http_port=0, control_port=0, seed=5, client_secret=CLIENT_SECRET))
-    simulator.start()
-    try:
-        yield simulator
-    finally:
-        simulator.stop()
-
-
-@pytest.fixture
-def conn(database_url: str) -> Iterator[psycopg2.extensions.connection]:
-    connection = connect(database_url)
-    try:
-        yield connection
-    finally:
-        connection.close()
+def sim_config() -> SimConfig:
+    """The simulator's app secret is the known secret we grep for."""
+    return SimConfig(port=0, http_port=0, control_port=0, seed=5, client_secret=CLIENT_SECRET)
 
 
 def test_service_logs_are_json_lines_without_secrets(

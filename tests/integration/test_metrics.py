@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +22,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from kick_monitor import __version__, metrics
-from kick_monitor.database import connect
-from kick_monitor.sim import SimConfig, Simulator
+from kick_monitor.sim import Simulator
 from tests.conftest import free_port
 from tests.service import (
     REPO,
@@ -81,25 +79,6 @@ def eventually(url: str, check: str, predicate: object, timeout: float = 15.0) -
 
     wait_until(ok, timeout, interval=0.2, what=check)
     return last[0]
-
-
-@pytest.fixture
-def sim() -> Iterator[Simulator]:
-    simulator = Simulator(SimConfig(port=0, http_port=0, control_port=0, seed=11))
-    simulator.start()
-    try:
-        yield simulator
-    finally:
-        simulator.stop()
-
-
-@pytest.fixture
-def conn(database_url: str) -> Iterator[psycopg2.extensions.connection]:
-    connection = connect(database_url)
-    try:
-        yield connection
-    finally:
-        connection.close()
 
 
 def listening_addresses(port: int) -> set[str]:

@@ -11,7 +11,6 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg2
@@ -21,7 +20,7 @@ import pytest
 from kick_monitor.database import connect
 from kick_monitor.embedded_pg import EmbeddedPostgres
 from kick_monitor.migrations import migrate
-from kick_monitor.sim import SimConfig, Simulator
+from kick_monitor.sim import Simulator
 from tests.service import (
     Service,
     alive,
@@ -35,25 +34,6 @@ from tests.service import (
 )
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def sim() -> Iterator[Simulator]:
-    simulator = Simulator(SimConfig(port=0, http_port=0, control_port=0, seed=7))
-    simulator.start()
-    try:
-        yield simulator
-    finally:
-        simulator.stop()
-
-
-@pytest.fixture
-def conn(database_url: str) -> Iterator[psycopg2.extensions.connection]:
-    connection = connect(database_url)
-    try:
-        yield connection
-    finally:
-        connection.close()
 
 
 def settle(sim: Simulator, conn: psycopg2.extensions.connection, timeout: float = 20.0) -> None:
