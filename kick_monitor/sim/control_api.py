@@ -7,6 +7,7 @@ in-process Simulator methods. Bad input is a 400 with {"error": ...}, never a cr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -110,7 +111,10 @@ class ControlApi:
 
     async def _live(self, request: Request, body: dict[str, Any]) -> Any:
         transition = self.engine.set_live(
-            arg(body, "slug", str), arg(body, "live", bool), arg(body, "title", str, None), arg(body, "send_event", bool, True)
+            arg(body, "slug", str),
+            arg(body, "live", bool),
+            arg(body, "title", str, None),
+            arg(body, "send_event", bool, True),
         )
         return transition.to_json()
 
@@ -135,10 +139,8 @@ class ControlApi:
 
     async def _flip_wait(self, request: Request, body: dict[str, Any]) -> Any:
         timeout = arg(body, "timeout", NUMBER, 60.0)
-        try:
+        with contextlib.suppress(TimeoutError):  # the answer says whether it is done
             await asyncio.wait_for(self.engine.flipper.wait_done(), timeout)
-        except TimeoutError:
-            pass
         return {"done": not self.engine.flipper.running, "flips": self.engine.flipper.flips}
 
     async def _noise(self, request: Request, body: dict[str, Any]) -> Any:

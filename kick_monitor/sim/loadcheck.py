@@ -36,7 +36,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def start_simulator(args: argparse.Namespace, seed: int, workdir: str) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+def start_simulator(
+    args: argparse.Namespace, seed: int, workdir: str
+) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     ready = Path(workdir) / f"ready-{seed}.json"
     command = [
         sys.executable, "-m", "kick_monitor.sim.cli", "--streamers", str(args.streamers),

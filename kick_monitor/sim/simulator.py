@@ -61,7 +61,9 @@ class Simulator:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     @property
@@ -142,7 +144,11 @@ class Simulator:
         return self._call(lambda: self._core.pusher.drop(count))
 
     def send_pusher_error(
-        self, code: int = 4200, message: str = "Please reconnect immediately", close: bool = True, count: int | None = None
+        self,
+        code: int = 4200,
+        message: str = "Please reconnect immediately",
+        close: bool = True,
+        count: int | None = None,
     ) -> int:
         """pusher:error {code, message} then close with `code`, to all (or `count`) non-silent sockets."""
         return self._await(lambda: self._core.pusher.send_error(code, message, close, count))

@@ -38,7 +38,9 @@ class SimStreamer:
     chatroom_id: int
 
     def to_json(self) -> dict[str, Any]:
-        return {"slug": self.slug, "channel_id": self.channel_id, "user_id": self.user_id, "chatroom_id": self.chatroom_id}
+        return {
+            "slug": self.slug, "channel_id": self.channel_id, "user_id": self.user_id, "chatroom_id": self.chatroom_id,
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,7 +89,8 @@ def test_malformed_kinds(sim: Simulator) -> None:
     assert any("data" not in json.loads(raw) for raw in received["missing_fields"])
     assert any(not isinstance(json.loads(raw), dict) for raw in received["wrong_types"])
     (unknown,) = received["unknown_event"]
-    assert json.loads(unknown)["event"].startswith("App\\Events\\") and json.loads(unknown)["channel"].startswith("channel")
+    frame = json.loads(unknown)
+    assert frame["event"].startswith("App\\Events\\") and frame["channel"].startswith("channel")
     (huge,) = received["huge"]
     assert len(huge) >= 1024 * 1024
     (stranger,) = received["unsubscribed_channel"]

@@ -101,7 +101,8 @@ def test_channels_by_slug_reflect_rest_truth(sim: Simulator, streamers: list[Sim
 def test_channels_by_user_id(sim: Simulator, streamers: list[SimStreamer]) -> None:
     ids = [streamers[1].user_id, streamers[2].user_id]
     body = _get(sim, "/public/v1/channels", _token(sim), broadcaster_user_id=ids).json()
-    assert {(d["broadcaster_user_id"], d["stream"]["is_live"]) for d in body["data"]} == {(ids[0], False), (ids[1], True)}
+    live_by_user = {(d["broadcaster_user_id"], d["stream"]["is_live"]) for d in body["data"]}
+    assert live_by_user == {(ids[0], False), (ids[1], True)}
     assert _get(sim, "/public/v1/channels", _token(sim), broadcaster_user_id="abc").status_code == 400
 
 
@@ -125,7 +126,8 @@ def test_livestreams_lists_only_live(sim: Simulator, streamers: list[SimStreamer
 
 def test_web_v2_channel(sim: Simulator, streamers: list[SimStreamer]) -> None:
     live = requests.get(f"{sim.web_api_base_url}/api/v2/channels/{streamers[0].slug}", timeout=5).json()
-    assert (live["id"], live["user_id"], live["slug"]) == (streamers[0].channel_id, streamers[0].user_id, streamers[0].slug)
+    first = streamers[0]
+    assert (live["id"], live["user_id"], live["slug"]) == (first.channel_id, first.user_id, first.slug)
     assert live["chatroom"]["id"] == streamers[0].chatroom_id
     assert live["livestream"]["is_live"] is True and live["livestream"]["session_title"] == "first"
     assert {"id", "viewer_count", "created_at"} <= set(live["livestream"])
@@ -142,7 +144,8 @@ def test_cloudflare_403_html_and_json(sim: Simulator, streamers: list[SimStreame
     html = requests.get(url, timeout=5)
     assert html.status_code == 403 and "Just a moment..." in html.text
     assert html.headers["Content-Type"].startswith("text/html")
-    assert _get(sim, "/public/v1/channels", _token(sim), slug=streamers[0].slug).status_code == 200  # official unaffected
+    official = _get(sim, "/public/v1/channels", _token(sim), slug=streamers[0].slug)
+    assert official.status_code == 200  # the official API is unaffected
     sim.set_api_mode("cloudflare_403", cloudflare_body="json")
     blocked = requests.get(url, timeout=5)
     assert blocked.status_code == 403
