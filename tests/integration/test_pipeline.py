@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import psycopg2
@@ -74,6 +75,10 @@ def latencies_ms(sim: Simulator, conn: psycopg2.extensions.connection) -> list[f
 
 def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(len(values) * q))]
+
+
+def writer_replaced(service: Service, old_pid: int) -> bool:
+    return service.writer_pid() not in (None, old_pid)
 
 
 def make_service(sim: Simulator, url: str, tmp_path: Path, **settings: str) -> Service:
@@ -163,7 +168,7 @@ def test_killed_writer_loses_nothing(
             writer = service.writer_pid()
             assert writer is not None
             os.kill(writer, signal.SIGKILL)
-            wait_until(lambda w=writer: service.writer_pid() not in (None, w), 15, what="writer restarted")
+            wait_until(partial(writer_replaced, service, writer), 15, what="writer restarted")
         assert sim.wait_flipping_done(timeout=30)
         settle(sim, conn)
         assert service.stop() == 0
