@@ -1,14 +1,12 @@
-"""Kick's REST APIs: id resolution and the reconciliation of live status.
+"""Kick's REST APIs: the client (OAuth app token, pacing, retries) and id resolution.
 
-The Pusher socket is the fast path but it misses events, so the worker regularly checks
-its state against Kick's official API (`/public/v1/channels`, app token from OAuth client
-credentials). The unofficial web API (`/api/v2/channels/{slug}`) is used only to learn a
-channel id for an offline streamer, and is often blocked by Cloudflare.
+The official API (`/public/v1/channels`, app token from OAuth client credentials) is what
+reconciliation asks (`kick_monitor.reconcile`). The unofficial web API
+(`/api/v2/channels/{slug}`) is used only to learn a channel id for an offline streamer,
+and is often blocked by Cloudflare.
 
     client = KickApiClient(api_url, token_url, web_url, client_id, SecretStr(secret))
     ids = client.resolve_streamer("xqc")                  # ResolvedIds | Unresolved
-    live = Reconciler(client).fetch_live_status(refs)     # {channel_id: LiveInfo}
-    for channel_id, info in diff_live_status(known, live): ...
 
 Thread safety: one client may be used from several threads at once (the worker's main
 loop and its reconcile thread). The token cache, the rate limiter, the counters and the
@@ -25,7 +23,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Self, TypeVar
@@ -35,7 +33,6 @@ import requests
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from kick_monitor import __version__
-from kick_monitor.messages import Status, StreamerRef
 from kick_monitor.ratelimit import (
     RetryPolicy,
     TokenBucket,
@@ -443,7 +440,7 @@ class Unresolved:
     retryable: bool = False
 
 
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
 
@@ -541,7 +538,7 @@ class KickApiClient:
 
     def _channels(self, key: str, values: Sequence[str | int]) -> list[ChannelInfo]:
         found: list[ChannelInfo] = []
-        for batch in _chunks(values, self.batch_size):
+        for batch in chunks(values, self.batch_size):
             resp = self._official_get(CHANNELS, [(key, v) for v in batch])
             found.extend(_parse(_ChannelsAnswer, resp, CHANNELS).data)
         return found
@@ -560,7 +557,7 @@ class KickApiClient:
         An empty filter would list all of Kick, so no ids means no request.
         """
         found: list[LiveStream] = []
-        for batch in _chunks(list(dict.fromkeys(user_ids)), self.batch_size):
+        for batch in chunks(list(dict.fromkeys(user_ids)), self.batch_size):
             # `limit` ≥ batch so pagination never hides a live broadcaster of the batch.
             params: list[tuple[str, str | int]] = [("broadcaster_user_id", u) for u in batch]
             resp = self._official_get(LIVESTREAMS, [*params, ("limit", 100)])
@@ -618,158 +615,3 @@ class KickApiClient:
             log.warning("streamer %s: official API says user %d, web API says %d; using the web API's",
                         slug, user_id, web.user_id)
         return ResolvedIds(slug, web.id, web.user_id, web.chatroom.id)
-
-
-# ---------------------------------------------------------------- reconciliation
-
-
-@dataclass(frozen=True, slots=True)
-class LiveInfo:
-    """What the API says about one channel; `observed_mono` is when the answer arrived.
-
-    A socket event newer than `observed_mono` beats this answer: the worker should drop
-    an API verdict older than the last frame it saw for the channel.
-    """
-
-    is_live: bool
-    title: str | None
-    livestream_id: int | None
-    started_at: float | None
-    observed_mono: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class ReconcileReport:
-    """How the last `fetch_live_status` went (for logs and metrics)."""
-
-    asked: int
-    answered: int
-    failed_batches: int
-    error: str | None
-    seconds: float
-
-
-class Reconciler:
-    """Asks the official API for the live status of many streamers at once.
-
-    Safe on a background thread: it keeps no state the caller shares except
-    `last_report`, which is replaced whole (an atomic assignment). Pass it an immutable
-    snapshot of the streamers (a tuple of frozen StreamerRef), not a list the main loop
-    mutates; it returns a new dict.
-    """
-
-    def __init__(self, client: KickApiClient) -> None:
-        self.client = client
-        self.last_report: ReconcileReport | None = None
-
-    @property
-    def enabled(self) -> bool:
-        """Reconciliation needs the official API, hence credentials."""
-        return self.client.has_credentials
-
-    def fetch_live_status(self, streamers: Sequence[StreamerRef]) -> dict[int, LiveInfo]:
-        """Live status by channel id for the streamers Kick answered about.
-
-        Asks by slug (`username`, case-insensitive); streamers the answer leaves out but
-        whose Kick user id is known are asked again by user id (a renamed channel).
-        Streamers still absent are left out (unknown), never reported offline. A failed
-        batch is skipped; once Kick is unavailable no further batch is tried. Auth and
-        Cloudflare errors are raised. `livestream_id` stays None: the official API does
-        not tell it.
-        """
-        if not self.enabled:
-            return {}
-        started = time.monotonic()
-        tally = _Tally()
-        result: dict[int, LiveInfo] = {}
-        by_slug: dict[str, list[StreamerRef]] = {}
-        for ref in streamers:
-            by_slug.setdefault(ref.username.strip().lower(), []).append(ref)
-        for wanted, answer in self._batches(self.client.channels_by_slug, list(by_slug), tally):
-            for info in answer:
-                slug = info.slug.lower()
-                if slug in wanted:  # a confused answer's extra channels are ignored
-                    _record(result, by_slug[slug], info)
-        by_user: dict[int, list[StreamerRef]] = {}
-        for ref in streamers:
-            if ref.channel_id not in result and ref.kick_user_id is not None:
-                by_user.setdefault(ref.kick_user_id, []).append(ref)
-        for wanted, answer in self._batches(self.client.channels_by_user_id, list(by_user), tally):
-            for info in answer:
-                if info.broadcaster_user_id in wanted:
-                    refs = by_user[info.broadcaster_user_id]
-                    log.info("reconcile: %s is now called %s on Kick", refs[0].username, info.slug)
-                    _record(result, refs, info)
-        self.last_report = ReconcileReport(
-            len(streamers), len(result), tally.failed, tally.error, time.monotonic() - started
-        )
-        return result
-
-    def _batches(
-        self, query: Callable[[Sequence[Any]], list[ChannelInfo]], keys: Sequence[Any],
-        tally: _Tally,
-    ) -> Iterator[tuple[set[Any], list[ChannelInfo]]]:
-        """(keys asked, answer) per batch, skipping batches that failed."""
-        for batch in _chunks(keys, self.client.batch_size):
-            if tally.down:
-                return
-            try:
-                answer = query(batch)
-            except (KickAuthError, KickBlockedError):
-                raise
-            except KickApiError as exc:
-                tally.failed += 1
-                tally.error = str(exc)
-                tally.down = isinstance(exc, KickApiUnavailable)
-                log.warning("reconcile: a batch of %d failed: %s", len(batch), exc)
-                continue
-            yield set(batch), answer
-
-
-@dataclass(slots=True)
-class _Tally:
-    """Failures of one `fetch_live_status` run (local to the run, never shared)."""
-
-    failed: int = 0
-    error: str | None = None
-    down: bool = False
-
-
-def _record(result: dict[int, LiveInfo], refs: Sequence[StreamerRef], info: ChannelInfo) -> None:
-    live = LiveInfo(
-        is_live=info.is_live,
-        title=info.stream_title if info.is_live else None,
-        livestream_id=None,
-        started_at=info.started_at,
-        observed_mono=time.monotonic(),
-    )
-    for ref in refs:
-        result[ref.channel_id] = live
-
-
-def diff_live_status(
-    known: Mapping[int, tuple[Status, int | None]], live: Mapping[int, LiveInfo]
-) -> list[tuple[int, LiveInfo]]:
-    """Channels where the API disagrees with what we know, ordered by channel id.
-
-    Only channels in both maps count: a channel the API did not answer about is unknown,
-    not offline. A known "unknown" always counts (the API settles it). Live vs known
-    online disagrees only when both livestream ids are known and differ (a whole
-    offline/online cycle was missed).
-    """
-    changes: list[tuple[int, LiveInfo]] = []
-    for channel_id in sorted(live.keys() & known.keys()):
-        info = live[channel_id]
-        status, livestream_id = known[channel_id]
-        if info.is_live:
-            stale = (
-                status == "online"
-                and info.livestream_id is not None
-                and livestream_id is not None
-                and info.livestream_id != livestream_id
-            )
-            if status != "online" or stale:
-                changes.append((channel_id, info))
-        elif status != "offline":
-            changes.append((channel_id, info))
-    return changes

@@ -114,7 +114,8 @@ class Reconciliation:
 
     def _client(self) -> Any:
         if self._reconciler is None:
-            from kick_monitor.kick_api import KickApiClient, Reconciler
+            from kick_monitor.kick_api import KickApiClient
+            from kick_monitor.reconcile import Reconciler
 
             s = self.settings
             client = KickApiClient(
@@ -287,7 +288,7 @@ class ShardWorker:
             self.reconcile_again = True
 
     def apply_reconciliation(self) -> None:
-        from kick_monitor.kick_api import diff_live_status
+        from kick_monitor.reconcile import diff_live_status
 
         while True:
             try:

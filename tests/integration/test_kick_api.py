@@ -32,15 +32,13 @@ from kick_monitor.kick_api import (
     KickBlockedError,
     KickNoCredentialsError,
     KickNotFoundError,
-    LiveInfo,
-    Reconciler,
     ResolvedIds,
     Unresolved,
-    diff_live_status,
     parse_time,
 )
 from kick_monitor.messages import Status, StreamerRef
 from kick_monitor.ratelimit import RetryPolicy
+from kick_monitor.reconcile import LiveInfo, Reconciler, diff_live_status
 from kick_monitor.sim import SimConfig, SimStreamer, Simulator
 
 pytestmark = pytest.mark.timeout(60)
