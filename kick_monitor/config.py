@@ -88,7 +88,9 @@ class Settings(BaseModel):
     # writer
     batch_size: int = Field(500, ge=1, le=100000, description="max changes per commit")
     flush_interval: float = Field(
-        0.02, ge=0, le=10, description="max seconds a change waits for a batch (idle input flushes at once)"
+        0.0, ge=0, le=10,
+        description="seconds to keep gathering a batch while input keeps coming; 0 = group commit: commit what"
+        " has arrived as soon as it is read (batches grow by themselves while a commit runs)",
     )
     memory_buffer: int = Field(100000, ge=100, description="changes held in memory while the DB is down")
     spool_max_bytes: int = Field(1 << 30, ge=1 << 20, description="cap of the durable spool on disk")

@@ -3,8 +3,10 @@
 Group commit: it drains everything the workers have sent, commits it in one statement,
 acknowledges it, and goes back to waiting — so at low rates a change is committed
 within a millisecond (no waiting to fill a batch) and at high rates batches grow by
-themselves while the previous commit runs (up to `batch_size`, or `flush_interval`
-seconds of continuous input).
+themselves while the previous commit runs (up to `batch_size`). `flush_interval` > 0
+makes it keep gathering while input keeps coming, for bigger batches at the cost of
+up to that much latency; the default 0 never waits (shared/PERFORMANCE.md: batching is
+CPU-bound, so waiting to fill a batch buys no throughput at the rates we see).
 
 When PostgreSQL is down, changes wait in memory (unacknowledged, so the workers still
 hold them too); past `memory_buffer` changes or `SPOOL_AFTER` seconds they go to the
