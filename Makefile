@@ -50,7 +50,11 @@ migrate: venv ## apply database migrations
 status: venv ## show every streamer's status
 	$(KICK_MONITOR) status
 
-bench: venv ## run a benchmark scenario (SCENARIO=S1 by default)
+$(VENV)/.installed-bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	@touch $@
+
+bench: $(VENV)/.installed-bench ## run a benchmark scenario (SCENARIO=S1 by default, SCENARIO=all: everything); results in bench/results/
 	$(KICK_MONITOR) bench --scenario $(SCENARIO)
 
 # -- operating an installed service (docs/deployment.md); thin wrappers over scripts/ ------------

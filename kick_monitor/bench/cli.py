@@ -170,10 +170,17 @@ def pipeline(base: scenarios.PipelineScenario, ctx: scenarios.BenchContext, mach
     if sc.drop_at is not None:
         notes.append("Recovery = from the drop until every connection is back with all its subscriptions and the"
                      " last reconciliation repair (source api, event reconcile) is committed. Transitions sent"
-                     " while disconnected cannot be in the history; their end state is repaired (lost counts"
-                     " only delivered transitions).")
+                     " while disconnected cannot be in the history; their end state is repaired by"
+                     " reconciliation (repairs, repair_p50_ms). Delivered transitions missing from the history"
+                     " are split: in_flight = sent in the second before the drop (written to a socket that"
+                     " was then aborted), after_missed = sent after the drop for a streamer whose previous"
+                     " transition the worker never received (its state was stale until reconciliation"
+                     " answered), other = anything else (a real loss). Latency figures are frame rows only.")
     return finish(result, runs, errors, scenarios.summarize_pipeline(runs), sc.targets, notes, out,
-                  series={"frame→commit": [r["_latencies"] for r in runs]},
+                  series={"frame→commit": [r["_latencies"] for r in runs],
+                          "frame→read by worker": [r["_receive"] for r in runs],
+                          "read→commit": [r["_read_to_commit"] for r in runs],
+                          **({"reconciliation repair": [r["_repair"] for r in runs]} if sc.drop_at else {})},
                   bars={"p50": [r["latency_ms"].get("p50") for r in runs],
                         "p99": [r["latency_ms"].get("p99") for r in runs],
                         "max": [r["latency_ms"].get("max") for r in runs]}, bar_unit="ms")

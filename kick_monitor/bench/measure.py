@@ -267,13 +267,23 @@ def is_start_reconciliation(row: Row) -> bool:
 
 @dataclass
 class Verdict:
-    """The latency join and the loss check of one run."""
+    """The latency join and the loss check of one run.
+
+    `latencies_ms` are frame→commit for rows from Pusher frames, split into `receive_ms`
+    (sent → the worker read the frame, its `received_at`) and `commit_ms` (read →
+    `recorded_at`: parsing, hand-off, writer, PostgreSQL); `repair_ms` are
+    reconciliation rows (source api), which repair what no frame announced.
+    """
 
     latencies_ms: list[float] = field(default_factory=list)
+    receive_ms: list[float] = field(default_factory=list)
+    commit_ms: list[float] = field(default_factory=list)
+    repair_ms: list[float] = field(default_factory=list)
     matched: int = 0
     expected: int = 0
     lost: int = 0
     lost_delivered: int = 0
+    lost_kinds: dict[str, int] = field(default_factory=dict)
     duplicated: int = 0
     extra: int = 0
     order_errors: int = 0
@@ -283,16 +293,24 @@ class Verdict:
     def json(self) -> dict[str, Any]:
         return {
             "expected": self.expected, "matched": self.matched, "lost": self.lost,
-            "lost_delivered": self.lost_delivered, "duplicated": self.duplicated, "extra": self.extra,
+            "lost_delivered": self.lost_delivered, "lost_delivered_kinds": self.lost_kinds,
+            "duplicated": self.duplicated, "extra": self.extra,
             "order_errors": self.order_errors, "by_source": self.by_source,
             "lost_examples": self.lost_examples[:5],
         }
 
 
-def judge(truth: Sequence[dict[str, Any]], rows: Sequence[Row], window: tuple[float, float] | None = None) -> Verdict:
+IN_FLIGHT = 1.0  # seconds before a drop in which a frame may still sit in a socket buffer
+
+
+def judge(truth: Sequence[dict[str, Any]], rows: Sequence[Row], drop_at: float | None = None) -> Verdict:
     """Join history rows to the truth: latencies, losses, duplicates and order (module docstring).
 
-    `window` (sent_wall from, to) limits latencies to transitions sent in it.
+    With `drop_at` (the wall time every connection was dropped), delivered transitions that
+    are missing are classified: `in_flight` (sent in the second before the drop: the frame
+    was written to a socket that was then aborted), `after_missed` (sent after the drop
+    for a streamer whose previous transition was never received, so the worker's state
+    was stale until reconciliation), `other`.
     """
     verdict = Verdict()
     transitions = status_transitions(truth)
@@ -307,22 +325,40 @@ def judge(truth: Sequence[dict[str, Any]], rows: Sequence[Row], window: tuple[fl
         else:
             loose[(row.channel_id, row.status)].append(row)
     used: set[int] = set()
+    unseen_since_drop: set[int] = set()  # channels with a transition the worker never got
+    kinds: Counter[str] = Counter()
     for t in transitions:
         key = (t["channel_id"], t["status"], t["livestream_id"])
         candidates = by_key.get(key) or loose.get((t["channel_id"], t["status"])) or []
         match = next((r for r in candidates if id(r) not in used), None)
+        stale = t["channel_id"] in unseen_since_drop
+        if (match is None or match.source != "pusher") and drop_at is not None \
+                and t["sent_wall"] >= drop_at - IN_FLIGHT:
+            unseen_since_drop.add(t["channel_id"])
         if match is None:
             verdict.lost += 1
             if t["delivered"]:
                 verdict.lost_delivered += 1
                 verdict.lost_examples.append(f"{t['slug']} {t['previous_status']}→{t['status']} seq {t['seq']}")
+                if drop_at is not None:
+                    if drop_at - IN_FLIGHT <= t["sent_wall"] <= drop_at:
+                        kinds["in_flight"] += 1
+                    elif t["sent_wall"] > drop_at and stale:
+                        kinds["after_missed"] += 1
+                    else:
+                        kinds["other"] += 1
             continue
         used.add(id(match))
         verdict.matched += 1
         if len(by_key.get(key, ())) > 1:
             verdict.duplicated += 1
-        if window is None or window[0] <= t["sent_wall"] <= window[1]:
+        if match.source == "pusher":
             verdict.latencies_ms.append((match.recorded_at - t["sent_wall"]) * 1000)
+            verdict.receive_ms.append((match.received_at - t["sent_wall"]) * 1000)
+            verdict.commit_ms.append((match.recorded_at - match.received_at) * 1000)
+        else:
+            verdict.repair_ms.append((match.recorded_at - t["sent_wall"]) * 1000)
+    verdict.lost_kinds = dict(kinds)
     verdict.extra = sum(1 for r in history if id(r) not in used)
     want: dict[int, list[str]] = defaultdict(list)
     got: dict[int, list[str]] = defaultdict(list)

@@ -16,7 +16,6 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-import psycopg2
 import psycopg2.extensions
 import pytest
 
@@ -45,23 +44,14 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 @pytest.fixture
 def sim_config(request: pytest.FixtureRequest) -> SimConfig:
-    """Override in a test module (or parametrize indirectly) for other simulator settings."""
+    """The suite's simulator (tests/conftest.py `sim` runs it): the known secret, a seed per test."""
     seed = zlib.crc32(request.node.nodeid.encode())
     return SimConfig(port=0, http_port=0, control_port=0, seed=seed, client_secret=SECRET)
 
 
 @pytest.fixture
-def sim(sim_config: SimConfig) -> Iterator[Simulator]:
-    simulator = Simulator(sim_config)
-    simulator.start()
-    try:
-        yield simulator
-    finally:
-        simulator.stop()
-
-
-@pytest.fixture
 def conn(database_url: str) -> Iterator[psycopg2.extensions.connection]:
+    """The test's own session, named so that killing "kick-monitor*" sessions spares it."""
     connection = connect(database_url, application_name="fault-test")
     try:
         yield connection

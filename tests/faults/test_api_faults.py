@@ -24,7 +24,7 @@ from tests.faults.faultkit import (
     missed_transitions,
     record,
 )
-from tests.service import history, insert_streamers, mismatches, running, status_transitions, wait_until
+from tests.service import insert_streamers, mismatches, running, wait_until
 
 pytestmark = pytest.mark.faults
 
@@ -85,7 +85,7 @@ FAULTS: dict[str, tuple[Callable[[Simulator], None], str]] = {
     [
         pytest.param("429-storm", marks=pytest.mark.slow),
         pytest.param("5xx", marks=pytest.mark.slow),
-        pytest.param("cloudflare-403"),
+        pytest.param("cloudflare-403", marks=pytest.mark.slow),
         pytest.param("slow", marks=pytest.mark.slow),
     ],
 )
@@ -123,6 +123,7 @@ def test_api_failure_keeps_pusher_flowing_and_is_repaired_after(
         assert service.stop() == 0
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_token_expiring_every_few_seconds(
     sim: Simulator, conn: psycopg2.extensions.connection, services: ServiceFactory
@@ -163,21 +164,17 @@ def test_revoked_secret_runs_pusher_only_without_a_loop(
         sim.expire_tokens()  # the next call needs a new token, which the token endpoint refuses
         revoked = time.monotonic()
         fault_start = time.time()
-        sim.start_flipping(rate=30.0, duration=6.0)
+        sim.start_flipping(rate=40.0, duration=4.0)
         wait_until(lambda: len(service.messages("reconciliation is off")) >= SHARDS, 10,
                    what="every worker to say it runs Pusher-only")
         said = time.monotonic() - revoked
         assert sim.wait_flipping_done(timeout=20)
-        time.sleep(3.0)  # three more reconcile intervals: nobody asks again
+        time.sleep(2.0)  # two more reconcile intervals: nobody asks again
         p99 = assert_pusher_flows(sim, conn, fault_start)
         refused = sim.stats()["api_requests"].get("oauth 401", 0)
         assert 1 <= refused <= SHARDS, f"{refused} refused token requests: the refusal is not retried"
         assert len(service.messages("reconciliation is off")) == SHARDS, "said once per worker"
-        # Pusher-only: every delivered transition is still recorded, exactly once.
-        recorded = history(conn)
-        for t in status_transitions(sim.truth()):
-            assert t.status in recorded.get(t.channel_id, []), f"transition of {t.channel_id} lost"
-        assert_no_duplicates(conn)
+        converge(sim, conn, 10, exact=True)  # Pusher-only still records every transition exactly once
         assert service.worker_pids() == workers
         record("Kick API: 401 revoked secret", said,
                f"revoked → every worker says 'Pusher-only' (Pusher p99 {p99 * 1000:.0f} ms, {refused} token requests)")
@@ -193,14 +190,14 @@ def test_missed_lifecycle_events_are_repaired_within_one_interval(
     service = services(shard_count=str(SHARDS), reconcile_interval=str(interval))
     with running(service):
         start(service, sim, conn)
-        sim.start_flipping(rate=30.0, duration=4.0, missed_fraction=0.2)
+        sim.start_flipping(rate=40.0, duration=3.0, missed_fraction=0.2)
         assert sim.wait_flipping_done(timeout=20)
         done = time.monotonic()
         assert missed_transitions(sim.truth()), "some flips went without a frame"
         converge(sim, conn, interval + 3, exact=False)
         burst = time.monotonic() - done
         singles = []
-        for _ in range(3):
+        for _ in range(2):
             time.sleep(0.7)
             missed_at = time.monotonic()
             miss_some(sim, 1)

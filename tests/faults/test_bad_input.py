@@ -52,6 +52,7 @@ def test_malformed_frames_floods_and_strangers_change_nothing_and_are_counted_on
     with running(service):
         service.wait_children(SHARDS)
         wait_until(lambda: sim.subscription_count() >= 300, 30, what="subscriptions")
+        assert_titles_clean(service)
         workers = service.worker_pids()
         connections = sim.stats()["connections_total"]
         sim.start_flipping(rate=50.0, duration=6.0)

@@ -50,14 +50,14 @@ def start(service: Service, sim: Simulator, shards: int, subscriptions: int) -> 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_postgres_stopped_30s_with_a_writer_kill_during_the_outage(
-    sim: Simulator, services: ServiceFactory, tmp_path: Path
+    sim: Simulator, services: ServiceFactory, tmp_path: Path, server_tmp_path: Path
 ) -> None:
     """30 s without a server; meanwhile the writer is SIGKILLed with a spool on disk and changes in memory.
 
     The spool outlives the writer, unacknowledged changes are re-sent by the workers, and
     once the server is back everything is committed exactly once, in order.
     """
-    pg = EmbeddedPostgres(tmp_path / "own-pg")
+    pg = EmbeddedPostgres(server_tmp_path / "own-pg")
     url = pg.start()
     conn = connect(url)
     try:
@@ -112,10 +112,10 @@ def test_sessions_killed_server_side(
         with running(service):
             start(service, sim, 2, 400)
             workers = service.worker_pids()
-            sim.start_flipping(rate=200.0, duration=8.0)
+            sim.start_flipping(rate=200.0, duration=6.0)
             killed: list[str] = []
             for _ in range(3):
-                time.sleep(2.0)
+                time.sleep(1.5)
                 killed += terminate(admin, dbname)
             assert {"kick-monitor writer", "kick-monitor listen"} <= set(killed), killed
             assert any(name.startswith("kick-monitor coordinator") for name in killed), killed
@@ -138,6 +138,7 @@ def test_sessions_killed_server_side(
         admin.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_statement_timeout_while_the_streamers_table_is_locked(
     sim: Simulator, conn: psycopg2.extensions.connection, services: ServiceFactory, database_url: str
@@ -216,7 +217,7 @@ def test_spool_disk_full_keeps_changes_in_memory_and_recovers(
             with running(service):
                 start(service, sim, 2, 400)
                 writer = service.writer_pid()
-                sim.start_flipping(rate=200.0, duration=10.0)
+                sim.start_flipping(rate=200.0, duration=6.0)
                 time.sleep(1.0)
                 database_unreachable(admin, dbname)
                 wait_until(lambda: bool(service.messages("cannot write the spool")), 30,

@@ -79,6 +79,7 @@ def test_all_connections_dropped_repeatedly(
         finish(service, sim, conn, dropped_at, "Pusher: all connections dropped (x3)", "last drop → DB == truth")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_4200_storm_is_met_with_bounded_reconnects(
     sim: Simulator, conn: psycopg2.extensions.connection, services: ServiceFactory
@@ -103,7 +104,8 @@ def test_4200_storm_is_met_with_bounded_reconnects(
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("window", [pytest.param(8.0, id="8s"), pytest.param(30.0, id="30s", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("window", [pytest.param(8.0, id="8s"), pytest.param(30.0, id="30s")])
 def test_4100_over_capacity_backs_off_at_least_a_second(
     window: float, sim: Simulator, conn: psycopg2.extensions.connection, services: ServiceFactory
 ) -> None:
@@ -145,7 +147,8 @@ def test_silent_server_is_detected_by_the_pong_timeout(
         silenced = time.monotonic()
         detected = wait_for(lambda: sim.stats()["connections_total"] >= before + SHARDS, 15,
                             what="every shard to notice the silence and reconnect")
-        assert detected < 2 + 2 + 1 + 1.5, f"silence noticed after {detected:.1f} s"
+        # activity timeout + pong timeout + one reconnect back-off (0.5-1 s), with room for a busy host
+        assert detected < 2 + 2 + 1 + 3, f"silence noticed after {detected:.1f} s"
         assert any(r.get("reason") == "pong_timeout" for r in service.messages("reconnecting in"))
         assert service.worker_pids() == workers
         finish(service, sim, conn, silenced, "Pusher: server silent (no pongs), activity 2 s + pong 2 s",
@@ -153,7 +156,8 @@ def test_silent_server_is_detected_by_the_pong_timeout(
 
 
 @pytest.mark.timeout(200)
-@pytest.mark.parametrize("window", [pytest.param(10.0, id="10s"), pytest.param(60.0, id="60s", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("window", [pytest.param(10.0, id="10s"), pytest.param(60.0, id="60s")])
 def test_refused_connections_are_retried_with_bounded_attempts(
     window: float, sim: Simulator, conn: psycopg2.extensions.connection, services: ServiceFactory
 ) -> None:

@@ -171,6 +171,7 @@ def sources() -> Iterator[tuple[str, str]]:
             yield str(file.relative_to(REPO)), file.read_text()
 
 
+@pytest.mark.timeout(30)
 def test_the_scanner_catches_string_built_sql() -> None:
     bad = '''
 def f(cur, name, n, table):
@@ -198,11 +199,13 @@ def g(cur, name, table):
     assert scan(good, "good.py") == []
 
 
+@pytest.mark.timeout(60)
 def test_sql_is_only_ever_built_with_parameters() -> None:
     findings = [f for path, text in sources() if path not in KNOWN for f in scan(text, path)]
     assert not findings, "string-built SQL:\n" + "\n".join(map(str, findings))
 
 
+@pytest.mark.timeout(30)
 @pytest.mark.xfail(strict=True, reason="benchmark code builds SQL from strings: " + "; ".join(KNOWN.values()))
 def test_benchmark_sql_is_only_built_with_parameters() -> None:
     findings = [f for path in KNOWN for f in scan((REPO / path).read_text(), path)]
@@ -234,6 +237,7 @@ def test_metrics_bind_loopback_unless_configured(
         assert service.stop() == 0
 
 
+@pytest.mark.timeout(60)
 def test_simulator_control_api_binds_loopback_and_refuses_public_unless_forced() -> None:
     with pytest.raises(ValueError, match="non-loopback"):
         SimConfig(host="0.0.0.0")
