@@ -86,6 +86,17 @@ def alive(pid: int) -> bool:
     return fields is not None and fields[0] != "Z"
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live processes whose process group is `pgid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = proc_stat_fields(int(entry.name))
+            if fields is not None and fields[0] != "Z" and int(fields[2]) == pgid:
+                found.append(int(entry.name))
+    return found
+
+
 def children_of(pid: int) -> dict[int, str]:
     """Direct children of `pid` with their command lines (process titles for our roles)."""
     found: dict[int, str] = {}
@@ -145,8 +156,10 @@ class ManagedProcess:
         except subprocess.TimeoutExpired:
             code = None
         # Whatever is left in its group (a child that ignored its parent's death) goes too.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        # A group id stays reserved while any member lives, so members found are ours.
+        if code is None or group_members(self.proc.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)
         return code
