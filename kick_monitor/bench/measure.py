@@ -389,15 +389,28 @@ def state_mismatches(url: str, sim_streamers: Sequence[dict[str, Any]]) -> int:
     return bad
 
 
-def count_rows(url: str, where: str = "TRUE") -> int:
-    """Rows of status_events matching a fixed SQL condition written by this module's callers."""
+# Named queries over status_events; values only ever travel as parameters.
+COUNT_QUERIES = {
+    "all": "SELECT count(*) FROM kick_monitor.status_events",
+    # unknown→offline rows are reconciliation learning the start state, not transitions
+    "transitions": "SELECT count(*) FROM kick_monitor.status_events"
+    " WHERE NOT (previous_status = 'unknown' AND status = 'offline')",
+    "repairs_since": "SELECT count(*) FROM kick_monitor.status_events"
+    " WHERE source = 'api' AND event = 'reconcile' AND recorded_at > to_timestamp(%s)",
+    "last_repair_since": "SELECT extract(epoch FROM max(recorded_at))::float8 FROM kick_monitor.status_events"
+    " WHERE source = 'api' AND event = 'reconcile' AND recorded_at > to_timestamp(%s)",
+}
+
+
+def count_rows(url: str, which: str = "all", *params: object) -> int:
+    """The result of one named query of COUNT_QUERIES (a count, or 0 when NULL)."""
     conn = psycopg2.connect(url)
     try:
         with conn.cursor() as cur:
-            cur.execute(f"SELECT count(*) FROM kick_monitor.status_events WHERE {where}")
+            cur.execute(COUNT_QUERIES[which], params)
             row = cur.fetchone()
         conn.rollback()
-        return int(row[0]) if row else 0
+        return int(row[0]) if row and row[0] is not None else 0
     finally:
         conn.close()
 

@@ -45,8 +45,6 @@ from kick_monitor.bench.harness import (
 from kick_monitor.sim.config import TEST_CLIENT_ID, TEST_CLIENT_SECRET, default_noise_file
 from kick_monitor.sim.subscriptions import channel_form
 
-NOT_START_RECONCILIATION = "NOT (previous_status = 'unknown' AND status = 'offline')"
-
 
 @dataclass(frozen=True)
 class Target:
@@ -224,7 +222,7 @@ def settle(url: str, expected: int, *, quiet: float = 3.0, timeout: float = 120.
     started = time.monotonic()
     last, since = -1, started
     while time.monotonic() - started < timeout:
-        count = measure.count_rows(url, NOT_START_RECONCILIATION)
+        count = measure.count_rows(url, "transitions")
         now = time.monotonic()
         if count >= expected:
             return now - started
@@ -319,13 +317,13 @@ def drop_and_watch(sim: SimProcess, url: str, sc: PipelineScenario, flip_started
     wait_until(resubscribed, timeout=120, interval=0.02, what="all connections resubscribed")
     resubscribed_s = time.time() - dropped_at
     # Reconciliation repairs what was missed; its rows are source 'api', event 'reconcile'.
-    where = f"source = 'api' AND event = 'reconcile' AND recorded_at > to_timestamp({dropped_at})"
-    repairs, _ = measure.wait_quiet(lambda: measure.count_rows(url, where), quiet=3.0, timeout=60)
+    repairs, _ = measure.wait_quiet(
+        lambda: measure.count_rows(url, "repairs_since", dropped_at), quiet=3.0, timeout=60
+    )
     conn = psycopg2.connect(url)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT extract(epoch FROM max(recorded_at))::float8 FROM kick_monitor.status_events"
-                        f" WHERE {where}")
+            cur.execute(measure.COUNT_QUERIES["last_repair_since"], (dropped_at,))
             row = cur.fetchone()
         conn.rollback()
     finally:
@@ -541,7 +539,7 @@ def run_writer(ctx: BenchContext, mode: str, feed: Feed, index: int, name: str) 
         fed = [f.result() for f in feeders]
     sent = sum(f["sent"] for f in fed)
     committed = int(written["committed"])
-    rows = measure.count_rows(url, "TRUE")
+    rows = measure.count_rows(url)
     span = (written["last_commit"] or 0) - (written["first_received"] or 0)
     cpu = sampler.cpu_between("start", "end")
     result.update(
