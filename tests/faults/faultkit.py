@@ -322,3 +322,10 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval:
     started = time.monotonic()
     wait_until(predicate, timeout, interval=interval, what=what)
     return time.monotonic() - started
+
+
+def start(service: Service, sim: Simulator, shards: int, subscriptions: int) -> None:
+    """Inside `running(service)`: wait for the tree and its subscriptions; check the titles."""
+    service.wait_children(shards)
+    wait_until(lambda: sim.subscription_count() >= subscriptions, 30, what=f"{subscriptions} subscriptions")
+    assert_titles_clean(service)

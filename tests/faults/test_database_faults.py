@@ -26,25 +26,18 @@ from tests.faults.conftest import ServiceFactory
 from tests.faults.faultkit import (
     admin_connection,
     assert_no_duplicates,
-    assert_titles_clean,
     converge,
     database_name,
     database_unreachable,
     record,
     set_connections_allowed,
+    start,
     terminate,
     wait_for,
 )
-from tests.service import Service, insert_streamers, running, wait_until
+from tests.service import insert_streamers, running, wait_until
 
 pytestmark = pytest.mark.faults
-
-
-def start(service: Service, sim: Simulator, shards: int, subscriptions: int) -> None:
-    """Inside `running(service)`: wait for the tree and its subscriptions; check the titles."""
-    service.wait_children(shards)
-    wait_until(lambda: sim.subscription_count() >= subscriptions, 30, what=f"{subscriptions} subscriptions")
-    assert_titles_clean(service)
 
 
 @pytest.mark.slow
