@@ -24,100 +24,21 @@ Both ends are non-blocking: a stalled writer can never block a worker's socket l
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import itertools
 import logging
-import os
 import pickle
 import socket
-import struct
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 
+from .framing import FramedSocket, ProtocolError, bind_listener
 from .messages import Ack, ChangeBatch, StatusChange
 
+__all__ = ["ChangeReceiver", "ChangeSender", "bind_listener"]
+
 log = logging.getLogger(__name__)
-
-_HEADER = struct.Struct("!I")
-MAX_MESSAGE_BYTES = 64 << 20
-
-
-class ProtocolError(Exception):
-    """The peer sent something that is not a framed message of ours."""
-
-
-def encode(message: object) -> bytes:
-    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return _HEADER.pack(len(body)) + body
-
-
-class FramedSocket:
-    """A non-blocking Unix stream socket carrying length-prefixed pickled messages."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        self.sock = sock
-        self._inbox = bytearray()
-        self._outbox = bytearray()
-        self.closed = False
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    @property
-    def wants_write(self) -> bool:
-        return bool(self._outbox)
-
-    def queue(self, message: object) -> None:
-        self._outbox += encode(message)
-
-    def flush(self) -> None:
-        """Write as much of the outbox as the socket takes now; raise OSError if broken."""
-        while self._outbox:
-            try:
-                sent = self.sock.send(self._outbox)
-            except BlockingIOError:
-                return
-            del self._outbox[:sent]
-
-    def read(self) -> list[object]:
-        """Every complete message readable now; raise ConnectionError at EOF."""
-        while True:
-            try:
-                chunk = self.sock.recv(1 << 20)
-            except BlockingIOError:
-                break
-            if not chunk:
-                raise ConnectionError("peer closed the connection")
-            self._inbox += chunk
-            if len(chunk) < (1 << 20):
-                break
-        messages: list[object] = []
-        offset = 0
-        view = memoryview(self._inbox)
-        try:
-            while len(self._inbox) - offset >= _HEADER.size:
-                (size,) = _HEADER.unpack_from(view, offset)
-                if size > MAX_MESSAGE_BYTES:
-                    raise ProtocolError(f"message of {size} bytes exceeds the limit")
-                end = offset + _HEADER.size + size
-                if end > len(self._inbox):
-                    break
-                messages.append(pickle.loads(view[offset + _HEADER.size : end]))
-                offset = end
-        finally:
-            view.release()
-        if offset:
-            del self._inbox[:offset]
-        return messages
-
-    def close(self) -> None:
-        self.closed = True
-        with contextlib.suppress(OSError):
-            self.sock.close()
-
 
 class ChangeSender:
     """Worker side: sends batches, keeps them until acknowledged, re-sends after a reconnect."""
@@ -334,17 +255,3 @@ class ChangeReceiver:
         if channel is not None:
             log.debug("worker connection closed: %s", reason)
             channel.close()
-
-
-def bind_listener(path: str) -> socket.socket:
-    """The writer's listening socket; the coordinator creates it before forking the writer."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o077)
-    try:
-        sock.bind(path)
-    finally:
-        os.umask(old_umask)
-    sock.listen(1024)
-    return sock

@@ -38,6 +38,7 @@ import psycopg2.extensions
 
 from kick_monitor.config import Settings
 from kick_monitor.database import DatabaseUnavailable, connect
+from kick_monitor.exitcodes import EX_BOOT, EX_CONFIG, EX_FAILURE, EX_OK, EX_USAGE
 from kick_monitor.handoff import bind_listener
 from kick_monitor.logsetup import register_settings_secrets
 from kick_monitor.messages import Stop, StreamerRef, Subscribe, Unsubscribe, WorkerState
@@ -48,13 +49,11 @@ from kick_monitor.resolver import resolve_pending
 from kick_monitor.sharding import shard_for, subscriptions_per_streamer
 from kick_monitor.systemd import sd_notify
 
-from .shard_worker import EXIT_BOOT_FAILED, EXIT_FATAL_CONFIG, run_worker
+from .shard_worker import run_worker
 from .writer import run_writer
 
 log = logging.getLogger("kick_monitor.coordinator")
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
 BOOT_WINDOW = 10.0  # a child dying sooner than this after start is respawned with back-off
 MAX_BOOT_FAILURES = 5  # deaths in a row before the first heartbeat: stop respawning, report it
 RESPAWN_MIN, RESPAWN_MAX = 0.5, 30.0
@@ -128,7 +127,7 @@ class Coordinator:
         self.listen_conn: psycopg2.extensions.connection | None = None
         self.signals: list[int] = []
         self.stopping = False
-        self.exit_code = EXIT_OK
+        self.exit_code = EX_OK
         self.reload_at: float | None = None
         self.next_full_reload = 0.0
         self.heartbeats: Heartbeats | None = None
@@ -298,7 +297,7 @@ class Coordinator:
         child.murdered = False
         pid = os.fork()
         if pid == 0:  # child
-            code = EXIT_FAILURE
+            code = EX_FAILURE
             try:
                 self.close_inherited(keep=child_end)
                 if child.shard is None:
@@ -314,7 +313,7 @@ class Coordinator:
                     )
             except BaseException:
                 log.exception("%s died at boot", child.name)
-                code = EXIT_BOOT_FAILED
+                code = EX_BOOT
             finally:
                 logging.shutdown()
                 os._exit(code)
@@ -377,13 +376,13 @@ class Coordinator:
             log.info("%s stopped for a restart", child.name)
             return
         how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
-        if code == EXIT_FATAL_CONFIG:
+        if code == EX_CONFIG:
             detail = child.state.detail if child.state is not None else ""
             log.error(
                 "%s hit a fatal configuration error (%s); stopping the service instead of restarting it",
                 child.name, detail or how,
             )
-            self.exit_code = EXIT_FATAL_CONFIG
+            self.exit_code = EX_CONFIG
             self.stopping = True
             return
         young = lived < BOOT_WINDOW
@@ -394,7 +393,7 @@ class Coordinator:
             log.error("%s failed %d times in a row at boot (%s); not restarting it", child.name,
                       child.boot_failures, how)
             if child.shard is None:  # nothing works without the writer
-                self.exit_code = EXIT_FAILURE
+                self.exit_code = EX_FAILURE
                 self.stopping = True
             return
         delay = min(RESPAWN_MAX, RESPAWN_MIN * (2 ** max(0, child.quick_deaths - 1))) if child.quick_deaths else 0.0
@@ -714,7 +713,7 @@ def run_service(settings: Settings, reload_settings: Callable[[], Settings] | No
             metrics_server = start_metrics_server(settings.metrics_host, settings.metrics_port)
         except OSError as exc:
             log.error("cannot serve metrics on %s:%d: %s", settings.metrics_host, settings.metrics_port, exc)
-            return 2
+            return EX_USAGE
     try:
         with database_url(settings) as url:
             conn = connect(url, application_name="kick-monitor startup")
@@ -727,7 +726,7 @@ def run_service(settings: Settings, reload_settings: Callable[[], Settings] | No
             return Coordinator(settings, url, reload_settings).run()
     except (DatabaseUnavailable, SchemaError, ValueError, RuntimeError) as exc:
         log.error("%s", exc)
-        return 2 if isinstance(exc, (SchemaError, ValueError)) else EXIT_FAILURE
+        return EX_USAGE if isinstance(exc, (SchemaError, ValueError)) else EX_FAILURE
     finally:
         if metrics_server is not None:
             metrics_server.shutdown()

@@ -24,6 +24,7 @@ from typing import Any
 
 from kick_monitor.config import Settings
 from kick_monitor.events import LIFECYCLE_EVENTS, EventStats, StatusTracker, TitleUpdate
+from kick_monitor.exitcodes import EX_BOOT, EX_CONFIG, EX_FAILURE
 from kick_monitor.handoff import ChangeSender
 from kick_monitor.logsetup import configure_logging
 from kick_monitor.messages import (
@@ -40,8 +41,6 @@ from kick_monitor.pusher import PusherFatalError, PusherSession
 
 log = logging.getLogger("kick_monitor.worker")
 
-EXIT_FATAL_CONFIG = 78  # sysexits EX_CONFIG: the coordinator stops instead of respawning
-EXIT_BOOT_FAILED = 3
 STATE_EVERY = 1.0  # seconds between WorkerState reports to the coordinator
 HEARTBEAT_EVERY = 1.0
 
@@ -200,7 +199,7 @@ class ShardWorker:
             )
             self._send_state("fatal", f"{exc.code} {exc.message}")
             self.session.close()
-            return EXIT_FATAL_CONFIG
+            return EX_CONFIG
         return self.stop()
 
     def step(self) -> None:
@@ -482,9 +481,9 @@ def run_worker(
         worker = ShardWorker(settings, shard, streamers, control, writer_address, heartbeats, heartbeat_slot)
     except Exception:
         log.exception("worker %d failed to boot", shard)
-        return EXIT_BOOT_FAILED
+        return EX_BOOT
     try:
         return worker.run()
     except Exception:
         log.exception("worker %d crashed", shard)
-        return 1
+        return EX_FAILURE

@@ -32,6 +32,7 @@ import psycopg2.extensions
 
 from kick_monitor.config import Settings
 from kick_monitor.database import DatabaseUnavailable, connect
+from kick_monitor.exitcodes import EX_FAILURE, EX_OK
 from kick_monitor.handoff import ChangeReceiver
 from kick_monitor.logsetup import configure_logging
 from kick_monitor.messages import StatusChange
@@ -130,7 +131,7 @@ class BatchWriter:
                 self.stopping = True
             self.step(now)
         self.drain()
-        return 0
+        return EX_OK
 
     def step(self, now: float) -> None:
         """One turn: wait for input, read it, flush when idle or full, retry the DB when due."""
@@ -375,4 +376,4 @@ def run_writer(
         return writer.run()
     except Exception:
         log.exception("writer crashed")
-        return 1
+        return EX_FAILURE

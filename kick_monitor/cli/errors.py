@@ -1,11 +1,13 @@
-"""Exit codes and the one exception every command raises to end with a one-line error."""
+"""The one exception every command raises to end with a one-line error."""
 
 from __future__ import annotations
 
-EXIT_OK = 0
-EXIT_FAILURE = 1  # something failed at run time: database down, a conflict, a missing module
-EXIT_USAGE = 2  # bad arguments or bad configuration: fix the command line or the config
-EXIT_INTERRUPTED = 130
+from ..exitcodes import EX_FAILURE as EXIT_FAILURE
+from ..exitcodes import EX_INTERRUPTED as EXIT_INTERRUPTED
+from ..exitcodes import EX_OK as EXIT_OK
+from ..exitcodes import EX_USAGE as EXIT_USAGE
+
+__all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "CliError"]
 
 
 class CliError(Exception):

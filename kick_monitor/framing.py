@@ -1,0 +1,111 @@
+"""The one kind of channel between kick-monitor processes: framed messages on a Unix socket.
+
+Every process-to-process link (worker → writer hand-off, planner → worker assignments,
+supervisor → child control) is a non-blocking Unix stream socket carrying
+length-prefixed pickles of the typed messages in `kick_monitor.messages`. Non-blocking
+on both ends, with an outbox, so a stalled or SIGSTOPped peer can never block the
+sender's loop; the size prefix is checked before anything is unpickled.
+
+Only our own processes connect (the listening sockets are created 0600 in a 0700
+directory), which is why pickle is acceptable here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import socket
+import struct
+
+_HEADER = struct.Struct("!I")
+MAX_MESSAGE_BYTES = 64 << 20
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a framed message of ours."""
+
+
+def encode(message: object) -> bytes:
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(body)) + body
+
+
+class FramedSocket:
+    """A non-blocking Unix stream socket carrying length-prefixed pickled messages."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self._inbox = bytearray()
+        self._outbox = bytearray()
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    @property
+    def wants_write(self) -> bool:
+        return bool(self._outbox)
+
+    def queue(self, message: object) -> None:
+        self._outbox += encode(message)
+
+    def flush(self) -> None:
+        """Write as much of the outbox as the socket takes now; raise OSError if broken."""
+        while self._outbox:
+            try:
+                sent = self.sock.send(self._outbox)
+            except BlockingIOError:
+                return
+            del self._outbox[:sent]
+
+    def read(self) -> list[object]:
+        """Every complete message readable now; raise ConnectionError at EOF."""
+        while True:
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except BlockingIOError:
+                break
+            if not chunk:
+                raise ConnectionError("peer closed the connection")
+            self._inbox += chunk
+            if len(chunk) < (1 << 20):
+                break
+        messages: list[object] = []
+        offset = 0
+        view = memoryview(self._inbox)
+        try:
+            while len(self._inbox) - offset >= _HEADER.size:
+                (size,) = _HEADER.unpack_from(view, offset)
+                if size > MAX_MESSAGE_BYTES:
+                    raise ProtocolError(f"message of {size} bytes exceeds the limit")
+                end = offset + _HEADER.size + size
+                if end > len(self._inbox):
+                    break
+                messages.append(pickle.loads(view[offset + _HEADER.size : end]))
+                offset = end
+        finally:
+            view.release()
+        if offset:
+            del self._inbox[:offset]
+        return messages
+
+    def close(self) -> None:
+        self.closed = True
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def bind_listener(path: str) -> socket.socket:
+    """The writer's listening socket; the coordinator creates it before forking the writer."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o077)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old_umask)
+    sock.listen(1024)
+    return sock
