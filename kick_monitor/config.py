@@ -13,8 +13,9 @@ import os
 import shlex
 import stat
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -45,67 +46,139 @@ def _check_url(value: str, schemes: tuple[str, ...], key: str) -> str:
     return value
 
 
+# -- reload policy: what a SIGHUP does with a changed value, declared on each field -------------
+COORDINATOR, WRITER, PLANNER, WORKER, EXPORTER = "coordinator", "writer", "planner", "worker", "exporter"
+ROLES = (COORDINATOR, WRITER, PLANNER, WORKER, EXPORTER)
+
+
+@dataclass(frozen=True)
+class ReloadPolicy:
+    """How a new value reaches the running service on SIGHUP.
+
+    - `live`: sent to the `roles` that read it; they apply it without restarting;
+    - `restart`: each of `roles` is restarted (one at a time) and starts with the new value;
+    - `service`: it shapes the process tree itself: only a restart of the service applies it
+      (SIGHUP keeps the running value and says so).
+    """
+
+    action: Literal["live", "restart", "service"]
+    roles: tuple[str, ...] = ()
+
+
+def live(*roles: str) -> ReloadPolicy:
+    return ReloadPolicy("live", roles)
+
+
+def restart(*roles: str) -> ReloadPolicy:
+    return ReloadPolicy("restart", roles)
+
+
+SERVICE = ReloadPolicy("service")
+
+
 class Settings(BaseModel):
     """Every setting of the service; the field name in upper case, prefixed, is its env key."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     # where things are
-    database_url: SecretStr | None = Field(
+    database_url: Annotated[SecretStr | None, SERVICE] = Field(
         None, description="PostgreSQL URL; unset = an embedded PostgreSQL under the data dir"
     )
-    data_dir: Path = Field(Path("./var"), description="embedded database, spool and runtime files")
-    pusher_url: str = Field(KICK_PUSHER_URL, description="Kick's Pusher websocket URL (app key included)")
-    api_base_url: str = Field("https://api.kick.com", description="Kick's official API")
-    oauth_token_url: str = Field("https://id.kick.com/oauth/token", description="OAuth token endpoint")
-    web_api_base_url: str = Field("https://kick.com", description="Kick's unofficial web API (id resolution)")
-    client_id: str | None = Field(None, description="Kick app client id (optional; enables reconciliation)")
-    client_secret: SecretStr | None = Field(None, description="Kick app client secret (never printed)")
+    data_dir: Annotated[Path, SERVICE] = Field(Path("./var"), description="embedded database, spool and runtime files")
+    pusher_url: Annotated[str, restart(WORKER)] = Field(
+        KICK_PUSHER_URL, description="Kick's Pusher websocket URL (app key included)",
+    )
+    api_base_url: Annotated[str, live(WORKER, PLANNER)] = Field(
+        "https://api.kick.com", description="Kick's official API",
+    )
+    oauth_token_url: Annotated[str, live(WORKER, PLANNER)] = Field(
+        "https://id.kick.com/oauth/token", description="OAuth token endpoint",
+    )
+    web_api_base_url: Annotated[str, live(WORKER, PLANNER)] = Field(
+        "https://kick.com", description="Kick's unofficial web API (id resolution)",
+    )
+    client_id: Annotated[str | None, live(WORKER, PLANNER)] = Field(
+        None, description="Kick app client id (optional; enables reconciliation)",
+    )
+    client_secret: Annotated[SecretStr | None, live(WORKER, PLANNER)] = Field(
+        None, description="Kick app client secret (never printed)",
+    )
 
     # observability
-    metrics_host: str = Field("127.0.0.1", description="metrics bind address (loopback by default)")
-    metrics_port: int = Field(0, ge=0, le=65535, description="metrics port; 0 = off")
-    log_format: Literal["auto", "json", "text"] = Field(
+    metrics_host: Annotated[str, SERVICE] = Field("127.0.0.1", description="metrics bind address (loopback by default)")
+    metrics_port: Annotated[int, SERVICE] = Field(0, ge=0, le=65535, description="metrics port; 0 = off")
+    log_format: Annotated[Literal["auto", "json", "text"], SERVICE] = Field(
         "auto", description="json | text; auto = text on a TTY, JSON lines otherwise"
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+    log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], live(*ROLES)] = Field(
+        "INFO", description="log level",
+    )
 
     # sharding
-    shard_count: int = Field(0, ge=0, le=4096, description="shards; 0 = ceil(channels / channels_per_connection)")
-    shard_index: int | None = Field(None, ge=0, description="run only this shard (with shard_count)")
-    channels_per_connection: int = Field(
+    shard_count: Annotated[int, SERVICE] = Field(
+        0, ge=0, le=4096, description="shards; 0 = ceil(channels / channels_per_connection)",
+    )
+    shard_index: Annotated[int | None, SERVICE] = Field(
+        None, ge=0, description="run only this shard (with shard_count)",
+    )
+    channels_per_connection: Annotated[int, SERVICE] = Field(
         10000, ge=2, le=100000, description="Pusher subscriptions per connection (2 per streamer)"
     )
-    lifecycle_channels: Literal["both", "dot", "underscore"] = Field(
+    lifecycle_channels: Annotated[Literal["both", "dot", "underscore"], restart(WORKER)] = Field(
         "both", description="subscribe channel.{id}, channel_{id} or both (Kick's choice is disputed)"
     )
 
     # Pusher
-    activity_timeout: float = Field(120.0, gt=0, le=3600, description="seconds of silence before a ping")
-    pong_timeout: float = Field(30.0, gt=0, le=600, description="seconds to wait for a pong")
-    connect_timeout: float = Field(10.0, gt=0, le=300, description="websocket connect timeout, seconds")
+    activity_timeout: Annotated[float, restart(WORKER)] = Field(
+        120.0, gt=0, le=3600, description="seconds of silence before a ping",
+    )
+    pong_timeout: Annotated[float, restart(WORKER)] = Field(
+        30.0, gt=0, le=600, description="seconds to wait for a pong",
+    )
+    connect_timeout: Annotated[float, restart(WORKER)] = Field(
+        10.0, gt=0, le=300, description="websocket connect timeout, seconds",
+    )
 
     # writer
-    batch_size: int = Field(500, ge=1, le=100000, description="max changes per commit")
-    flush_interval: float = Field(
+    batch_size: Annotated[int, live(WRITER)] = Field(500, ge=1, le=100000, description="max changes per commit")
+    flush_interval: Annotated[float, live(WRITER)] = Field(
         0.0, ge=0, le=10,
         description="seconds to keep gathering a batch while input keeps coming; 0 = group commit: commit what"
         " has arrived as soon as it is read (batches grow by themselves while a commit runs)",
     )
-    memory_buffer: int = Field(100000, ge=100, description="changes held in memory while the DB is down")
-    spool_max_bytes: int = Field(1 << 30, ge=1 << 20, description="cap of the durable spool on disk")
+    memory_buffer: Annotated[int, live(WRITER)] = Field(
+        100000, ge=100, description="changes held in memory while the DB is down",
+    )
+    spool_max_bytes: Annotated[int, restart(WRITER)] = Field(
+        1 << 30, ge=1 << 20, description="cap of the durable spool on disk",
+    )
 
     # Kick API
-    reconcile_interval: float = Field(300.0, ge=0, description="seconds between reconciliations; 0 = only on connect")
-    api_batch_size: int = Field(50, ge=1, le=50, description="slugs per /public/v1/channels request")
-    api_rate: float = Field(5.0, gt=0, le=100, description="API requests per second (token bucket)")
-    api_burst: int = Field(10, ge=1, le=1000, description="API token bucket size")
-    api_timeout: float = Field(10.0, gt=0, le=120, description="API request timeout, seconds")
+    reconcile_interval: Annotated[float, live(WORKER)] = Field(
+        300.0, ge=0, description="seconds between reconciliations; 0 = only on connect",
+    )
+    api_batch_size: Annotated[int, live(WORKER, PLANNER)] = Field(
+        50, ge=1, le=50, description="slugs per /public/v1/channels request",
+    )
+    api_rate: Annotated[float, live(WORKER, PLANNER)] = Field(
+        5.0, gt=0, le=100, description="API requests per second (token bucket)",
+    )
+    api_burst: Annotated[int, live(WORKER, PLANNER)] = Field(10, ge=1, le=1000, description="API token bucket size")
+    api_timeout: Annotated[float, live(WORKER, PLANNER)] = Field(
+        10.0, gt=0, le=120, description="API request timeout, seconds",
+    )
 
     # coordinator
-    heartbeat_timeout: float = Field(30.0, gt=0, le=3600, description="a worker silent this long is killed")
-    reload_interval: float = Field(60.0, gt=0, description="seconds between full streamer-list reloads")
-    drain_timeout: float = Field(20.0, gt=0, le=600, description="graceful stop bound, seconds")
+    heartbeat_timeout: Annotated[float, live(COORDINATOR, WRITER)] = Field(
+        30.0, gt=0, le=3600, description="a worker silent this long is killed",
+    )
+    reload_interval: Annotated[float, live(PLANNER)] = Field(
+        60.0, gt=0, description="seconds between full streamer-list reloads",
+    )
+    drain_timeout: Annotated[float, live(COORDINATOR, WORKER)] = Field(
+        20.0, gt=0, le=600, description="graceful stop bound, seconds",
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -154,6 +227,19 @@ class Settings(BaseModel):
                 text = str(value)
             shown[env_key(name)] = text
         return shown
+
+
+def reload_policy(name: str) -> ReloadPolicy:
+    """The policy declared on field `name` (every field has one: a test checks)."""
+    for item in Settings.model_fields[name].metadata:
+        if isinstance(item, ReloadPolicy):
+            return item
+    raise LookupError(f"setting {name} declares no reload policy")
+
+
+def changed_settings(old: Settings, new: Settings) -> set[str]:
+    """Names of the fields whose values differ."""
+    return {name for name in Settings.model_fields if getattr(old, name) != getattr(new, name)}
 
 
 def env_key(field: str) -> str:

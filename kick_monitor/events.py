@@ -224,9 +224,15 @@ def parse_frame(
     return AppEvent(event, channel, frame.get("data"), size, received_at, received_mono)
 
 
-def channel_names(channel_id: int) -> tuple[str, str]:
-    """Both Pusher channels Kick may publish a channel's lifecycle events on."""
-    return f"channel.{channel_id}", f"channel_{channel_id}"
+def channel_names(channel_id: int, which: str = "both") -> tuple[str, ...]:
+    """The Pusher channels Kick may publish a channel's lifecycle events on: the one place
+    these names are built. `which` is the `lifecycle_channels` setting: both, dot or underscore."""
+    dot, underscore = f"channel.{channel_id}", f"channel_{channel_id}"
+    if which == "dot":
+        return (dot,)
+    if which == "underscore":
+        return (underscore,)
+    return dot, underscore
 
 
 def _valid_id(value: object) -> bool:

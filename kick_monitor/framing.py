@@ -48,6 +48,11 @@ class FramedSocket:
     def wants_write(self) -> bool:
         return bool(self._outbox)
 
+    @property
+    def outbox_bytes(self) -> int:
+        """Bytes queued for a peer that has not read them yet."""
+        return len(self._outbox)
+
     def queue(self, message: object) -> None:
         self._outbox += encode(message)
 

@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 from urllib.parse import quote
 
 import requests
@@ -39,6 +39,9 @@ from kick_monitor.ratelimit import (
     backoff_delay,
     parse_retry_after,
 )
+
+if TYPE_CHECKING:
+    from kick_monitor.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -615,3 +618,13 @@ class KickApiClient:
             log.warning("streamer %s: official API says user %d, web API says %d; using the web API's",
                         slug, user_id, web.user_id)
         return ResolvedIds(slug, web.id, web.user_id, web.chatroom.id)
+
+
+def client_from_settings(settings: Settings) -> KickApiClient:
+    """The API client every role builds from the same settings (one place, not one per role)."""
+    return KickApiClient(
+        settings.api_base_url, settings.oauth_token_url, settings.web_api_base_url,
+        settings.client_id, settings.client_secret,
+        timeout=(min(3.05, settings.api_timeout), settings.api_timeout),
+        batch_size=settings.api_batch_size, rate=(settings.api_rate, settings.api_burst),
+    )

@@ -1,14 +1,17 @@
 """Typed messages that cross process boundaries.
 
-Workers, the writer and the coordinator never share mutable state; they exchange these
-small frozen dataclasses over `multiprocessing.connection` sockets and pipes. Keep them
-flat and picklable: every field is a builtin type.
+Roles never share mutable state; they exchange these small frozen dataclasses over the
+framed Unix sockets of `kick_monitor.framing` (hand-off, assignments, control). Keep them
+flat and picklable: builtin types, plus the frozen `Settings` in `Reconfigure`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 Status = Literal["online", "offline", "unknown"]
 Source = Literal["pusher", "api"]
@@ -72,35 +75,35 @@ class StreamerRef:
 
 
 @dataclass(frozen=True, slots=True)
+class Hello:
+    """Worker → planner, on every (re)connection: which shard this worker runs."""
+
+    shard: int
+
+
+@dataclass(frozen=True, slots=True)
+class Assign:
+    """Planner → worker: the whole shard; replaces whatever the worker watched before."""
+
+    streamers: tuple[StreamerRef, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Subscribe:
-    """Coordinator → worker: watch these streamers too (no reconnect)."""
+    """Planner → worker: watch these streamers too (no reconnect)."""
 
     streamers: tuple[StreamerRef, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Unsubscribe:
-    """Coordinator → worker: stop watching these channel ids."""
+    """Planner → worker: stop watching these channel ids."""
 
     channel_ids: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
-class Stop:
-    """Coordinator → worker: finish sending, close the socket, exit 0."""
+class Reconfigure:
+    """Supervisor → any role, after SIGHUP: the new settings (the role applies what it reads)."""
 
-    reason: str = "stop"
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerState:
-    """Worker → coordinator: connection state, for metrics and the demo view."""
-
-    shard: int
-    state: str
-    subscribed: int
-    reconnects: int
-    frames: int
-    changes: int
-    detail: str = ""
-    extra: dict[str, int] = field(default_factory=dict)
+    settings: Settings

@@ -12,6 +12,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from . import __version__
 
+enabled = True  # `kick_monitor.telemetry.NullTelemetry.enabled` is False
+
 # Latency buckets from 0.5 ms to 5 s: the pipeline's floor is ~0.7 ms, the promise < 1 s.
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import mmap
 import os
 import signal
 import time
-from multiprocessing.sharedctypes import RawArray
-from typing import Any
 
 PR_SET_PDEATHSIG = 1
 
@@ -41,17 +40,20 @@ def reset_signals() -> None:
 
 
 class Heartbeats:
-    """One monotonic timestamp per child slot in shared memory (gunicorn's idea, no files).
+    """One monotonic timestamp per child slot in memory shared across fork (gunicorn's idea, no files).
 
-    Children write their slot; the coordinator reads all of them. A double is written
-    atomically on every platform we run on, so no lock is needed.
+    An anonymous shared mapping made before the children are forked: no file descriptor,
+    so nothing to leak into children or to close. Children write their slot; the supervisor
+    reads all of them. A double is written atomically on every platform we run on, so no
+    lock is needed.
     """
 
     def __init__(self, slots: int) -> None:
-        self._array: Any = RawArray("d", slots)
+        self._map = mmap.mmap(-1, max(1, slots) * ctypes.sizeof(ctypes.c_double))
+        self._array = (ctypes.c_double * max(1, slots)).from_buffer(self._map)
 
-    def beat(self, slot: int) -> None:
-        self._array[slot] = time.monotonic()
+    def beat(self, slot: int, now: float | None = None) -> None:
+        self._array[slot] = time.monotonic() if now is None else now
 
     def age(self, slot: int, now: float | None = None) -> float:
         last = float(self._array[slot])

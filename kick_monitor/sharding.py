@@ -62,7 +62,9 @@ def unresolved(streamers: Iterable[T]) -> list[T]:
 
 def subscriptions_per_streamer(settings: Settings) -> int:
     """Pusher channels one streamer needs: `channel.{id}`, `channel_{id}` or both."""
-    return 2 if settings.lifecycle_channels == "both" else 1
+    from .events import channel_names
+
+    return len(channel_names(0, settings.lifecycle_channels))
 
 
 def shard_count_for(settings: Settings, resolved_streamers: int) -> int:

@@ -21,6 +21,8 @@ import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
 
+from .messages import StreamerRef
+
 SLUG_PATTERN = re.compile(r"[a-z0-9_-]{1,64}")
 MAX_ID = 2**63 - 1  # bigint
 WAITING_FOR_RESOLUTION = "waiting for id resolution"
@@ -197,6 +199,38 @@ def list_streamers(conn: psycopg2.extensions.connection) -> list[Streamer]:
     with conn, conn.cursor() as cur:
         cur.execute(SELECT_COLUMNS + "ORDER BY username")
         return [Streamer(*row) for row in cur.fetchall()]
+
+
+def load_subscribable(conn: psycopg2.extensions.connection) -> list[StreamerRef]:
+    """Every streamer a worker can watch on Pusher (channel id known), with its last committed status."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT id, username, channel_id, kick_user_id, status, livestream_id"
+            " FROM kick_monitor.streamers WHERE channel_id IS NOT NULL ORDER BY id"
+        )
+        rows = cur.fetchall()
+    conn.rollback()
+    return [StreamerRef(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+
+def count_subscribable(conn: psycopg2.extensions.connection) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM kick_monitor.streamers WHERE channel_id IS NOT NULL")
+        row = cur.fetchone()
+    conn.rollback()
+    return int(row[0]) if row else 0
+
+
+def count_by_status(conn: psycopg2.extensions.connection) -> dict[str, int]:
+    """Streamers per status, with those still waiting for their ids as `unresolved`."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT CASE WHEN channel_id IS NULL THEN 'unresolved' ELSE status END, count(*)"
+            " FROM kick_monitor.streamers GROUP BY 1"
+        )
+        counts = {str(status): int(n) for status, n in cur.fetchall()}
+    conn.rollback()
+    return {status: counts.get(status, 0) for status in ("online", "offline", "unknown", "unresolved")}
 
 
 def find_streamer(conn: psycopg2.extensions.connection, slug: object) -> Streamer | None:

@@ -1,7 +1,8 @@
 """A shard worker: one synchronous process, one Pusher connection, one shard of streamers.
 
-The main loop is a single `select()` over the Pusher socket, the coordinator's control
-pipe, the writer connection and the reconciler's wake-up pipe. Frames become typed
+The main loop is a single `select()` over the Pusher socket, the planner's assignment
+channel (which streamers to watch: `kick_monitor.assignment`), the writer connection, the
+supervisor's control channel and the reconciler's wake-up pipe. Frames become typed
 `StatusChange`s (kick_monitor.events) and go to the writer through the acknowledged
 hand-off (kick_monitor.handoff). API reconciliation runs on a helper thread so that a
 slow Kick API never delays a frame; its verdicts are applied in the main loop, and only
@@ -15,44 +16,29 @@ import logging
 import os
 import queue
 import select
-import signal
 import threading
 import time
 from collections.abc import Iterable
-from multiprocessing.connection import Connection
 from typing import Any
 
+from kick_monitor.assignment import AssignmentClient
 from kick_monitor.config import Settings
-from kick_monitor.events import LIFECYCLE_EVENTS, EventStats, StatusTracker, TitleUpdate
-from kick_monitor.exitcodes import EX_BOOT, EX_CONFIG, EX_FAILURE
+from kick_monitor.events import LIFECYCLE_EVENTS, EventStats, StatusTracker, TitleUpdate, channel_names
+from kick_monitor.exitcodes import EX_CONFIG
 from kick_monitor.handoff import ChangeSender
-from kick_monitor.logsetup import configure_logging
-from kick_monitor.messages import (
-    StatusChange,
-    Stop,
-    StreamerRef,
-    Subscribe,
-    Unsubscribe,
-    WorkerState,
-)
+from kick_monitor.messages import Assign, StatusChange, StreamerRef, Subscribe, Unsubscribe
 from kick_monitor.metric_deltas import CounterDeltas
-from kick_monitor.process import Heartbeats, die_with_parent, parent_changed, reset_signals, set_title
 from kick_monitor.pusher import PusherFatalError, PusherSession
+from kick_monitor.role import HEARTBEAT_EVERY, Role, RoleContext, RoleFatal
 
 log = logging.getLogger("kick_monitor.worker")
 
-STATE_EVERY = 1.0  # seconds between WorkerState reports to the coordinator
-HEARTBEAT_EVERY = 1.0
-
-
-def lifecycle_names(channel_id: int, which: str) -> list[str]:
-    """The Pusher channels to subscribe for one streamer, per `lifecycle_channels`."""
-    names = []
-    if which in ("both", "dot"):
-        names.append(f"channel.{channel_id}")
-    if which in ("both", "underscore"):
-        names.append(f"channel_{channel_id}")
-    return names
+REPORT_EVERY = 1.0  # seconds between metric reports
+# Settings the API client is built from: a change rebuilds it (see Reconciliation.use_settings).
+API_SETTINGS = frozenset({
+    "api_base_url", "oauth_token_url", "web_api_base_url", "client_id", "client_secret",
+    "api_batch_size", "api_rate", "api_burst", "api_timeout",
+})
 
 
 class Reconciliation:
@@ -113,17 +99,20 @@ class Reconciliation:
 
     def _client(self) -> Any:
         if self._reconciler is None:
-            from kick_monitor.kick_api import KickApiClient
+            from kick_monitor.kick_api import client_from_settings
             from kick_monitor.reconcile import Reconciler
 
-            s = self.settings
-            client = KickApiClient(
-                s.api_base_url, s.oauth_token_url, s.web_api_base_url, s.client_id, s.client_secret,
-                timeout=(min(3.05, s.api_timeout), s.api_timeout), batch_size=s.api_batch_size,
-                rate=(s.api_rate, s.api_burst),
-            )
-            self._reconciler = Reconciler(client)
+            self._reconciler = Reconciler(client_from_settings(self.settings))
         return self._reconciler
+
+    def use_settings(self, settings: Settings) -> None:
+        """New API settings (SIGHUP): the next reconciliation builds a client with them.
+
+        A secret refused before may be valid now, so reconciliation is tried again."""
+        self.settings = settings
+        self._reconciler = None
+        self.enabled = settings.has_api_credentials
+        self.auth_failed = False
 
     def api_stats(self) -> Any:
         """The API client's counters so far (an ApiStatsSnapshot), None before the first run."""
@@ -131,28 +120,21 @@ class Reconciliation:
         return None if reconciler is None else reconciler.client.stats.snapshot()
 
 
-class ShardWorker:
+class ShardWorker(Role):
     """Runs in the forked worker process; see the module docstring."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        shard: int,
-        streamers: Iterable[StreamerRef],
-        control: Connection,
-        writer_address: str,
-        heartbeats: Heartbeats | None = None,
-        heartbeat_slot: int = 0,
-    ) -> None:
-        self.settings = settings
+    kind = "worker"
+
+    def __init__(self, ctx: RoleContext) -> None:
+        super().__init__(ctx)
+        assert ctx.shard is not None
+        settings, shard = self.settings, ctx.shard
         self.shard = shard
-        self.control = control
-        self.heartbeats = heartbeats
-        self.heartbeat_slot = heartbeat_slot
-        self.refs: dict[int, StreamerRef] = {ref.channel_id: ref for ref in streamers}
+        self.refs: dict[int, StreamerRef] = {}
         self.stats = EventStats(shard)
-        self.tracker = StatusTracker(self.refs.values(), shard=shard, stats=self.stats)
-        self.sender = ChangeSender(writer_address, sender=f"shard-{shard}")
+        self.tracker = StatusTracker((), shard=shard, stats=self.stats)
+        self.assignments = AssignmentClient(ctx.planner_address, shard)
+        self.sender = ChangeSender(ctx.writer_address, sender=f"shard-{shard}")
         self.session = PusherSession(
             settings.pusher_url,
             activity_timeout=settings.activity_timeout,
@@ -166,57 +148,50 @@ class ShardWorker:
         # Channels whose status we took from the database rather than saw ourselves: the
         # writer may still hold older changes for them (a spool from before a restart), so
         # the first API verdict for each is committed even where it agrees (see confirm()).
-        self.unconfirmed: set[int] = set(self.refs)
-        self.stopping = False
+        self.unconfirmed: set[int] = set()
         self.generation = 0
         self.next_reconcile = float("inf")
         self.reconcile_again = False  # one was due while another ran: start it when that ends
         self.frames = 0
         self.changes_sent = 0
-        self.ppid = os.getppid()
-        self._next_state = 0.0
-        self._next_beat = 0.0
-        self._metrics: Any = None
+        self._next_report = 0.0
         self._deltas = CounterDeltas()  # running totals already exported as counter increments
 
-    # -- process entry ---------------------------------------------------------------
-    def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._record_stop)
-        self._load_metrics()
-        self.session.subscribe(self._all_channel_names())
+    # -- the role ------------------------------------------------------------------------
+    def boot(self) -> None:
         if not self.reconciliation.enabled:
             log.info("no Kick API credentials: running Pusher-only, without reconciliation")
-        try:
-            while not self.stopping:
-                self.step()
-                if parent_changed(self.ppid):
-                    log.warning("coordinator is gone; stopping")
-                    self.stopping = True
-        except PusherFatalError as exc:
-            log.error(
-                "Pusher refused us for good (code %s: %s); check KICK_MONITOR_PUSHER_URL and the app key",
-                exc.code, exc.message, extra={"error_code": exc.code},
-            )
-            self._send_state("fatal", f"{exc.code} {exc.message}")
-            self.session.close()
-            return EX_CONFIG
-        return self.stop()
+
+    def reconfigure(self, changed: set[str]) -> None:
+        if changed & API_SETTINGS:
+            self.reconciliation.use_settings(self.settings)
+        if "reconcile_interval" in changed:
+            interval = self.settings.reconcile_interval
+            self.next_reconcile = time.monotonic() + interval if interval > 0 else float("inf")
 
     def step(self) -> None:
         """One turn of the loop: wait for anything, then serve each source."""
         now = time.monotonic()
-        rlist: list[Any] = [self.control, self.reconciliation.wake_read]
+        rlist: list[Any] = [self.control_fd, self.reconciliation.wake_read]
         ws_fd = self.session.fileno()
         if ws_fd is not None:
             rlist.append(ws_fd)
         sender_fd = self.sender.fileno()
         if sender_fd is not None:
             rlist.append(sender_fd)
+        planner_fd = self.assignments.fileno()
+        if planner_fd is not None:
+            rlist.append(planner_fd)
         wlist = [sender_fd] if sender_fd is not None and self.sender.wants_write else []
+        if planner_fd is not None and self.assignments.wants_write:
+            wlist.append(planner_fd)
+        if self.control_wants_write():
+            wlist.append(self.control_fd)
         timeout = min(
             self.session.next_timeout(now),
             self.sender.next_timeout(now),
-            max(0.0, self._next_beat - now),
+            self.assignments.next_timeout(now),
+            HEARTBEAT_EVERY,
             max(0.0, self.next_reconcile - now),
         )
         if self.session.has_buffered_data():
@@ -229,25 +204,32 @@ class ShardWorker:
         self.read_pusher(now, ws_fd is not None and ws_fd in readable)
         if self.session.generation != self.generation:
             self.on_connected(now)
-        self.sender.service(now, sender_fd in readable if sender_fd else False, bool(writable))
-        if self.control in readable:
+        self.sender.service(now, sender_fd in readable if sender_fd else False, bool(sender_fd in writable))
+        planner_readable = planner_fd is not None and planner_fd in readable
+        for message in self.assignments.service(now, planner_readable):
+            self.apply_assignment(message)
+        if self.control_fd in readable or self.control_fd in writable:
             self.read_control()
         if self.reconciliation.wake_read in readable:
             self.reconciliation.drain_wakeups()
             self.apply_reconciliation()
         if now >= self.next_reconcile or (self.reconcile_again and not self.reconciliation.running()):
             self.start_reconcile(now)
-        if now >= self._next_beat:
-            self._next_beat = now + HEARTBEAT_EVERY
-            if self.heartbeats is not None:
-                self.heartbeats.beat(self.heartbeat_slot)
-        if now >= self._next_state:
-            self._next_state = now + STATE_EVERY
-            self._send_state("connected" if self.session.connected else "connecting")
+        if now >= self._next_report:
+            self._next_report = now + REPORT_EVERY
+            self.report()
 
     # -- Pusher ------------------------------------------------------------------------
     def read_pusher(self, now: float, readable: bool) -> None:
-        events = self.session.service(now, readable)
+        try:
+            events = self.session.service(now, readable)
+        except PusherFatalError as exc:
+            self.session.close()
+            raise RoleFatal(
+                EX_CONFIG,
+                f"Pusher refused us for good (code {exc.code}: {exc.message});"
+                " check KICK_MONITOR_PUSHER_URL and the app key",
+            ) from None
         if not events:
             return
         changes: list[StatusChange] = []
@@ -258,7 +240,7 @@ class ShardWorker:
                 changes.append(result)
             elif isinstance(result, TitleUpdate):
                 changes.append(result.change)
-        if self._metrics is not None:
+        if self.telemetry.enabled:
             self._count_frames(events)
         if changes:
             self.send(changes)
@@ -332,19 +314,16 @@ class ShardWorker:
                 self.send(changes)
             self._count_reconcile("ok")
 
-    # -- coordinator ---------------------------------------------------------------------
-    def read_control(self) -> None:
-        try:
-            while self.control.poll():
-                message = self.control.recv()
-                if isinstance(message, Subscribe):
-                    self.subscribe(message.streamers)
-                elif isinstance(message, Unsubscribe):
-                    self.unsubscribe(message.channel_ids)
-                elif isinstance(message, Stop):
-                    self.stopping = True
-        except (EOFError, OSError):
-            self.stopping = True  # the coordinator is gone
+    # -- the planner's assignments ---------------------------------------------------------
+    def apply_assignment(self, message: Assign | Subscribe | Unsubscribe) -> None:
+        if isinstance(message, Assign):
+            wanted = {ref.channel_id for ref in message.streamers}
+            self.unsubscribe([cid for cid in self.refs if cid not in wanted])
+            self.subscribe(message.streamers)
+        elif isinstance(message, Subscribe):
+            self.subscribe(message.streamers)
+        else:
+            self.unsubscribe(message.channel_ids)
 
     def subscribe(self, streamers: Iterable[StreamerRef]) -> None:
         fresh = [ref for ref in streamers if ref.channel_id not in self.refs]
@@ -352,7 +331,7 @@ class ShardWorker:
             self.refs[ref.channel_id] = ref
             self.unconfirmed.add(ref.channel_id)
         self.tracker.add(fresh)
-        names = [n for ref in fresh for n in lifecycle_names(ref.channel_id, self.settings.lifecycle_channels)]
+        names = [n for ref in fresh for n in channel_names(ref.channel_id, self.settings.lifecycle_channels)]
         self.session.subscribe(names)
         if fresh:
             log.info("subscribed %d more streamers", len(fresh))
@@ -364,7 +343,7 @@ class ShardWorker:
             del self.refs[cid]
             self.unconfirmed.discard(cid)
         self.tracker.remove(gone)
-        names = [n for cid in gone for n in lifecycle_names(cid, self.settings.lifecycle_channels)]
+        names = [n for cid in gone for n in channel_names(cid, self.settings.lifecycle_channels)]
         self.session.unsubscribe(names)
         if gone:
             log.info("unsubscribed %d streamers", len(gone))
@@ -373,52 +352,37 @@ class ShardWorker:
     def send(self, changes: list[StatusChange]) -> None:
         self.sender.send(changes)
         self.changes_sent += len(changes)
-        m = self._metrics
-        if m is not None:
-            for change in changes:
-                m.STATUS_CHANGES.labels(shard=str(self.shard), status=change.status, source=change.source).inc()
+        counter = self.telemetry.STATUS_CHANGES
+        for change in changes:
+            counter.labels(shard=str(self.shard), status=change.status, source=change.source).inc()
 
-    def stop(self) -> int:
-        """Graceful stop: close the socket, wait until the writer has every change, exit 0."""
+    def finish(self) -> int:
+        """Warm stop: close the socket, wait until the writer has every change, exit 0."""
         self.session.close()
         drained = self.sender.wait_drained(self.settings.drain_timeout)
         if not drained:
             log.error("stopping with %d changes the writer did not confirm", self.sender.unacked_changes)
         self.sender.close()
-        if self._metrics is not None:
-            self._export_counters(self._metrics, str(self.shard))
+        self.assignments.close()
+        self._export_counters(self.telemetry, str(self.shard))
         return 0
 
     # -- reporting --------------------------------------------------------------------------
-    def _all_channel_names(self) -> list[str]:
-        which = self.settings.lifecycle_channels
-        return [n for cid in self.refs for n in lifecycle_names(cid, which)]
-
     def _snapshot(self) -> tuple[StreamerRef, ...]:
         return tuple(self.refs.values())
 
-    def _record_stop(self, signum: int, frame: object) -> None:
-        self.stopping = True
-
-    def _send_state(self, state: str, detail: str = "") -> None:
-        reconnects = sum(self.session.stats.reconnects.values())
-        message = WorkerState(
-            self.shard, state, len(self.refs), reconnects, self.frames, self.changes_sent, detail,
-            {"unacked": self.sender.unacked_changes},
-        )
-        try:
-            self.control.send(message)
-        except (OSError, ValueError):
-            self.stopping = True
-        m = self._metrics
-        if m is not None:
-            shard = str(self.shard)
-            m.CONNECTION_UP.labels(shard=shard).set(1 if self.session.connected else 0)
-            per_streamer = len(lifecycle_names(0, self.settings.lifecycle_channels))
-            m.SUBSCRIPTIONS.labels(shard=shard).set(len(self.refs) * per_streamer)
-            m.UNACKED.labels(shard=shard).set(self.sender.unacked_changes)
-            m.HEARTBEAT.labels(shard=shard).set(time.time())
-            self._export_counters(m, shard)
+    def report(self) -> None:
+        """Gauges and running totals, once a second."""
+        m = self.telemetry
+        if not m.enabled:
+            return
+        shard = str(self.shard)
+        m.CONNECTION_UP.labels(shard=shard).set(1 if self.session.connected else 0)
+        per_streamer = len(channel_names(0, self.settings.lifecycle_channels))
+        m.SUBSCRIPTIONS.labels(shard=shard).set(len(self.refs) * per_streamer)
+        m.UNACKED.labels(shard=shard).set(self.sender.unacked_changes)
+        m.HEARTBEAT.labels(shard=shard).set(time.time())
+        self._export_counters(m, shard)
 
     def _export_counters(self, m: Any, shard: str) -> None:
         """The session's, the parser's and the API client's running totals, as counter increments.
@@ -443,47 +407,13 @@ class ShardWorker:
                 deltas.advance(m.API_REQUESTS, total, endpoint=endpoint, status=status)
             deltas.advance(m.TOKEN_REFRESHES, api.token_refreshes)
 
-    def _load_metrics(self) -> None:
-        try:
-            from kick_monitor import metrics
-        except ImportError:  # pragma: no cover
-            return
-        self._metrics = metrics
-
     def _count_frames(self, events: list[Any]) -> None:
         # Label by lifecycle name only: event names come from the network, and a label
         # per name would let a hostile stream grow our metrics without bound.
-        frames = self._metrics.FRAMES
+        frames = self.telemetry.FRAMES
         shard = str(self.shard)
         for ev in events:
             frames.labels(shard=shard, event=ev.event if ev.event in LIFECYCLE_EVENTS else "other").inc()
 
     def _count_reconcile(self, outcome: str) -> None:
-        if self._metrics is not None:
-            self._metrics.RECONCILIATIONS.labels(shard=str(self.shard), outcome=outcome).inc()
-
-
-def run_worker(
-    settings: Settings,
-    shard: int,
-    streamers: list[StreamerRef],
-    control: Connection,
-    writer_address: str,
-    heartbeats: Heartbeats | None,
-    heartbeat_slot: int,
-) -> int:
-    """Entry point in the forked child: fresh signals, own sockets, then the loop."""
-    reset_signals()
-    die_with_parent(signal.SIGTERM)
-    set_title(f"worker shard {shard}")
-    configure_logging(settings, role="worker", shard=shard)
-    try:
-        worker = ShardWorker(settings, shard, streamers, control, writer_address, heartbeats, heartbeat_slot)
-    except Exception:
-        log.exception("worker %d failed to boot", shard)
-        return EX_BOOT
-    try:
-        return worker.run()
-    except Exception:
-        log.exception("worker %d crashed", shard)
-        return EX_FAILURE
+        self.telemetry.RECONCILIATIONS.labels(shard=str(self.shard), outcome=outcome).inc()

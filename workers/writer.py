@@ -18,25 +18,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import select
-import signal
-import socket
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import psycopg2
 import psycopg2.extensions
 
-from kick_monitor.config import Settings
 from kick_monitor.database import DatabaseUnavailable, connect
-from kick_monitor.exitcodes import EX_FAILURE, EX_OK
+from kick_monitor.exitcodes import EX_OK
 from kick_monitor.handoff import ChangeReceiver
-from kick_monitor.logsetup import configure_logging
 from kick_monitor.messages import StatusChange
-from kick_monitor.process import Heartbeats, die_with_parent, parent_changed, reset_signals, set_title
+from kick_monitor.role import Role, RoleContext
 from kick_monitor.spool import Spool
 from kick_monitor.status_store import BatchResult, apply_changes, prepare
 
@@ -85,66 +78,70 @@ class Backlog:
         return len(self.changes)
 
 
-class BatchWriter:
+class BatchWriter(Role):
     """Runs in the forked writer process; see the module docstring."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        database_url: str,
-        listener: socket.socket,
-        spool_dir: Path,
-        heartbeats: Heartbeats | None = None,
-        heartbeat_slot: int = 0,
-    ) -> None:
-        self.settings = settings
-        self.database_url = database_url
-        self.receiver = ChangeReceiver(listener)
-        self.spool = Spool(spool_dir, settings.spool_max_bytes)
-        self.heartbeats = heartbeats
-        self.heartbeat_slot = heartbeat_slot
+    kind = "writer"
+
+    def __init__(self, ctx: RoleContext) -> None:
+        super().__init__(ctx)
+        assert ctx.listener is not None, "the supervisor binds the writer's socket"
+        self.database_url = ctx.database_url
+        self.receiver = ChangeReceiver(ctx.listener)
+        self.spool = Spool(ctx.data_dir / "spool" / ctx.tree, self.settings.spool_max_bytes)
         self.conn: psycopg2.extensions.connection | None = None
         self.pending = Backlog()   # received, to commit at the next flush
         self.held = Backlog()      # could not be committed: DB down
-        self.stopping = False
         self.retry_at = 0.0
         self.retry_delay = RETRY_MIN
         self.committed = 0
-        self.ppid = os.getppid()
-        self._metrics: Any = None
+        self.stop_deadline: float | None = None
 
-    # -- process entry -------------------------------------------------------------
-    def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._record_stop)
-        self._load_metrics()
+    # -- the role ------------------------------------------------------------------
+    def boot(self) -> None:
         self.connect_database()
-        stop_deadline: float | None = None
-        while True:
-            now = time.monotonic()
-            self._beat()
-            if self.stopping and stop_deadline is None:
-                stop_deadline = now + STOP_GRACE
-            if stop_deadline is not None and (now >= stop_deadline or not self.receiver.channels):
-                break
-            if parent_changed(self.ppid):
-                log.warning("coordinator is gone; draining and exiting")
-                self.stopping = True
-            self.step(now)
+
+    def running(self) -> bool:
+        """After SIGTERM, keep reading for STOP_GRACE while workers are still connected."""
+        if not self.stopping:
+            return True
+        now = time.monotonic()
+        if self.stop_deadline is None:
+            self.stop_deadline = now + STOP_GRACE
+        return now < self.stop_deadline and bool(self.receiver.channels)
+
+    def finish(self) -> int:
         self.drain()
         return EX_OK
 
-    def step(self, now: float) -> None:
+    def reconfigure(self, changed: set[str]) -> None:
+        if "heartbeat_timeout" in changed and self.conn is not None:
+            try:
+                self.set_statement_timeout(self.conn)
+                self.conn.commit()
+            except psycopg2.Error as exc:
+                self._database_lost(exc)
+
+    def step(self) -> None:
         """One turn: wait for input, read it, flush when idle or full, retry the DB when due."""
+        now = time.monotonic()
         timeout = 0.5
         if self.held or self.spool:
             timeout = min(timeout, max(0.0, self.retry_at - now))
         if self.pending:
             timeout = 0.0
-        readable, writable, _ = select.select(self.receiver.filenos(), self.receiver.writers(), [], timeout)
+        rlist = [*self.receiver.filenos(), self.control_fd]
+        wlist = self.receiver.writers()
+        if self.control_wants_write():
+            wlist.append(self.control_fd)
+        readable, writable, _ = select.select(rlist, wlist, [], timeout)
+        if self.control_fd in readable or self.control_fd in writable:
+            self.read_control()
         for fd in writable:
-            self.receiver.flush(fd)
+            if fd != self.control_fd:
+                self.receiver.flush(fd)
         now = time.monotonic()
-        for conn_id, batch in self.receiver.read(readable):
+        for conn_id, batch in self.receiver.read(fd for fd in readable if fd != self.control_fd):
             self.pending.add(conn_id, batch.seq, batch.changes, now)
         if self.pending and self._should_flush(now):
             self.flush(now)
@@ -195,7 +192,7 @@ class BatchWriter:
 
     def _commit_slice(self, changes: list[StatusChange]) -> bool:
         assert self.conn is not None
-        self._beat()  # alive as long as statements complete, however many a replay takes
+        self.beat()  # alive as long as statements complete, however many a replay takes
         started = time.perf_counter()
         result: BatchResult | None
         try:
@@ -228,8 +225,7 @@ class BatchWriter:
                     str(bad).strip(),
                     extra={"channel_id": change.channel_id, "change_id": change.change_id},
                 )
-                if self._metrics:
-                    self._metrics.COMMIT_ERRORS.labels(kind="rejected").inc()
+                self.telemetry.COMMIT_ERRORS.labels(kind="rejected").inc()
         return BatchResult(len(changes), transitions)
 
     def spool_held(self) -> None:
@@ -240,13 +236,11 @@ class BatchWriter:
             self.spool.append(self.held.changes)
         except OSError as exc:
             log.error("cannot write the spool (%s); keeping %d changes in memory", exc, len(self.held))
-            if self._metrics:
-                self._metrics.COMMIT_ERRORS.labels(kind="spool").inc()
+            self.telemetry.COMMIT_ERRORS.labels(kind="spool").inc()
             self.held.since = time.monotonic()  # try again after another SPOOL_AFTER
             return
         log.warning("database unavailable: spooled %d changes to %s", len(self.held), self.spool.directory)
-        if self._metrics:
-            self._metrics.SPOOLED.inc(len(self.held))
+        self.telemetry.SPOOLED.inc(len(self.held))
         _, acks = self.held.take()
         self.receiver.acknowledge(acks)
 
@@ -290,9 +284,7 @@ class BatchWriter:
     def connect_database(self) -> bool:
         try:
             conn = connect(self.database_url, application_name="kick-monitor writer")
-            timeout_ms = max(1, int(statement_timeout(self.settings.heartbeat_timeout) * 1000))
-            with conn.cursor() as cur:
-                cur.execute("SET statement_timeout = %s", (timeout_ms,))
+            self.set_statement_timeout(conn)
             conn.commit()
             prepare(conn)
         except (DatabaseUnavailable, psycopg2.Error) as exc:
@@ -302,9 +294,13 @@ class BatchWriter:
             log.info("database is back")
         self.conn = conn
         self.retry_delay = RETRY_MIN
-        if self._metrics:
-            self._metrics.DB_UP.set(1)
+        self.telemetry.DB_UP.set(1)
         return True
+
+    def set_statement_timeout(self, conn: psycopg2.extensions.connection) -> None:
+        timeout_ms = max(1, int(statement_timeout(self.settings.heartbeat_timeout) * 1000))
+        with conn.cursor() as cur:
+            cur.execute("SET statement_timeout = %s", (timeout_ms,))
 
     def _database_lost(self, exc: Exception) -> None:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -312,68 +308,27 @@ class BatchWriter:
             with contextlib.suppress(psycopg2.Error):
                 self.conn.close()
         self.conn = None
-        if self._metrics:
-            self._metrics.COMMIT_ERRORS.labels(kind="connection").inc()
+        self.telemetry.COMMIT_ERRORS.labels(kind="connection").inc()
         self._schedule_retry(message)
 
     def _schedule_retry(self, reason: str) -> None:
         log.warning("database unavailable (%s); retrying in %.2fs", reason, self.retry_delay)
         self.retry_at = time.monotonic() + self.retry_delay
         self.retry_delay = min(RETRY_MAX, self.retry_delay * 2)
-        if self._metrics:
-            self._metrics.DB_UP.set(0)
+        self.telemetry.DB_UP.set(0)
 
     # -- reporting ------------------------------------------------------------------
-    def _record_stop(self, signum: int, frame: object) -> None:
-        self.stopping = True
-
-    def _beat(self) -> None:
-        if self.heartbeats is not None:
-            self.heartbeats.beat(self.heartbeat_slot)
-
-    def _load_metrics(self) -> None:
-        try:
-            from kick_monitor import metrics
-        except ImportError:  # pragma: no cover
-            return
-        self._metrics = metrics
-
     def _observe(self, changes: list[StatusChange], result: BatchResult, seconds: float, now: float) -> None:
         self.committed += len(changes)
-        m = self._metrics
-        if m is None:
-            return
+        m = self.telemetry
         m.BATCH_SIZE.observe(len(changes))
         m.COMMIT_SECONDS.observe(seconds)
         m.COMMITTED.labels(outcome="transition").inc(result.transitions)
         m.COMMITTED.labels(outcome="no_change").inc(result.submitted - result.transitions)
-        for change in changes:
-            m.LATENCY.labels(source=change.source).observe(max(0.0, now - change.received_at))
+        if m.enabled:
+            for change in changes:
+                m.LATENCY.labels(source=change.source).observe(max(0.0, now - change.received_at))
 
     def _report(self) -> None:
-        m = self._metrics
-        if m is not None:
-            m.QUEUE_DEPTH.set(len(self.pending) + len(self.held))
-            m.SPOOL_BYTES.set(self.spool.size_bytes)
-
-
-def run_writer(
-    settings: Settings,
-    database_url: str,
-    listener: socket.socket,
-    spool_dir: Path,
-    heartbeats: Heartbeats | None,
-    heartbeat_slot: int,
-    title: str = "writer",
-) -> int:
-    """Entry point in the forked child: fresh signal handlers, own DB connection, then run."""
-    reset_signals()
-    die_with_parent(signal.SIGTERM)
-    set_title(title)
-    configure_logging(settings, role="writer")
-    writer = BatchWriter(settings, database_url, listener, spool_dir, heartbeats, heartbeat_slot)
-    try:
-        return writer.run()
-    except Exception:
-        log.exception("writer crashed")
-        return EX_FAILURE
+        self.telemetry.QUEUE_DEPTH.set(len(self.pending) + len(self.held))
+        self.telemetry.SPOOL_BYTES.set(self.spool.size_bytes)

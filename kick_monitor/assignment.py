@@ -1,0 +1,187 @@
+"""Planner ↔ shard worker: which streamers each worker watches.
+
+The planner owns the streamer list (it reads PostgreSQL); workers own nothing but their
+Pusher connection. A worker connects to the planner's listening socket (created by the
+supervisor before any fork and kept across planner restarts, like the writer's), says
+`Hello(shard)`, and gets `Assign(all its streamers)`, then `Subscribe`/`Unsubscribe` as the
+list changes. After any reconnection (planner restarted, worker restarted) the worker says
+Hello again and the full `Assign` replaces what it had: no state needs to survive a restart.
+
+Both ends are non-blocking (`kick_monitor.framing`): a SIGSTOPped worker with 10,000
+streamers queued to it never blocks the planner; a connection whose outbox passes
+`MAX_OUTBOX_BYTES` is dropped (the worker gets everything again when it comes back).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import logging
+import pickle
+import socket
+from collections.abc import Iterable
+
+from .framing import FramedSocket, ProtocolError
+from .messages import Assign, Hello, Subscribe, Unsubscribe
+
+log = logging.getLogger(__name__)
+
+MAX_OUTBOX_BYTES = 256 << 20
+RECONNECT_DELAY = 0.1
+PlannerMessage = Assign | Subscribe | Unsubscribe
+
+
+class AssignmentClient:
+    """Worker side: connect, say hello, hand over every message the planner sends."""
+
+    def __init__(self, address: str, shard: int) -> None:
+        self.address = address
+        self.shard = shard
+        self._channel: FramedSocket | None = None
+        self._retry_at = 0.0
+
+    @property
+    def connected(self) -> bool:
+        return self._channel is not None
+
+    def fileno(self) -> int | None:
+        return self._channel.fileno() if self._channel else None
+
+    @property
+    def wants_write(self) -> bool:
+        return self._channel is not None and self._channel.wants_write
+
+    def next_timeout(self, now: float) -> float:
+        return float("inf") if self._channel is not None else max(0.0, self._retry_at - now)
+
+    def service(self, now: float, readable: bool = False) -> list[PlannerMessage]:
+        """Connect when due, flush, read; never raises (a broken link is retried)."""
+        if self._channel is None:
+            if now >= self._retry_at:
+                self._connect(now)
+            return []
+        received: list[PlannerMessage] = []
+        try:
+            self._channel.flush()
+            if readable:
+                for message in self._channel.read():
+                    if isinstance(message, (Assign, Subscribe, Unsubscribe)):
+                        received.append(message)
+        except (OSError, ConnectionError, ProtocolError, pickle.UnpicklingError, EOFError) as exc:
+            log.info("lost the planner connection (%s); reconnecting", exc)
+            self.close()
+            self._retry_at = now + RECONNECT_DELAY
+        return received
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def _connect(self, now: float) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(1.0)
+            sock.connect(self.address)
+        except OSError as exc:
+            sock.close()
+            self._retry_at = now + RECONNECT_DELAY
+            if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN):
+                log.warning("cannot reach the planner at %s: %s", self.address, exc)
+            return
+        self._channel = FramedSocket(sock)
+        self._channel.queue(Hello(self.shard))
+        with contextlib.suppress(OSError):
+            self._channel.flush()
+
+
+class AssignmentServer:
+    """Planner side: accepts workers, learns their shard, sends to every worker of a shard."""
+
+    def __init__(self, listener: socket.socket) -> None:
+        listener.setblocking(False)
+        self.listener = listener
+        self._channels: dict[int, FramedSocket] = {}  # by connection id (never reused)
+        self._shard_of: dict[int, int] = {}
+        self._by_fd: dict[int, int] = {}
+        self._ids = itertools.count(1)
+
+    def filenos(self) -> list[int]:
+        return [self.listener.fileno(), *self._by_fd]
+
+    def writers(self) -> list[int]:
+        return [fd for fd, conn_id in self._by_fd.items() if self._channels[conn_id].wants_write]
+
+    def connected_shards(self) -> set[int]:
+        return set(self._shard_of.values())
+
+    def serve(self, readable: Iterable[int], writable: Iterable[int]) -> list[tuple[int, int]]:
+        """Accept, flush, read; returns `(connection id, shard)` for every Hello received."""
+        for fd in writable:
+            if fd in self._by_fd:
+                self._flush(self._by_fd[fd])
+        hellos: list[tuple[int, int]] = []
+        for fd in readable:
+            if fd == self.listener.fileno():
+                self._accept()
+                continue
+            conn_id = self._by_fd.get(fd)
+            if conn_id is None:
+                continue
+            try:
+                for message in self._channels[conn_id].read():
+                    if isinstance(message, Hello):
+                        self._shard_of[conn_id] = message.shard
+                        hellos.append((conn_id, message.shard))
+            except (OSError, ConnectionError, ProtocolError, pickle.UnpicklingError, EOFError) as exc:
+                self._close(conn_id, str(exc))
+        return hellos
+
+    def send(self, conn_id: int, message: PlannerMessage) -> None:
+        channel = self._channels.get(conn_id)
+        if channel is None:
+            return
+        channel.queue(message)
+        self._flush(conn_id)
+
+    def send_to_shard(self, shard: int, message: PlannerMessage) -> None:
+        for conn_id, conn_shard in list(self._shard_of.items()):
+            if conn_shard == shard:
+                self.send(conn_id, message)
+
+    def close(self) -> None:
+        for conn_id in list(self._channels):
+            self._close(conn_id, "closing")
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("accept failed: %s", exc)
+                return
+            channel = FramedSocket(sock)
+            conn_id = next(self._ids)
+            self._channels[conn_id] = channel
+            self._by_fd[channel.fileno()] = conn_id
+
+    def _flush(self, conn_id: int) -> None:
+        channel = self._channels[conn_id]
+        try:
+            channel.flush()
+        except OSError as exc:
+            self._close(conn_id, str(exc))
+            return
+        if channel.outbox_bytes > MAX_OUTBOX_BYTES:
+            self._close(conn_id, f"worker not reading ({channel.outbox_bytes} bytes queued)")
+
+    def _close(self, conn_id: int, reason: str) -> None:
+        channel = self._channels.pop(conn_id, None)
+        self._shard_of.pop(conn_id, None)
+        if channel is not None:
+            self._by_fd.pop(channel.fileno(), None)
+            log.info("worker connection closed: %s", reason)
+            channel.close()
