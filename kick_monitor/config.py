@@ -229,9 +229,9 @@ class Settings(BaseModel):
         return shown
 
 
-def reload_policy(name: str) -> ReloadPolicy:
+def reload_policy(name: str, model: type[BaseModel] = Settings) -> ReloadPolicy:
     """The policy declared on field `name` (every field has one: a test checks)."""
-    for item in Settings.model_fields[name].metadata:
+    for item in model.model_fields[name].metadata:
         if isinstance(item, ReloadPolicy):
             return item
     raise LookupError(f"setting {name} declares no reload policy")

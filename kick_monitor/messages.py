@@ -107,3 +107,10 @@ class Reconfigure:
     """Supervisor → any role, after SIGHUP: the new settings (the role applies what it reads)."""
 
     settings: Settings
+
+
+@dataclass(frozen=True, slots=True)
+class RoleFailed:
+    """Any role → supervisor, just before a fatal exit: why (the supervisor's log line says it)."""
+
+    detail: str

@@ -18,6 +18,7 @@ A role implements `boot()`, `step()` (one turn of its own select loop, which mus
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -32,7 +33,7 @@ from .config import Settings, changed_settings, reload_policy
 from .exitcodes import EX_BOOT, EX_FAILURE
 from .framing import FramedSocket, ProtocolError
 from .logsetup import configure_logging, register_settings_secrets
-from .messages import Reconfigure
+from .messages import Reconfigure, RoleFailed
 from .process import Heartbeats, die_with_parent, reset_signals, set_title
 from .telemetry import load_telemetry
 
@@ -92,7 +93,7 @@ class Role:
             self.boot()
         except RoleFatal as exc:
             log.error("%s cannot start: %s", self.ctx.name, exc)
-            return exc.code
+            return self.report_fatal(exc)
         except Exception:
             log.exception("%s failed to boot", self.ctx.name)
             return EX_BOOT
@@ -106,13 +107,20 @@ class Role:
             return self.finish()
         except RoleFatal as exc:
             log.error("%s: %s", self.ctx.name, exc)
-            return exc.code
+            return self.report_fatal(exc)
         except Exception:
             log.exception("%s crashed", self.ctx.name)
             return EX_FAILURE
 
     def _record_stop(self, signum: int, frame: object) -> None:
         self.stopping = True
+
+    def report_fatal(self, exc: RoleFatal) -> int:
+        """Tell the supervisor why, before exiting with a code that stops the service."""
+        self.control.queue(RoleFailed(str(exc)))
+        with contextlib.suppress(OSError):
+            self.control.flush()
+        return exc.code
 
     # -- what each role implements --------------------------------------------------------
     def boot(self) -> None:

@@ -48,7 +48,7 @@ from kick_monitor.config import COORDINATOR, Settings, changed_settings, reload_
 from kick_monitor.exitcodes import EX_CONFIG, EX_FAILURE, EX_OK, EX_USAGE
 from kick_monitor.framing import FramedSocket, ProtocolError, bind_listener
 from kick_monitor.logsetup import register_settings_secrets
-from kick_monitor.messages import Reconfigure
+from kick_monitor.messages import Reconfigure, RoleFailed
 from kick_monitor.process import Heartbeats, set_title
 from kick_monitor.role import Role, RoleContext, run_role
 from kick_monitor.systemd import sd_notify
@@ -114,6 +114,7 @@ class Child:
     planned_restart: bool = False
     control: FramedSocket | None = None
     listener: socket.socket | None = None  # the listening socket this role serves, if any
+    failure: str = ""  # what the child said before a fatal exit (RoleFailed)
 
 
 class Supervisor:
@@ -345,6 +346,8 @@ class Supervisor:
         now = self.clock()
         child.pid = None
         if child.control is not None:
+            self.read_control(child)  # its last words, if any, are in the socket buffer
+        if child.control is not None:
             child.control.close()
             child.control = None
         # Booted = beat at least once after fork. Only a child that dies before that failed at
@@ -363,7 +366,8 @@ class Supervisor:
         how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
         if code in FATAL_EXIT_CODES:
             log.error("%s hit a fatal configuration error (%s); stopping the service instead of restarting it",
-                      child.name, how)
+                      child.name, child.failure or how, extra={"exit_code": code})
+            child.failure = ""
             self.exit_code = code
             self.begin_stop("fatal configuration")
             return
@@ -431,11 +435,20 @@ class Supervisor:
             if fd in writable:
                 self.flush_control(child)
             if fd in readable:
-                try:
-                    channel.read()
-                except (OSError, ConnectionError, ProtocolError, pickle.UnpicklingError, EOFError):
-                    channel.close()  # the child is gone or going; reaping will tell
-                    child.control = None
+                self.read_control(child)
+
+    def read_control(self, child: Child) -> None:
+        """What a child sent: only `RoleFailed` matters (kept for the log line at its exit)."""
+        assert child.control is not None
+        try:
+            messages = child.control.read()
+        except (OSError, ConnectionError, ProtocolError, pickle.UnpicklingError, EOFError):
+            child.control.close()  # the child is gone or going; reaping will tell
+            child.control = None
+            return
+        for message in messages:
+            if isinstance(message, RoleFailed):
+                child.failure = message.detail
 
     def flush_control(self, child: Child) -> None:
         if child.control is None:

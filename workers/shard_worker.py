@@ -316,6 +316,7 @@ class ShardWorker(Role):
 
     # -- the planner's assignments ---------------------------------------------------------
     def apply_assignment(self, message: Assign | Subscribe | Unsubscribe) -> None:
+        self._next_report = 0.0  # gauges follow the new list at once
         if isinstance(message, Assign):
             wanted = {ref.channel_id for ref in message.streamers}
             self.unsubscribe([cid for cid in self.refs if cid not in wanted])

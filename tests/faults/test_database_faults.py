@@ -91,9 +91,9 @@ def test_postgres_stopped_30s_with_a_writer_kill_during_the_outage(
 def test_sessions_killed_server_side(
     sim: Simulator, conn: psycopg2.extensions.connection, services: ServiceFactory, database_url: str
 ) -> None:
-    """pg_terminate_backend of the writer's, the coordinator's and the LISTEN sessions, three times.
+    """pg_terminate_backend of the writer's, the planner's and the LISTEN sessions, three times.
 
-    The writer reconnects and commits what it held; the coordinator reconnects and, having
+    The writer reconnects and commits what it held; the planner reconnects and, having
     lost its LISTEN session (notifications are not stored), still picks up a streamer
     added meanwhile.
     """
@@ -111,7 +111,7 @@ def test_sessions_killed_server_side(
                 time.sleep(1.5)
                 killed += terminate(admin, dbname)
             assert {"kick-monitor writer", "kick-monitor listen"} <= set(killed), killed
-            assert any(name.startswith("kick-monitor coordinator") for name in killed), killed
+            assert any(name.startswith("kick-monitor planner") for name in killed), killed
             assert sim.wait_flipping_done(timeout=30)
             done = time.monotonic()
             late = sim.create_streamers(5, prefix="late")  # created now: the flipper never touched them
@@ -121,7 +121,7 @@ def test_sessions_killed_server_side(
             subscribed = wait_for(lambda: sim.subscription_count() >= 410, 15, what="the late streamers subscribed")
             sim.set_live(late[0].slug, True)
             converge(sim, conn, 30, exact=True)
-            record("pg_terminate_backend (writer, coordinator, LISTEN) x3", time.monotonic() - done,
+            record("pg_terminate_backend (writer, planner, LISTEN) x3", time.monotonic() - done,
                    "end of traffic → every transition exactly once;"
                    f" a streamer added after: subscribed in {subscribed:.1f} s")
             assert time.monotonic() - added_at < 20
