@@ -36,7 +36,7 @@ from psycopg2 import sql
 from kick_monitor.database import connect
 from kick_monitor.embedded_pg import EmbeddedPostgres
 from kick_monitor.migrations import migrate
-from kick_monitor.sim import SimConfig, Simulator
+from kick_sim import SimConfig, Simulator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_DATABASE = "kick_monitor_template"

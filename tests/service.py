@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg2
 import psycopg2.extensions
 
-from kick_monitor.sim import SimStreamer, Simulator, Transition
+from kick_sim import SimStreamer, Simulator, Transition
 
 REPO = Path(__file__).resolve().parent.parent
 

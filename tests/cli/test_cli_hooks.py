@@ -57,7 +57,7 @@ def test_run_hands_the_settings_to_the_coordinator(monkeypatch: pytest.MonkeyPat
 
 def test_demo_and_bench_get_their_arguments_and_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[str, argparse.Namespace, Settings]] = []
-    for name, module in (("demo", "kick_monitor.demo"), ("bench", "kick_monitor.bench.cli")):
+    for name, module in (("demo", "kick_tools.demo"), ("bench", "kick_tools.bench.cli")):
 
         def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument("--scenario", default="S1")
@@ -86,7 +86,7 @@ def test_sim_gets_its_arguments_only(monkeypatch: pytest.MonkeyPatch, capsys: py
         got.append(args)
         return 0
 
-    fake_module(monkeypatch, "kick_monitor.sim.cli", add_arguments=add_arguments, run=run)
+    fake_module(monkeypatch, "kick_sim.cli", add_arguments=add_arguments, run=run)
     assert main(["sim", "--streamers", "300"]) == 0
     assert got[0].streamers == 300
     assert main(["sim", "--help"]) == 0
@@ -117,10 +117,10 @@ def test_broken_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: 
 
 
 def test_module_without_the_entry_points(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    fake_module(monkeypatch, "kick_monitor.demo")
+    fake_module(monkeypatch, "kick_tools.demo")
     assert main(["demo"]) == 1
     assert capsys.readouterr().err == (
-        "kick-monitor: error: `demo` is not available: kick_monitor.demo.add_arguments is missing\n"
+        "kick-monitor: error: `demo` is not available: kick_tools.demo.add_arguments is missing\n"
     )
 
 

@@ -28,8 +28,8 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
-from kick_monitor.sim import Simulator
-from kick_monitor.sim.state import Transition
+from kick_sim import Simulator
+from kick_sim.state import Transition
 from tests.service import (
     REPO,
     Service,

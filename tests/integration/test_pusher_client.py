@@ -26,7 +26,7 @@ from kick_monitor.events import (
 )
 from kick_monitor.messages import StatusChange, StreamerRef
 from kick_monitor.pusher import PusherFatalError, PusherSession
-from kick_monitor.sim import SimConfig, SimStreamer, Simulator
+from kick_sim import SimConfig, SimStreamer, Simulator
 
 
 class Env:

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "kick_monitor.sim.cli", *args]
+    return [sys.executable, "-m", "kick_sim.cli", *args]
 
 
 def _env() -> dict[str, str]:

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from kick_monitor.data import DATA_DIR
+from kick_sim.data import DATA_DIR
 from kick_monitor.events import (
     LIFECYCLE_EVENTS,
     LIVESTREAM_ENDED,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from kick_monitor.data import CAPTURED_FRAMES
+from kick_sim.data import CAPTURED_FRAMES
 
 LifecycleChannels = Literal["dot", "underscore", "both"]
 SubscriptionErrorStyle = Literal["subscription_error", "pusher_error"]

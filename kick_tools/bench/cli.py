@@ -24,8 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kick_monitor.bench import measure, report, scenarios
-from kick_monitor.bench.harness import BenchDatabase, temporary_workdir
+from kick_tools.bench import measure, report, scenarios
+from kick_tools.bench.harness import BenchDatabase, temporary_workdir
 from kick_monitor.config import Settings
 
 ALL = ("S1", "S2", "S3", "S4", "W", "CW", "CC", "CP")

@@ -17,9 +17,9 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from kick_monitor.sim.config import SimConfig
-from kick_monitor.sim.engine import Engine
-from kick_monitor.sim.state import SimStreamer, Transition, export_truth
+from kick_sim.config import SimConfig
+from kick_sim.engine import Engine
+from kick_sim.state import SimStreamer, Transition, export_truth
 
 T = TypeVar("T")
 CALL_TIMEOUT = 120.0

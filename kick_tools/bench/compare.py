@@ -38,7 +38,7 @@ from kick_monitor.status_store import apply_changes, prepare
 
 LIFECYCLE = ("App\\Events\\StreamerIsLive", "App\\Events\\StopStreamBroadcast")
 
-log = logging.getLogger("kick_monitor.bench.compare")
+log = logging.getLogger("kick_tools.bench.compare")
 
 
 class NaiveWriter:

@@ -1,4 +1,4 @@
-"""Parse throughput on real Kick traffic: `python -m kick_monitor.bench_parse`.
+"""Parse throughput on real Kick traffic: `python -m kick_tools.bench_parse`.
 
 Replays the captured frames (shared/kick/captured-frames.jsonl), re-encoded to the bytes a
 socket delivers, through the production path (`parse_frame` with the lifecycle filter a
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import orjson
 
-from kick_monitor.data import CAPTURED_FRAMES
+from kick_sim.data import CAPTURED_FRAMES
 from kick_monitor.events import LIFECYCLE_EVENTS, StatusTracker, parse_frame
 from kick_monitor.messages import StreamerRef
 

@@ -1,6 +1,6 @@
 """The helper processes a benchmark starts besides the service and the simulator.
 
-    python -m kick_monitor.bench.agents ROLE --out result.json [options]
+    python -m kick_tools.bench.agents ROLE --out result.json [options]
 
 - `writer`: the real `BatchWriter` (or `compare.NaiveWriter`) alone, on its own listening
   socket, recording each change's commit time minus its hand-over time.
@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kick_monitor.bench.compare import NaiveWriter, PysherClient, RestPoller, self_cpu
+from kick_tools.bench.compare import NaiveWriter, PysherClient, RestPoller, self_cpu
 from kick_monitor.messages import StatusChange
 
 SAMPLE_EVERY = 0.25
@@ -277,7 +277,7 @@ def run_poller(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m kick_monitor.bench.agents", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m kick_tools.bench.agents", description=__doc__)
     roles = parser.add_subparsers(dest="role", required=True)
     writer = roles.add_parser("writer")
     writer.add_argument("--database-url", required=True)

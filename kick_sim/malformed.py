@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import orjson
 
-from kick_monitor.sim.events import (
+from kick_sim.events import (
     STOP_STREAM_BROADCAST,
     STREAMER_IS_LIVE,
     encode_frame,

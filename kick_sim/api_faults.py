@@ -13,7 +13,7 @@ import secrets
 import time
 from typing import Literal, get_args
 
-from kick_monitor.sim.http_server import Response, json_response, text_response
+from kick_sim.http_server import Response, json_response, text_response
 
 ApiMode = Literal["error_500", "rate_limit", "cloudflare_403", "slow"]
 Surface = Literal["oauth", "official", "web"]

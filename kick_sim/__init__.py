@@ -4,8 +4,8 @@ Used by tests in-process (`Simulator`) and by benchmarks as a separate process
 (`kick-monitor sim`, driven over its control API). It only ever binds; it never connects out.
 """
 
-from kick_monitor.sim.config import SimConfig
-from kick_monitor.sim.simulator import Simulator
-from kick_monitor.sim.state import SimStreamer, Transition
+from kick_sim.config import SimConfig
+from kick_sim.simulator import Simulator
+from kick_sim.state import SimStreamer, Transition
 
 __all__ = ["SimConfig", "SimStreamer", "Simulator", "Transition"]

@@ -11,10 +11,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kick_monitor.sim.api_faults import ApiFaults
-from kick_monitor.sim.config import PUSHER_QUERY, SimConfig, url_host
-from kick_monitor.sim.control_api import ControlApi
-from kick_monitor.sim.events import (
+from kick_sim.api_faults import ApiFaults
+from kick_sim.config import PUSHER_QUERY, SimConfig, url_host
+from kick_sim.control_api import ControlApi
+from kick_sim.events import (
     LIVESTREAM_UPDATED,
     STOP_STREAM_BROADCAST,
     STREAMER_IS_LIVE,
@@ -24,12 +24,12 @@ from kick_monitor.sim.events import (
     stop_stream_data,
     streamer_is_live_data,
 )
-from kick_monitor.sim.http_api import KickApi
-from kick_monitor.sim.http_server import HttpServer
-from kick_monitor.sim.malformed import MALFORMED_KINDS, malformed_frames, pick_channel
-from kick_monitor.sim.pusher_server import Client, PusherServer
-from kick_monitor.sim.scenarios import Flipper, NoiseReplayer
-from kick_monitor.sim.state import (
+from kick_sim.http_api import KickApi
+from kick_sim.http_server import HttpServer
+from kick_sim.malformed import MALFORMED_KINDS, malformed_frames, pick_channel
+from kick_sim.pusher_server import Client, PusherServer
+from kick_sim.scenarios import Flipper, NoiseReplayer
+from kick_sim.state import (
     OFFLINE,
     ONLINE,
     SimError,
@@ -37,7 +37,7 @@ from kick_monitor.sim.state import (
     Transition,
     World,
 )
-from kick_monitor.sim.tokens import TokenStore
+from kick_sim.tokens import TokenStore
 
 
 def _rng(seed: int | None, stream: str) -> random.Random:

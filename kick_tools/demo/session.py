@@ -30,7 +30,7 @@ from kick_monitor.cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, CliError
 from kick_monitor.config import Settings, env_key
 from kick_monitor.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
 from kick_monitor.sharding import subscriptions_per_streamer
-from kick_monitor.sim.config import TEST_CLIENT_ID, TEST_CLIENT_SECRET, default_noise_file
+from kick_sim.config import TEST_CLIENT_ID, TEST_CLIENT_SECRET, default_noise_file
 
 from .processes import Child, free_port, port_in_use, postmaster_pid, serves, stop_postmaster
 from .sim_control import SimControl, scrape_shards
@@ -167,7 +167,7 @@ class Demo:
         ready = self.dir / "sim-ready.json"
         ready.unlink(missing_ok=True)
         argv = [
-            sys.executable, "-m", "kick_monitor.sim.cli", "--streamers", str(options.streamers),
+            sys.executable, "-m", "kick_sim.cli", "--streamers", str(options.streamers),
             "--live-fraction", str(options.live_fraction), "--noise-rate", str(noise),
             "--seed", str(options.seed), "--port", str(options.sim_port), "--ready-file", str(ready),
         ]

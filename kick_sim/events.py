@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from kick_monitor.sim.state import StreamerState
+from kick_sim.state import StreamerState
 
 STREAMER_IS_LIVE = "App\\Events\\StreamerIsLive"
 STOP_STREAM_BROADCAST = "App\\Events\\StopStreamBroadcast"

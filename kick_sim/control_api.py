@@ -11,11 +11,11 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from kick_monitor.sim.http_server import Request, Response, json_response
-from kick_monitor.sim.state import SimError, truth_jsonl
+from kick_sim.http_server import Request, Response, json_response
+from kick_sim.state import SimError, truth_jsonl
 
 if TYPE_CHECKING:
-    from kick_monitor.sim.engine import Engine
+    from kick_sim.engine import Engine
 
 Route = Callable[[Request, dict[str, Any]], Awaitable[Any]]
 NUMBER = (int, float)

@@ -1,6 +1,6 @@
 """`kick-monitor bench`: the real pipeline measured end to end, with a report and a plot.
 
-Everything runs as real processes on loopback — the simulator (`kick_monitor.sim.cli`),
+Everything runs as real processes on loopback — the simulator (`kick_sim.cli`),
 `kick-monitor run` (coordinator, workers, writer), an embedded PostgreSQL of the
 benchmark's own — and is measured from outside through `/proc`, the simulator's ground
 truth and the database. One module per job:

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from kick_monitor.sim.events import encode_protocol
+from kick_sim.events import encode_protocol
 
 CHANNEL_NAME_RE = re.compile(r"[A-Za-z0-9_\-=@,.;]{1,164}")
 PATH_RE = re.compile(r"/app/([^/]+)")

@@ -1,8 +1,8 @@
 """Measure the simulator under the target load, with the simulator in its own process.
 
-    python -m kick_monitor.sim.loadcheck --streamers 100000 --connections 16 --rate 5000 --runs 3
+    python -m kick_sim.loadcheck --streamers 100000 --connections 16 --rate 5000 --runs 3
 
-Per run: start `python -m kick_monitor.sim.cli`, subscribe channel.{id} and channel_{id} of
+Per run: start `python -m kick_sim.cli`, subscribe channel.{id} and channel_{id} of
 every streamer over raw websocket-client sockets, flip at --rate for --duration seconds,
 and report subscription time, lifecycle frames/s delivered, send->receive latency and the
 simulator's CPU (from /proc). Prints one JSON object per run and the medians.
@@ -41,7 +41,7 @@ def start_simulator(
 ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     ready = Path(workdir) / f"ready-{seed}.json"
     command = [
-        sys.executable, "-m", "kick_monitor.sim.cli", "--streamers", str(args.streamers),
+        sys.executable, "-m", "kick_sim.cli", "--streamers", str(args.streamers),
         "--lifecycle-channels", args.lifecycle_channels, "--seed", str(seed), "--ready-file", str(ready),
     ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
@@ -161,7 +161,7 @@ def run_once(args: argparse.Namespace, seed: int, workdir: str) -> dict[str, Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kick_monitor.sim.loadcheck", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m kick_sim.loadcheck", description=__doc__)
     parser.add_argument("--streamers", type=int, default=100_000)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rate", type=float, default=5000.0, help="flips per second")

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kick_monitor.bench.measure import percentile
+from kick_tools.bench.measure import percentile
 
 HIST_EDGES_MS = [round(10 ** (k / 10), 4) for k in range(-20, 51)]  # 0.01 ms .. 100 s, 10 bins a decade
 

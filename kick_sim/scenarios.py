@@ -16,9 +16,9 @@ from pathlib import Path
 
 import orjson
 
-from kick_monitor.sim.events import LIFECYCLE_EVENTS, encode_frame
-from kick_monitor.sim.state import SimError, World
-from kick_monitor.sim.subscriptions import channel_form
+from kick_sim.events import LIFECYCLE_EVENTS, encode_frame
+from kick_sim.state import SimError, World
+from kick_sim.subscriptions import channel_form
 
 SPACINGS = ("poisson", "even")
 MAX_CATCH_UP = 2000  # units per wake-up before yielding to the loop

@@ -10,17 +10,17 @@ import re
 from collections import Counter
 from typing import Any
 
-from kick_monitor.sim.api_faults import ApiFaults
-from kick_monitor.sim.events import (
+from kick_sim.api_faults import ApiFaults
+from kick_sim.events import (
     CATEGORY,
     LEGACY_CATEGORY,
     livestream_slug,
     rfc3339,
     sql_timestamp,
 )
-from kick_monitor.sim.http_server import Request, Response, json_response
-from kick_monitor.sim.state import StreamerState, World
-from kick_monitor.sim.tokens import TokenStore
+from kick_sim.http_server import Request, Response, json_response
+from kick_sim.state import StreamerState, World
+from kick_sim.tokens import TokenStore
 
 V2_CHANNEL_RE = re.compile(r"/api/v2/channels/([^/]+)/?")
 OFFLINE_START = "0001-01-01T00:00:00Z"

@@ -1,6 +1,6 @@
 """The demo's child processes: each in its own process group, stopped by its PID, never by name.
 
->>> child = Child("simulator", [sys.executable, "-m", "kick_monitor.sim.cli"], env, Path("sim.log"))
+>>> child = Child("simulator", [sys.executable, "-m", "kick_sim.cli"], env, Path("sim.log"))
 >>> child.start()
 >>> child.stop(timeout=10)    # SIGTERM to the PID, then SIGKILL to its own group if it lingers
 """

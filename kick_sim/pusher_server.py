@@ -21,8 +21,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from kick_monitor.sim.config import SimConfig
-from kick_monitor.sim.pusher_protocol import (
+from kick_sim.config import SimConfig
+from kick_sim.pusher_protocol import (
     PING,
     PONG,
     check_handshake,
@@ -33,7 +33,7 @@ from kick_monitor.sim.pusher_protocol import (
     subscription_error,
     subscription_refusal,
 )
-from kick_monitor.sim.subscriptions import SubscriptionIndex
+from kick_sim.subscriptions import SubscriptionIndex
 
 # A client this far behind is dropped, as hosted Pusher drops slow consumers, instead of
 # letting the simulator buffer without bound (broadcast has no backpressure).

@@ -14,14 +14,14 @@ import os
 import signal
 import sys
 
-from kick_monitor.sim.config import (
+from kick_sim.config import (
     KICK_APP_KEY,
     TEST_CLIENT_ID,
     TEST_CLIENT_SECRET,
     SimConfig,
 )
-from kick_monitor.sim.engine import Engine
-from kick_monitor.sim.state import SimError, export_truth
+from kick_sim.engine import Engine
+from kick_sim.state import SimError, export_truth
 
 EXIT_OK = 0
 EXIT_CONFIG = 2  # bad arguments, or a port that cannot be bound

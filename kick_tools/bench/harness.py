@@ -39,7 +39,7 @@ from psycopg2.extras import execute_values
 
 from kick_monitor.embedded_pg import EmbeddedPostgres
 from kick_monitor.migrations import migrate
-from kick_monitor.sim.config import TEST_CLIENT_ID, TEST_CLIENT_SECRET
+from kick_sim.config import TEST_CLIENT_ID, TEST_CLIENT_SECRET
 
 REPO = Path(__file__).resolve().parents[2]
 STOP_TIMEOUT = 60.0  # the service drains its workers and writer before exiting
@@ -294,7 +294,7 @@ def insert_streamers(url: str, streamers: Iterable[dict[str, Any]]) -> int:
 
 @dataclass
 class SimProcess:
-    """`python -m kick_monitor.sim.cli` driven over its loopback control API."""
+    """`python -m kick_sim.cli` driven over its loopback control API."""
 
     process: ManagedProcess
     urls: dict[str, str]
@@ -307,7 +307,7 @@ class SimProcess:
     ) -> SimProcess:
         ready = work / f"sim-ready-{seed}-{time.monotonic_ns()}.json"
         argv = [
-            sys.executable, "-m", "kick_monitor.sim.cli", "--streamers", str(streamers), "--seed", str(seed),
+            sys.executable, "-m", "kick_sim.cli", "--streamers", str(streamers), "--seed", str(seed),
             "--ready-file", str(ready), "--log-level", "WARNING", *extra,
         ]
         if noise_file is not None:
@@ -414,7 +414,7 @@ class ServiceProcess:
 
 @dataclass
 class AgentProcess:
-    """A helper process of ours (`python -m kick_monitor.bench.agents ROLE ...`)."""
+    """A helper process of ours (`python -m kick_tools.bench.agents ROLE ...`)."""
 
     process: ManagedProcess
     out: Path
@@ -423,7 +423,7 @@ class AgentProcess:
     def start(cls, work: Path, role: str, args: Sequence[str], name: str | None = None) -> AgentProcess:
         label = name or role
         out = work / f"{label}.json"
-        argv = [sys.executable, "-m", "kick_monitor.bench.agents", role, "--out", str(out), *args]
+        argv = [sys.executable, "-m", "kick_tools.bench.agents", role, "--out", str(out), *args]
         return cls(ManagedProcess.spawn(label, argv, work / f"{label}.log"), out)
 
     @property
