@@ -24,6 +24,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +97,10 @@ class BatchWriter:
         spool_dir: Path,
         heartbeats: Heartbeats | None = None,
         heartbeat_slot: int = 0,
+        on_commit: Callable[[Sequence[StatusChange], float], None] | None = None,
     ) -> None:
         self.settings = settings
+        self.on_commit = on_commit  # called after each committed slice with its commit wall time (benchmarks)
         self.database_url = database_url
         self.receiver = ChangeReceiver(listener)
         self.spool = Spool(spool_dir, settings.spool_max_bytes)
@@ -209,6 +212,8 @@ class BatchWriter:
             return False
         committed_at = time.time()
         self._observe(changes, result, time.perf_counter() - started, committed_at)
+        if self.on_commit is not None:
+            self.on_commit(changes, committed_at)
         return True
 
     def _commit_one_by_one(self, changes: list[StatusChange], exc: Exception) -> BatchResult | None:

@@ -25,7 +25,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,10 @@ def run_writer(args: argparse.Namespace) -> int:
         latencies.append((committed - change.received_at) * 1000)
         last_commit[0] = committed
 
+    def record_all(changes: Sequence[StatusChange], committed: float) -> None:
+        for change in changes:
+            record(change, committed)
+
     listener = bind_listener(args.socket)
     settings = load_settings(cli={"log_format": "json", "log_level": "WARNING", "data_dir": Path(args.spool).parent},
                              environ={})
@@ -85,16 +89,7 @@ def run_writer(args: argparse.Namespace) -> int:
     if args.mode == "naive":
         writer = NaiveWriter(args.database_url, listener, on_commit=record)
     else:
-
-        class MeasuredWriter(BatchWriter):
-            """BatchWriter, plus each change's commit time (it already takes it for metrics)."""
-
-            def _observe(self, changes: list[StatusChange], result: Any, seconds: float, now: float) -> None:
-                super()._observe(changes, result, seconds, now)
-                for change in changes:
-                    record(change, now)
-
-        writer = MeasuredWriter(settings, args.database_url, listener, Path(args.spool))
+        writer = BatchWriter(settings, args.database_url, listener, Path(args.spool), on_commit=record_all)
     mark_ready(Path(args.out))
     try:
         code = int(writer.run())
