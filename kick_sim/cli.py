@@ -23,6 +23,9 @@ from kick_sim.config import (
 from kick_sim.engine import Engine
 from kick_sim.state import SimError, export_truth
 
+# What `kick-monitor sim` shows and passes (entry point kick_monitor.commands: sim = kick_sim.cli).
+HELP = "run the local Kick simulator (Pusher server + API)"
+TAKES_SETTINGS = False
 EXIT_OK = 0
 EXIT_CONFIG = 2  # bad arguments, or a port that cannot be bound
 

@@ -28,6 +28,8 @@ from kick_tools.bench import measure, report, scenarios
 from kick_tools.bench.harness import BenchDatabase, temporary_workdir
 from kick_monitor.config import Settings
 
+HELP = "run a benchmark scenario"
+TAKES_SETTINGS = True
 ALL = ("S1", "S2", "S3", "S4", "W", "CW", "CC", "CP")
 EXIT_OK, EXIT_FAILED = 0, 1
 

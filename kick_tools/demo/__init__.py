@@ -10,6 +10,6 @@ What a newcomer runs first (`make demo`). Modules, one job each:
 - `view`, `summary`: the live view and the final verdict.
 """
 
-from .cli import add_arguments, run
+from .cli import HELP, TAKES_SETTINGS, add_arguments, run
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["HELP", "TAKES_SETTINGS", "add_arguments", "run"]

@@ -1,4 +1,4 @@
-"""`kick-monitor demo`: its flags and its entry point (the contract is in kick_monitor.cli.hooks)."""
+"""`kick-monitor demo`: its flags and its entry point (entry point kick_monitor.commands: demo)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from kick_monitor.config import Settings
 
 from .session import Demo, DemoOptions
 
+HELP = "embedded database + simulator + the real service, live view"
+TAKES_SETTINGS = True  # the settings flags are passed on to the service
 EPILOG = """\
 Everything lives under DATA_DIR/demo (its own PostgreSQL, sim.log, service.log) and is
 reset at every start; a real database is never touched. Settings flags other than those
