@@ -17,9 +17,9 @@ from pathlib import Path
 
 import orjson
 
-from kick_sim.data import CAPTURED_FRAMES
 from kick_monitor.events import LIFECYCLE_EVENTS, StatusTracker, parse_frame
 from kick_monitor.messages import StreamerRef
+from kick_sim.data import CAPTURED_FRAMES
 
 DEFAULT_FILE = CAPTURED_FRAMES
 

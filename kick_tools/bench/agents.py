@@ -29,8 +29,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from kick_tools.bench.compare import NaiveWriter, PysherClient, RestPoller, self_cpu
 from kick_monitor.messages import StatusChange
+from kick_tools.bench.compare import NaiveWriter, PysherClient, RestPoller, self_cpu
 
 SAMPLE_EVERY = 0.25
 

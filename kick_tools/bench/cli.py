@@ -24,9 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kick_monitor.config import Settings
 from kick_tools.bench import measure, report, scenarios
 from kick_tools.bench.harness import BenchDatabase, temporary_workdir
-from kick_monitor.config import Settings
 
 HELP = "run a benchmark scenario"
 TAKES_SETTINGS = True

@@ -1,11 +1,10 @@
 """Start and stop what a benchmark run needs: PostgreSQL, the simulator, the service, agents.
 
-Every process is started in a session of its own (`start_new_session`), remembered by its
-PID, and stopped by that PID: SIGTERM first (so the service drains and the simulator
-writes its state), SIGKILL to *its own* process group only as a last resort. A `Stack`
-stops everything it started, in reverse order, even when a run fails half-way — a
+Processes are started and stopped by the shared harness (kick_tools/harness.py: own session,
+stopped by PID, SIGKILL to its own group only as a last resort). What is the benchmark's own:
+a `Stack` stops everything it started, in reverse order, even when a run fails half-way — a
 benchmark that leaves a simulator or a worker behind would skew every later run on a
-2-core machine. Nothing is ever found or killed by name.
+2-core machine — and the helper agents, the simulator's seeded start, the run database.
 
 The benchmark's PostgreSQL is its own embedded server in the work directory (never the
 user's KICK_MONITOR_DATABASE_URL), with PostgreSQL's default durability (fsync on), like
@@ -20,155 +19,27 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import psycopg2
-import psycopg2.extensions
-import requests
 from psycopg2 import sql
-from psycopg2.extras import execute_values
 
 from kick_monitor.embedded_pg import EmbeddedPostgres
 from kick_monitor.migrations import migrate
-from kick_sim.config import TEST_CLIENT_ID, TEST_CLIENT_SECRET
+from kick_tools import harness
+from kick_tools.harness import HarnessError, Process, children_of, wait_until
 
-REPO = Path(__file__).resolve().parents[2]
+__all__ = [
+    "AgentProcess", "BenchDatabase", "HarnessError", "ServiceProcess", "SimProcess", "Stack", "children_of",
+    "insert_streamers", "temporary_workdir", "wait_until",
+]
 STOP_TIMEOUT = 60.0  # the service drains its workers and writer before exiting
-
-
-class HarnessError(RuntimeError):
-    """A process did not start, or did not become ready in time."""
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05, what: str = "") -> float:
-    """Poll `predicate` until true; returns the seconds it took, raises HarnessError on timeout."""
-    started = time.monotonic()
-    while True:
-        if predicate():
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            raise HarnessError(f"timed out after {timeout:.0f}s waiting for {what or predicate}")
-        time.sleep(interval)
-
-
-def python_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for our child processes: no KICK_MONITOR_* leaking in, this source tree importable."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KICK_MONITOR_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra or {})
-    return env
-
-
-# -- /proc ------------------------------------------------------------------------------
-
-
-def proc_stat_fields(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (field 3 onwards), or None if gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def alive(pid: int) -> bool:
-    """True if `pid` exists and is not a zombie."""
-    fields = proc_stat_fields(pid)
-    return fields is not None and fields[0] != "Z"
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live processes whose process group is `pgid`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            fields = proc_stat_fields(int(entry.name))
-            if fields is not None and fields[0] != "Z" and int(fields[2]) == pgid:
-                found.append(int(entry.name))
-    return found
-
-
-def children_of(pid: int) -> dict[int, str]:
-    """Direct children of `pid` with their command lines (process titles for our roles)."""
-    found: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        fields = proc_stat_fields(int(entry.name))
-        if fields is None or int(fields[1]) != pid:
-            continue
-        try:
-            found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-        except OSError:
-            continue
-    return found
-
-
-# -- processes --------------------------------------------------------------------------
-
-
-@dataclass
-class ManagedProcess:
-    """One child process in its own session; stopped by PID, its group killed only as a last resort."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    started_wall: float = field(default_factory=time.time)
-    started_mono: float = field(default_factory=time.monotonic)
-
-    @classmethod
-    def spawn(cls, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> ManagedProcess:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("ab") as log:
-            proc = subprocess.Popen(
-                list(argv), env=env or python_env(), stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True, cwd=REPO,
-            )
-        return cls(name, proc, log_path)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def running(self) -> bool:
-        return self.proc.poll() is None
-
-    def signal(self, signum: int) -> None:
-        if self.running():
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signum)
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM by PID and wait; then SIGKILL to its own process group. Returns the exit code."""
-        self.signal(signal.SIGTERM)
-        try:
-            code: int | None = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            code = None
-        # Whatever is left in its group (a child that ignored its parent's death) goes too.
-        # A group id stays reserved while any member lives, so members found are ours.
-        if code is None or group_members(self.proc.pid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
-        return code
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
 
 
 class Stack:
@@ -210,17 +81,8 @@ class BenchDatabase:
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
-            admin = self._admin()
-            with admin.cursor() as cur:
-                for name in self._created:
-                    cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-            admin.close()
+            harness.drop_databases(self.pg, self._created)
         self.pg.stop(force=True)
-
-    def _admin(self) -> psycopg2.extensions.connection:
-        conn = psycopg2.connect(self.pg.url("postgres"))
-        conn.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
-        return conn
 
     def fresh(self, name: str, template: str | None = None) -> str:
         """Drop and recreate database `name` (migrated, or cloned from `template`); return its URL.
@@ -228,20 +90,9 @@ class BenchDatabase:
         Old runs' data never leaks into a new run; cloning a prepared template (100,000
         streamers for the writer) takes a fraction of a second instead of re-inserting.
         """
-        admin = self._admin()
-        try:
-            with admin.cursor() as cur:
-                cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-                if template is None:
-                    cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-                else:
-                    cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                        sql.Identifier(name), sql.Identifier(template)))
-        finally:
-            admin.close()
+        url = harness.create_database(self.pg, name, template, replace=True)
         if name not in self._created:
             self._created.append(name)
-        url = self.pg.url(name)
         if template is None:
             conn = psycopg2.connect(url)
             try:
@@ -251,10 +102,7 @@ class BenchDatabase:
         return url
 
     def postmaster_pid(self) -> int | None:
-        try:
-            return int((self.pg.pgdata / "postmaster.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
+        return harness.postmaster_pid(self.pg.pgdata)
 
     def info(self) -> dict[str, str]:
         """Server version and the durability settings the numbers depend on."""
@@ -274,75 +122,34 @@ class BenchDatabase:
 
 
 def insert_streamers(url: str, streamers: Iterable[dict[str, Any]]) -> int:
-    """Add the simulator's streamers with their ids resolved, as `streamers import` would."""
-    rows = [(s["slug"], s["channel_id"], s["user_id"], s["chatroom_id"]) for s in streamers]
+    """Add the simulator's streamers (control API listing) with their ids resolved."""
     conn = psycopg2.connect(url)
     try:
-        with conn, conn.cursor() as cur:
-            execute_values(
-                cur,
-                "INSERT INTO kick_monitor.streamers (username, channel_id, kick_user_id, chatroom_id) VALUES %s",
-                rows, page_size=2000,
-            )
+        return harness.insert_streamers(
+            conn, ((s["slug"], s["channel_id"], s["user_id"], s["chatroom_id"]) for s in streamers))
     finally:
         conn.close()
-    return len(rows)
 
 
 # -- the simulator ----------------------------------------------------------------------
 
 
-@dataclass
-class SimProcess:
-    """`python -m kick_sim.cli` driven over its loopback control API."""
-
-    process: ManagedProcess
-    urls: dict[str, str]
-    http: requests.Session = field(default_factory=requests.Session)
+class SimProcess(harness.SimProcess):
+    """The shared simulator process, seeded, with the listings a benchmark reads."""
 
     @classmethod
-    def start(
+    def start(  # type: ignore[override]
         cls, work: Path, *, streamers: int, seed: int, noise_file: Path | None = None,
         rate_limit: tuple[int, float] | None = None, extra: Sequence[str] = (), timeout: float = 120.0,
     ) -> SimProcess:
-        ready = work / f"sim-ready-{seed}-{time.monotonic_ns()}.json"
-        argv = [
-            sys.executable, "-m", "kick_sim.cli", "--streamers", str(streamers), "--seed", str(seed),
-            "--ready-file", str(ready), "--log-level", "WARNING", *extra,
-        ]
+        args = ["--streamers", str(streamers), "--seed", str(seed), "--log-level", "WARNING", *extra]
         if noise_file is not None:
-            argv += ["--noise-file", str(noise_file)]
+            args += ["--noise-file", str(noise_file)]
         if rate_limit is not None:
-            argv += ["--rate-limit", str(rate_limit[0]), "--rate-window", str(rate_limit[1])]
-        process = ManagedProcess.spawn("sim", argv, work / "sim.log")
-        try:
-            wait_until(lambda: ready.exists() or not process.running(), timeout, what="the simulator to listen")
-        except HarnessError:
-            process.stop()
-            raise
-        if not ready.exists():
-            process.stop()
-            raise HarnessError(f"the simulator exited at start:\n{process.log_tail()}")
-        return cls(process, json.loads(ready.read_text()))
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def stop(self) -> None:
-        self.process.stop()
-        self.http.close()
-
-    def get(self, path: str, timeout: float = 60.0) -> Any:
-        response = self.http.get(f"{self.urls['control_url']}{path}", timeout=timeout)
-        response.raise_for_status()
-        return response.json()
-
-    def post(self, path: str, body: dict[str, Any] | None = None, timeout: float = 60.0) -> Any:
-        response = self.http.post(f"{self.urls['control_url']}{path}", json=body or {}, timeout=timeout)
-        if response.status_code != 200:
-            raise HarnessError(f"simulator {path}: {response.status_code} {response.text[:200]}")
-        return response.json()
+            args += ["--rate-limit", str(rate_limit[0]), "--rate-window", str(rate_limit[1])]
+        ready = work / f"sim-ready-{seed}-{time.monotonic_ns()}.json"
+        started = harness.SimProcess.start(work / "sim.log", ready, args, timeout=timeout)
+        return cls(started.process, started.urls)
 
     def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = self.get("/control/stats", timeout=10)
@@ -368,31 +175,16 @@ class SimProcess:
 class ServiceProcess:
     """`kick-monitor run` (coordinator → writer + shard workers) against the simulator."""
 
-    process: ManagedProcess
+    process: Process
 
     @classmethod
     def start(
         cls, work: Path, sim_urls: dict[str, str], database_url: str, *, shards: int | None = None,
         settings: dict[str, str] | None = None,
     ) -> ServiceProcess:
-        env = python_env(
-            {
-                "KICK_MONITOR_DATABASE_URL": database_url,
-                "KICK_MONITOR_DATA_DIR": str(work / "data"),
-                "KICK_MONITOR_PUSHER_URL": sim_urls["pusher_url"],
-                "KICK_MONITOR_API_BASE_URL": sim_urls["api_base_url"],
-                "KICK_MONITOR_OAUTH_TOKEN_URL": sim_urls["oauth_token_url"],
-                "KICK_MONITOR_WEB_API_BASE_URL": sim_urls["web_api_base_url"],
-                "KICK_MONITOR_CLIENT_ID": TEST_CLIENT_ID,
-                "KICK_MONITOR_CLIENT_SECRET": TEST_CLIENT_SECRET,
-                "KICK_MONITOR_LOG_FORMAT": "json",
-            }
-        )
-        if shards:
-            env["KICK_MONITOR_SHARD_COUNT"] = str(shards)
-        env.update({f"KICK_MONITOR_{k.upper()}": v for k, v in (settings or {}).items()})
-        argv = [sys.executable, "-m", "kick_monitor.cli.main", "run"]
-        return cls(ManagedProcess.spawn("service", argv, work / "service.log", env))
+        given = {"shard_count": str(shards)} if shards else {}
+        env = harness.service_env(sim_urls, database_url, work / "data", settings={**given, **(settings or {})})
+        return cls(Process("service", harness.service_argv(), work / "service.log", env).start())
 
     @property
     def pid(self) -> int:
@@ -400,13 +192,9 @@ class ServiceProcess:
 
     def roles(self) -> dict[str, list[int]]:
         """coordinator / writer / worker PIDs, found by parent PID and process title."""
-        found: dict[str, list[int]] = {"coordinator": [self.pid], "writer": [], "worker": []}
-        for pid, title in children_of(self.pid).items():
-            if "worker shard" in title:
-                found["worker"].append(pid)
-            elif "writer" in title:
-                found["writer"].append(pid)
-        return found
+        writer = harness.writer_pid(self.pid)
+        return {"coordinator": [self.pid], "writer": [] if writer is None else [writer],
+                "worker": list(harness.worker_pids(self.pid).values())}
 
     def stop(self) -> int | None:
         return self.process.stop(STOP_TIMEOUT)
@@ -416,7 +204,7 @@ class ServiceProcess:
 class AgentProcess:
     """A helper process of ours (`python -m kick_tools.bench.agents ROLE ...`)."""
 
-    process: ManagedProcess
+    process: Process
     out: Path
 
     @classmethod
@@ -424,7 +212,7 @@ class AgentProcess:
         label = name or role
         out = work / f"{label}.json"
         argv = [sys.executable, "-m", "kick_tools.bench.agents", role, "--out", str(out), *args]
-        return cls(ManagedProcess.spawn(label, argv, work / f"{label}.log"), out)
+        return cls(Process(label, argv, work / f"{label}.log").start(), out)
 
     @property
     def pid(self) -> int:
@@ -440,10 +228,7 @@ class AgentProcess:
             raise HarnessError(f"{self.process.name} exited at start:\n{self.process.log_tail()}")
 
     def wait_exit(self, timeout: float) -> int | None:
-        try:
-            return self.process.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
+        return self.process.wait(timeout)
 
     def result(self) -> dict[str, Any]:
         if not self.out.exists():

@@ -30,6 +30,8 @@ import orjson
 import psycopg2
 from psycopg2.extras import execute_values
 
+from kick_sim.config import TEST_CLIENT_ID, TEST_CLIENT_SECRET, default_noise_file
+from kick_sim.subscriptions import channel_form
 from kick_tools.bench import measure
 from kick_tools.bench.harness import (
     AgentProcess,
@@ -42,8 +44,6 @@ from kick_tools.bench.harness import (
     insert_streamers,
     wait_until,
 )
-from kick_sim.config import TEST_CLIENT_ID, TEST_CLIENT_SECRET, default_noise_file
-from kick_sim.subscriptions import channel_form
 
 
 @dataclass(frozen=True)

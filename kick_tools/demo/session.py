@@ -22,7 +22,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import orjson
 import psycopg2
 from pydantic import SecretStr
 
@@ -30,9 +29,21 @@ from kick_monitor.cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, CliError
 from kick_monitor.config import Settings, env_key
 from kick_monitor.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
 from kick_monitor.sharding import subscriptions_per_streamer
-from kick_sim.config import TEST_CLIENT_ID, TEST_CLIENT_SECRET, default_noise_file
+from kick_sim.config import default_noise_file
+from kick_tools.harness import (
+    HarnessError,
+    Process,
+    SimProcess,
+    child_env,
+    free_port,
+    postmaster_pid,
+    serves,
+    service_argv,
+    service_env,
+    stop_postmaster,
+)
 
-from .processes import Child, free_port, port_in_use, postmaster_pid, serves, stop_postmaster
+from .processes import failure, port_in_use
 from .sim_control import SimControl, scrape_shards
 from .store import DemoDatabase, mismatches
 from .summary import Outcome
@@ -50,7 +61,6 @@ OWNED_SETTINGS = frozenset({
     "database_url", "data_dir", "pusher_url", "api_base_url", "oauth_token_url", "web_api_base_url",
     "client_id", "client_secret", "shard_count", "shard_index", "metrics_host", "metrics_port", "log_format",
 })
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # holds kick_monitor/ and workers/
 
 
 @dataclass(frozen=True)
@@ -81,9 +91,9 @@ class Demo:
         self.tracker = Tracker()
         self.pg: EmbeddedPostgres | None = None
         self.db: DemoDatabase | None = None
-        self.sim: Child | None = None
+        self.sim: SimProcess | None = None
         self.control: SimControl | None = None
-        self.service: Child | None = None
+        self.service: Process | None = None
         self.metrics_url = ""
         self.database_url = ""
         self.postmaster: int | None = None
@@ -164,28 +174,22 @@ class Demo:
         if noise > 0 and not default_noise_file().exists():
             self.say(f"no captured Kick frames at {default_noise_file()}: running without chat noise")
             noise = 0.0
-        ready = self.dir / "sim-ready.json"
-        ready.unlink(missing_ok=True)
-        argv = [
-            sys.executable, "-m", "kick_sim.cli", "--streamers", str(options.streamers),
-            "--live-fraction", str(options.live_fraction), "--noise-rate", str(noise),
-            "--seed", str(options.seed), "--port", str(options.sim_port), "--ready-file", str(ready),
+        args = [
+            "--streamers", str(options.streamers), "--live-fraction", str(options.live_fraction),
+            "--noise-rate", str(noise), "--seed", str(options.seed), "--port", str(options.sim_port),
         ]
         self.say(
             f"starting the Kick simulator: {options.streamers} streamers, ~{options.live_fraction:.0%} live,"
             f" chat noise {noise:g} frames/s"
         )
-        self.sim = Child("the simulator", argv, self.child_env(), self.dir / "sim.log")
-        self.sim.start()
-        deadline = time.monotonic() + START_TIMEOUT
-        while not ready.exists():
-            if not self.sim.running():
-                raise CliError(f"could not start: {self.sim.failure()}")
-            self.check_interrupt()
-            if time.monotonic() > deadline:
-                raise CliError(f"the simulator did not start within {START_TIMEOUT:.0f}s; see {self.sim.log_path}")
-            time.sleep(0.05)
-        self.urls = orjson.loads(ready.read_bytes())
+        try:
+            self.sim = SimProcess.start(
+                self.dir / "sim.log", self.dir / "sim-ready.json", args, env=child_env(),
+                timeout=START_TIMEOUT, die_with_parent=True, waiting=self.check_interrupt,
+            )
+        except HarnessError as exc:
+            raise CliError(f"could not start: {exc}") from None
+        self.urls = self.sim.urls
         self.control = SimControl(self.urls["control_url"])
 
     def start_service(self) -> None:
@@ -193,35 +197,14 @@ class Demo:
         if port_in_use(LOOPBACK, port):
             raise CliError(f"metrics port {LOOPBACK}:{port} is in use; choose another --metrics-port (0 = any)")
         self.metrics_url = f"http://{LOOPBACK}:{port}/metrics"
-        env = self.child_env()
-        env.update(self.passed_settings())
-        env.update({
-            "KICK_MONITOR_DATABASE_URL": self.database_url,
-            "KICK_MONITOR_DATA_DIR": str(self.dir / "service"),
-            "KICK_MONITOR_PUSHER_URL": self.urls["pusher_url"],
-            "KICK_MONITOR_API_BASE_URL": self.urls["api_base_url"],
-            "KICK_MONITOR_OAUTH_TOKEN_URL": self.urls["oauth_token_url"],
-            "KICK_MONITOR_WEB_API_BASE_URL": self.urls["web_api_base_url"],
-            "KICK_MONITOR_CLIENT_ID": TEST_CLIENT_ID,
-            "KICK_MONITOR_CLIENT_SECRET": TEST_CLIENT_SECRET,
-            "KICK_MONITOR_SHARD_COUNT": str(self.options.shards),
-            "KICK_MONITOR_METRICS_HOST": LOOPBACK,
-            "KICK_MONITOR_METRICS_PORT": str(port),
-            "KICK_MONITOR_LOG_FORMAT": "json",
+        env = service_env(self.urls, self.database_url, self.dir / "service", settings={
+            "shard_count": str(self.options.shards), "metrics_host": LOOPBACK, "metrics_port": str(port),
         })
-        argv = [sys.executable, "-m", "kick_monitor.cli.main", "run"]
-        self.service = Child("the service", argv, env, self.dir / "service.log")
-        self.service.start()
+        env.update(self.passed_settings())  # never one the demo owns (OWNED_SETTINGS)
+        self.service = Process("the service", service_argv(), self.dir / "service.log", env,
+                               die_with_parent=True, append=False).start()
         self.say(f"started `kick-monitor run` (pid {self.service.pid}, {self.options.shards} shards),"
                  f" metrics {self.metrics_url}, log {self.service.log_path}")
-
-    def child_env(self) -> dict[str, str]:
-        """This environment without our settings (they would leak into the children), package importable."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KICK_MONITOR_")}
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
 
     def passed_settings(self) -> dict[str, str]:
         """Settings the user gave (flags, environment, --config) that the demo does not own."""
@@ -240,7 +223,7 @@ class Demo:
         subscribed, unknown = 0, -1
         while subscribed < expected or unknown != 0:
             if not self.service.running():
-                raise CliError(f"could not start: {self.service.failure()}")
+                raise CliError(f"could not start: {failure(self.service)}")
             self.check_interrupt()
             if time.monotonic() - progressed > READY_STALL:
                 raise CliError(
@@ -265,9 +248,9 @@ class Demo:
             while True:
                 now = time.monotonic()
                 elapsed = now - started
-                for child in (self.service, self.sim):
+                for child in (self.service, self.sim and self.sim.process):
                     if child is not None and not child.running():
-                        return child.failure()
+                        return failure(child)
                 if self.signals or (self.options.duration is not None and elapsed >= self.options.duration):
                     return None
                 snapshot = self.snapshot(elapsed)

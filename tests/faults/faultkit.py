@@ -1,7 +1,7 @@
 """Helpers for the fault suite, on top of tests/service.py (which they reuse, not replace).
 
 - `SECRET`: the Kick client secret every fault service runs with; no output may show it.
-- `FaultService`: `Service` that can start under a chosen umask (permission tests).
+- `FaultService`: `Service` (which can start under a chosen umask) with log and timing helpers.
 - `converge(...)`: wait until the database agrees with the simulator; returns the seconds.
 - `duplicate_errors(conn)`: the history check for faults that lose frames by nature
   (a killed worker, a dropped socket): no (channel, status) twice in a row, every row's
@@ -15,12 +15,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +29,6 @@ from psycopg2 import sql
 from kick_sim import Simulator
 from kick_sim.state import Transition
 from tests.service import (
-    REPO,
     Service,
     history_errors,
     mismatches,
@@ -61,20 +58,12 @@ def record(fault: str, seconds: float, detail: str = "") -> None:
 
 @dataclass
 class FaultService(Service):
-    """A `Service` whose process tree starts under `umask` (None: inherit ours)."""
+    """A `Service` with the fault suite's log and timing helpers."""
 
-    umask: int | None = None
-    started_at: float = field(default=0.0)
-
-    def start(self) -> FaultService:
-        self._log = self.log_path.open("ab")
-        self.started_at = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kick_monitor.cli.main", "run", *self.args],
-            env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
-            umask=-1 if self.umask is None else self.umask,
-        )
-        return self
+    @property
+    def started_at(self) -> float:
+        """time.monotonic() when it was started (0.0 before)."""
+        return 0.0 if self.process is None else self.process.started_mono
 
     def log_records(self) -> list[dict[str, Any]]:
         """The JSON log lines (anything else, e.g. a traceback on stderr, is skipped)."""
