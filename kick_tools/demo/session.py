@@ -248,7 +248,7 @@ class Demo:
             while True:
                 now = time.monotonic()
                 elapsed = now - started
-                for child in (self.service, self.sim and self.sim.process):
+                for child in (self.service, self.sim.process if self.sim else None):
                     if child is not None and not child.running():
                         return failure(child)
                 if self.signals or (self.options.duration is not None and elapsed >= self.options.duration):
