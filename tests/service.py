@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import psycopg2.extensions
@@ -22,8 +23,9 @@ from kick_tools import harness
 from kick_tools.harness import REPO, alive, children_of, wait_until
 
 __all__ = [
-    "REPO", "Service", "alive", "children_of", "current_state", "history", "history_errors", "insert_streamers",
-    "mismatches", "running", "service_env", "status_transitions", "wait_until",
+    "PUSHER_COMMITS", "REPO", "Service", "alive", "children_of", "current_state", "history", "history_errors",
+    "insert_streamers", "mismatches", "query", "rows_by_channel", "running", "service_env", "status_transitions",
+    "wait_until",
 ]
 
 
@@ -101,11 +103,31 @@ def status_transitions(truth: Iterable[Transition]) -> list[Transition]:
 
 
 def current_state(conn: psycopg2.extensions.connection) -> dict[int, str]:
+    return dict(query(conn, "SELECT channel_id, status FROM kick_monitor.streamers WHERE channel_id IS NOT NULL"))
+
+
+# (channel_id, status, commit time in epoch seconds) of every change that came over Pusher
+PUSHER_COMMITS = (
+    "SELECT channel_id, status, extract(epoch FROM recorded_at)::float8 FROM kick_monitor.status_events"
+    " WHERE source = 'pusher' ORDER BY received_at"
+)
+
+
+def query(conn: psycopg2.extensions.connection, statement: str) -> list[tuple[Any, ...]]:
+    """All rows of a read-only query; the transaction is ended, so the next call sees later commits."""
     with conn.cursor() as cur:
-        cur.execute("SELECT channel_id, status FROM kick_monitor.streamers WHERE channel_id IS NOT NULL")
-        rows = dict(cur.fetchall())
+        cur.execute(statement)
+        rows = cur.fetchall()
     conn.rollback()
     return rows
+
+
+def rows_by_channel(conn: psycopg2.extensions.connection, statement: str) -> dict[int, list[tuple[Any, ...]]]:
+    """The rows of `statement` grouped by its first column (a channel id), the rest in query order."""
+    result: dict[int, list[tuple[Any, ...]]] = {}
+    for channel_id, *rest in query(conn, statement):
+        result.setdefault(channel_id, []).append(tuple(rest))
+    return result
 
 
 def history(conn: psycopg2.extensions.connection) -> dict[int, list[str]]:
@@ -114,17 +136,12 @@ def history(conn: psycopg2.extensions.connection) -> dict[int, list[str]]:
     unknown→offline is left out: the simulator's streamers start offline, so learning that
     (reconciliation at connect does) is knowledge gained, not a transition of its truth.
     """
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT channel_id, status FROM kick_monitor.status_events"
-            " WHERE NOT (previous_status = 'unknown' AND status = 'offline') ORDER BY received_at, id"
-        )
-        rows = cur.fetchall()
-    conn.rollback()
-    result: dict[int, list[str]] = {}
-    for channel_id, status in rows:
-        result.setdefault(channel_id, []).append(status)
-    return result
+    rows = rows_by_channel(
+        conn,
+        "SELECT channel_id, status FROM kick_monitor.status_events"
+        " WHERE NOT (previous_status = 'unknown' AND status = 'offline') ORDER BY received_at, id",
+    )
+    return {channel_id: [status for (status,) in statuses] for channel_id, statuses in rows.items()}
 
 
 def mismatches(sim: Simulator, conn: psycopg2.extensions.connection) -> list[tuple[int, str, str | None]]:

@@ -1,10 +1,10 @@
 """Commands that installed tools plug into `kick-monitor` (sim, demo, bench), found by entry point.
 
 The product never names the tool packages: a distribution declares a command in the entry-point
-group `kick_monitor.commands` (`sim = kick_sim.cli` in setup.cfg), and the CLI lists the names
+group `kick_monitor.commands` (`NAME = package.module` in setup.cfg), and the CLI lists the names
 from the installed metadata without importing anything. The module is imported only when its
 command runs (or when the top-level help describes it), so `kick-monitor status` stays fast and
-works when an optional part (the simulator's `websockets`) is missing; a missing or broken tool
+works when an optional part (a tool's own dependency) is missing; a missing or broken tool
 is reported as one line, never a traceback.
 
 The contract of a command's module (or of the object the entry point names):

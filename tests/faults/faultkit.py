@@ -29,9 +29,12 @@ from psycopg2 import sql
 from kick_sim import Simulator
 from kick_sim.state import Transition
 from tests.service import (
+    PUSHER_COMMITS,
     Service,
     history_errors,
     mismatches,
+    query,
+    rows_by_channel,
     service_env,
     status_transitions,
     wait_until,
@@ -113,19 +116,13 @@ def converge(
     return time.monotonic() - started
 
 
-def history_rows(conn: psycopg2.extensions.connection) -> dict[int, list[tuple[str, str, str]]]:
+def history_rows(conn: psycopg2.extensions.connection) -> dict[int, list[tuple[Any, ...]]]:
     """(change_id, previous_status, status) per channel, in commit order of the transitions."""
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT channel_id, change_id, previous_status, status FROM kick_monitor.status_events"
-            " ORDER BY received_at, id"
-        )
-        rows = cur.fetchall()
-    conn.rollback()
-    result: dict[int, list[tuple[str, str, str]]] = {}
-    for channel_id, change_id, previous, status in rows:
-        result.setdefault(channel_id, []).append((change_id, previous, status))
-    return result
+    return rows_by_channel(
+        conn,
+        "SELECT channel_id, change_id, previous_status, status FROM kick_monitor.status_events"
+        " ORDER BY received_at, id",
+    )
 
 
 def duplicate_errors(conn: psycopg2.extensions.connection) -> list[str]:
@@ -159,13 +156,7 @@ def delivered_latencies(
     Channels with a missed (undelivered) transition are left out: after one, a delivered
     frame may rightly change nothing (the tracker already believed it).
     """
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT channel_id, status, extract(epoch FROM recorded_at)::float8 FROM kick_monitor.status_events"
-            " WHERE source = 'pusher' ORDER BY received_at"
-        )
-        rows = cur.fetchall()
-    conn.rollback()
+    rows = query(conn, PUSHER_COMMITS)
     recorded: dict[tuple[int, str], list[float]] = {}
     for channel_id, status, at in rows:
         recorded.setdefault((channel_id, status), []).append(at)
