@@ -11,7 +11,7 @@ user's KICK_MONITOR_DATABASE_URL), with PostgreSQL's default durability (fsync o
 the product's embedded database; each run gets a freshly created and migrated database.
 
     with Stack() as stack:
-        sim = stack.push(SimProcess.start(work, streamers=1000, seed=1))
+        sim = stack.push(SimProcess.seeded(work, streamers=1000, seed=1))
         service = stack.push(ServiceProcess.start(work, sim.urls, url, shards=4))
 """
 
@@ -138,7 +138,7 @@ class SimProcess(harness.SimProcess):
     """The shared simulator process, seeded, with the listings a benchmark reads."""
 
     @classmethod
-    def start(  # type: ignore[override]
+    def seeded(
         cls, work: Path, *, streamers: int, seed: int, noise_file: Path | None = None,
         rate_limit: tuple[int, float] | None = None, extra: Sequence[str] = (), timeout: float = 120.0,
     ) -> SimProcess:

@@ -183,8 +183,8 @@ def start_pipeline(ctx: BenchContext, stack: Stack, run_dir: Path, url: str, *, 
                    seed: int, noise: bool = False, rate_limit: tuple[int, float] | None = None,
                    settings: dict[str, str] | None = None) -> tuple[SimProcess, ServiceProcess, dict[str, Any]]:
     """Simulator up, streamers in the DB, `kick-monitor run` up, all subscribed and reconciled."""
-    sim = stack.push(SimProcess.start(run_dir, streamers=streamers, seed=seed,
-                                      noise_file=ctx.noise_file() if noise else None, rate_limit=rate_limit))
+    sim = stack.push(SimProcess.seeded(run_dir, streamers=streamers, seed=seed,
+                                       noise_file=ctx.noise_file() if noise else None, rate_limit=rate_limit))
     listing = sim.streamers()
     insert_streamers(url, listing)
     expected = 2 * streamers
@@ -405,7 +405,7 @@ def run_scale(ctx: BenchContext, index: int) -> dict[str, Any]:
     url = ctx.db.fresh(f"bench_s3_{index}", template=template)
     result: dict[str, Any] = {"run": index + 1, "load_before": measure.loadavg()}
     with Stack() as stack:
-        sim = stack.push(SimProcess.start(run_dir, streamers=streamers, seed=index + 1))
+        sim = stack.push(SimProcess.seeded(run_dir, streamers=streamers, seed=index + 1))
         insert_streamers(url, sim.streamers())
         service = stack.push(ServiceProcess.start(run_dir, sim.urls, url))
         sampler = measure.RoleSampler(pipeline_discover(service, sim, ctx.db), interval=1.0, pss=True).start()
@@ -594,7 +594,7 @@ def run_clients(ctx: BenchContext, index: int) -> dict[str, Any]:
     result: dict[str, Any] = {"run": index + 1, "load_before": measure.loadavg(), "noise_rate": noise_rate,
                               "flood_s": flood_s}
     with Stack() as stack:
-        sim = stack.push(SimProcess.start(run_dir, streamers=streamers, seed=index + 1))
+        sim = stack.push(SimProcess.seeded(run_dir, streamers=streamers, seed=index + 1))
         names = [n for s in sim.streamers() for n in
                  (f"chatrooms.{s['chatroom_id']}.v2", f"channel.{s['channel_id']}", f"channel_{s['channel_id']}")]
         channels = run_dir / "channels.json"
