@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,8 @@ from psycopg2 import sql
 from kick_monitor.database import connect
 from kick_monitor.embedded_pg import EmbeddedPostgres
 from kick_monitor.migrations import migrate
-from kick_monitor.sim import SimConfig, Simulator
+from kick_sim import SimConfig, Simulator
+from kick_tools.harness import admin_connection, child_env, create_database, drop_databases, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_DATABASE = "kick_monitor_template"
@@ -47,23 +47,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "faults: fault-injection tests, run by `make test-faults`")
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on at this moment (the kernel's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(name="free_port")
 def free_port_fixture() -> Callable[[], int]:
     """`free_port()` as a fixture: call it for as many ports as the test needs."""
     return free_port
-
-
-def _admin(pg: EmbeddedPostgres) -> psycopg2.extensions.connection:
-    conn = psycopg2.connect(pg.url("postgres"))
-    conn.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
-    return conn
 
 
 def make_server_dir(prefix: str) -> Path:
@@ -92,15 +79,14 @@ def embedded_postgres() -> Iterator[EmbeddedPostgres]:
     pg = EmbeddedPostgres(root)
     try:
         pg.start()
-        admin = _admin(pg)
+        admin = admin_connection(pg)
         with admin.cursor() as cur:
             # a throwaway server: durability costs time and buys nothing here
             for setting in ("fsync", "synchronous_commit", "full_page_writes"):
                 cur.execute(sql.SQL("ALTER SYSTEM SET {} = off").format(sql.Identifier(setting)))
             cur.execute("SELECT pg_reload_conf()")
-            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE_DATABASE)))
         admin.close()
-        conn = psycopg2.connect(pg.url(TEMPLATE_DATABASE))
+        conn = psycopg2.connect(create_database(pg, TEMPLATE_DATABASE))
         migrate(conn)
         conn.close()
         yield pg
@@ -120,26 +106,12 @@ def make_database(embedded_postgres: EmbeddedPostgres) -> Iterator[DatabaseFacto
 
     def make(migrated: bool = True) -> str:
         name = f"test_{uuid.uuid4().hex[:16]}"
-        template = TEMPLATE_DATABASE if migrated else "template0"
-        admin = _admin(embedded_postgres)
-        try:
-            with admin.cursor() as cur:
-                cur.execute(
-                    sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
-                )
-        finally:
-            admin.close()
+        url = create_database(embedded_postgres, name, TEMPLATE_DATABASE if migrated else "template0")
         created.append(name)
-        return embedded_postgres.url(name)
+        return url
 
     yield make
-    admin = _admin(embedded_postgres)
-    try:
-        with admin.cursor() as cur:
-            for name in created:
-                cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-    finally:
-        admin.close()
+    drop_databases(embedded_postgres, created)
 
 
 @pytest.fixture
@@ -176,14 +148,7 @@ class CliRunner(Protocol):
 def clean_environment(**overrides: str | None) -> dict[str, str]:
     """os.environ without any KICK_MONITOR_* variable, the package importable, then `overrides`
     (a None value removes the variable)."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("KICK_MONITOR_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    for key, value in overrides.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    return env
+    return child_env(overrides)
 
 
 @pytest.fixture

@@ -1,154 +1,100 @@
-"""End-to-end harness: the real `kick-monitor run` as a subprocess against the simulator.
+"""End-to-end tests' view of the real `kick-monitor run` against the in-process simulator.
 
-The service runs in its own process group (start_new_session) and is stopped by its PID
-or that group only — never by name. Children are found through /proc by parent pid.
+Processes are started and stopped by the shared harness (kick_tools/harness.py): in a process
+group of their own, stopped by PID or that group only — never by name; children found through
+/proc by parent pid. Here: `Service` (one process tree, as the tests drive it) and the truth
+checks (database vs the simulator).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import psycopg2.extensions
 
-from kick_monitor.sim import SimStreamer, Simulator, Transition
+from kick_sim import SimStreamer, Simulator, Transition
+from kick_tools import harness
+from kick_tools.harness import REPO, alive, children_of, wait_until
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-
-
-def children_of(pid: int) -> dict[int, str]:
-    """Direct children of `pid` with their process titles."""
-    found: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid == pid:
-                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+__all__ = [
+    "PUSHER_COMMITS", "REPO", "Service", "alive", "children_of", "current_state", "history", "history_errors",
+    "insert_streamers", "mismatches", "query", "rows_by_channel", "running", "service_env", "status_transitions",
+    "wait_until",
+]
 
 
 @dataclass
 class Service:
-    """One `kick-monitor run` process tree."""
+    """One `kick-monitor run` process tree (`umask`: its umask, None: ours)."""
 
     env: dict[str, str]
     log_path: Path
     args: list[str] = field(default_factory=list)
-    proc: subprocess.Popen[bytes] | None = None
+    umask: int | None = None
+    process: harness.Process | None = None
 
     def start(self) -> Service:
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kick_monitor.cli.main", "run", *self.args],
-            env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
-        )
+        self.process = harness.Process(
+            "service", harness.service_argv(*self.args), self.log_path, self.env, umask=self.umask
+        ).start()
         return self
 
     @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return None if self.process is None else self.process.proc
+
+    @property
     def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+        assert self.process is not None
+        return self.process.pid
 
     def children(self) -> dict[int, str]:
         return children_of(self.pid)
 
     def worker_pids(self) -> dict[int, int]:
         """shard -> pid of its worker."""
-        result: dict[int, int] = {}
-        for pid, title in self.children().items():
-            if "worker shard" in title:
-                result[int(title.rsplit(" ", 1)[1])] = pid
-        return result
+        return harness.worker_pids(self.pid)
 
     def writer_pid(self) -> int | None:
-        return next((pid for pid, title in self.children().items() if "writer" in title), None)
+        return harness.writer_pid(self.pid)
 
     def wait_children(self, workers: int, timeout: float = 20.0) -> None:
         wait_until(lambda: len(self.worker_pids()) == workers and self.writer_pid() is not None,
                    timeout, what=f"{workers} workers and a writer")
 
-    def stop(self, timeout: float = 40.0) -> int:
-        """SIGTERM to the coordinator only; it stops its children. Returns its exit code."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self.kill_leftovers()
+    def stop(self, timeout: float = 40.0) -> int | None:
+        """SIGTERM to the coordinator only (it stops its children); SIGKILL to its group after `timeout`.
+        Returns its exit code (negative if it had to be killed)."""
+        assert self.process is not None
+        return self.process.stop(timeout)
 
     def kill_leftovers(self) -> None:
         """Last resort for a failed test: SIGKILL our own process group, nothing else."""
-        assert self.proc is not None
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
-        self._log.close()
+        assert self.process is not None
+        self.process.kill_group()
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
 
 def service_env(sim: Simulator, database_url: str, data_dir: Path, **settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KICK_MONITOR_")}
-    env.update(
-        PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
-        PYTHONUNBUFFERED="1",
-        KICK_MONITOR_DATABASE_URL=database_url,
-        KICK_MONITOR_DATA_DIR=str(data_dir),
-        KICK_MONITOR_PUSHER_URL=sim.pusher_url,
-        KICK_MONITOR_API_BASE_URL=sim.api_base_url,
-        KICK_MONITOR_OAUTH_TOKEN_URL=sim.oauth_token_url,
-        KICK_MONITOR_WEB_API_BASE_URL=sim.web_api_base_url,
-        KICK_MONITOR_CLIENT_ID=sim.config.client_id,
-        KICK_MONITOR_CLIENT_SECRET=sim.config.client_secret,
-        KICK_MONITOR_LOG_FORMAT="json",
-        KICK_MONITOR_HEARTBEAT_TIMEOUT="10",
-        KICK_MONITOR_RELOAD_INTERVAL="5",
+    """The service's environment against `sim`, with the tests' short heartbeat and reload."""
+    urls = {"pusher_url": sim.pusher_url, "api_base_url": sim.api_base_url,
+            "oauth_token_url": sim.oauth_token_url, "web_api_base_url": sim.web_api_base_url}
+    return harness.service_env(
+        urls, database_url, data_dir, client_id=sim.config.client_id, client_secret=sim.config.client_secret,
+        settings={"heartbeat_timeout": "10", "reload_interval": "5", **settings},
     )
-    env.update({f"KICK_MONITOR_{k.upper()}": v for k, v in settings.items()})
-    return env
 
 
 def insert_streamers(conn: psycopg2.extensions.connection, streamers: Iterable[SimStreamer]) -> None:
-    with conn, conn.cursor() as cur:
-        for s in streamers:
-            cur.execute(
-                "INSERT INTO kick_monitor.streamers (username, channel_id, kick_user_id, chatroom_id)"
-                " VALUES (%s, %s, %s, %s)",
-                (s.slug, s.channel_id, s.user_id, s.chatroom_id),
-            )
+    harness.insert_streamers(conn, ((s.slug, s.channel_id, s.user_id, s.chatroom_id) for s in streamers))
 
 
 def status_transitions(truth: Iterable[Transition]) -> list[Transition]:
@@ -157,11 +103,31 @@ def status_transitions(truth: Iterable[Transition]) -> list[Transition]:
 
 
 def current_state(conn: psycopg2.extensions.connection) -> dict[int, str]:
+    return dict(query(conn, "SELECT channel_id, status FROM kick_monitor.streamers WHERE channel_id IS NOT NULL"))
+
+
+# (channel_id, status, commit time in epoch seconds) of every change that came over Pusher
+PUSHER_COMMITS = (
+    "SELECT channel_id, status, extract(epoch FROM recorded_at)::float8 FROM kick_monitor.status_events"
+    " WHERE source = 'pusher' ORDER BY received_at"
+)
+
+
+def query(conn: psycopg2.extensions.connection, statement: str) -> list[tuple[Any, ...]]:
+    """All rows of a read-only query; the transaction is ended, so the next call sees later commits."""
     with conn.cursor() as cur:
-        cur.execute("SELECT channel_id, status FROM kick_monitor.streamers WHERE channel_id IS NOT NULL")
-        rows = dict(cur.fetchall())
+        cur.execute(statement)
+        rows = cur.fetchall()
     conn.rollback()
     return rows
+
+
+def rows_by_channel(conn: psycopg2.extensions.connection, statement: str) -> dict[int, list[tuple[Any, ...]]]:
+    """The rows of `statement` grouped by its first column (a channel id), the rest in query order."""
+    result: dict[int, list[tuple[Any, ...]]] = {}
+    for channel_id, *rest in query(conn, statement):
+        result.setdefault(channel_id, []).append(tuple(rest))
+    return result
 
 
 def history(conn: psycopg2.extensions.connection) -> dict[int, list[str]]:
@@ -170,17 +136,12 @@ def history(conn: psycopg2.extensions.connection) -> dict[int, list[str]]:
     unknown→offline is left out: the simulator's streamers start offline, so learning that
     (reconciliation at connect does) is knowledge gained, not a transition of its truth.
     """
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT channel_id, status FROM kick_monitor.status_events"
-            " WHERE NOT (previous_status = 'unknown' AND status = 'offline') ORDER BY received_at, id"
-        )
-        rows = cur.fetchall()
-    conn.rollback()
-    result: dict[int, list[str]] = {}
-    for channel_id, status in rows:
-        result.setdefault(channel_id, []).append(status)
-    return result
+    rows = rows_by_channel(
+        conn,
+        "SELECT channel_id, status FROM kick_monitor.status_events"
+        " WHERE NOT (previous_status = 'unknown' AND status = 'offline') ORDER BY received_at, id",
+    )
+    return {channel_id: [status for (status,) in statuses] for channel_id, statuses in rows.items()}
 
 
 def mismatches(sim: Simulator, conn: psycopg2.extensions.connection) -> list[tuple[int, str, str | None]]:

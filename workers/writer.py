@@ -20,6 +20,7 @@ import contextlib
 import logging
 import select
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import psycopg2
@@ -83,9 +84,12 @@ class BatchWriter(Role):
 
     kind = "writer"
 
-    def __init__(self, ctx: RoleContext) -> None:
+    def __init__(
+        self, ctx: RoleContext, on_commit: Callable[[Sequence[StatusChange], float], None] | None = None
+    ) -> None:
         super().__init__(ctx)
         assert ctx.listener is not None, "the supervisor binds the writer's socket"
+        self.on_commit = on_commit  # called after each committed slice with its commit wall time (benchmarks)
         self.database_url = ctx.database_url
         self.receiver = ChangeReceiver(ctx.listener)
         self.spool = Spool(ctx.data_dir / "spool" / ctx.tree, self.settings.spool_max_bytes)
@@ -206,6 +210,8 @@ class BatchWriter(Role):
             return False
         committed_at = time.time()
         self._observe(changes, result, time.perf_counter() - started, committed_at)
+        if self.on_commit is not None:
+            self.on_commit(changes, committed_at)
         return True
 
     def _commit_one_by_one(self, changes: list[StatusChange], exc: Exception) -> BatchResult | None:

@@ -1,14 +1,16 @@
-"""Commands that live in other packages, imported only when used: run, sim, demo, bench.
+"""Commands that installed tools plug into `kick-monitor` (sim, demo, bench), found by entry point.
 
-Importing them lazily keeps `kick-monitor status` fast and working even when an optional
-part (the simulator's `websockets`, the benchmark's `matplotlib`) is not installed; a
-missing or broken one is reported as one line, never a traceback.
+The product never names the tool packages: a distribution declares a command in the entry-point
+group `kick_monitor.commands` (`NAME = package.module` in setup.cfg), and the CLI lists the names
+from the installed metadata without importing anything. The module is imported only when its
+command runs (or when the top-level help describes it), so `kick-monitor status` stays fast and
+works when an optional part (a tool's own dependency) is missing; a missing or broken tool
+is reported as one line, never a traceback.
 
-The contracts:
-- `run`   → `workers.coordinator.run_service(settings) -> int`
-- `sim`   → `kick_monitor.sim.cli.add_arguments(parser)`, `.run(args) -> int`
-- `demo`  → `kick_monitor.demo.add_arguments(parser)`, `.run(args, settings) -> int`
-- `bench` → `kick_monitor.bench.cli.add_arguments(parser)`, `.run(args, settings) -> int`
+The contract of a command's module (or of the object the entry point names):
+- `HELP: str` one line for `kick-monitor --help`;
+- `TAKES_SETTINGS: bool` whether it gets the settings flags and `Settings`;
+- `add_arguments(parser)`, and `run(args) -> int` or `run(args, settings) -> int`.
 """
 
 from __future__ import annotations
@@ -16,31 +18,19 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
 from typing import Any
 
-from ..config import Settings
 from .errors import EXIT_FAILURE, CliError
 
 log = logging.getLogger(__name__)
+GROUP = "kick_monitor.commands"
 
 
-@dataclass(frozen=True)
-class Hook:
-    """A subcommand implemented by `module` (`add_arguments` + `run`)."""
-
-    module: str
-    takes_settings: bool
-    help: str
-
-
-HOOKS = {
-    "sim": Hook("kick_monitor.sim.cli", False, "run the local Kick simulator (Pusher server + API)"),
-    "demo": Hook("kick_monitor.demo", True, "embedded database + simulator + the real service, live view"),
-    "bench": Hook("kick_monitor.bench.cli", True, "run a benchmark scenario"),
-}
-RUN_MODULE = "workers.coordinator"
+def tool_commands() -> dict[str, EntryPoint]:
+    """The installed tool commands by name (metadata only: nothing is imported)."""
+    return {entry.name: entry for entry in entry_points(group=GROUP)}
 
 
 def load_module(name: str, command: str) -> ModuleType:
@@ -57,15 +47,28 @@ def load_module(name: str, command: str) -> ModuleType:
         raise CliError(f"`{command}` cannot start: importing {name} failed: {type(exc).__name__}: {exc}") from None
 
 
-def require(module: ModuleType, attribute: str, command: str) -> Callable[..., Any]:
-    """`module.attribute`, which must be callable; CliError if the module does not provide it."""
-    found: object = getattr(module, attribute, None)
-    if not callable(found):
-        raise CliError(f"`{command}` is not available: {module.__name__}.{attribute} is missing", EXIT_FAILURE)
+def load_command(entry: EntryPoint) -> Any:
+    """The object `entry` names (`module` or `module:attribute`), with load_module's one-line errors."""
+    found: Any = load_module(entry.module, entry.name)
+    for part in filter(None, (entry.attr or "").split(".")):
+        found = getattr(found, part, None)
+        if found is None:
+            raise CliError(f"`{entry.name}` is not available: {entry.value} is missing", EXIT_FAILURE)
     return found
 
 
-def run_service(settings: Settings, reload_settings: Callable[[], Settings] | None = None) -> int:
-    """`kick-monitor run`: hand over to the coordinator (`reload_settings` serves SIGHUP)."""
-    entry = require(load_module(RUN_MODULE, "run"), "run_service", "run")
-    return int(entry(settings, reload_settings))
+def require(command: Any, attribute: str, name: str) -> Callable[..., Any]:
+    """`command.attribute`, which must be callable; CliError if the command does not provide it."""
+    found: object = getattr(command, attribute, None)
+    if not callable(found):
+        owner = getattr(command, "__name__", type(command).__name__)
+        raise CliError(f"`{name}` is not available: {owner}.{attribute} is missing", EXIT_FAILURE)
+    return found
+
+
+def describe(entry: EntryPoint) -> str:
+    """The command's one-line help, or why it cannot run (for `kick-monitor --help`)."""
+    try:
+        return str(getattr(load_command(entry), "HELP", f"see `kick-monitor {entry.name} --help`"))
+    except CliError as exc:
+        return f"(unavailable: {exc})"

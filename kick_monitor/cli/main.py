@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -27,7 +28,7 @@ from ..streamers import StreamerError
 from .database_commands import migrate_command
 from .dry_run import dry_run
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError
-from .hooks import HOOKS, load_module, require, run_service
+from .hooks import describe, load_command, require, tool_commands
 from .options import COMMON, add_settings_flags, given_settings
 from .streamer_commands import add_command, import_command, list_command, remove_command, status_command
 
@@ -48,6 +49,13 @@ class CliParser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        self.tool_help: dict[str, tuple[EntryPoint, argparse.Action]] = {}
+
+    def format_help(self) -> str:
+        # Tool commands are imported for their one-line help only when the help is shown.
+        for entry, action in self.tool_help.values():
+            action.help = describe(entry)
+        return super().format_help()
 
     def error(self, message: str) -> NoReturn:
         where = self.prog.removeprefix("kick-monitor").strip()
@@ -93,8 +101,11 @@ def build_parser() -> CliParser:
     status.add_argument("--json", action="store_true", help="print JSON: {streamers: [...], counts: {...}}")
     _leaf(status, status_command)
 
-    for name, hook in HOOKS.items():  # parsed by the module's own parser, imported only when used
-        commands.add_parser(name, help=hook.help, add_help=False).set_defaults(hook=name)
+    for name, entry in tool_commands().items():  # parsed by the tool's own parser, imported only when used
+        if name in commands.choices:
+            continue  # a tool cannot take over a command of the product
+        commands.add_parser(name, help=f"see `kick-monitor {name} --help`", add_help=False).set_defaults(hook=entry)
+        parser.tool_help[name] = (entry, commands._choices_actions[-1])
     return parser
 
 
@@ -135,8 +146,10 @@ def _leaf(parser: argparse.ArgumentParser, handler: Handler) -> None:
 
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:
-    # SIGHUP re-reads the same sources: flags, environment, config file.
-    return run_service(settings, reload_settings=lambda: load(args))
+    """`kick-monitor run`: hand over to the coordinator; SIGHUP re-reads flags, environment, config file."""
+    from workers.coordinator import run_service  # the process roles, imported only by the command that runs them
+
+    return int(run_service(settings, lambda: load(args)))
 
 
 def load(args: argparse.Namespace) -> Settings:
@@ -174,18 +187,19 @@ def dispatch(argv: Sequence[str]) -> int:
     return handler(args, settings)
 
 
-def run_hook(name: str, args: argparse.Namespace, extras: list[str]) -> int:
-    """Import the command's module, let it add its arguments, parse the rest and run it."""
-    hook = HOOKS[name]
-    module = load_module(hook.module, name)
-    add_arguments = require(module, "add_arguments", name)
-    run = require(module, "run", name)
-    parser = CliParser(prog=f"kick-monitor {name}", description=hook.help)
-    if hook.takes_settings:
+def run_hook(entry: EntryPoint, args: argparse.Namespace, extras: list[str]) -> int:
+    """Import the tool command, let it add its arguments, parse the rest and run it."""
+    name = entry.name
+    command = load_command(entry)
+    add_arguments = require(command, "add_arguments", name)
+    run = require(command, "run", name)
+    takes_settings = bool(getattr(command, "TAKES_SETTINGS", False))
+    parser = CliParser(prog=f"kick-monitor {name}", description=getattr(command, "HELP", None))
+    if takes_settings:
         add_settings_flags(parser)
     add_arguments(parser)
     own = parser.parse_args(extras)
-    if not hook.takes_settings:
+    if not takes_settings:
         return int(run(own))
     settings = load(argparse.Namespace(**{**vars(args), **vars(own)}))
     configure_logging(settings, log_level(settings, name), role=name)

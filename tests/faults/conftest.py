@@ -20,7 +20,7 @@ import psycopg2.extensions
 import pytest
 
 from kick_monitor.database import connect
-from kick_monitor.sim import SimConfig, Simulator
+from kick_sim import SimConfig, Simulator
 from tests.faults.faultkit import RECOVERIES, SECRET, FaultService, assert_clean, make_env
 
 

@@ -1,7 +1,7 @@
 """Helpers for the fault suite, on top of tests/service.py (which they reuse, not replace).
 
 - `SECRET`: the Kick client secret every fault service runs with; no output may show it.
-- `FaultService`: `Service` that can start under a chosen umask (permission tests).
+- `FaultService`: `Service` (which can start under a chosen umask) with log and timing helpers.
 - `converge(...)`: wait until the database agrees with the simulator; returns the seconds.
 - `duplicate_errors(conn)`: the history check for faults that lose frames by nature
   (a killed worker, a dropped socket): no (channel, status) twice in a row, every row's
@@ -15,12 +15,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +26,15 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
-from kick_monitor.sim import Simulator
-from kick_monitor.sim.state import Transition
+from kick_sim import Simulator
+from kick_sim.state import Transition
 from tests.service import (
-    REPO,
+    PUSHER_COMMITS,
     Service,
     history_errors,
     mismatches,
+    query,
+    rows_by_channel,
     service_env,
     status_transitions,
     wait_until,
@@ -61,20 +61,12 @@ def record(fault: str, seconds: float, detail: str = "") -> None:
 
 @dataclass
 class FaultService(Service):
-    """A `Service` whose process tree starts under `umask` (None: inherit ours)."""
+    """A `Service` with the fault suite's log and timing helpers."""
 
-    umask: int | None = None
-    started_at: float = field(default=0.0)
-
-    def start(self) -> FaultService:
-        self._log = self.log_path.open("ab")
-        self.started_at = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kick_monitor.cli.main", "run", *self.args],
-            env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
-            umask=-1 if self.umask is None else self.umask,
-        )
-        return self
+    @property
+    def started_at(self) -> float:
+        """time.monotonic() when it was started (0.0 before)."""
+        return 0.0 if self.process is None else self.process.started_mono
 
     def log_records(self) -> list[dict[str, Any]]:
         """The JSON log lines (anything else, e.g. a traceback on stderr, is skipped)."""
@@ -124,19 +116,13 @@ def converge(
     return time.monotonic() - started
 
 
-def history_rows(conn: psycopg2.extensions.connection) -> dict[int, list[tuple[str, str, str]]]:
+def history_rows(conn: psycopg2.extensions.connection) -> dict[int, list[tuple[Any, ...]]]:
     """(change_id, previous_status, status) per channel, in commit order of the transitions."""
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT channel_id, change_id, previous_status, status FROM kick_monitor.status_events"
-            " ORDER BY received_at, id"
-        )
-        rows = cur.fetchall()
-    conn.rollback()
-    result: dict[int, list[tuple[str, str, str]]] = {}
-    for channel_id, change_id, previous, status in rows:
-        result.setdefault(channel_id, []).append((change_id, previous, status))
-    return result
+    return rows_by_channel(
+        conn,
+        "SELECT channel_id, change_id, previous_status, status FROM kick_monitor.status_events"
+        " ORDER BY received_at, id",
+    )
 
 
 def duplicate_errors(conn: psycopg2.extensions.connection) -> list[str]:
@@ -170,13 +156,7 @@ def delivered_latencies(
     Channels with a missed (undelivered) transition are left out: after one, a delivered
     frame may rightly change nothing (the tracker already believed it).
     """
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT channel_id, status, extract(epoch FROM recorded_at)::float8 FROM kick_monitor.status_events"
-            " WHERE source = 'pusher' ORDER BY received_at"
-        )
-        rows = cur.fetchall()
-    conn.rollback()
+    rows = query(conn, PUSHER_COMMITS)
     recorded: dict[tuple[int, str], list[float]] = {}
     for channel_id, status, at in rows:
         recorded.setdefault((channel_id, status), []).append(at)

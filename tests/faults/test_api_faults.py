@@ -13,7 +13,7 @@ from collections.abc import Callable
 import psycopg2.extensions
 import pytest
 
-from kick_monitor.sim import Simulator
+from kick_sim import Simulator
 from tests.faults.conftest import ServiceFactory
 from tests.faults.faultkit import (
     FaultService,

@@ -20,8 +20,8 @@ import psycopg2
 import psycopg2.extensions
 import pytest
 
-from kick_monitor.sim import Simulator
-from kick_monitor.sim.malformed import MALFORMED_KINDS
+from kick_sim import Simulator
+from kick_sim.malformed import MALFORMED_KINDS
 from tests.conftest import CliRunner, DatabaseFactory
 from tests.faults.conftest import ServiceFactory
 from tests.faults.faultkit import SECRET, assert_clean, assert_titles_clean, converge, metric_values, record, scrape

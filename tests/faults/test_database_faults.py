@@ -21,7 +21,7 @@ import pytest
 from kick_monitor.database import connect
 from kick_monitor.embedded_pg import EmbeddedPostgres
 from kick_monitor.migrations import migrate
-from kick_monitor.sim import Simulator
+from kick_sim import Simulator
 from tests.faults.conftest import ServiceFactory
 from tests.faults.faultkit import (
     admin_connection,

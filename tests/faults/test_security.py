@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg2.extensions
 import pytest
 
-from kick_monitor.sim import SimConfig, Simulator
+from kick_sim import SimConfig, Simulator
 from tests.faults.conftest import ServiceFactory
 from tests.faults.faultkit import (
     admin_connection,

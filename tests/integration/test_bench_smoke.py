@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from kick_tools.harness import child_env
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -36,14 +36,13 @@ def processes_mentioning(text: str) -> list[int]:
 
 
 @pytest.mark.timeout(120)
-def test_quick_s1_and_w_write_their_reports(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KICK_MONITOR_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+def test_quick_s1_and_w_write_their_reports(tmp_path: Path, server_tmp_path: Path) -> None:
+    work = server_tmp_path  # the benchmark's PostgreSQL lives there: not under tmp_path (conftest.make_server_dir)
     out = tmp_path / "results"
     done = subprocess.run(
         [sys.executable, "-m", "kick_monitor.cli.main", "bench", "--scenario", "S1,W", "--quick", "--runs", "1",
-         "--out", str(out), "--work-dir", str(tmp_path)],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=110, check=False,
+         "--out", str(out), "--work-dir", str(work)],
+        env=child_env(), cwd=tmp_path, capture_output=True, text=True, timeout=110, check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     for scenario in ("S1", "W"):
@@ -57,5 +56,5 @@ def test_quick_s1_and_w_write_their_reports(tmp_path: Path) -> None:
             assert result_file.with_suffix(".png").stat().st_size > 1000
     s1 = json.loads(next(out.glob("*-S1.json")).read_text())
     assert s1["runs"][0]["verdict"]["expected"] > 0 and s1["runs"][0]["latency_ms"]["count"] > 0
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith("kick-bench-")], "work directory removed"
-    assert not processes_mentioning(str(tmp_path)), "no simulator, service or PostgreSQL left behind"
+    assert not [p for p in work.iterdir() if p.name.startswith("kick-bench-")], "work directory removed"
+    assert not processes_mentioning(str(work)), "no simulator, service or PostgreSQL left behind"

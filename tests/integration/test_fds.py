@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import psycopg2.extensions
 import pytest
 
-from kick_monitor.sim import Simulator
+from kick_sim import Simulator
 from tests.service import Service, children_of, insert_streamers, running, service_env, wait_until
 
 pytestmark = pytest.mark.timeout(120)

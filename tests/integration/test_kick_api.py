@@ -39,7 +39,7 @@ from kick_monitor.kick_api import (
 from kick_monitor.messages import Status, StreamerRef
 from kick_monitor.ratelimit import RetryPolicy
 from kick_monitor.reconcile import LiveInfo, Reconciler, diff_live_status
-from kick_monitor.sim import SimConfig, SimStreamer, Simulator
+from kick_sim import SimConfig, SimStreamer, Simulator
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import psycopg2.extensions
 import pytest
 
-from kick_monitor.sim import SimConfig, Simulator
+from kick_sim import SimConfig, Simulator
 from tests.service import REPO, Service, insert_streamers, running, service_env, wait_until
 
 pytestmark = pytest.mark.timeout(120)

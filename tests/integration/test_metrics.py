@@ -22,7 +22,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from kick_monitor import __version__, metrics
-from kick_monitor.sim import Simulator
+from kick_sim import Simulator
 from tests.conftest import free_port
 from tests.service import (
     REPO,

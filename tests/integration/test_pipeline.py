@@ -21,13 +21,15 @@ import pytest
 from kick_monitor.database import connect
 from kick_monitor.embedded_pg import EmbeddedPostgres
 from kick_monitor.migrations import migrate
-from kick_monitor.sim import Simulator
+from kick_sim import Simulator
 from tests.service import (
+    PUSHER_COMMITS,
     Service,
     alive,
     history_errors,
     insert_streamers,
     mismatches,
+    query,
     running,
     service_env,
     status_transitions,
@@ -52,13 +54,7 @@ def settle(sim: Simulator, conn: psycopg2.extensions.connection, timeout: float 
 
 def latencies_ms(sim: Simulator, conn: psycopg2.extensions.connection) -> list[float]:
     """Commit time minus simulator send time, per transition, joined on (channel, status, order)."""
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT channel_id, status, extract(epoch FROM recorded_at)::float8 FROM kick_monitor.status_events"
-            " WHERE source = 'pusher' ORDER BY received_at"
-        )
-        rows = cur.fetchall()
-    conn.rollback()
+    rows = query(conn, PUSHER_COMMITS)
     sent: dict[tuple[int, str], list[float]] = {}
     for t in status_transitions(sim.truth()):
         if t.delivered:

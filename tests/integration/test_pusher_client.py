@@ -26,7 +26,8 @@ from kick_monitor.events import (
 )
 from kick_monitor.messages import StatusChange, StreamerRef
 from kick_monitor.pusher import PusherFatalError, PusherSession
-from kick_monitor.sim import SimConfig, SimStreamer, Simulator
+from kick_sim import SimConfig, SimStreamer, Simulator
+from kick_sim.malformed import MALFORMED_KINDS
 
 
 class Env:
@@ -361,15 +362,7 @@ def test_malformed_frames_never_break_the_session(env: Env) -> None:
     )
     session = env.connected(sim, tracker.channel_names(), event_stats=tracker.stats)
     events: list[AppEvent] = []
-    kinds = (
-        "bad_json",
-        "bad_inner_json",
-        "missing_fields",
-        "wrong_types",
-        "unknown_event",
-        "huge",
-        "unsubscribed_channel",
-    )
+    kinds = MALFORMED_KINDS
     sent = sum(sim.send_malformed(kind) for kind in kinds)
     assert pump(session, 5, lambda: session.stats.frames >= 10 + sent, events)
     assert [tracker.apply(e) for e in events] == [None] * len(events)

@@ -17,7 +17,7 @@ import psycopg2.extensions
 import psycopg2.extras
 import pytest
 
-from kick_monitor.sim import Simulator
+from kick_sim import Simulator
 from tests.service import (
     Service,
     alive,

@@ -25,7 +25,7 @@ import pytest
 import requests
 
 from kick_monitor.database import connect
-from kick_monitor.sim import SimConfig, Simulator
+from kick_sim import SimConfig, Simulator
 from tests.service import REPO, alive, children_of, insert_streamers, mismatches, service_env, wait_until
 
 pytestmark = pytest.mark.timeout(120)

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,17 +13,14 @@ from pathlib import Path
 import pytest
 import requests
 
+from kick_tools.harness import child_env, sim_argv
 from tests.sim import connect, subscribe
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "kick_monitor.sim.cli", *args]
+_command = sim_argv
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO)}
+    return child_env()
 
 
 @pytest.fixture()

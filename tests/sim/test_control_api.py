@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import requests
 
-from kick_monitor.sim import SimConfig, Simulator
+from kick_sim import SimConfig, Simulator
 from tests.sim import (
     connect,
     lifecycle_frames_until_pong,

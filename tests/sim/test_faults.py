@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 import websocket
 
-from kick_monitor.sim import SimConfig, Simulator
-from kick_monitor.sim.config import default_noise_file
+from kick_sim import SimConfig, Simulator
+from kick_sim.config import default_noise_file
 from tests.sim import (
     assert_nothing_pending,
     connect,

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from kick_monitor.sim import SimConfig, SimStreamer, Simulator
+from kick_sim import SimConfig, SimStreamer, Simulator
 
 CREDENTIALS = {"grant_type": "client_credentials", "client_id": "sim-client-id", "client_secret": "sim-client-secret"}
 

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kick_monitor.sim import SimConfig, Simulator
-from kick_monitor.sim.api_faults import RateLimiter
-from kick_monitor.sim.subscriptions import SubscriptionIndex, channel_form
+from kick_sim import SimConfig, Simulator
+from kick_sim.api_faults import RateLimiter
+from kick_sim.subscriptions import SubscriptionIndex, channel_form
 
 
 def test_channel_form() -> None:

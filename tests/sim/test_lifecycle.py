@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kick_monitor.sim import SimConfig, SimStreamer, Simulator
+from kick_sim import SimConfig, SimStreamer, Simulator
 from tests.sim import connect, lifecycle_frames_until_pong, recv_json, subscribe
 
 KICK_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.000000Z")

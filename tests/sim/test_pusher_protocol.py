@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import websocket
 
-from kick_monitor.sim import SimConfig, Simulator
+from kick_sim import SimConfig, Simulator
 from tests.sim import (
     assert_nothing_pending,
     connect,

@@ -10,7 +10,6 @@ from typing import Any
 import orjson
 import pytest
 
-from kick_monitor.data import DATA_DIR
 from kick_monitor.events import (
     LIFECYCLE_EVENTS,
     LIVESTREAM_ENDED,
@@ -26,6 +25,7 @@ from kick_monitor.events import (
     parse_frame,
 )
 from kick_monitor.messages import Status, StatusChange, StreamerRef
+from kick_sim.data import DATA_DIR
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -1,0 +1,185 @@
+"""The simulator's core on its event loop: wires world, servers and generators together.
+
+Everything here runs on the loop thread. `Simulator` (in-process, thread-safe) and the
+control HTTP API (out-of-process) are two thin front ends over these same methods.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kick_sim.api_faults import ApiFaults
+from kick_sim.config import PUSHER_QUERY, SimConfig, url_host
+from kick_sim.control_api import ControlApi
+from kick_sim.events import (
+    LIVESTREAM_UPDATED,
+    STOP_STREAM_BROADCAST,
+    STREAMER_IS_LIVE,
+    encode_frame,
+    lifecycle_channels,
+    livestream_updated_data,
+    stop_stream_data,
+    streamer_is_live_data,
+)
+from kick_sim.http_api import KickApi
+from kick_sim.http_server import HttpServer
+from kick_sim.malformed import MALFORMED_KINDS, malformed_frames, pick_channel
+from kick_sim.pusher_server import Client, PusherServer
+from kick_sim.scenarios import Flipper, NoiseReplayer
+from kick_sim.state import (
+    OFFLINE,
+    ONLINE,
+    SimError,
+    StreamerState,
+    Transition,
+    World,
+)
+from kick_sim.tokens import TokenStore
+
+
+def _rng(seed: int | None, stream: str) -> random.Random:
+    """Independent seeded streams, so e.g. noise never changes which streamer flips next."""
+    return random.Random(f"{seed}:{stream}") if seed is not None else random.Random()
+
+
+class Engine:
+    """Owns every server and generator; see Simulator for the public, thread-safe API."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.world = World(_rng(config.seed, "world"))
+        self.pusher = PusherServer(config, _rng(config.seed, "pusher"))
+        self.tokens = TokenStore(config.client_id, config.client_secret, config.token_ttl)
+        self.faults = ApiFaults(config.api_delay, config.rate_limit)
+        self.api = KickApi(self.world, self.tokens, self.faults, config.max_batch)
+        self.flipper = Flipper(self.flip_random, _rng(config.seed, "flips"))
+        self.noise = NoiseReplayer(
+            config.noise_path, self.pusher.index.sample, self.world, self._publish_noise, _rng(config.seed, "noise")
+        )
+        self._api_server = HttpServer(self.api.handle, config.host, config.http_port, "kick-api")
+        self._control_server = HttpServer(ControlApi(self).handle, config.host, config.control_port, "control")
+
+    async def start(self) -> None:
+        """Bind every port; noise starts if configured."""
+        await self.pusher.start()
+        await self._api_server.start()
+        await self._control_server.start()
+        if self.config.noise_rate > 0:
+            self.noise.set_rate(self.config.noise_rate)
+
+    async def stop(self) -> None:
+        self.flipper.stop()
+        self.noise.set_rate(0)
+        await self.pusher.stop()
+        await self._api_server.stop()
+        await self._control_server.stop()
+
+    def urls(self) -> dict[str, str]:
+        """Where each part listens, for clients and for --ready-file."""
+        host = url_host(self.config.host)
+        api = f"http://{host}:{self._api_server.port}"
+        return {
+            "pusher_url": f"ws://{host}:{self.pusher.port}/app/{self.config.app_key}?{PUSHER_QUERY}",
+            "api_base_url": api,
+            "oauth_token_url": f"{api}/oauth/token",
+            "web_api_base_url": api,
+            "control_url": f"http://{host}:{self._control_server.port}",
+        }
+
+    def set_live(self, slug: str, live: bool, title: str | None = None, send_event: bool = True) -> Transition:
+        """Flip one streamer; send_event=False changes only the REST truth (a missed event)."""
+        state = self.world.get(slug)
+        if state.live == live:
+            raise SimError(f"{slug} is already {ONLINE if live else OFFLINE}")
+        return self._toggle(state, title, send_event)
+
+    def update_title(self, slug: str, title: str, send_event: bool = True) -> Transition:
+        """A title change while live: LivestreamUpdated, recorded in the truth log too."""
+        state = self.world.get(slug)
+        if not state.live:
+            raise SimError(f"{slug} is offline; only a live stream has a title to update")
+        state.title = title
+        return self._announce(state, ONLINE, LIVESTREAM_UPDATED, livestream_updated_data, send_event)
+
+    def flip_random(self, send_event: bool) -> None:
+        """Toggle a random streamer (the flipper's unit of work)."""
+        self._toggle(self.world.random_state(), None, send_event)
+
+    def start_flipping(
+        self,
+        rate: float,
+        duration: float | None = None,
+        burst: int | None = None,
+        spacing: str = "poisson",
+        missed_fraction: float = 0.0,
+    ) -> None:
+        """Start random flips (see Flipper.start); there must be streamers to flip."""
+        if not self.world.states:
+            raise SimError("no streamers: create some before flipping")
+        self.flipper.start(rate, duration, burst, spacing, missed_fraction)
+
+    def send_malformed(self, kind: str) -> int:
+        """Send every non-silent socket the malformed frames of `kind`; returns frames sent."""
+        if kind not in MALFORMED_KINDS:
+            raise SimError(f"kind must be one of {MALFORMED_KINDS}")
+        stranger = self.world.unknown_channel_id()
+
+        def build(client: Client) -> list[bytes]:
+            return malformed_frames(kind, pick_channel(client.channels, f"channel.{stranger}"), stranger)
+
+        return self.pusher.push_each(build, "malformed")
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for benchmarks and for humans watching a long run."""
+        truth = self.world.truth
+        return {
+            "connections": len(self.pusher.clients),
+            "connections_total": self.pusher.connections_total,
+            "connections_refused": self.pusher.connections_refused,
+            "slow_consumers_dropped": self.pusher.slow_consumers_dropped,
+            "subscriptions": self.pusher.index.total,
+            "channels": len(self.pusher.index.channels),
+            "frames_sent": dict(self.pusher.frames_sent),
+            "transitions": len(truth),
+            "transitions_delivered": sum(1 for transition in truth if transition.delivered),
+            "streamers": len(self.world.states),
+            "live": self.world.live_count,
+            "flipping": self.flipper.running,
+            "flips": self.flipper.flips,
+            "noise": {"rate": self.noise.rate, "frames": self.noise.frames, "skipped": self.noise.skipped},
+            "api_requests": dict(self.api.requests),
+            "api_modes": dict(self.faults.modes),
+            "tokens_issued": self.tokens.issued_total,
+        }
+
+    def _toggle(self, state: StreamerState, title: str | None, send_event: bool) -> Transition:
+        if state.live:
+            self.world.end_stream(state)
+            return self._announce(state, ONLINE, STOP_STREAM_BROADCAST, stop_stream_data, send_event)
+        self.world.start_stream(state, title)
+        return self._announce(state, OFFLINE, STREAMER_IS_LIVE, streamer_is_live_data, send_event)
+
+    def _announce(
+        self,
+        state: StreamerState,
+        previous_status: str,
+        event: str,
+        payload: Callable[[StreamerState], str],
+        send_event: bool,
+    ) -> Transition:
+        """Publish the event (one encode per channel, shared by all subscribers) and record it."""
+        sent = (time.time(), time.monotonic())
+        recipients = 0
+        channels: tuple[str, ...] = ()
+        if send_event:
+            channels = lifecycle_channels(state.streamer.channel_id, self.config.lifecycle_channels)
+            data = payload(state)
+            for channel in channels:
+                recipients += self.pusher.publish(channel, encode_frame(event, data, channel), "lifecycle")
+        return self.world.record(state, previous_status, event, sent, recipients, channels)
+
+    def _publish_noise(self, channel: str, frame: bytes) -> int:
+        return self.pusher.publish(channel, frame, "noise")
