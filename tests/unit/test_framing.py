@@ -1,4 +1,4 @@
-"""FramedSocket over real socketpairs: partial frames, several per recv, the size limit, EOF, a peer that does not read."""
+"""FramedSocket over real socketpairs: partial frames, several per recv, the size limit, EOF, a stalled peer."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_several_messages_in_one_recv_come_out_in_order(pair: tuple[FramedSocket
     assert framed.read() == ["tail"]
 
 
-def test_a_size_over_the_limit_is_refused_before_anything_is_unpickled(pair: tuple[FramedSocket, socket.socket]) -> None:
+def test_a_size_over_the_limit_is_refused_before_unpickling(pair: tuple[FramedSocket, socket.socket]) -> None:
     framed, peer = pair
     peer.sendall(struct.pack("!I", MAX_MESSAGE_BYTES + 1) + b"\x80\x05")  # no body follows: not waited for
     with pytest.raises(ProtocolError, match="exceeds the limit"):
