@@ -93,7 +93,17 @@ class Settings(BaseModel):
         " has arrived as soon as it is read (batches grow by themselves while a commit runs)",
     )
     memory_buffer: int = Field(100000, ge=100, description="changes held in memory while the DB is down")
-    spool_max_bytes: int = Field(1 << 30, ge=1 << 20, description="cap of the durable spool on disk")
+    spool_max_bytes: int = Field(
+        1 << 30, ge=1 << 20, description="cap of the durable spool on disk (the writer's, and each worker's overflow)"
+    )
+
+    # hand-off
+    handoff_max_unacked: int = Field(
+        500000, ge=100,
+        description="changes a worker keeps in memory until the writer acknowledges them; beyond this the oldest"
+        " spill to data_dir/spool/worker-N (capped by spool_max_bytes) and are sent from there first;"
+        " only what that spool cannot take is dropped (counted, alerted)",
+    )
 
     # Kick API
     reconcile_interval: float = Field(300.0, ge=0, description="seconds between reconciliations; 0 = only on connect")

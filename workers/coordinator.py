@@ -72,6 +72,7 @@ WORKER_SETTINGS = frozenset({
     "pusher_url", "api_base_url", "oauth_token_url", "web_api_base_url", "client_id", "client_secret",
     "lifecycle_channels", "activity_timeout", "pong_timeout", "connect_timeout", "reconcile_interval",
     "api_batch_size", "api_rate", "api_burst", "api_timeout", "log_level",
+    "handoff_max_unacked", "spool_max_bytes",  # handoff helper: workers' memory bound and overflow-spool cap
 })
 
 

@@ -25,7 +25,7 @@ from typing import Any
 from kick_monitor.config import Settings
 from kick_monitor.events import LIFECYCLE_EVENTS, EventStats, StatusTracker, TitleUpdate
 from kick_monitor.exitcodes import EX_BOOT, EX_CONFIG, EX_FAILURE
-from kick_monitor.handoff import ChangeSender
+from kick_monitor.handoff import ChangeSender, overflow_spool
 from kick_monitor.logsetup import configure_logging
 from kick_monitor.messages import (
     StatusChange,
@@ -152,7 +152,10 @@ class ShardWorker:
         self.refs: dict[int, StreamerRef] = {ref.channel_id: ref for ref in streamers}
         self.stats = EventStats(shard)
         self.tracker = StatusTracker(self.refs.values(), shard=shard, stats=self.stats)
-        self.sender = ChangeSender(writer_address, sender=f"shard-{shard}")
+        self.sender = ChangeSender(
+            writer_address, sender=f"shard-{shard}", max_unacked=settings.handoff_max_unacked,
+            overflow=overflow_spool(settings.data_dir / "spool" / f"worker-{shard}", settings.spool_max_bytes),
+        )
         self.session = PusherSession(
             settings.pusher_url,
             activity_timeout=settings.activity_timeout,
@@ -430,6 +433,9 @@ class ShardWorker:
         for reason, total in self.session.stats.reconnects.items():
             deltas.advance(m.RECONNECTS, total, shard=shard, reason=reason)
         deltas.advance(m.SUBSCRIPTION_ERRORS, self.session.stats.subscription_errors, shard=shard)
+        for counter, total in ((m.HANDOFF_SPILLED, self.sender.spilled), (m.HANDOFF_DROPPED, self.sender.dropped)):
+            counter.labels(shard=shard)  # exported from 0, so an alert on increase() sees the first one
+            deltas.advance(counter, total, shard=shard)
         for kind, total in self.stats.malformed.items():
             deltas.advance(m.PARSE_ERRORS, total, shard=shard, kind=kind)
         deltas.advance(m.PARSE_ERRORS, self.stats.unknown_channel, shard=shard, kind="unknown_channel")
