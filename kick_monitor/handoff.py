@@ -262,11 +262,20 @@ class ChangeSender:
         self.disk_changes -= item.count
         self.overflow.remove(item.path)
 
+    def spill_all(self) -> int:
+        """Stopping unacknowledged: keep what is in memory on disk for the next start; how many were kept."""
+        if self.overflow is None or not self.memory:
+            return 0
+        before = self.spilled
+        self._spill_down_to(0)
+        return self.spilled - before
+
     def _spill_overflow(self) -> None:
         """Bounded memory: past `max_unacked`, move the oldest tenth of the bound to disk at once."""
-        if self.memory_changes <= self.max_unacked:
-            return
-        target = self.max_unacked - self.max_unacked // 10
+        if self.memory_changes > self.max_unacked:
+            self._spill_down_to(self.max_unacked - self.max_unacked // 10)
+
+    def _spill_down_to(self, target: int) -> None:
         chunk: list[_Unacked] = []
         while self.memory and self.memory_changes > target:
             chunk.append(self.memory.popleft())
@@ -288,16 +297,14 @@ class ChangeSender:
 
     def _write_spill(self, changes: list[StatusChange]) -> Path | None:
         if self.overflow is None:
-            log.error("writer unreachable: dropped %d oldest unacknowledged changes (no overflow spool)", len(changes))
+            log.error("dropped %d oldest unacknowledged changes (no overflow spool)", len(changes))
             return None
         try:
             path = self.overflow.append(changes)
         except OSError as exc:
             log.error("overflow spool unusable (%s): dropped %d oldest unacknowledged changes", exc, len(changes))
             return None
-        log.warning(
-            "writer unreachable: spilled %d oldest unacknowledged changes to %s", len(changes), self.overflow.directory
-        )
+        log.warning("spilled %d unacknowledged changes to %s", len(changes), self.overflow.directory)
         return path
 
 

@@ -385,8 +385,12 @@ class ShardWorker:
         """Graceful stop: close the socket, wait until the writer has every change, exit 0."""
         self.session.close()
         drained = self.sender.wait_drained(self.settings.drain_timeout)
-        if not drained:
-            log.error("stopping with %d changes the writer did not confirm", self.sender.unacked_changes)
+        if not drained:  # handoff helper: what memory holds goes to the overflow spool, sent at the next start
+            self.sender.spill_all()
+            log.error(
+                "stopping with %d changes the writer did not confirm: %d kept on disk for the next start",
+                self.sender.unacked_changes, self.sender.disk_changes,
+            )
         self.sender.close()
         if self._metrics is not None:
             self._export_counters(self._metrics, str(self.shard))

@@ -317,3 +317,26 @@ def test_a_torn_spilled_segment_sends_its_good_lines(address: str, tmp_path: Pat
         sender.close()
     finally:
         listener.close()
+
+
+def test_stopping_unacknowledged_keeps_memory_on_disk_for_the_next_start(
+    address: str, tmp_path: Path, clock: Clock
+) -> None:
+    spool_dir = tmp_path / "spool"
+    stopping = ChangeSender(address, "shard-0", overflow=overflow_spool(spool_dir, 1 << 20), clock=clock)
+    stopping.send(changes(0, 3))
+    stopping.send(changes(3, 5))
+    assert not stopping.wait_drained(0.0)  # the writer is away
+    assert stopping.spill_all() == 5
+    assert stopping.memory_changes == 0 and stopping.disk_changes == 5 and stopping.dropped == 0
+    assert ChangeSender(address, "shard-0", clock=clock).spill_all() == 0, "without a spool nothing to do"
+
+    listener = bind_listener(address)
+    try:
+        sender = ChangeSender(address, "shard-0", overflow=overflow_spool(spool_dir, 1 << 20), clock=clock)
+        writer = Writer(listener)
+        drain(sender, writer, clock)
+        assert writer.received() == changes(0, 5)
+        sender.close()
+    finally:
+        listener.close()
