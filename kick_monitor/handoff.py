@@ -10,8 +10,8 @@ by the coordinator before forking and kept open across writer restarts, so conne
 made while the writer is down wait in the backlog). Messages are length-prefixed pickles
 of the typed messages in `kick_monitor.messages`:
 
-- worker → writer: `ChangeBatch(sender, seq, changes)`; the worker keeps every batch in
-  `unacked` until acknowledged;
+- worker → writer: `ChangeBatch(sender, seq, changes)`; the worker keeps every batch
+  (in memory, or spilled to disk) until acknowledged;
 - writer → worker: `Ack(seq)` once everything up to `seq` is durable — committed to
   PostgreSQL or fsync'ed to the local spool;
 - when the connection breaks (writer killed, restarted), the worker reconnects and sends
@@ -20,6 +20,9 @@ of the typed messages in `kick_monitor.messages`:
   no-op and "newer wins" makes the state update a no-op. Nothing is lost, nothing doubled.
 
 Both ends are non-blocking: a stalled writer can never block a worker's socket loop.
+Memory is bounded (`handoff_max_unacked`): past it the oldest unacknowledged changes
+spill to the worker's own spool and are re-sent from disk first; only what that spool
+cannot take is dropped, and counted (`kick_monitor_handoff_dropped_changes_total`).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ SPILL_BATCH = 5000  # changes per ChangeBatch when a spilled segment is sent aga
 SPILL_WINDOW = 2  # spilled segments in flight at once: bounds what re-sending reads into memory
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Unacked:
     """Changes the writer has not acknowledged: an in-memory batch, or a spilled segment on disk."""
 
@@ -280,6 +283,8 @@ class ChangeSender:
         while self.memory and self.memory_changes > target:
             chunk.append(self.memory.popleft())
             self.memory_changes -= chunk[-1].count
+        if not chunk:
+            return
         queued = min(len(chunk), self._queued_memory)
         self._queued_memory -= queued
         changes = [change for item in chunk for change in item.changes]
