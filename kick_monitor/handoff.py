@@ -225,8 +225,9 @@ class ChangeSender:
         assert self.overflow is not None and item.path is not None
         try:
             changes = self.overflow.read(item.path)
-        except OSError as exc:
-            log.error("cannot read spilled changes from %s: %s", item.path, exc)
+        except OSError as exc:  # gone or unreadable: say so and count it, rather than stall everything behind it
+            log.error("cannot read %d spilled changes from %s (%s): dropped", item.count, item.path, exc)
+            self.dropped += item.count
             changes = []
         self.disk_changes += len(changes) - item.count
         item.count = len(changes)

@@ -340,3 +340,23 @@ def test_stopping_unacknowledged_keeps_memory_on_disk_for_the_next_start(
         sender.close()
     finally:
         listener.close()
+
+
+def test_a_spilled_segment_that_vanished_is_counted_as_dropped_not_waited_for(
+    address: str, tmp_path: Path, clock: Clock
+) -> None:
+    spool_dir = tmp_path / "spool"
+    sender = ChangeSender(address, "shard-0", max_unacked=2, overflow=overflow_spool(spool_dir, 1 << 20), clock=clock)
+    for n in range(5):
+        sender.send([change(n)])
+    first, *_ = sorted(spool_dir.iterdir())
+    first.unlink()  # an operator cleaning up, a disk error
+    listener = bind_listener(address)
+    try:
+        writer = Writer(listener)
+        drain(sender, writer, clock)
+        assert sender.dropped == 1
+        assert writer.received() == changes(1, 5)
+        sender.close()
+    finally:
+        listener.close()
