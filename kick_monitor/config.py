@@ -150,8 +150,16 @@ class Settings(BaseModel):
     memory_buffer: Annotated[int, live(WRITER)] = Field(
         100000, ge=100, description="changes held in memory while the DB is down",
     )
-    spool_max_bytes: Annotated[int, restart(WRITER)] = Field(
-        1 << 30, ge=1 << 20, description="cap of the durable spool on disk",
+    spool_max_bytes: Annotated[int, restart(WRITER, WORKER)] = Field(
+        1 << 30, ge=1 << 20, description="cap of the durable spool on disk (the writer's, and each worker's overflow)"
+    )
+
+    # hand-off
+    handoff_max_unacked: Annotated[int, restart(WORKER)] = Field(
+        500000, ge=100,
+        description="changes a worker keeps in memory until the writer acknowledges them; beyond this the oldest"
+        " spill to data_dir/spool/worker-N (capped by spool_max_bytes) and are sent from there first;"
+        " only what that spool cannot take is dropped (counted, alerted)",
     )
 
     # Kick API

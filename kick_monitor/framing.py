@@ -31,6 +31,14 @@ def encode(message: object) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
+def _decode(body: memoryview) -> object:
+    """Unpickle one frame; anything that is not a pickle of ours is the peer's fault, one error kind."""
+    try:
+        return pickle.loads(body)
+    except Exception as exc:  # UnpicklingError, EOFError, AttributeError, ImportError, ...
+        raise ProtocolError(f"undecodable message ({type(exc).__name__})") from None
+
+
 class FramedSocket:
     """A non-blocking Unix stream socket carrying length-prefixed pickled messages."""
 
@@ -66,7 +74,7 @@ class FramedSocket:
             del self._outbox[:sent]
 
     def read(self) -> list[object]:
-        """Every complete message readable now; raise ConnectionError at EOF."""
+        """Every complete message readable now; raise ConnectionError at EOF, ProtocolError on garbage."""
         while True:
             try:
                 chunk = self.sock.recv(1 << 20)
@@ -88,7 +96,7 @@ class FramedSocket:
                 end = offset + _HEADER.size + size
                 if end > len(self._inbox):
                     break
-                messages.append(pickle.loads(view[offset + _HEADER.size : end]))
+                messages.append(_decode(view[offset + _HEADER.size : end]))
                 offset = end
         finally:
             view.release()

@@ -44,6 +44,16 @@ UNACKED = Gauge(
     "kick_monitor_worker_unacked_changes", "Changes a worker holds until the writer makes them durable",
     ["shard"], multiprocess_mode="livemax",
 )
+HANDOFF_SPILLED = Counter(
+    "kick_monitor_handoff_spilled_changes_total",
+    "Changes a worker moved to its overflow spool because the writer did not acknowledge them in time",
+    ["shard"],
+)
+HANDOFF_DROPPED = Counter(
+    "kick_monitor_handoff_dropped_changes_total",
+    "Changes a worker dropped: its memory bound and its overflow spool were both full",
+    ["shard"],
+)
 HEARTBEAT = Gauge(
     "kick_monitor_worker_heartbeat_timestamp_seconds", "Last heartbeat of a worker", ["shard"],
     multiprocess_mode="livemax",

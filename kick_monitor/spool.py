@@ -5,6 +5,8 @@ fsync'ed before the writer acknowledges the changes to the workers. Replay reads
 oldest segment, commits it, then deletes it; a crash in between replays it again, which
 the idempotent history insert absorbs. A torn last line (crash mid-append) is skipped.
 Files are 0600 in a 0700 directory: they hold nothing secret, but nothing for others.
+Workers keep one too (`spool/worker-N`, one segment per spill: see `handoff.overflow_spool`)
+for changes the writer has not acknowledged in time.
 """
 
 from __future__ import annotations
@@ -24,6 +26,15 @@ SEGMENT_BYTES = 16 << 20
 _FIELDS = StatusChange.__slots__
 
 
+def _ends_whole(path: Path) -> bool:
+    """Whether a segment ends with a complete line (or is empty)."""
+    with path.open("rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
 class SpoolFullError(OSError):
     """The spool reached its configured cap."""
 
@@ -31,26 +42,36 @@ class SpoolFullError(OSError):
 class Spool:
     """Ordered, durable backlog of changes; oldest first."""
 
-    def __init__(self, directory: Path, max_bytes: int) -> None:
+    def __init__(self, directory: Path, max_bytes: int, *, segment_bytes: int = SEGMENT_BYTES) -> None:
+        """`segment_bytes=0` gives every append its own segment, so it can be removed on its own."""
         self.directory = directory
         self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(directory, 0o700)
         self._segments = sorted(directory.glob("*.jsonl"))
         self._bytes = sum(p.stat().st_size for p in self._segments)
         self._replaying: Path | None = None  # never append to a segment being replayed
+        # ... nor to one whose last line is torn (killed mid-append): the next line would be glued to it
+        self._torn = self._segments[-1] if self._segments and not _ends_whole(self._segments[-1]) else None
 
     @property
     def size_bytes(self) -> int:
         return self._bytes
 
+    @property
+    def segments(self) -> tuple[Path, ...]:
+        """Segment files, oldest first."""
+        return tuple(self._segments)
+
     def __bool__(self) -> bool:
         return bool(self._segments)
 
-    def append(self, changes: Sequence[StatusChange]) -> None:
-        """Write and fsync; raise OSError (ENOSPC, SpoolFullError, ...) if it cannot be made durable."""
+    def append(self, changes: Sequence[StatusChange]) -> Path | None:
+        """Write and fsync; the segment written to. Raise OSError (ENOSPC, SpoolFullError, ...)
+        if the changes cannot be made durable; then nothing of them is left behind."""
         if not changes:
-            return
+            return None
         data = b"".join(orjson.dumps([getattr(c, f) for f in _FIELDS]) + b"\n" for c in changes)
         if self._bytes + len(data) > self.max_bytes:
             raise SpoolFullError(f"spool {self.directory} is full ({self._bytes} bytes, cap {self.max_bytes})")
@@ -72,12 +93,17 @@ class Spool:
             self._segments.append(path)
             self._fsync_directory()
         self._bytes += len(data)
+        return path
 
     def oldest(self) -> tuple[Path, list[StatusChange]] | None:
         """The oldest segment and its changes, or None when empty."""
         if not self._segments:
             return None
         path = self._segments[0]
+        return path, self.read(path)
+
+    def read(self, path: Path) -> list[StatusChange]:
+        """The changes of one segment; unreadable lines (a torn last line) are reported and skipped."""
         self._replaying = path
         changes: list[StatusChange] = []
         for number, line in enumerate(path.read_bytes().splitlines(), start=1):
@@ -85,7 +111,7 @@ class Spool:
                 changes.append(StatusChange(*orjson.loads(line)))
             except (orjson.JSONDecodeError, TypeError) as exc:
                 log.warning("skipping unreadable spool line %s:%d (%s)", path.name, number, exc)
-        return path, changes
+        return changes
 
     def remove(self, path: Path) -> None:
         """Forget a segment once its changes are committed."""
@@ -98,7 +124,7 @@ class Spool:
     def _tail_segment(self, incoming: int) -> Path:
         if self._segments:
             tail = self._segments[-1]
-            if tail != self._replaying and tail.stat().st_size + incoming <= SEGMENT_BYTES:
+            if tail not in (self._replaying, self._torn) and tail.stat().st_size + incoming <= self.segment_bytes:
                 return tail
             number = int(tail.stem) + 1
         else:

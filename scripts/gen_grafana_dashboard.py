@@ -67,7 +67,11 @@ ROWS: list[tuple[str, list[Panel]]] = [
             ("{{kind}}", f"sum by (kind) (rate(kick_monitor_writer_commit_errors_total{{{SEL}}}[$__rate_interval]))")],
          8),
         ("Spooled changes / s", "timeseries", "ops", [
-            ("spooled", f"sum(rate(kick_monitor_spooled_changes_total{{{SEL}}}[$__rate_interval]))")], 8),
+            ("spooled", f"sum(rate(kick_monitor_spooled_changes_total{{{SEL}}}[$__rate_interval]))"),
+            ("worker spilled, shard {{shard}}",
+             f"sum by (shard) (rate(kick_monitor_handoff_spilled_changes_total{{{SEL}}}[$__rate_interval]))"),
+            ("worker dropped, shard {{shard}}",
+             f"sum by (shard) (rate(kick_monitor_handoff_dropped_changes_total{{{SEL}}}[$__rate_interval]))")], 8),
         ("Spool size", "timeseries", "bytes", [
             ("{{instance}}", f"kick_monitor_spool_bytes{{{SEL}}}")], 8),
     ]),

@@ -25,7 +25,7 @@ from kick_monitor.assignment import AssignmentClient
 from kick_monitor.config import Settings
 from kick_monitor.events import LIFECYCLE_EVENTS, EventStats, StatusTracker, TitleUpdate, channel_names
 from kick_monitor.exitcodes import EX_CONFIG
-from kick_monitor.handoff import ChangeSender
+from kick_monitor.handoff import ChangeSender, overflow_spool
 from kick_monitor.messages import Assign, StatusChange, StreamerRef, Subscribe, Unsubscribe
 from kick_monitor.metric_deltas import CounterDeltas
 from kick_monitor.pusher import PusherFatalError, PusherSession
@@ -134,7 +134,10 @@ class ShardWorker(Role):
         self.stats = EventStats(shard)
         self.tracker = StatusTracker((), shard=shard, stats=self.stats)
         self.assignments = AssignmentClient(ctx.planner_address, shard)
-        self.sender = ChangeSender(ctx.writer_address, sender=f"shard-{shard}")
+        self.sender = ChangeSender(
+            ctx.writer_address, sender=f"shard-{shard}", max_unacked=settings.handoff_max_unacked,
+            overflow=overflow_spool(settings.data_dir / "spool" / f"worker-{shard}", settings.spool_max_bytes),
+        )
         self.session = PusherSession(
             settings.pusher_url,
             activity_timeout=settings.activity_timeout,
@@ -361,8 +364,12 @@ class ShardWorker(Role):
         """Warm stop: close the socket, wait until the writer has every change, exit 0."""
         self.session.close()
         drained = self.sender.wait_drained(self.settings.drain_timeout)
-        if not drained:
-            log.error("stopping with %d changes the writer did not confirm", self.sender.unacked_changes)
+        if not drained:  # handoff helper: what memory holds goes to the overflow spool, sent at the next start
+            self.sender.spill_all()
+            log.error(
+                "stopping with %d changes the writer did not confirm: %d kept on disk for the next start",
+                self.sender.unacked_changes, self.sender.disk_changes,
+            )
         self.sender.close()
         self.assignments.close()
         self._export_counters(self.telemetry, str(self.shard))
@@ -395,6 +402,9 @@ class ShardWorker(Role):
         for reason, total in self.session.stats.reconnects.items():
             deltas.advance(m.RECONNECTS, total, shard=shard, reason=reason)
         deltas.advance(m.SUBSCRIPTION_ERRORS, self.session.stats.subscription_errors, shard=shard)
+        for counter, total in ((m.HANDOFF_SPILLED, self.sender.spilled), (m.HANDOFF_DROPPED, self.sender.dropped)):
+            counter.labels(shard=shard)  # exported from 0, so an alert on increase() sees the first one
+            deltas.advance(counter, total, shard=shard)
         for kind, total in self.stats.malformed.items():
             deltas.advance(m.PARSE_ERRORS, total, shard=shard, kind=kind)
         deltas.advance(m.PARSE_ERRORS, self.stats.unknown_channel, shard=shard, kind="unknown_channel")

@@ -68,8 +68,13 @@ class Backlog:
         self.changes, self.acks, self.since = [], {}, None
         return changes, acks
 
-    def merge(self, other: Backlog) -> None:
-        self.changes.extend(other.changes)
+    def merge(self, other: Backlog, *, front: bool = False) -> None:
+        """Take over `other`'s changes and acks; `front=True` when they are older than ours
+        (a failed commit of what was held), so older changes still commit before newer ones."""
+        if front:
+            self.changes[:0] = other.changes
+        else:
+            self.changes.extend(other.changes)
         for conn_id, seq in other.acks.items():
             self.acks[conn_id] = max(seq, self.acks.get(conn_id, 0))
         if other.since is not None:
@@ -173,21 +178,11 @@ class BatchWriter(Role):
             if len(self.held) >= self.settings.memory_buffer:
                 self.spool_held()
             return
-        changes, acks = self.pending.take()
-        if self.commit(changes):
-            self.receiver.acknowledge(acks)
+        batch, self.pending = self.pending, Backlog()
+        if self.commit(batch.changes):
+            self.receiver.acknowledge(batch.acks)
         else:
-            self._hold(changes, acks, now, front=False)
-
-    def _hold(self, changes: list[StatusChange], acks: dict[int, int], now: float, *, front: bool) -> None:
-        """Keep changes that could not be committed, in order, with the acks they cover."""
-        if front:
-            self.held.changes[:0] = changes
-        else:
-            self.held.changes.extend(changes)
-        for conn_id, seq in acks.items():
-            self.held.acks[conn_id] = max(seq, self.held.acks.get(conn_id, 0))
-        self.held.since = self.held.since or now
+            self.held.merge(batch)
 
     def commit(self, changes: list[StatusChange]) -> bool:
         """Commit in slices of batch_size; False (and the DB marked down) on a connection error."""
@@ -264,11 +259,11 @@ class BatchWriter(Role):
             self.spool.remove(path)
             log.info("replayed %d spooled changes from %s", len(changes), path.name)
         if self.held:
-            changes, acks = self.held.take()
-            if self.commit(changes):
-                self.receiver.acknowledge(acks)
+            batch, self.held = self.held, Backlog()
+            if self.commit(batch.changes):
+                self.receiver.acknowledge(batch.acks)
             else:
-                self._hold(changes, acks, now, front=True)
+                self.held.merge(batch, front=True)
 
     def drain(self) -> None:
         """Shutdown: commit everything received; what cannot be committed goes to the spool."""

@@ -35,6 +35,7 @@ WANTED_ALERTS = {
     "KickMonitorDown", "KickMonitorWorkerStalled", "KickMonitorWorkersRestarting", "KickMonitorShardDisconnected",
     "KickMonitorNoFrames", "KickMonitorReconnectStorm", "KickMonitorSpoolGrowing", "KickMonitorDatabaseDown",
     "KickMonitorCommitLatencyHigh", "KickMonitorFrameToCommitSlow", "KickMonitorUnresolvedStreamers",
+    "KickMonitorHandoffSpilling", "KickMonitorHandoffDropping",
 }
 
 
