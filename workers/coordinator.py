@@ -37,7 +37,8 @@ import psycopg2
 import psycopg2.extensions
 
 from kick_monitor.config import Settings
-from kick_monitor.database import DatabaseUnavailable, connect
+from kick_monitor.credentials import for_role, scrub_environment
+from kick_monitor.database import DatabaseUnavailable, connect, with_password
 from kick_monitor.exitcodes import EX_BOOT, EX_CONFIG, EX_FAILURE, EX_OK, EX_USAGE
 from kick_monitor.handoff import bind_listener
 from kick_monitor.logsetup import register_settings_secrets
@@ -67,7 +68,10 @@ RESTART_ONLY = frozenset({
     "data_dir", "database_url", "shard_count", "shard_index", "channels_per_connection",
     "metrics_host", "metrics_port", "log_format",
 })
-WRITER_SETTINGS = frozenset({"batch_size", "flush_interval", "memory_buffer", "spool_max_bytes", "log_level"})
+WRITER_SETTINGS = frozenset({
+    "batch_size", "flush_interval", "memory_buffer", "spool_max_bytes", "log_level",
+    "database_password",  # [creds] a rotated password: the writer reconnects with it
+})
 WORKER_SETTINGS = frozenset({
     "pusher_url", "api_base_url", "oauth_token_url", "web_api_base_url", "client_id", "client_secret",
     "lifecycle_channels", "activity_timeout", "pong_timeout", "connect_timeout", "reconcile_interval",
@@ -260,6 +264,11 @@ class Coordinator:
         log.info("SIGHUP: applying new %s", ", ".join(sorted(changed)))
         self.settings = new
         register_settings_secrets(new)
+        # [creds] rotated secrets: the next connection and the next token fetch use them
+        if "database_password" in changed and new.database_url is not None:
+            self.database_url = with_password(new.database_url.get_secret_value(), new.database_password)
+        if changed & WORKER_SETTINGS:
+            self.api_client = None  # the id resolver's client is rebuilt from the new settings
         logging.getLogger().setLevel(new.log_level)
         restart = []
         if changed & WRITER_SETTINGS and self.writer is not None:
@@ -300,15 +309,16 @@ class Coordinator:
             code = EX_FAILURE
             try:
                 self.close_inherited(keep=child_end)
+                # [creds] each role gets only the secrets it uses (credentials.for_role)
                 if child.shard is None:
                     code = run_writer(
-                        self.settings, self.database_url, self.listener, self.spool_dir(),
+                        for_role(self.settings, "writer"), self.database_url, self.listener, self.spool_dir(),
                         self.heartbeats, child.slot, title=f"writer ({self.tree})",
                     )
                 else:
                     assert child_end is not None
                     code = run_worker(
-                        self.settings, child.shard, list(child.streamers.values()), child_end,
+                        for_role(self.settings, "worker"), child.shard, list(child.streamers.values()), child_end,
                         self.writer_address, self.heartbeats, child.slot,
                     )
             except BaseException:
@@ -704,6 +714,7 @@ def run_service(settings: Settings, reload_settings: Callable[[], Settings] | No
     from kick_monitor.metrics_server import prepare_multiprocess_dir, start_metrics_server
     from kick_monitor.migrations import SchemaError, migrate, require_current
 
+    scrub_environment()  # [creds] before anything forks (embedded PostgreSQL, children): see credentials.py
     configure_logging(settings, role="coordinator")
     tree = "all" if settings.shard_index is None else f"shard-{settings.shard_index}"
     metrics_server = None

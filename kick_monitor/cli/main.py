@@ -18,7 +18,8 @@ from typing import Any, NoReturn
 import psycopg2
 
 from .. import __version__
-from ..config import ConfigError, Settings, load_settings
+from ..config import SECRET_FIELDS, ConfigError, Settings, env_key, load_settings
+from ..credentials import SecretSources, scrub_environment
 from ..database import DatabaseUnavailable
 from ..embedded_pg import EmbeddedPostgresError
 from ..logsetup import configure_logging, redact, register_secret, register_url_secrets
@@ -135,7 +136,9 @@ def _leaf(parser: argparse.ArgumentParser, handler: Handler) -> None:
 
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:
-    # SIGHUP re-reads the same sources: flags, environment, config file.
+    # Secrets were captured in dispatch(); no process of the tree inherits them from here on.
+    scrub_environment()
+    # SIGHUP re-reads the same sources: flags, environment, config file, secret files and credentials.
     return run_service(settings, reload_settings=lambda: load(args))
 
 
@@ -144,7 +147,8 @@ def load(args: argparse.Namespace) -> Settings:
     config: Path | None = getattr(args, "config", None)
     if config is None and os.environ.get("KICK_MONITOR_CONFIG"):
         config = Path(os.environ["KICK_MONITOR_CONFIG"])
-    return load_settings(cli=given_settings(args), environ=os.environ, config_file=config)
+    sources: SecretSources | None = getattr(args, "secret_sources", None)
+    return load_settings(cli=given_settings(args), environ=os.environ, config_file=config, sources=sources)
 
 
 def log_level(settings: Settings, command: str | None) -> str:
@@ -166,6 +170,7 @@ def dispatch(argv: Sequence[str]) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extras)}")
     if command is None and not args.dry_run:
         parser.error("no command given")
+    args.secret_sources = SecretSources.capture(os.environ)  # once: `run` scrubs the environment
     settings = load(args)
     configure_logging(settings, log_level(settings, command), role="cli")
     if args.dry_run:
@@ -177,6 +182,7 @@ def dispatch(argv: Sequence[str]) -> int:
 def run_hook(name: str, args: argparse.Namespace, extras: list[str]) -> int:
     """Import the command's module, let it add its arguments, parse the rest and run it."""
     hook = HOOKS[name]
+    args.secret_sources = SecretSources.capture(os.environ)
     module = load_module(hook.module, name)
     add_arguments = require(module, "add_arguments", name)
     run = require(module, "run", name)
@@ -202,8 +208,9 @@ def report(message: str, code: int) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """The console entry point; returns the exit code."""
     configure_logging("auto", "WARNING", role="cli")
-    register_secret(os.environ.get("KICK_MONITOR_CLIENT_SECRET"))  # before anything can echo them
-    register_url_secrets(os.environ.get("KICK_MONITOR_DATABASE_URL"))
+    for key in sorted(SECRET_FIELDS):  # before anything can echo them (files are registered once read)
+        register_secret(os.environ.get(env_key(key)))
+    register_url_secrets(os.environ.get(env_key("database_url")))
     try:
         return dispatch(sys.argv[1:] if argv is None else list(argv))
     except SystemExit as exc:  # --help, --version, or a command that called sys.exit
