@@ -87,8 +87,8 @@ def read_secret_file(path: Path, what: str) -> str:
     by group or others (containers mount secrets 0444, Kubernetes 0644) draws a warning.
     `what` names the source in messages, e.g. `KICK_MONITOR_CLIENT_SECRET_FILE=/run/secrets/x`.
     """
-    try:
-        with open(path, "rb") as handle:
+    try:  # non-blocking: a FIFO put there by mistake must not hang the start
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as handle:
             info = os.fstat(handle.fileno())
             problem = _refusal(info)
             if problem:
