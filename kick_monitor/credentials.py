@@ -25,6 +25,7 @@ rotating one of those takes a restart.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import stat
@@ -59,11 +60,37 @@ def scrub_environment(environ: MutableMapping[str, str] | None = None) -> list[s
     On `os.environ` this also unsets them in the C environment, which forked children and
     every subprocess inherit.
     """
+    real = environ is None or environ is os.environ
     environ = os.environ if environ is None else environ
     removed = sorted(key for key in environment_keys() if key in environ)
     for key in removed:
         del environ[key]
+    if real:
+        wipe_environment_block(environment_keys())
     return removed
+
+
+def wipe_environment_block(keys: frozenset[str]) -> int:
+    """Zero the `keys` entries of the environment block the process started with; return how many.
+
+    `unsetenv` only drops the pointers: the strings stay in the block the kernel shows as
+    /proc/PID/environ (and forks copy it). No pointer refers to a removed entry any more,
+    so overwriting it is safe; the other entries are left exactly as they are.
+    """
+    try:  # fields 50 and 51 of /proc/self/stat: env_start, env_end (Linux 3.5+)
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        start, end = int(fields[47]), int(fields[48])
+    except (OSError, IndexError, ValueError):
+        return 0
+    if not 0 < start < end:
+        return 0
+    wiped, offset = 0, 0
+    for entry in ctypes.string_at(start, end - start).split(b"\0"):
+        if entry.partition(b"=")[0].decode(errors="replace") in keys:
+            ctypes.memset(start + offset, 0, len(entry))
+            wiped += 1
+        offset += len(entry) + 1
+    return wiped
 
 
 # The secrets each role uses; the rest are left out of the settings it is handed.
