@@ -181,3 +181,24 @@ def test_every_secret_setting_is_declared() -> None:
     """A new SecretStr setting (a webhook secret) gets _FILE, credentials, scrubbing and masking by being listed."""
     typed = {name for name, info in Settings.model_fields.items() if "SecretStr" in str(info.annotation)}
     assert typed == SECRET_FIELDS
+
+
+def test_scrub_clears_proc_environ_and_what_subprocesses_inherit() -> None:
+    """unsetenv alone leaves the strings in /proc/PID/environ; the other variables must survive intact."""
+    script = (
+        "import subprocess, sys\n"
+        "from kick_monitor.credentials import scrub_environment\n"
+        "scrub_environment()\n"
+        "sys.stdout.write(open('/proc/self/environ', 'rb').read().decode(errors='replace') + '\\n---\\n')\n"
+        "sys.stdout.flush()\n"
+        "subprocess.run(['env'], check=True)\n"
+    )
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(Path(__file__).parents[2]), "KEEP_ME": "kept-value",
+           "KICK_MONITOR_CLIENT_SECRET": ENV, "KICK_MONITOR_DATABASE_PASSWORD": "pw-in-env-6a7b",
+           "KICK_MONITOR_CLIENT_SECRET_FILE": "/run/secrets/x", "KICK_MONITOR_LOG_LEVEL": "INFO"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=30,
+                          check=True)
+    block, inherited = done.stdout.split("\n---\n")
+    for text in (block, inherited):
+        assert ENV not in text and "pw-in-env-6a7b" not in text and "/run/secrets/x" not in text
+        assert "KEEP_ME=kept-value" in text and "KICK_MONITOR_LOG_LEVEL=INFO" in text
