@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kick_monitor.config import FIELD_BY_KEY, load_settings
+from kick_monitor.config import FIELD_BY_KEY, SECRET_FIELDS, load_settings
 from tests.service import REPO, Service, running, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -103,6 +103,10 @@ def test_units_keep_the_service_contracts(name: str) -> None:
     assert "/etc/kick-monitor/kick-monitor.env" in unit["EnvironmentFile"]
     for setting in unit.get("Environment", []):
         assert setting.partition("=")[0] in FIELD_BY_KEY, setting
+        assert FIELD_BY_KEY[setting.partition("=")[0]] not in SECRET_FIELDS, "secrets are credentials"
+    assert set(unit["LoadCredential"]) == SECRET_FIELDS, "every secret can come as a credential, by its name"
+    commented = re.findall(r"^#LoadCredentialEncrypted=(\w+)$", (UNITS / name).read_text(), re.MULTILINE)
+    assert set(commented) == SECRET_FIELDS, "the encrypted alternative is shown for every secret"
     for key, value in HARDENING.items():
         assert one.get(key) == value, f"{name}: {key}={one.get(key)!r}, want {value!r}"
     assert "@system-service" in unit["SystemCallFilter"]
