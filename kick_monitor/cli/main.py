@@ -208,9 +208,9 @@ def report(message: str, code: int) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """The console entry point; returns the exit code."""
     configure_logging("auto", "WARNING", role="cli")
-    for key in sorted(SECRET_FIELDS):  # before anything can echo them (files are registered once read)
-        register_secret(os.environ.get(env_key(key)))
-    register_url_secrets(os.environ.get(env_key("database_url")))
+    for name in sorted(SECRET_FIELDS - {"database_url"}):  # before anything can echo them (files: once read)
+        register_secret(os.environ.get(env_key(name)))
+    register_url_secrets(os.environ.get(env_key("database_url")))  # of a URL, only its password
     try:
         return dispatch(sys.argv[1:] if argv is None else list(argv))
     except SystemExit as exc:  # --help, --version, or a command that called sys.exit

@@ -84,7 +84,8 @@ def test_credentials_from_files_never_shown_and_stored_private(tmp_path: Path) -
     assert "+ write /etc/credstore/database_password (mode 0600" in dry.stdout
     encrypted = sh(INSTALL, "--dry-run", "--encrypt", *flags)
     assert encrypted.returncode == 0, encrypted.stderr
-    assert "+ systemd-creds encrypt --name=client_secret <secret> /etc/credstore.encrypted/client_secret" in encrypted.stdout
+    encrypt = "+ systemd-creds encrypt --name=client_secret <secret> /etc/credstore.encrypted/client_secret"
+    assert encrypt in encrypted.stdout
     assert "LoadCredentialEncrypted=database_password" in encrypted.stdout, "the drop-in that loads them"
     root = tmp_path / "root"
     staged = sh(INSTALL, "--destdir", str(root), *flags)
