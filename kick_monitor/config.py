@@ -15,7 +15,7 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -25,6 +25,9 @@ KICK_PUSHER_URL = (
     "wss://ws-us2.pusher.com/app/32cbd69e4b950bf97679?protocol=7&client=js&version=8.4.0&flash=false"
 )
 SECRET_MASK = "**********"
+
+if TYPE_CHECKING:
+    from .credentials import SecretSources
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +106,9 @@ class Settings(BaseModel):
     )
     client_secret: Annotated[SecretStr | None, live(WORKER, PLANNER)] = Field(
         None, description="Kick app client secret (never printed)",
+    )
+    database_password: Annotated[SecretStr | None, live(WRITER, PLANNER)] = Field(
+        None, description="PostgreSQL password, kept out of the URL (best as a credential or _FILE; never printed)"
     )
 
     # observability
@@ -255,7 +261,10 @@ def env_key(field: str) -> str:
 
 
 FIELD_BY_KEY = {env_key(name): name for name in Settings.model_fields}
-SECRET_FIELDS = frozenset({"client_secret", "database_url"})
+# The secret settings: each also comes from KICK_MONITOR_<NAME>_FILE or the systemd credential
+# <name>, is scrubbed from the environment and masked everywhere (kick_monitor/credentials.py).
+# The webhook and notification secrets join this list when they arrive.
+SECRET_FIELDS = frozenset({"client_secret", "database_url", "database_password"})
 
 
 def parse_env_file(path: Path) -> dict[str, str]:
@@ -313,25 +322,32 @@ def env_values(environ: Mapping[str, str]) -> dict[str, str]:
             continue
         if key in FIELD_BY_KEY:
             known[key] = value
-        elif key not in IGNORED_ENV:
+        elif key not in IGNORED_ENV and key not in SECRET_FILE_KEYS:
             log.warning("ignoring unknown environment variable %s", key)
     return known
 
 
 # Variables of ours that are not settings (set by units and scripts for other purposes).
 IGNORED_ENV = frozenset({ENV_PREFIX + "CONFIG"})
+SECRET_FILE_KEYS = frozenset(env_key(name) + "_FILE" for name in SECRET_FIELDS)  # read by credentials.py
 
 
 def load_settings(
     cli: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     config_file: Path | None = None,
+    sources: SecretSources | None = None,
 ) -> Settings:
     """Merge the sources in precedence order and validate once; raise ConfigError on bad input.
 
-    `cli` is keyed by field name and holds only flags the user actually gave.
+    `cli` is keyed by field name and holds only flags the user actually gave. Secrets come
+    from `sources` (captured from the environment at start, see kick_monitor/credentials.py;
+    by default from `environ` now): they win over the config file, flags win over them.
     """
+    from .credentials import SecretSources  # credentials builds on this module
+
     environ = os.environ if environ is None else environ
+    sources = SecretSources.capture(environ) if sources is None else sources
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
     if config_file is not None:
@@ -339,8 +355,15 @@ def load_settings(
             merged[FIELD_BY_KEY[key]] = value
             origin[FIELD_BY_KEY[key]] = f"{key} (from {config_file})"
     for key, value in env_values(environ).items():
+        if FIELD_BY_KEY[key] in SECRET_FIELDS:
+            continue  # captured in `sources`: the environment may have been scrubbed since
         merged[FIELD_BY_KEY[key]] = value
         origin[FIELD_BY_KEY[key]] = key
+    for name, (value, where) in sources.read().items():
+        if name in origin and where != env_key(name):
+            log.warning("%s is ignored: %s takes precedence", origin[name], where)
+        merged[name] = value
+        origin[name] = where
     for name, value in (cli or {}).items():
         if value is None:
             continue

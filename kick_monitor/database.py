@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import psycopg2
 import psycopg2.extensions
+from pydantic import SecretStr
 
 from .config import Settings
 from .embedded_pg import EmbeddedPostgres
@@ -26,7 +27,9 @@ class DatabaseUnavailable(RuntimeError):
 
 
 def describe_url(url: str) -> str:
-    """The URL without credentials, for messages and logs."""
+    """The URL (or libpq `key=value` string) without credentials, for messages and logs."""
+    if "://" not in url:
+        return _describe_keywords(url)
     try:
         parts = urlsplit(url)
         port_number = parts.port
@@ -37,6 +40,25 @@ def describe_url(url: str) -> str:
         host = parts.query.split("host=", 1)[1].split("&", 1)[0]
     port = f":{port_number}" if port_number else ""
     return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def _describe_keywords(dsn: str) -> str:
+    try:
+        parts = psycopg2.extensions.parse_dsn(dsn)
+    except psycopg2.Error:
+        return "<malformed database URL>"
+    port = f":{parts['port']}" if parts.get("port") else ""
+    return f"postgresql://{parts.get('host', '')}{port}/{parts.get('dbname', '')}"
+
+
+def with_password(url: str, password: SecretStr | None) -> str:
+    """`url` as a libpq connection string with `password` set (it wins over one in the URL)."""
+    if password is None:
+        return url
+    try:
+        return str(psycopg2.extensions.make_dsn(url, password=password.get_secret_value()))
+    except psycopg2.Error:  # the message would quote the URL: let connect() report it without
+        return url
 
 
 def connect(
@@ -57,9 +79,13 @@ def connect(
 
 @contextlib.contextmanager
 def database_url(settings: Settings, *, keep_running: bool = False) -> Iterator[str]:
-    """Yield the URL to use: the configured one, or an embedded server started for the duration."""
+    """Yield the URL to use: the configured one, or an embedded server started for the duration.
+
+    A separate `database_password` is added to the configured URL (as a libpq connection
+    string); libpq's own `passfile` / $PGPASSFILE works without any of this.
+    """
     if settings.database_url is not None:
-        yield settings.database_url.get_secret_value()
+        yield with_password(settings.database_url.get_secret_value(), settings.database_password)
         return
     embedded = EmbeddedPostgres(Path(settings.data_dir))
     url = embedded.start()

@@ -26,7 +26,7 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 
-from .config import SECRET_MASK, Settings
+from .config import SECRET_FIELDS, SECRET_MASK, Settings
 
 # Values shorter than this are not registered: they would mask ordinary words and digits.
 MIN_SECRET_LENGTH = 4
@@ -48,11 +48,15 @@ def register_secret(value: str | None) -> None:
 
 
 def register_settings_secrets(settings: Settings) -> None:
-    """Register the client secret and the database password (raw and URL-decoded)."""
-    if settings.client_secret is not None:
-        register_secret(settings.client_secret.get_secret_value())
-    if settings.database_url is not None:
-        register_url_secrets(settings.database_url.get_secret_value())
+    """Register every secret setting; of the database URL, only its password (raw and URL-decoded)."""
+    for name in sorted(SECRET_FIELDS):
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if name == "database_url":  # host and database name are not secret, and show in messages
+            register_url_secrets(value.get_secret_value())
+        else:
+            register_secret(value.get_secret_value())
 
 
 def register_url_secrets(url: str | None) -> None:

@@ -104,9 +104,13 @@ class Unsubscribe:
 
 @dataclass(frozen=True, slots=True)
 class Reconfigure:
-    """Supervisor → any role, after SIGHUP: the new settings (the role applies what it reads)."""
+    """Supervisor → any role, after SIGHUP: the new settings (the role applies what it reads).
+
+    `settings` holds only the secrets the role uses; `database_url` is the connection string
+    the role's next connection uses (a rotated `database_password` changes it)."""
 
     settings: Settings
+    database_url: str
 
 
 @dataclass(frozen=True, slots=True)

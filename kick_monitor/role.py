@@ -165,13 +165,16 @@ class Role:
             return
         for message in messages:
             if isinstance(message, Reconfigure):
-                self.apply_settings(message.settings)
+                self.apply_settings(message.settings, message.database_url)
 
-    def apply_settings(self, new: Settings) -> None:
+    def apply_settings(self, new: Settings, database_url: str | None = None) -> None:
         """Take the new settings; tell the role which of the ones it reads changed."""
         changed = {
             name for name in changed_settings(self.settings, new) if self.kind in reload_policy(name).roles
         }
+        if database_url is not None and database_url != self.ctx.database_url:
+            self.ctx.database_url = database_url  # the next connection uses it (a rotated password)
+            changed.add("database_password")
         self.settings = new
         register_settings_secrets(new)
         if not changed:

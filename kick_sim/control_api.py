@@ -62,6 +62,7 @@ class ControlApi:
             ("POST", "/control/rate_limit"): self._rate_limit,
             ("POST", "/control/expire_tokens"): self._expire_tokens,
             ("POST", "/control/revoke_secret"): self._revoke_secret,
+            ("POST", "/control/rotate_secret"): self._rotate_secret,
             ("POST", "/control/token_ttl"): self._token_ttl,
         }
         self._paths = {path for _, path in self._routes}
@@ -195,6 +196,10 @@ class ControlApi:
     async def _revoke_secret(self, request: Request, body: dict[str, Any]) -> Any:
         self.engine.tokens.revoke(arg(body, "revoked", bool, True))
         return {"revoked": self.engine.tokens.revoked}
+
+    async def _rotate_secret(self, request: Request, body: dict[str, Any]) -> Any:
+        self.engine.tokens.rotate(arg(body, "client_secret", str))
+        return {"rotated": True}  # never echo a secret
 
     async def _token_ttl(self, request: Request, body: dict[str, Any]) -> Any:
         self.engine.tokens.set_ttl(float(arg(body, "seconds", NUMBER)))

@@ -153,6 +153,7 @@ class Engine:
             "api_requests": dict(self.api.requests),
             "api_modes": dict(self.faults.modes),
             "tokens_issued": self.tokens.issued_total,
+            "tokens_refused": self.tokens.refused_total,
         }
 
     def _toggle(self, state: StreamerState, title: str | None, send_event: bool) -> Transition:

@@ -191,6 +191,10 @@ class Simulator:
         """While revoked, the token endpoint answers 401 invalid_client; issued tokens stay valid."""
         self._call(lambda: self._core.tokens.revoke(revoked))
 
+    def rotate_secret(self, client_secret: str) -> None:
+        """Kick's "regenerate secret": from now on only `client_secret` gets tokens (401 for the old one)."""
+        self._call(lambda: self._core.tokens.rotate(client_secret))
+
     def set_token_ttl(self, seconds: float) -> None:
         self._call(lambda: self._core.tokens.set_ttl(seconds))
 

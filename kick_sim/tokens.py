@@ -15,6 +15,7 @@ class TokenStore:
         self.ttl = ttl
         self.revoked = False
         self.issued_total = 0
+        self.refused_total = 0
         self._expiry: dict[str, float] = {}  # token -> monotonic deadline
 
     def issue(self, client_id: str, client_secret: str) -> tuple[str, int] | None:
@@ -23,6 +24,7 @@ class TokenStore:
             secrets.compare_digest(client_id, self.client_id)
             and secrets.compare_digest(client_secret, self.client_secret)
         ):
+            self.refused_total += 1
             return None
         now = time.monotonic()
         if len(self._expiry) > 10_000:
@@ -41,6 +43,12 @@ class TokenStore:
     def revoke(self, revoked: bool = True) -> None:
         """While revoked the token endpoint refuses the secret; issued tokens live on."""
         self.revoked = revoked
+
+    def rotate(self, client_secret: str) -> None:
+        """The app's secret is now `client_secret`: the old one is refused; issued tokens live on."""
+        if not client_secret:
+            raise ValueError("client_secret must not be empty")
+        self.client_secret = client_secret
 
     def is_valid(self, token: str) -> bool:
         """True while the token exists and has not reached its expiry."""

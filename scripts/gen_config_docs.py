@@ -79,15 +79,21 @@ def render_markdown() -> str:
         "",
         "Every setting is an environment variable `KICK_MONITOR_<NAME>`, a line `KEY=value` in the",
         "config file (`--config FILE` or `$KICK_MONITOR_CONFIG`; the systemd `EnvironmentFile` format,",
-        "so one file serves systemd, supervisord and the CLI) and, except the client secret, a",
+        "so one file serves systemd, supervisord and the CLI) and, except the secrets below, a",
         "command-line flag. Precedence: **flags > environment > config file > defaults**. An empty",
         "value (`KICK_MONITOR_CLIENT_ID=`) means unset. An unknown key in the file is an error; an",
         "unknown `KICK_MONITOR_*` variable is a warning (likely a typo). Errors name the key, never the value.",
         "",
-        "Secrets (`KICK_MONITOR_CLIENT_SECRET`, the password in `KICK_MONITOR_DATABASE_URL`) are never",
-        "logged or printed: `--dry-run` shows them as `**********`. The client secret has no flag (a",
-        "command line is visible to every user in `ps`). Keep the file mode 0600; kick-monitor warns",
-        "when a file holding a secret is readable by group or others.",
+        "Secrets (the settings marked **(secret)**) are never logged or printed: `--dry-run` shows them",
+        "as `**********`. Each comes, first found wins, from **the systemd credential `<name>`**",
+        "(`$CREDENTIALS_DIRECTORY/<name>`, e.g. `client_secret`), **a file named by",
+        "`KICK_MONITOR_<NAME>_FILE`**, the variable `KICK_MONITOR_<NAME>`, or the config file; a",
+        "flag is only for `--database-url` (the client secret and database password have none: a",
+        "command line is visible to every user in `ps`). Secret files must not be writable by others",
+        "and must belong to the service's user or root (else exit 2); readable by group or others is",
+        "a warning. `kick-monitor run` removes every secret variable from its environment before it",
+        "starts anything; SIGHUP re-reads files and credentials (a value from the environment needs a",
+        "restart). docs/deployment.md shows the ways; the credential one is the strongest.",
         "",
         "The systemd units set `KICK_MONITOR_DATA_DIR=/var/lib/kick-monitor` and",
         "`KICK_MONITOR_LOG_FORMAT=json` (and the all-shards unit `KICK_MONITOR_METRICS_PORT=9400`);",
@@ -138,7 +144,7 @@ def render_env_example() -> str:
             lines += [f"# ---- {heading} " + "-" * max(4, 60 - len(heading)), ""]
         description = info.description or ""
         if name in SECRET_FIELDS:
-            description += " (secret: never printed or logged)"
+            description += f" (secret: never printed or logged; or {env_key(name)}_FILE=path, or the credential {name})"
         lines.append(f"# {description}")
         lines.append(f"#{env_key(name)}={default_text(name)}")
         lines.append("")

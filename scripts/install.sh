@@ -14,10 +14,17 @@
 #   --prefix DIR     the virtualenv to install into (default /opt/kick-monitor)
 #   --source SPEC    what pip installs (default: this checkout)
 #   --destdir DIR    stage files under DIR (packaging): no user, no ownership, no venv, no systemctl
+#   --client-secret-from FILE      store the Kick client secret (the content of FILE) as the
+#   --database-password-from FILE  systemd credential client_secret / database_password
+#   --encrypt        store credentials encrypted (systemd-creds: host key or TPM2) in
+#                    /etc/credstore.encrypted, plus a unit drop-in that loads them so
+#   --no-prompt      never ask; without --*-from flags no credential is created
 #
 # What it does: creates the system user kick-monitor, /var/lib/kick-monitor (0750),
-# /etc/kick-monitor/kick-monitor.env from etc/kick-monitor.env.example (0600, root), a
-# virtualenv with the package, and the units in /etc/systemd/system; then daemon-reload.
+# /etc/kick-monitor/kick-monitor.env from etc/kick-monitor.env.example (0600, root), the
+# secrets as systemd credentials in /etc/credstore (0600, root; asked for on a terminal,
+# or from the --*-from files; never echoed, never in the env file), a virtualenv with the
+# package, and the units in /etc/systemd/system; then daemon-reload.
 set -eu
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,6 +35,10 @@ DESTDIR=
 DRY_RUN=0
 SHARDS=0
 ENABLE=0
+ENCRYPT=0
+PROMPT=1
+CLIENT_SECRET_FROM=
+DATABASE_PASSWORD_FROM=
 PYTHON=${PYTHON:-python3}
 
 die() { echo "install.sh: $*" >&2; exit 2; }
@@ -40,7 +51,12 @@ while [ $# -gt 0 ]; do
         --prefix) [ $# -ge 2 ] || die "--prefix needs a directory"; PREFIX=$2; shift ;;
         --source) [ $# -ge 2 ] || die "--source needs a pip requirement or path"; SOURCE=$2; shift ;;
         --destdir) [ $# -ge 2 ] || die "--destdir needs a directory"; DESTDIR=$2; shift ;;
-        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --client-secret-from) [ $# -ge 2 ] || die "--client-secret-from needs a file"; CLIENT_SECRET_FROM=$2; shift ;;
+        --database-password-from) [ $# -ge 2 ] || die "--database-password-from needs a file"
+            DATABASE_PASSWORD_FROM=$2; shift ;;
+        --encrypt) ENCRYPT=1 ;;
+        --no-prompt) PROMPT=0 ;;
+        -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
     shift
@@ -52,6 +68,12 @@ ETC=$DESTDIR/etc/kick-monitor
 DATA=$DESTDIR/var/lib/kick-monitor
 UNITS=$DESTDIR/etc/systemd/system
 ENV_FILE=$ETC/kick-monitor.env
+CREDSTORE=$DESTDIR/etc/credstore
+CREDSTORE_ENCRYPTED=$DESTDIR/etc/credstore.encrypted
+for source in "$CLIENT_SECRET_FROM" "$DATABASE_PASSWORD_FROM"; do
+    [ -z "$source" ] || [ -r "$source" ] || die "cannot read $source"
+done
+[ "$ENCRYPT" = 0 ] || [ -z "$DESTDIR" ] || die "--encrypt binds credentials to this host: not with --destdir"
 
 if [ "$DRY_RUN" = 0 ] && [ -z "$DESTDIR" ] && [ "$(id -u)" != 0 ]; then
     die "run as root (or with --dry-run to see what it would do)"
@@ -119,6 +141,73 @@ EOF
     done
 fi
 
+# 3b. the secrets, as systemd credentials: never in the env file, never printed
+# Store the content of file $2 as credential $1 (a file in /etc/credstore, or encrypted).
+store_credential() {
+    name=$1 source=$2
+    if [ "$ENCRYPT" = 1 ]; then
+        run install -d -m 0700 "$CREDSTORE_ENCRYPTED"
+        printf '+ systemd-creds encrypt --name=%s <secret> %s/%s\n' "$name" "$CREDSTORE_ENCRYPTED" "$name"
+        if [ "$DRY_RUN" = 0 ]; then
+            (umask 077 && systemd-creds encrypt --name="$name" "$source" "$CREDSTORE_ENCRYPTED/$name")
+        fi
+    else
+        # shellcheck disable=SC2046
+        run install -d -m 0700 $(owner root root) "$CREDSTORE"
+        printf '+ write %s/%s (mode 0600; the secret itself is not shown)\n' "$CREDSTORE" "$name"
+        if [ "$DRY_RUN" = 0 ]; then
+            # shellcheck disable=SC2046
+            install -m 0600 $(owner root root) "$source" "$CREDSTORE/$name"
+        fi
+    fi
+}
+
+# Ask for a secret on the terminal (not echoed) into a private temp file; print the file's path.
+ask_secret() {
+    tmp=$(umask 077 && mktemp)
+    trap 'stty echo < /dev/tty; rm -f "$tmp"; exit 130' INT TERM
+    printf '%s (empty: skip): ' "$1" > /dev/tty
+    stty -echo < /dev/tty
+    IFS= read -r answer < /dev/tty || answer=
+    stty echo < /dev/tty
+    trap - INT TERM
+    printf '\n' > /dev/tty
+    printf '%s' "$answer" > "$tmp"
+    answer=
+    printf '%s' "$tmp"
+}
+
+credential_exists() { [ -e "$CREDSTORE/$1" ] || [ -e "$CREDSTORE_ENCRYPTED/$1" ]; }
+
+for name in client_secret database_password; do
+    if [ "$name" = client_secret ]; then source=$CLIENT_SECRET_FROM; what="Kick client secret"
+    else source=$DATABASE_PASSWORD_FROM; what="PostgreSQL password (none for the embedded database)"; fi
+    if [ -n "$source" ]; then
+        store_credential "$name" "$source"
+    elif credential_exists "$name"; then
+        skip "credential $name exists: kept (to rotate it: replace the file, then systemctl restart)"
+    elif [ "$PROMPT" = 1 ] && [ "$DRY_RUN" = 0 ] && [ -z "$DESTDIR" ] && [ -t 0 ]; then
+        tmp=$(ask_secret "$what")
+        if [ -s "$tmp" ]; then store_credential "$name" "$tmp"; else skip "credential $name: skipped"; fi
+        rm -f "$tmp"
+    else
+        skip "credential $name: not created (--$(echo "$name" | tr _ -)-from FILE, or run on a terminal)"
+    fi
+done
+if [ "$ENCRYPT" = 1 ]; then
+    for unit in kick-monitor.service kick-monitor@.service; do
+        run install -d -m 0755 "$UNITS/$unit.d"
+        write_file "$UNITS/$unit.d/credentials.conf" 0644 <<EOF
+# written by scripts/install.sh --encrypt: the credentials, encrypted, from /etc/credstore.encrypted
+[Service]
+LoadCredential=
+LoadCredentialEncrypted=client_secret
+LoadCredentialEncrypted=database_password
+LoadCredentialEncrypted=database_url
+EOF
+    done
+fi
+
 # 4. the program, in its own virtualenv
 if [ -n "$DESTDIR" ]; then
     skip "virtualenv $PREFIX: not created (--destdir)"
@@ -156,7 +245,8 @@ if [ "$ENABLE" = 1 ] && has_systemd; then
     run systemctl enable --now $units
 else
     echo
-    echo "Next: edit $ENV_FILE (KICK_MONITOR_DATABASE_URL, KICK_MONITOR_CLIENT_ID, KICK_MONITOR_CLIENT_SECRET);"
+    echo "Next: edit $ENV_FILE (KICK_MONITOR_DATABASE_URL without a password, KICK_MONITOR_CLIENT_ID);"
+    echo "      the secrets are credentials in /etc/credstore (docs/deployment.md), not lines of that file;"
     echo "      with your own PostgreSQL: $PREFIX/bin/kick-monitor --config $ENV_FILE db migrate"
     echo "      (the embedded one is migrated by the service itself); then"
     echo "      systemctl enable --now $units"

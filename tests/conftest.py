@@ -251,3 +251,41 @@ def conn(database_url: str) -> Iterator[psycopg2.extensions.connection]:
         yield connection
     finally:
         connection.close()
+
+
+class PasswordRole(NamedTuple):
+    """A role that must prove a password: `url` names it without one (give it another way)."""
+
+    name: str
+    password: str
+    url: str
+
+
+@pytest.fixture
+def password_role(embedded_postgres: EmbeddedPostgres, database_url: str) -> Iterator[PasswordRole]:
+    """A superuser role on the session server that logs in only with its password (scram-sha-256).
+
+    The session server trusts local connections, so a test of a password source could not
+    fail; two pg_hba.conf lines for this one role (removed afterwards) make it ask.
+    """
+    name = f"pw_{uuid.uuid4().hex[:12]}"
+    password = f"pg-pw-{uuid.uuid4().hex}"
+    hba = embedded_postgres.pgdata / "pg_hba.conf"
+    original = hba.read_text()
+    admin = admin_connection(embedded_postgres)
+    try:
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD %s").format(sql.Identifier(name)), (password,))
+        hba.write_text(f"local all {name} scram-sha-256\nhost all {name} 127.0.0.1/32 scram-sha-256\n" + original)
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_reload_conf()")
+        yield PasswordRole(name, password, database_url.replace("postgres@", f"{name}@", 1))
+    finally:
+        hba.write_text(original)
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_reload_conf()")
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,)
+            )
+            cur.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+        admin.close()

@@ -45,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from kick_monitor.config import COORDINATOR, Settings, changed_settings, reload_policy
+from kick_monitor.credentials import for_role, scrub_environment
+from kick_monitor.database import with_password
 from kick_monitor.exitcodes import EX_CONFIG, EX_FAILURE, EX_OK, EX_USAGE
 from kick_monitor.framing import FramedSocket, ProtocolError, bind_listener
 from kick_monitor.logsetup import register_settings_secrets
@@ -263,6 +265,8 @@ class Supervisor:
         log.info("SIGHUP: applying new %s", ", ".join(sorted(changed)))
         self.settings = new
         register_settings_secrets(new)
+        if "database_password" in changed and new.database_url is not None:
+            self.database_url = with_password(new.database_url.get_secret_value(), new.database_password)
         if any(COORDINATOR in reload_policy(name).roles for name in changed):
             logging.getLogger().setLevel(new.log_level)
         for child in self.children:
@@ -271,7 +275,7 @@ class Supervisor:
                 if child not in self.restart_queue:
                     self.restart_queue.append(child)
             elif policies and child.control is not None:
-                child.control.queue(Reconfigure(new))
+                child.control.queue(Reconfigure(for_role(new, child.kind), self.database_url))
                 self.flush_control(child)
 
     # -- children ------------------------------------------------------------------------
@@ -303,7 +307,7 @@ class Supervisor:
 
     def context_for(self, child: Child, control: socket.socket) -> RoleContext:
         return RoleContext(
-            kind=child.kind, name=child.name, tree=self.plan.tree, settings=self.settings,
+            kind=child.kind, name=child.name, tree=self.plan.tree, settings=for_role(self.settings, child.kind),
             database_url=self.database_url, control=control, heartbeats=self.heartbeats, slot=child.slot,
             shard=child.shard, shard_count=self.plan.shard_count, shards=self.plan.shards,
             writer_address=self.addresses.get("writer", ""), planner_address=self.addresses.get("planner", ""),
@@ -576,6 +580,7 @@ def run_service(settings: Settings, reload_settings: Callable[[], Settings] | No
     from kick_monitor.migrations import SchemaError, migrate, require_current
     from kick_monitor.streamers import count_subscribable
 
+    scrub_environment()  # before anything forks (embedded PostgreSQL, children): see credentials.py
     configure_logging(settings, role="coordinator")
     tree = "all" if settings.shard_index is None else f"shard-{settings.shard_index}"
     if settings.metrics_port:

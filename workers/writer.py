@@ -124,6 +124,7 @@ class BatchWriter(Role):
         return EX_OK
 
     def reconfigure(self, changed: set[str]) -> None:
+        self.database_url = self.ctx.database_url  # a rotated password: used by the next connection
         if "heartbeat_timeout" in changed and self.conn is not None:
             try:
                 self.set_statement_timeout(self.conn)

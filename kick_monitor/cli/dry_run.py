@@ -8,6 +8,7 @@ is printed, so a failure is exactly one error line on stderr and exit code 2.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from .. import __version__
 from ..config import Settings
@@ -36,6 +37,7 @@ def dry_run(settings: Settings) -> int:
     lines += ["", "effective configuration (secrets masked):"]
     lines += [f"  {key}={value}" for key, value in settings.effective().items()]
     lines += ["", f"database: {where}: reachable, schema version {version} (current)"]
+    lines += password_notes(settings)
     lines += ["", *describe_plan(settings, streamers)]
     print("\n".join(lines))
     return EXIT_OK
@@ -60,6 +62,26 @@ def check_database(settings: Settings) -> tuple[str, int, list[Streamer]]:
     except (DatabaseUnavailable, SchemaError, EmbeddedPostgresError) as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     return where, version, streamers
+
+
+def password_notes(settings: Settings) -> list[str]:
+    """Say so when the database password sits in the URL: it travels and shows wherever the URL does."""
+    if settings.database_url is None or not url_password(settings.database_url.get_secret_value()):
+        return []
+    if settings.database_password is not None:
+        return ["  note: KICK_MONITOR_DATABASE_PASSWORD is used; the password inside the URL is ignored: remove it"]
+    return [
+        "  note: the password is inside KICK_MONITOR_DATABASE_URL, the weaker way: put it in the credential"
+        " database_password, KICK_MONITOR_DATABASE_PASSWORD_FILE or a libpq passfile (docs/deployment.md)"
+    ]
+
+
+def url_password(url: str) -> bool:
+    """True if `url` carries a password (a malformed URL is reported elsewhere)."""
+    try:
+        return bool(urlsplit(url).password)
+    except ValueError:
+        return False
 
 
 def describe_plan(settings: Settings, streamers: Sequence[Streamer]) -> list[str]:

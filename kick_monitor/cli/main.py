@@ -19,7 +19,8 @@ from typing import Any, NoReturn
 import psycopg2
 
 from .. import __version__
-from ..config import ConfigError, Settings, load_settings
+from ..config import SECRET_FIELDS, ConfigError, Settings, env_key, load_settings
+from ..credentials import SecretSources, scrub_environment
 from ..database import DatabaseUnavailable
 from ..embedded_pg import EmbeddedPostgresError
 from ..logsetup import configure_logging, redact, register_secret, register_url_secrets
@@ -146,9 +147,11 @@ def _leaf(parser: argparse.ArgumentParser, handler: Handler) -> None:
 
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:
-    """`kick-monitor run`: hand over to the coordinator; SIGHUP re-reads flags, environment, config file."""
+    """`kick-monitor run`: hand over to the coordinator; SIGHUP re-reads flags, environment, config file,
+    secret files and credentials."""
     from workers.coordinator import run_service  # the process roles, imported only by the command that runs them
 
+    scrub_environment()  # secrets were captured in dispatch(); no process of the tree inherits them
     return int(run_service(settings, lambda: load(args)))
 
 
@@ -157,7 +160,8 @@ def load(args: argparse.Namespace) -> Settings:
     config: Path | None = getattr(args, "config", None)
     if config is None and os.environ.get("KICK_MONITOR_CONFIG"):
         config = Path(os.environ["KICK_MONITOR_CONFIG"])
-    return load_settings(cli=given_settings(args), environ=os.environ, config_file=config)
+    sources: SecretSources | None = getattr(args, "secret_sources", None)
+    return load_settings(cli=given_settings(args), environ=os.environ, config_file=config, sources=sources)
 
 
 def log_level(settings: Settings, command: str | None) -> str:
@@ -179,6 +183,7 @@ def dispatch(argv: Sequence[str]) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extras)}")
     if command is None and not args.dry_run:
         parser.error("no command given")
+    args.secret_sources = SecretSources.capture(os.environ)  # once: `run` scrubs the environment
     settings = load(args)
     configure_logging(settings, log_level(settings, command), role="cli")
     if args.dry_run:
@@ -190,6 +195,7 @@ def dispatch(argv: Sequence[str]) -> int:
 def run_hook(entry: EntryPoint, args: argparse.Namespace, extras: list[str]) -> int:
     """Import the tool command, let it add its arguments, parse the rest and run it."""
     name = entry.name
+    args.secret_sources = SecretSources.capture(os.environ)
     command = load_command(entry)
     add_arguments = require(command, "add_arguments", name)
     run = require(command, "run", name)
@@ -216,8 +222,9 @@ def report(message: str, code: int) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """The console entry point; returns the exit code."""
     configure_logging("auto", "WARNING", role="cli")
-    register_secret(os.environ.get("KICK_MONITOR_CLIENT_SECRET"))  # before anything can echo them
-    register_url_secrets(os.environ.get("KICK_MONITOR_DATABASE_URL"))
+    for name in sorted(SECRET_FIELDS - {"database_url"}):  # before anything can echo them (files: once read)
+        register_secret(os.environ.get(env_key(name)))
+    register_url_secrets(os.environ.get(env_key("database_url")))  # of a URL, only its password
     try:
         return dispatch(sys.argv[1:] if argv is None else list(argv))
     except SystemExit as exc:  # --help, --version, or a command that called sys.exit

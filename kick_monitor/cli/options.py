@@ -1,7 +1,8 @@
 """Command-line flags for the settings, generated from the `Settings` model so they cannot drift.
 
-Every field gets `--field-name` (except the client secret: a secret on a command line is
-visible to every user through `ps`; it comes from the environment or the config file).
+Every field gets `--field-name` (except the client secret and the database password: a secret
+on a command line is visible to every user through `ps`; they come from a credential, a
+`_FILE`, the environment or the config file).
 Flags default to `argparse.SUPPRESS`, so a flag the user did not give is absent from the
 namespace and `load_settings` sees only what was actually given — and the same flag can be
 accepted both before and after the subcommand without one position overriding the other.
@@ -19,7 +20,7 @@ from ..config import Settings
 from .errors import EXIT_USAGE, CliError
 
 DEST_PREFIX = "setting__"
-NOT_FLAGS = frozenset({"client_secret"})
+NOT_FLAGS = frozenset({"client_secret", "database_password"})
 # The flags every short command (db, streamers, status) takes; `run` and friends take them all.
 COMMON = ("database_url", "data_dir", "log_format", "log_level")
 
@@ -54,12 +55,14 @@ def add_config_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -
 
 
 class RefuseSecretFlag(argparse.Action):
-    """`--client-secret` on a command line would show in `ps`; say where it belongs instead."""
+    """A secret on a command line would show in `ps`; say where it belongs instead."""
 
     def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        field = self.dest
+        key = "KICK_MONITOR_" + field.upper()
         raise CliError(
-            "--client-secret is not accepted on the command line (other users can read it in ps); "
-            "set KICK_MONITOR_CLIENT_SECRET or put it in the --config file",
+            f"{flag_name(field)} is not accepted on the command line (other users can read it in ps); "
+            f"use the systemd credential {field}, {key}_FILE, {key} or the --config file",
             EXIT_USAGE,
         )
 
@@ -68,7 +71,8 @@ def add_settings_flags(parser: argparse.ArgumentParser, fields: tuple[str, ...] 
     """Add `--config` and a flag per setting (all of them, or just `fields`) in one group."""
     group = parser.add_argument_group("settings (override $KICK_MONITOR_* and --config)")
     add_config_flag(group)
-    group.add_argument("--client-secret", nargs="?", action=RefuseSecretFlag, help=argparse.SUPPRESS)
+    for name in sorted(NOT_FLAGS):
+        group.add_argument(flag_name(name), dest=name, nargs="?", action=RefuseSecretFlag, help=argparse.SUPPRESS)
     for name, info in Settings.model_fields.items():
         if name in NOT_FLAGS or (fields is not None and name not in fields):
             continue

@@ -3,14 +3,21 @@
 The known client secret (`faultkit.SECRET`) is what every fault service of this suite runs
 with; each test's log is searched for it at teardown (conftest `services`), every process
 title when the tree is up (`assert_titles_clean`), and the metrics scrape and CLI error
-outputs where a test produces them.
+outputs where a test produces them. The secrets tests start the tree with the client secret
+and a database password given each way (environment, `_FILE`, systemd credential) and look
+for both in every process's environment too, and rotate them under a running tree.
 """
 
 from __future__ import annotations
 
 import ast
+import json
+import os
+import signal
 import socket
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,20 +25,26 @@ from pathlib import Path
 
 import psycopg2.extensions
 import pytest
+from psycopg2 import sql
 
 from kick_sim import SimConfig, Simulator
+from tests.conftest import PasswordRole
 from tests.faults.conftest import ServiceFactory
 from tests.faults.faultkit import (
+    SECRET,
+    FaultService,
     admin_connection,
     assert_clean,
     assert_titles_clean,
     database_name,
     database_unreachable,
     listening_addresses,
+    make_env,
     scrape,
     set_connections_allowed,
+    terminate,
 )
-from tests.service import REPO, insert_streamers, running, wait_until
+from tests.service import REPO, current_state, insert_streamers, running, wait_until
 
 pytestmark = pytest.mark.faults
 
@@ -291,3 +304,167 @@ def test_runtime_spool_and_metrics_files_are_private_even_under_umask_0(
     finally:
         set_connections_allowed(admin, dbname, True)
         admin.close()
+
+
+# -- secrets: every way in, nowhere out -------------------------------------------------------------
+
+# Instrumentation, not a stand-in: loaded into every process of the tree through PYTHONPATH, it
+# writes down, at each fork, the environment the parent keeps and the child starts with, as
+# `os.environ` holds it and as the C `environ` does (what a subprocess would inherit).
+ENV_PROBE = '''
+import ctypes, json, os, time
+
+_dir = os.environ.get("KM_TEST_ENV_PROBE_DIR")
+
+
+def _dump(side):
+    environ = ctypes.POINTER(ctypes.c_char_p).in_dll(ctypes.CDLL(None), "environ")
+    c_environ, i = [], 0
+    while environ[i] is not None:
+        c_environ.append(environ[i].decode(errors="replace"))
+        i += 1
+    name = os.path.join(_dir, "%d-%s-%d.json" % (os.getpid(), side, time.monotonic_ns()))
+    with open(name, "w") as out:
+        json.dump({"pid": os.getpid(), "side": side, "os_environ": dict(os.environ), "c_environ": c_environ}, out)
+
+
+if _dir:
+    os.register_at_fork(after_in_parent=lambda: _dump("parent"), after_in_child=lambda: _dump("child"))
+'''
+POINTERS = ("CREDENTIALS_DIRECTORY", "KICK_MONITOR_CLIENT_SECRET_FILE", "KICK_MONITOR_DATABASE_PASSWORD_FILE")
+
+
+def private(path: Path, text: str) -> Path:
+    path.write_text(text + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def secrets_env(
+    way: str, sim: Simulator, role: PasswordRole, tmp_path: Path, client_secret: str = SECRET, **settings: str
+) -> dict[str, str]:
+    """The service's environment, its two secrets (client secret, database password) given `way`."""
+    env = make_env(sim, role.url, tmp_path / "data", **settings)
+    del env["KICK_MONITOR_CLIENT_SECRET"]
+    if way == "env":
+        env.update(KICK_MONITOR_CLIENT_SECRET=client_secret, KICK_MONITOR_DATABASE_PASSWORD=role.password)
+    elif way == "file":
+        secrets = tmp_path / "run-secrets"
+        secrets.mkdir(exist_ok=True)
+        env.update(
+            KICK_MONITOR_CLIENT_SECRET_FILE=str(private(secrets / "kick_client_secret", client_secret)),
+            KICK_MONITOR_DATABASE_PASSWORD_FILE=str(private(secrets / "pg_password", role.password)),
+        )
+    else:
+        credentials = tmp_path / "credentials"
+        credentials.mkdir(exist_ok=True)
+        private(credentials / "client_secret", client_secret)
+        private(credentials / "database_password", role.password)
+        env["CREDENTIALS_DIRECTORY"] = str(credentials)
+    return env
+
+
+def assert_hidden(text: str, secrets: tuple[str, ...], where: str) -> None:
+    for secret in secrets:
+        assert secret not in text, f"a secret appears in {where}"
+
+
+def environ_block(pid: int) -> str:
+    return Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+
+
+def tokens(sim: Simulator, kind: str) -> int:
+    return int(sim.stats()[f"tokens_{kind}"])
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("way", ["env", "file", "credential"])
+def test_no_secret_in_any_environment_log_title_error_or_scrape(
+    way: str, sim: Simulator, conn: psycopg2.extensions.connection, password_role: PasswordRole,
+    tmp_path: Path, free_port: Callable[[], int],
+) -> None:
+    secrets = (SECRET, password_role.password)
+    insert_streamers(conn, streamers := sim.create_streamers(6))
+    probe = tmp_path / "probe"
+    (probe / "dumps").mkdir(parents=True)
+    (probe / "sitecustomize.py").write_text(ENV_PROBE)
+    port = free_port()
+    env = secrets_env(way, sim, password_role, tmp_path, shard_count="2", metrics_port=str(port))
+    env.update(PYTHONPATH=f"{probe}{os.pathsep}{env['PYTHONPATH']}", KM_TEST_ENV_PROBE_DIR=str(probe / "dumps"))
+    service = FaultService(env, tmp_path / "service.log")
+    with running(service):
+        service.wait_children(2)
+        wait_until(lambda: sim.subscription_count() >= 12, 30, what="subscriptions")
+        wait_until(lambda: tokens(sim, "issued") >= 1, 20, what="a token for the client secret")
+        sim.set_live(streamers[0].slug, True)
+        wait_until(lambda: current_state(conn).get(streamers[0].channel_id) == "online", 20,
+                   what="a status written with the database password")
+        pids = service.tree_pids()
+        assert len(pids) == 4
+        for pid in pids:
+            assert_hidden(environ_block(pid), secrets, f"/proc/{pid}/environ")
+        dumps = [json.loads(p.read_text()) for p in (probe / "dumps").glob("*.json")]
+        assert {d["pid"] for d in dumps if d["side"] == "parent"} == {service.pid}
+        assert {d["pid"] for d in dumps if d["side"] == "child"} >= set(pids[1:])
+        for dump in dumps:
+            where = f"the environment of pid {dump['pid']} ({dump['side']} side of a fork)"
+            assert_hidden(json.dumps(dump["os_environ"]), secrets, "os.environ of " + where)
+            assert_hidden("\n".join(dump["c_environ"]), secrets, "the C environ of " + where)
+            assert not set(POINTERS) & set(dump["os_environ"]), where
+        for title in assert_titles_clean(service).values():
+            assert_hidden(title, secrets, "a process title")
+        assert_hidden(scrape(port), secrets, "the metrics scrape")
+        assert service.stop() == 0
+    assert_hidden(service.log_text(), secrets, "the service's log")
+    broken = dict(env, KICK_MONITOR_DATABASE_URL=password_role.url.split("?")[0].replace("@/", "@127.0.0.1:1/"),
+                  KICK_MONITOR_LOG_LEVEL="DEBUG")
+    failed = subprocess.run([sys.executable, "-m", "kick_monitor.cli.main", "status"], env=broken, cwd=REPO,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert failed.returncode == 1 and "cannot connect to" in failed.stderr
+    assert_hidden(failed.stdout + failed.stderr, secrets, "an error output")
+
+
+@pytest.mark.timeout(120)
+def test_rotated_secrets_are_used_after_sighup_without_a_restart(
+    sim: Simulator, conn: psycopg2.extensions.connection, password_role: PasswordRole, database_url: str,
+    tmp_path: Path,
+) -> None:
+    """Client secret from a credential, database password from a _FILE; both rotated, then SIGHUP."""
+    new_secret, new_password = "rotated-client-secret-5a0c9e", "rotated-pg-password-7b3d1f"
+    insert_streamers(conn, streamers := sim.create_streamers(4))
+    env = secrets_env("credential", sim, password_role, tmp_path, shard_count="1", reconcile_interval="1")
+    os.remove(Path(env["CREDENTIALS_DIRECTORY"]) / "database_password")
+    password_file = private(tmp_path / "pg_password", password_role.password)
+    env["KICK_MONITOR_DATABASE_PASSWORD_FILE"] = str(password_file)
+    service = FaultService(env, tmp_path / "service.log")
+    admin = admin_connection(database_url)
+    try:
+        with running(service):
+            service.wait_children(1)
+            wait_until(lambda: tokens(sim, "issued") >= 1, 20, what="a token for the first secret")
+            coordinator = service.pid
+
+            # Kick regenerates the secret; PostgreSQL gets a new password: the old ones stop working
+            sim.rotate_secret(new_secret)
+            sim.expire_tokens()
+            with admin.cursor() as cur:
+                cur.execute(sql.SQL("ALTER ROLE {} PASSWORD %s").format(sql.Identifier(password_role.name)),
+                            (new_password,))
+            wait_until(lambda: tokens(sim, "refused") >= 1, 20, what="the old secret refused")
+            issued = tokens(sim, "issued")
+
+            private(Path(env["CREDENTIALS_DIRECTORY"]) / "client_secret", new_secret)
+            private(password_file, new_password)
+            os.kill(coordinator, signal.SIGHUP)
+            wait_until(lambda: tokens(sim, "issued") > issued, 30, what="a token for the rotated secret")
+            terminate(admin, database_name(conn))  # the next connections must use the new password
+            sim.set_live(streamers[0].slug, True)
+            wait_until(lambda: current_state(conn).get(streamers[0].channel_id) == "online", 30,
+                       what="a status written over a connection made with the rotated password")
+            assert service.proc is not None and service.proc.poll() is None and service.pid == coordinator
+            assert service.stop() == 0
+    finally:
+        admin.close()
+    log = service.log_text()
+    assert_hidden(log, (SECRET, new_secret, password_role.password, new_password), "the service's log")
+    assert "configuration not reloaded" not in log

@@ -72,9 +72,41 @@ def test_destdir_install_is_idempotent_and_keeps_the_env_file(tmp_path: Path) ->
     assert env_file.read_text() == "KICK_MONITOR_CLIENT_ID=mine\n", "never overwritten"
 
 
+def test_credentials_from_files_never_shown_and_stored_private(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("install-secret-2f8a6c\n")
+    password = tmp_path / "password"
+    password.write_text("install-password-9d3b1e\n")
+    flags = ("--client-secret-from", str(secret), "--database-password-from", str(password))
+    dry = sh(INSTALL, "--dry-run", *flags)
+    assert dry.returncode == 0, dry.stderr
+    assert "+ write /etc/credstore/client_secret (mode 0600; the secret itself is not shown)" in dry.stdout
+    assert "+ write /etc/credstore/database_password (mode 0600" in dry.stdout
+    encrypted = sh(INSTALL, "--dry-run", "--encrypt", *flags)
+    assert encrypted.returncode == 0, encrypted.stderr
+    encrypt = "+ systemd-creds encrypt --name=client_secret <secret> /etc/credstore.encrypted/client_secret"
+    assert encrypt in encrypted.stdout
+    assert "LoadCredentialEncrypted=database_password" in encrypted.stdout, "the drop-in that loads them"
+    root = tmp_path / "root"
+    staged = sh(INSTALL, "--destdir", str(root), *flags)
+    assert staged.returncode == 0, staged.stderr
+    for name, source in (("client_secret", secret), ("database_password", password)):
+        stored = root / "etc/credstore" / name
+        assert stored.read_text() == source.read_text()
+        assert oct(stored.stat().st_mode & 0o777) == "0o600"
+    assert oct((root / "etc/credstore").stat().st_mode & 0o777) == "0o700"
+    again = sh(INSTALL, "--destdir", str(root))
+    assert "credential client_secret exists: kept" in again.stdout
+    for done in (dry, encrypted, staged, again):
+        assert "install-secret-2f8a6c" not in done.stdout + done.stderr
+        assert "install-password-9d3b1e" not in done.stdout + done.stderr
+
+
 def test_install_refuses_bad_input() -> None:
     assert sh(INSTALL, "--shards", "x", "--dry-run").returncode == 2
     assert sh(INSTALL, "--bogus").returncode == 2
+    assert sh(INSTALL, "--dry-run", "--client-secret-from", "/nonexistent/secret").returncode == 2
+    assert sh(INSTALL, "--destdir", "/tmp/x", "--encrypt").returncode == 2
     assert "Install kick-monitor" in sh(INSTALL, "--help").stdout
 
 

@@ -33,6 +33,7 @@ pytestmark = pytest.mark.timeout(120)
 TEMPLATE = REPO / "etc" / "supervisor" / "kick-monitor.conf"
 PROGRAM = "program:kick-monitor-shard"
 SHARDS = 2
+SECRET_FILE = "/etc/kick-monitor/secrets/client_secret"
 STREAMERS = 40
 
 
@@ -79,6 +80,7 @@ def test_template_keeps_the_operational_promises() -> None:
     assert "--shard-index %(process_num)d" in command
     assert f"--shard-count {program['numprocs']}" in command, "numprocs and --shard-count agree"
     assert "--config /etc/kick-monitor/kick-monitor.env" in command
+    assert f'KICK_MONITOR_CLIENT_SECRET_FILE="{SECRET_FILE}"' in program["environment"], "secrets as files"
 
 
 def test_supervisord_runs_restarts_and_stops_the_shards(
@@ -95,10 +97,14 @@ def test_supervisord_runs_restarts_and_stops_the_shards(
         data_dir = tmp_path / "data"
         env_file = tmp_path / "kick-monitor.env"
         settings = service_env(sim, database_url, data_dir)
+        secret = settings.pop("KICK_MONITOR_CLIENT_SECRET")  # the shipped config's _FILE way instead
         env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items() if k.startswith("KICK_MONITOR_")))
         env_file.chmod(0o600)
+        secret_file = tmp_path / "client_secret"
+        secret_file.write_text(secret + "\n")
+        secret_file.chmod(0o600)
         prefix = free_port_prefix()
-        conf = write_config(tmp_path, short, env_file, data_dir, prefix)
+        conf = write_config(tmp_path, short, env_file, data_dir, prefix, secret_file)
         bin_dir = Path(sys.executable).parent
         env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
         env = {k: v for k, v in env.items() if not k.startswith("KICK_MONITOR_")}
@@ -148,6 +154,10 @@ def test_supervisord_runs_restarts_and_stops_the_shards(
             sim.set_live(slug, not sim.is_live(slug))
         wait_until(lambda: not mismatches(sim, conn), 30, interval=0.2, what="changes committed after restart")
 
+        assert sim.stats()["tokens_issued"] >= SHARDS, "the client secret was read from its file"
+        for pid in descendants(supervisord.pid):
+            with contextlib.suppress(OSError):
+                assert secret.encode() not in Path(f"/proc/{pid}/environ").read_bytes(), pid
         for shard in range(SHARDS):  # each shard's tree serves its own metrics endpoint
             text = requests.get(f"http://127.0.0.1:{prefix}{shard:02d}/metrics", timeout=5).text
             assert f'kick_monitor_pusher_connected{{shard="{shard}"}} 1.0' in text
@@ -174,7 +184,9 @@ def test_supervisord_runs_restarts_and_stops_the_shards(
         shutil.rmtree(short, ignore_errors=True)
 
 
-def write_config(tmp_path: Path, short: Path, env_file: Path, data_dir: Path, prefix: str) -> Path:
+def write_config(
+    tmp_path: Path, short: Path, env_file: Path, data_dir: Path, prefix: str, secret_file: Path
+) -> Path:
     """supervisord.conf: a private control socket, plus the shipped program with test paths."""
     template = read_template()
     program = dict(template[PROGRAM])
@@ -195,6 +207,7 @@ def write_config(tmp_path: Path, short: Path, env_file: Path, data_dir: Path, pr
         startsecs="2",
         stdout_logfile=program["stdout_logfile"].replace("/var/log/kick-monitor", str(tmp_path / "logs")),
         environment=program["environment"].replace("/var/lib/kick-monitor", str(data_dir))
+        .replace(SECRET_FILE, str(secret_file))
         + f',PYTHONPATH="{REPO}"',
     )
     program.pop("user")

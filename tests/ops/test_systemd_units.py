@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kick_monitor.config import FIELD_BY_KEY, load_settings
+from kick_monitor.config import FIELD_BY_KEY, SECRET_FIELDS, load_settings
 from tests.service import REPO, Service, running, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -77,6 +77,28 @@ def test_units_pass_systemd_analyze_verify(unit_path: Path) -> None:
 
 
 @needs_analyze
+def test_the_encrypted_credentials_drop_in_of_install_sh_verifies(unit_path: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("x-secret-value\n")
+    shown = subprocess.run(["sh", str(REPO / "scripts" / "install.sh"), "--dry-run", "--encrypt",
+                            "--client-secret-from", str(secret)], capture_output=True, text=True, timeout=30,
+                           check=False, cwd=REPO)
+    assert shown.returncode == 0, shown.stderr
+    marker = "+ write /etc/systemd/system/kick-monitor.service.d/credentials.conf (mode 0644)\n"
+    body = shown.stdout.split(marker, 1)[1].split("\n+ ", 1)[0]
+    drop_in = "\n".join(line.removeprefix("    ") for line in body.splitlines()) + "\n"
+    assert "LoadCredential=\n" in drop_in and "LoadCredentialEncrypted=client_secret" in drop_in
+    for unit in ("kick-monitor.service", "kick-monitor@.service"):
+        (unit_path / f"{unit}.d").mkdir()
+        (unit_path / f"{unit}.d" / "credentials.conf").write_text(drop_in)
+    done = analyze(unit_path, "verify", "kick-monitor.service", "kick-monitor@3.service")
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+    security = analyze(unit_path, "security", "--offline=yes", "kick-monitor.service")
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", security.stdout)
+    assert match and float(match.group(1)) <= 1.4, security.stdout[-500:]
+
+
+@needs_analyze
 def test_exposure_score_is_low_and_recorded_in_the_docs(unit_path: Path) -> None:
     docs = (REPO / "docs" / "deployment.md").read_text()
     for unit in ("kick-monitor.service", "kick-monitor@3.service"):
@@ -103,6 +125,10 @@ def test_units_keep_the_service_contracts(name: str) -> None:
     assert "/etc/kick-monitor/kick-monitor.env" in unit["EnvironmentFile"]
     for setting in unit.get("Environment", []):
         assert setting.partition("=")[0] in FIELD_BY_KEY, setting
+        assert FIELD_BY_KEY[setting.partition("=")[0]] not in SECRET_FIELDS, "secrets are credentials"
+    assert set(unit["LoadCredential"]) == SECRET_FIELDS, "every secret can come as a credential, by its name"
+    commented = re.findall(r"^#LoadCredentialEncrypted=(\w+)$", (UNITS / name).read_text(), re.MULTILINE)
+    assert set(commented) == SECRET_FIELDS, "the encrypted alternative is shown for every secret"
     for key, value in HARDENING.items():
         assert one.get(key) == value, f"{name}: {key}={one.get(key)!r}, want {value!r}"
     assert "@system-service" in unit["SystemCallFilter"]

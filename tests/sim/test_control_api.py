@@ -123,6 +123,22 @@ def test_api_fault_endpoints(sim: Simulator) -> None:
     assert token.status_code == 401
 
 
+def test_rotated_secret_refuses_the_old_one(sim: Simulator) -> None:
+    def token(secret: str) -> int:
+        form = {"grant_type": "client_credentials", "client_id": "sim-client-id", "client_secret": secret}
+        return requests.post(sim.oauth_token_url, data=form, timeout=5).status_code
+
+    assert token("sim-client-secret") == 200
+    assert _post(sim, "rotate_secret", {"client_secret": "sim-rotated-secret"}).json() == {"rotated": True}
+    assert token("sim-client-secret") == 401
+    assert token("sim-rotated-secret") == 200
+    assert _post(sim, "rotate_secret", {"client_secret": ""}).status_code == 400
+    stats = _get(sim, "stats").json()
+    assert (stats["tokens_issued"], stats["tokens_refused"]) == (2, 1)
+    sim.rotate_secret("sim-client-secret")
+    assert token("sim-client-secret") == 200
+
+
 @pytest.mark.parametrize(
     ("path", "body"),
     [
