@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 KICK_MONITOR := $(BIN)/kick-monitor $(if $(CONFIG),--config $(CONFIG))
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-faults lint run demo migrate status bench
+.PHONY: help venv test test-slow test-faults lint run demo migrate status bench
 
 help: ## list the targets
 	@echo "usage: make TARGET [CONFIG=file.env] [SCENARIO=S1]"
@@ -30,6 +30,11 @@ test: venv ## run the test suite (all but tests marked slow) against real Postgr
 	@$(BIN)/python -m pytest -m "not slow" -ra $(PYTEST_ARGS) \
 		&& echo "make test: all tests passed" \
 		|| { echo "make test: FAILED (failures are listed above)"; exit 1; }
+
+test-slow: venv ## run the long end-to-end suites (tests marked slow: faults, clock, cluster, ...); CI runs it after `make test`
+	@$(BIN)/python -m pytest -m slow -ra $(PYTEST_ARGS) \
+		&& echo "make test-slow: all slow tests passed" \
+		|| { echo "make test-slow: FAILED (failures are listed above)"; exit 1; }
 
 test-faults: venv ## run the fault-injection tests, slow ones included
 	$(BIN)/python -m pytest -m faults -ra $(PYTEST_ARGS)
