@@ -400,7 +400,7 @@ def test_no_secret_in_any_environment_log_title_error_or_scrape(
         wait_until(lambda: current_state(conn).get(streamers[0].channel_id) == "online", 20,
                    what="a status written with the database password")
         pids = service.tree_pids()
-        assert len(pids) == 4
+        assert len(pids) == 6  # coordinator, writer, planner, exporter, two workers
         for pid in pids:
             assert_hidden(environ_block(pid), secrets, f"/proc/{pid}/environ")
         dumps = [json.loads(p.read_text()) for p in (probe / "dumps").glob("*.json")]

@@ -8,6 +8,7 @@ from pathlib import Path
 from kick_monitor.config import load_settings
 from kick_monitor.framing import FramedSocket, bind_listener
 from kick_monitor.messages import Ack, ChangeBatch, StatusChange
+from kick_monitor.role import standalone_context
 from workers.writer import Backlog, BatchWriter
 
 
@@ -85,7 +86,10 @@ def test_held_changes_commit_before_newer_ones_and_are_acknowledged_only_then(tm
     worker = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     worker.connect(str(tmp_path / "w.sock"))
     framed = FramedSocket(worker)
-    writer = DownThenUpWriter(load_settings(environ={}), "postgresql://unused/db", listener, tmp_path / "spool")
+    ctx, _supervisor_end = standalone_context(
+        "writer", load_settings(environ={}), "postgresql://unused/db", listener=listener, data_dir=tmp_path
+    )
+    writer = DownThenUpWriter(ctx)
     try:
         writer.receiver.accept()
 
