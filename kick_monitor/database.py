@@ -15,7 +15,7 @@ import psycopg2
 import psycopg2.extensions
 
 from .config import Settings
-from .embedded_pg import EmbeddedPostgres
+from .embedded_pg import EmbeddedPostgres, import_pgserver
 
 log = logging.getLogger(__name__)
 SCHEMA = "kick_monitor"
@@ -55,12 +55,22 @@ def connect(
     return conn
 
 
+def require_database(settings: Settings) -> None:
+    """Check, before anything starts, that there is a database to use: a URL or `pgserver`."""
+    if settings.database_url is None:
+        import_pgserver()
+
+
 @contextlib.contextmanager
 def database_url(settings: Settings, *, keep_running: bool = False) -> Iterator[str]:
-    """Yield the URL to use: the configured one, or an embedded server started for the duration."""
+    """Yield the URL to use: the configured one, or an embedded server started for the duration.
+
+    Neither a URL nor the `embedded` extra installed: EmbeddedPostgresMissing (exit 2 in the CLI).
+    """
     if settings.database_url is not None:
         yield settings.database_url.get_secret_value()
         return
+    require_database(settings)
     embedded = EmbeddedPostgres(Path(settings.data_dir))
     url = embedded.start()
     log.info("using embedded PostgreSQL in %s", embedded.pgdata)

@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import Any
 
 from ..config import Settings
+from ..database import require_database
 from .errors import EXIT_FAILURE, CliError
 
 log = logging.getLogger(__name__)
@@ -67,5 +68,6 @@ def require(module: ModuleType, attribute: str, command: str) -> Callable[..., A
 
 def run_service(settings: Settings, reload_settings: Callable[[], Settings] | None = None) -> int:
     """`kick-monitor run`: hand over to the coordinator (`reload_settings` serves SIGHUP)."""
+    require_database(settings)  # no URL and no embedded extra: one line and exit 2, before any fork
     entry = require(load_module(RUN_MODULE, "run"), "run_service", "run")
     return int(entry(settings, reload_settings))

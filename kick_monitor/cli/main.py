@@ -1,7 +1,7 @@
 """The `kick-monitor` command: parse, load settings, dispatch, and turn every failure into one line.
 
 Exit codes: 0 ok, 1 runtime failure (database down, a conflict, bad lines in an import),
-2 usage or configuration error. Errors are one line on stderr, `kick-monitor: error: ...`,
+2 usage or configuration error (including: no database URL and no embedded PostgreSQL installed). Errors are one line on stderr, `kick-monitor: error: ...`,
 with every known secret masked; a traceback is logged at DEBUG level only.
 """
 
@@ -20,7 +20,7 @@ import psycopg2
 from .. import __version__
 from ..config import ConfigError, Settings, load_settings
 from ..database import DatabaseUnavailable
-from ..embedded_pg import EmbeddedPostgresError
+from ..embedded_pg import EmbeddedPostgresError, EmbeddedPostgresMissing
 from ..logsetup import configure_logging, redact, register_secret, register_url_secrets
 from ..migrations import SchemaError
 from ..streamers import StreamerError
@@ -212,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report(str(exc.code), EXIT_FAILURE)
     except CliError as exc:
         return report(str(exc), exc.code)
-    except ConfigError as exc:
+    except (ConfigError, EmbeddedPostgresMissing) as exc:
         return report(str(exc), EXIT_USAGE)
     except (DatabaseUnavailable, SchemaError, EmbeddedPostgresError, StreamerError) as exc:
         return report(str(exc), EXIT_FAILURE)
