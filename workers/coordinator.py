@@ -692,6 +692,10 @@ class Coordinator:
         for (endpoint, status), total in api.requests.items():
             self._deltas.advance(self._metrics.API_REQUESTS, total, endpoint=endpoint, status=status)
         self._deltas.advance(self._metrics.TOKEN_REFRESHES, api.token_refreshes)
+        # [polish, issue 12] retries, 429s and throttled seconds: counted by ApiStats, now exported
+        self._deltas.advance(self._metrics.API_RETRIES, api.retries)
+        self._deltas.advance(self._metrics.API_RATE_LIMITED, api.rate_limited)
+        self._deltas.advance(self._metrics.API_THROTTLED_SECONDS, api.throttled_seconds)
 
 
 def run_service(settings: Settings, reload_settings: Callable[[], Settings] | None = None) -> int:

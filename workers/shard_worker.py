@@ -442,6 +442,9 @@ class ShardWorker:
             for (endpoint, status), total in api.requests.items():
                 deltas.advance(m.API_REQUESTS, total, endpoint=endpoint, status=status)
             deltas.advance(m.TOKEN_REFRESHES, api.token_refreshes)
+            deltas.advance(m.API_RETRIES, api.retries)
+            deltas.advance(m.API_RATE_LIMITED, api.rate_limited)
+            deltas.advance(m.API_THROTTLED_SECONDS, api.throttled_seconds)
 
     def _load_metrics(self) -> None:
         try:
