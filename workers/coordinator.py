@@ -47,7 +47,7 @@ from kick_monitor.migrations import STREAMERS_CHANNEL
 from kick_monitor.process import Heartbeats, set_title
 from kick_monitor.resolver import resolve_pending
 from kick_monitor.sharding import shard_for, subscriptions_per_streamer
-from kick_monitor.systemd import sd_notify
+from kick_monitor.systemd import Watchdog, sd_notify
 
 from .shard_worker import run_worker
 from .writer import run_writer
@@ -138,6 +138,7 @@ class Coordinator:
         self._metrics: Any = None
         self._deltas = CounterDeltas()
         self.api_client: Any = None
+        self.watchdog = Watchdog.from_environment()  # [polish, issue 12] systemd WatchdogSec=
 
     # -- lifecycle -------------------------------------------------------------------
     def run(self) -> int:
@@ -175,6 +176,7 @@ class Coordinator:
     def loop_once(self) -> None:
         """Wait, then: signals, reports, notifications, reaping, liveness, respawns, reloads."""
         now = time.monotonic()
+        self.watchdog.ping(now)  # [polish, issue 12] a hung loop stops pinging: systemd restarts us
         timeout = 1.0
         if self.reload_at is not None:
             timeout = max(0.0, min(timeout, self.reload_at - now))
