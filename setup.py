@@ -21,6 +21,8 @@ BUILD_FILE = HERE / "kick_monitor" / "_build.py"
 
 def count_commits() -> int | None:
     """Commits reachable from HEAD, or None outside a git checkout (or without git)."""
+    if not (HERE / ".git").exists():  # an unpacked sdist, even one inside some other repository
+        return None
     try:
         done = subprocess.run(
             ["git", "rev-list", "--count", "HEAD"],

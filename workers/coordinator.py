@@ -710,8 +710,11 @@ def run_service(settings: Settings, reload_settings: Callable[[], Settings] | No
     from kick_monitor.metrics_server import prepare_multiprocess_dir, start_metrics_server
     from kick_monitor.migrations import SchemaError, migrate, require_current
 
+    from kick_monitor import __version__
+
     configure_logging(settings, role="coordinator")
     tree = "all" if settings.shard_index is None else f"shard-{settings.shard_index}"
+    log.info("kick-monitor %s starting (%s)", __version__, tree)  # [polish, issue 12] version first
     metrics_server = None
     if settings.metrics_port:
         prepare_multiprocess_dir(Path(settings.data_dir) / "metrics" / tree)

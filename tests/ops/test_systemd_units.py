@@ -7,6 +7,7 @@ temporary unit path with ExecStart pointed at an executable that exists here.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from kick_monitor import __version__
 from kick_monitor.config import FIELD_BY_KEY, load_settings
 from kick_monitor.sim import Simulator
 from tests.service import REPO, Service, running, service_env, wait_until
@@ -208,5 +210,7 @@ def test_watchdog_pings_stop_while_the_coordinator_hangs(sim: Simulator, databas
             assert service.stop() == 0
         listener.collect()
         assert any("STOPPING=1" in m for _, m in listener.messages)
+        first = json.loads(service.log_text().splitlines()[0])
+        assert first["msg"] == f"kick-monitor {__version__} starting (all)", "the version is the first log line"
     finally:
         listener.close()
