@@ -17,7 +17,7 @@ help: ## list the targets
 	@echo "usage: make TARGET [CONFIG=file.env] [SCENARIO=S1]"
 	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z_-]+:.*?## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-venv: $(STAMP) ## create .venv and install kick-monitor with its test extra
+venv: $(STAMP) ## create .venv and install kick-monitor with its test extra (= embedded PostgreSQL + supervisor + simulator + test tools)
 
 $(STAMP): setup.cfg setup.py
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "kick-monitor needs python 3.11+, $(PYTHON) is " + sys.version.split()[0])'

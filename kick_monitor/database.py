@@ -109,7 +109,10 @@ def connect(
             tcp_user_timeout_ms=tcp_user_timeout_ms,
             statement_timeout_ms=statement_timeout_ms,
         )
-        conn = psycopg2.connect(url, application_name=application_name, connect_timeout=connect_timeout, **options)
+        params: dict[str, str | int] = {
+            "application_name": application_name, "connect_timeout": connect_timeout, **options
+        }
+        conn = psycopg2.connect(url, connection_factory=None, cursor_factory=None, **params)
     except psycopg2.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DatabaseUnavailable(f"cannot connect to {describe_url(url)}: {first}") from None

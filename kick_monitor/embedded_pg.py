@@ -128,7 +128,7 @@ class EmbeddedPostgres:
     def _pg_ctl(self, args: list[str]) -> None:
         pgserver = import_pgserver()
         try:
-            pgserver.pg_ctl(args, pgdata=self.pgdata, user=self._system_user, timeout=60)  # type: ignore[attr-defined]
+            pgserver.pg_ctl(args, pgdata=self.pgdata, user=self._system_user, timeout=60)
         except (subprocess.SubprocessError, OSError) as exc:
             raise EmbeddedPostgresError(f"pg_ctl {args[-1]} failed for {self.pgdata}: {exc}") from None
 

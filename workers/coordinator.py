@@ -705,12 +705,11 @@ def run_service(settings: Settings, reload_settings: Callable[[], Settings] | No
 
     `reload_settings` re-reads the configuration sources on SIGHUP.
     """
+    from kick_monitor import __version__
     from kick_monitor.database import database_url
     from kick_monitor.logsetup import configure_logging
     from kick_monitor.metrics_server import prepare_multiprocess_dir, start_metrics_server
     from kick_monitor.migrations import SchemaError, migrate, require_current
-
-    from kick_monitor import __version__
 
     configure_logging(settings, role="coordinator")
     tree = "all" if settings.shard_index is None else f"shard-{settings.shard_index}"

@@ -1,8 +1,9 @@
 """The `kick-monitor` command: parse, load settings, dispatch, and turn every failure into one line.
 
 Exit codes: 0 ok, 1 runtime failure (database down, a conflict, bad lines in an import),
-2 usage or configuration error (including: no database URL and no embedded PostgreSQL installed). Errors are one line on stderr, `kick-monitor: error: ...`,
-with every known secret masked; a traceback is logged at DEBUG level only.
+2 usage or configuration error (also: no database URL and no embedded PostgreSQL installed).
+Errors are one line on stderr, `kick-monitor: error: ...`, with every known secret masked;
+a traceback is logged at DEBUG level only.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def _add_streamer_commands(streamers: argparse.ArgumentParser) -> None:
         "import",
         help="import streamers from a file",
         description="One slug per line, or CSV lines slug,channel_id,user_id,chatroom_id (ids optional, "
-        "an optional header line, # starts a comment). Bad lines are reported with their numbers and "
+        "an optional header line, # starts a comment); a spreadsheet's CSV export (byte-order mark, quoted "
+        "cells, CRLF) reads as it is. Bad lines are reported with their numbers and "
         "skipped; good ones are kept. Slugs already present with the same ids are left as they are. "
         "Exit 0 if every line was good, 1 if some were bad.",
     )
