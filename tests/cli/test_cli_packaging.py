@@ -69,7 +69,8 @@ def test_a_wheel_carries_the_build_number(tmp_path: Path) -> None:
 
     site = tmp_path / "site"
     installed = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+         "--target", str(site), str(wheel)],
         capture_output=True, text=True, timeout=120, check=False,
     )
     assert installed.returncode == 0, installed.stderr[-2000:]
