@@ -17,7 +17,9 @@ help: ## list the targets
 	@echo "usage: make TARGET [CONFIG=file.env] [SCENARIO=S1]"
 	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z_-]+:.*?## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-venv: $(STAMP) ## create .venv and install kick-monitor with its test extra
+# The editable install keeps the build number of its install; `venv` brings it up to the commit count.
+venv: $(STAMP) ## create .venv and install kick-monitor with its test extra (= embedded PostgreSQL + supervisor + simulator + test tools)
+	@$(BIN)/python setup.py --version >/dev/null 2>&1 || true
 
 $(STAMP): setup.cfg setup.py
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "kick-monitor needs python 3.11+, $(PYTHON) is " + sys.version.split()[0])'

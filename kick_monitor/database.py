@@ -16,7 +16,7 @@ import psycopg2.extensions
 from pydantic import SecretStr
 
 from .config import Settings
-from .embedded_pg import EmbeddedPostgres
+from .embedded_pg import EmbeddedPostgres, import_pgserver
 
 log = logging.getLogger(__name__)
 SCHEMA = "kick_monitor"
@@ -61,12 +61,80 @@ def with_password(url: str, password: SecretStr | None) -> str:
         return url
 
 
+# Every connection gets these libpq settings (a value in the URL wins). A peer that vanishes
+# without a FIN or RST (a crashed host, a dropped NAT or firewall entry, a cut link) is noticed
+# by TCP keepalives after idle + interval × count = 25 s on an idle connection (a LISTEN
+# connection is idle for hours), and by tcp_user_timeout after 30 s when sent data stays
+# unacknowledged: within a minute either way. Without them, both wait for the kernel's two
+# hours or its ~15 minutes of retransmissions. Unix-socket connections ignore them.
+KEEPALIVES_IDLE = 10
+KEEPALIVES_INTERVAL = 5
+KEEPALIVES_COUNT = 3
+TCP_USER_TIMEOUT_MS = 30_000
+# A ceiling for any statement whose session sets none of its own (the writer and the
+# coordinator set shorter ones): a stuck statement fails instead of hanging a process.
+STATEMENT_TIMEOUT_MS = 60_000
+
+
+def libpq_options(
+    url: str,
+    *,
+    keepalives_idle: int = KEEPALIVES_IDLE,
+    keepalives_interval: int = KEEPALIVES_INTERVAL,
+    keepalives_count: int = KEEPALIVES_COUNT,
+    tcp_user_timeout_ms: int = TCP_USER_TIMEOUT_MS,
+    statement_timeout_ms: int | None = STATEMENT_TIMEOUT_MS,
+) -> dict[str, str]:
+    """The connection parameters `connect` adds to `url`: those the URL does not set itself.
+
+    Raises psycopg2.ProgrammingError for a malformed URL (its message quotes the URL).
+    """
+    given = psycopg2.extensions.parse_dsn(url)
+    wanted = {
+        "keepalives": "1",
+        "keepalives_idle": str(keepalives_idle),
+        "keepalives_interval": str(keepalives_interval),
+        "keepalives_count": str(keepalives_count),
+        "tcp_user_timeout": str(tcp_user_timeout_ms),
+    }
+    added = {key: value for key, value in wanted.items() if key not in given}
+    options = given.get("options", "")
+    if statement_timeout_ms is not None and "statement_timeout" not in options:
+        added["options"] = f"{options} -c statement_timeout={statement_timeout_ms}".strip()
+    return added
+
+
 def connect(
-    url: str, *, application_name: str = "kick-monitor", autocommit: bool = False, connect_timeout: int = 5
+    url: str,
+    *,
+    application_name: str = "kick-monitor",
+    autocommit: bool = False,
+    connect_timeout: int = 5,
+    keepalives_idle: int = KEEPALIVES_IDLE,
+    keepalives_interval: int = KEEPALIVES_INTERVAL,
+    keepalives_count: int = KEEPALIVES_COUNT,
+    tcp_user_timeout_ms: int = TCP_USER_TIMEOUT_MS,
+    statement_timeout_ms: int | None = STATEMENT_TIMEOUT_MS,
 ) -> psycopg2.extensions.connection:
-    """A new connection; failures become DatabaseUnavailable with a password-free message."""
+    """A new connection; failures become DatabaseUnavailable with a password-free message.
+
+    TCP keepalives, tcp_user_timeout and a statement_timeout are set unless the URL sets its
+    own (see KEEPALIVES_IDLE); the keyword arguments exist so tests can shorten them.
+    `statement_timeout_ms=None` leaves statements unbounded (schema migrations).
+    """
     try:
-        conn = psycopg2.connect(url, application_name=application_name, connect_timeout=connect_timeout)
+        options = libpq_options(
+            url,
+            keepalives_idle=keepalives_idle,
+            keepalives_interval=keepalives_interval,
+            keepalives_count=keepalives_count,
+            tcp_user_timeout_ms=tcp_user_timeout_ms,
+            statement_timeout_ms=statement_timeout_ms,
+        )
+        params: dict[str, str | int] = {
+            "application_name": application_name, "connect_timeout": connect_timeout, **options
+        }
+        conn = psycopg2.connect(url, connection_factory=None, cursor_factory=None, **params)
     except psycopg2.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DatabaseUnavailable(f"cannot connect to {describe_url(url)}: {first}") from None
@@ -77,16 +145,24 @@ def connect(
     return conn
 
 
+def require_database(settings: Settings) -> None:
+    """Check, before anything starts, that there is a database to use: a URL or `pgserver`."""
+    if settings.database_url is None:
+        import_pgserver()
+
+
 @contextlib.contextmanager
 def database_url(settings: Settings, *, keep_running: bool = False) -> Iterator[str]:
     """Yield the URL to use: the configured one, or an embedded server started for the duration.
 
     A separate `database_password` is added to the configured URL (as a libpq connection
     string); libpq's own `passfile` / $PGPASSFILE works without any of this.
+    Neither a URL nor the `embedded` extra installed: EmbeddedPostgresMissing (exit 2 in the CLI).
     """
     if settings.database_url is not None:
         yield with_password(settings.database_url.get_secret_value(), settings.database_password)
         return
+    require_database(settings)
     embedded = EmbeddedPostgres(Path(settings.data_dir))
     url = embedded.start()
     log.info("using embedded PostgreSQL in %s", embedded.pgdata)

@@ -1,6 +1,8 @@
 """An embedded PostgreSQL under the data dir, from the `pgserver` wheel (real server binaries).
 
-Used when no KICK_MONITOR_DATABASE_URL is set, and by the tests. We let pgserver do what
+Used when no KICK_MONITOR_DATABASE_URL is set, and by the tests. `pgserver` is the optional
+`embedded` extra (its PostgreSQL never gets security updates): without it, and without a
+URL, commands stop with one line saying how to get either. We let pgserver do what
 it does well (initdb, the unprivileged `pgserver` user when run as root, a short socket
 path) and drive start/stop ourselves, because the service and the fault tests need to
 stop and restart the server on purpose.
@@ -13,6 +15,7 @@ import logging
 import subprocess
 import warnings
 from pathlib import Path
+from types import ModuleType
 
 import psycopg2
 import psycopg2.errors
@@ -25,6 +28,29 @@ DATABASE_NAME = "kick_monitor"
 
 class EmbeddedPostgresError(RuntimeError):
     """The embedded server could not be started or stopped."""
+
+
+class EmbeddedPostgresMissing(EmbeddedPostgresError):
+    """No database URL and no `pgserver`: fixed by configuration or an install (exit 2), not by retrying."""
+
+
+MISSING_HINT = (
+    "no database configured: set KICK_MONITOR_DATABASE_URL, or install the embedded PostgreSQL "
+    "with pip install 'kick-monitor[embedded]'"
+)
+
+
+def import_pgserver() -> ModuleType:
+    """The `pgserver` module (the `embedded` extra); EmbeddedPostgresMissing with the hint if absent."""
+    try:
+        with warnings.catch_warnings():
+            # platformdirs warns at pgserver's import when XDG_RUNTIME_DIR is unset (cron,
+            # containers, CI); it falls back to /tmp by itself, so the warning is only noise
+            warnings.simplefilter("ignore")
+            import pgserver
+    except ImportError:
+        raise EmbeddedPostgresMissing(MISSING_HINT) from None
+    return pgserver
 
 
 class EmbeddedPostgres:
@@ -44,14 +70,7 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Start (or attach to) the server; create the database; return its URL."""
-        try:
-            with warnings.catch_warnings():
-                # platformdirs warns at pgserver's import when XDG_RUNTIME_DIR is unset (cron,
-                # containers, CI); it falls back to /tmp by itself, so the warning is only noise
-                warnings.simplefilter("ignore")
-                import pgserver
-        except ImportError as exc:  # pragma: no cover - pgserver is a runtime dependency
-            raise EmbeddedPostgresError(f"embedded PostgreSQL needs the pgserver package: {exc}") from None
+        pgserver = import_pgserver()
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         was_running = self.is_running()
         try:
@@ -107,10 +126,9 @@ class EmbeddedPostgres:
         self.started_here = True
 
     def _pg_ctl(self, args: list[str]) -> None:
-        import pgserver
-
+        pgserver = import_pgserver()
         try:
-            pgserver.pg_ctl(args, pgdata=self.pgdata, user=self._system_user, timeout=60)  # type: ignore[attr-defined]
+            pgserver.pg_ctl(args, pgdata=self.pgdata, user=self._system_user, timeout=60)
         except (subprocess.SubprocessError, OSError) as exc:
             raise EmbeddedPostgresError(f"pg_ctl {args[-1]} failed for {self.pgdata}: {exc}") from None
 

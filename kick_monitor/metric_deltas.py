@@ -32,3 +32,12 @@ class CounterDeltas:
         if delta > 0:
             (counter.labels(**labels) if labels else counter).inc(delta)
         self._last[key] = total
+
+    def advance_api(self, m: Any, api: Any) -> None:
+        """A Kick API client's running totals (`ApiStatsSnapshot`) into the API counters of `m`."""
+        for (endpoint, status), total in api.requests.items():
+            self.advance(m.API_REQUESTS, total, endpoint=endpoint, status=status)
+        self.advance(m.TOKEN_REFRESHES, api.token_refreshes)
+        self.advance(m.API_RETRIES, api.retries)
+        self.advance(m.API_RATE_LIMITED, api.rate_limited)
+        self.advance(m.API_THROTTLED_SECONDS, api.throttled_seconds)

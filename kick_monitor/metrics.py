@@ -79,6 +79,13 @@ DB_UP = Gauge("kick_monitor_database_up", "1 while the writer can commit", multi
 
 API_REQUESTS = Counter("kick_monitor_api_requests_total", "Kick API requests", ["endpoint", "status"])
 TOKEN_REFRESHES = Counter("kick_monitor_api_token_refreshes_total", "OAuth token fetches")
+API_RETRIES = Counter(
+    "kick_monitor_api_retries_total", "Kick API requests sent again after a 429, a 5xx, a timeout or a network error"
+)
+API_RATE_LIMITED = Counter("kick_monitor_api_rate_limited_total", "Kick API answers 429 Too Many Requests")
+API_THROTTLED_SECONDS = Counter(
+    "kick_monitor_api_throttled_seconds_total", "Seconds Kick API requests waited for the client-side rate limit"
+)
 RECONCILIATIONS = Counter("kick_monitor_reconciliations_total", "Reconciliation runs", ["shard", "outcome"])
 
 WORKER_RESTARTS = Counter("kick_monitor_worker_restarts_total", "Child processes restarted", ["role"])

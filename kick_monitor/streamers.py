@@ -11,6 +11,7 @@ A streamer added without a channel id is stored *unresolved* (`channel_id` NULL,
 
 from __future__ import annotations
 
+import csv
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -268,32 +269,60 @@ HEADER_ALIASES = {"username": "slug", "kick_user_id": "user_id"}
 IMPORT_CHUNK = 1000
 
 
+def split_row(text: str) -> list[str] | None:
+    """The cells of one line, read as CSV (quoted fields, `""` escapes); None if there are none.
+
+    `#` starts a comment (no slug or id can contain one, so it never hides data); trailing
+    empty cells are dropped, so a spreadsheet's padding (`xqc,668,,,`) and its blank rows
+    (`,,,`) read like a short line and a blank one.
+    """
+    content = text.split("#", 1)[0].strip()
+    if not content:
+        return None
+    cells = [cell.strip() for cell in next(csv.reader([content], skipinitialspace=True))]
+    while cells and not cells[-1]:
+        cells.pop()
+    return cells or None
+
+
 def parse_import_line(text: str) -> NewStreamer | None:
     """One line of an import file: `slug` or `slug,channel_id,user_id,chatroom_id` (ids optional).
 
     Returns None for blank lines and `#` comments; raises StreamerError for bad ones.
     """
-    content = text.split("#", 1)[0].strip()
-    if not content:
-        return None
-    if "\ufffd" in content:  # what the reader puts where bytes were not UTF-8
+    if "\ufffd" in text.split("#", 1)[0]:  # what the reader puts where bytes were not UTF-8
         raise StreamerError("line is not UTF-8 text")
-    fields = [part.strip() for part in content.split(",")]
+    try:
+        fields = split_row(text)
+    except csv.Error as exc:
+        raise StreamerError(f"not a CSV line: {exc}") from None
+    if fields is None:
+        return None
     if len(fields) > len(HEADER):
         raise StreamerError(f"expected at most {len(HEADER)} fields (slug,channel_id,user_id,chatroom_id)")
     fields += [""] * (len(HEADER) - len(fields))
     return NewStreamer.build(*fields)
 
 
+def _header_names(text: str) -> list[str]:
+    """A row's cells as header names: lower case, `Channel ID` = `channel-id` = `channel_id`."""
+    try:
+        cells = split_row(text) or []
+    except csv.Error:
+        return []
+    names = [re.sub(r"[\s-]+", "_", cell.lower()) for cell in cells]
+    return [HEADER_ALIASES.get(name, name) for name in names]
+
+
 def is_header(text: str) -> bool:
-    first = text.split("#", 1)[0].split(",", 1)[0].strip().lower()
-    return first in ("slug", "username")
+    """A first row naming its columns (`slug,...` or `username,...`, any case, quoted or not)."""
+    names = _header_names(text)
+    return bool(names) and names[0] == "slug"
 
 
 def check_header(text: str) -> None:
-    names = [part.strip().lower() for part in text.split("#", 1)[0].split(",")]
-    names = [HEADER_ALIASES.get(name, name) for name in names]
-    if tuple(names) != HEADER[: len(names)]:
+    names = tuple(_header_names(text))
+    if names != HEADER[: len(names)]:
         raise StreamerError("header must be slug,channel_id,user_id,chatroom_id (trailing ones optional)")
 
 
@@ -304,7 +333,7 @@ def import_streamers(
     chunk_size: int = IMPORT_CHUNK,
     progress: Callable[[ImportReport], None] | None = None,
 ) -> ImportReport:
-    """Import streamers from lines of text; bad lines are reported, good ones kept.
+    """Import streamers from lines of CSV text (a spreadsheet export); bad lines are reported, good ones kept.
 
     Each chunk of good lines is inserted in one transaction. A slug that already exists
     with the same ids (or without ids on the line) counts as already present, so
@@ -331,9 +360,11 @@ def _parse_lines(
     first_content = True
     for number, raw in enumerate(lines, start=1):
         text = raw.rstrip("\r\n")
+        if number == 1:  # a byte-order mark the reader did not remove (stdin, or lines from code)
+            text = text.removeprefix("\ufeff")
         report.lines = number
         try:
-            if first_content and text.split("#", 1)[0].strip():
+            if first_content and _header_names(text):
                 first_content = False
                 if is_header(text):
                     check_header(text)

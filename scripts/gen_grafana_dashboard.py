@@ -94,15 +94,20 @@ ROWS: list[tuple[str, list[Panel]]] = [
     ("Kick API and processes", [
         ("API requests / min", "timeseries", "short", [
             ("{{endpoint}} {{status}}",
-             f"sum by (endpoint, status) (rate(kick_monitor_api_requests_total{{{SEL}}}[$__rate_interval])) * 60")], 8),
+             f"sum by (endpoint, status) (rate(kick_monitor_api_requests_total{{{SEL}}}[$__rate_interval])) * 60")], 6),
+        ("API retries, 429s / min; throttled s / min", "timeseries", "short", [
+            ("retries", f"sum(rate(kick_monitor_api_retries_total{{{SEL}}}[$__rate_interval])) * 60"),
+            ("429 answers", f"sum(rate(kick_monitor_api_rate_limited_total{{{SEL}}}[$__rate_interval])) * 60"),
+            ("throttled s", f"sum(rate(kick_monitor_api_throttled_seconds_total{{{SEL}}}[$__rate_interval])) * 60")],
+         6),
         ("Reconciliations and token fetches / h", "timeseries", "short", [
             ("reconcile {{outcome}}",
              f"sum by (outcome) (rate(kick_monitor_reconciliations_total{{{SEL}}}[$__rate_interval])) * 3600"),
             ("token fetches",
-             f"sum(rate(kick_monitor_api_token_refreshes_total{{{SEL}}}[$__rate_interval])) * 3600")], 8),
+             f"sum(rate(kick_monitor_api_token_refreshes_total{{{SEL}}}[$__rate_interval])) * 3600")], 6),
         ("Process restarts", "timeseries", "short", [
             ("{{role}}", f"sum by (role) (increase(kick_monitor_worker_restarts_total{{{SEL}}}[$__rate_interval]))")],
-         8),
+         6),
     ]),
 ]
 

@@ -13,6 +13,10 @@
 #   --enable         also `systemctl enable --now` the service (or the target and its shards)
 #   --prefix DIR     the virtualenv to install into (default /opt/kick-monitor)
 #   --source SPEC    what pip installs (default: this checkout)
+#   --extras LIST    optional parts to install with it, comma-separated: `supervisor` (supervisord
+#                    from PyPI; Debian's `apt-get install supervisor` works as well), `embedded`
+#                    (a PostgreSQL in the data dir when KICK_MONITOR_DATABASE_URL is unset; its
+#                    server never gets security updates: prefer your own PostgreSQL)
 #   --destdir DIR    stage files under DIR (packaging): no user, no ownership, no venv, no systemctl
 #   --client-secret-from FILE      store the Kick client secret (the content of FILE) as the
 #   --database-password-from FILE  systemd credential client_secret / database_password
@@ -31,6 +35,7 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 USER_NAME=kick-monitor
 PREFIX=/opt/kick-monitor
 SOURCE=$REPO
+EXTRAS=
 DESTDIR=
 DRY_RUN=0
 SHARDS=0
@@ -50,18 +55,27 @@ while [ $# -gt 0 ]; do
         --shards) [ $# -ge 2 ] || die "--shards needs a number"; SHARDS=$2; shift ;;
         --prefix) [ $# -ge 2 ] || die "--prefix needs a directory"; PREFIX=$2; shift ;;
         --source) [ $# -ge 2 ] || die "--source needs a pip requirement or path"; SOURCE=$2; shift ;;
+        --extras) [ $# -ge 2 ] || die "--extras needs a list, e.g. supervisor,embedded"; EXTRAS=$2; shift ;;
         --destdir) [ $# -ge 2 ] || die "--destdir needs a directory"; DESTDIR=$2; shift ;;
         --client-secret-from) [ $# -ge 2 ] || die "--client-secret-from needs a file"; CLIENT_SECRET_FROM=$2; shift ;;
         --database-password-from) [ $# -ge 2 ] || die "--database-password-from needs a file"
             DATABASE_PASSWORD_FROM=$2; shift ;;
         --encrypt) ENCRYPT=1 ;;
         --no-prompt) PROMPT=0 ;;
-        -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
     shift
 done
 case "$SHARDS" in ''|*[!0-9]*) die "--shards wants a number, not '$SHARDS'" ;; esac
+for extra in $(echo "$EXTRAS" | tr ',' ' '); do
+    case "$extra" in supervisor|embedded) ;; *) die "--extras: unknown extra '$extra' (supervisor, embedded)" ;; esac
+done
+PACKAGE=$SOURCE
+if [ -n "$EXTRAS" ]; then
+    [ -d "$SOURCE" ] || die "--extras goes with a directory --source; else name them in it: 'kick-monitor[$EXTRAS]'"
+    PACKAGE="$SOURCE[$EXTRAS]"
+fi
 [ "$SHARDS" -le 100 ] || die "--shards: at most 100 (metrics ports 9400-9499)"
 
 ETC=$DESTDIR/etc/kick-monitor
@@ -219,7 +233,7 @@ else
             || die "kick-monitor needs Python 3.11+; $PYTHON is $("$PYTHON" -V 2>&1)"
         run "$PYTHON" -m venv "$PREFIX"
     fi
-    run "$PREFIX/bin/python" -m pip install --quiet --upgrade "$SOURCE"
+    run "$PREFIX/bin/python" -m pip install --quiet --upgrade "$PACKAGE"
 fi
 
 # 5. the units
@@ -248,6 +262,6 @@ else
     echo "Next: edit $ENV_FILE (KICK_MONITOR_DATABASE_URL without a password, KICK_MONITOR_CLIENT_ID);"
     echo "      the secrets are credentials in /etc/credstore (docs/deployment.md), not lines of that file;"
     echo "      with your own PostgreSQL: $PREFIX/bin/kick-monitor --config $ENV_FILE db migrate"
-    echo "      (the embedded one is migrated by the service itself); then"
+    echo "      (unset, the service needs --extras embedded and migrates that database itself); then"
     echo "      systemctl enable --now $units"
 fi

@@ -53,7 +53,7 @@ from kick_monitor.logsetup import register_settings_secrets
 from kick_monitor.messages import Reconfigure, RoleFailed
 from kick_monitor.process import Heartbeats, set_title
 from kick_monitor.role import Role, RoleContext, run_role
-from kick_monitor.systemd import sd_notify
+from kick_monitor.systemd import Watchdog, sd_notify
 from kick_monitor.telemetry import load_telemetry
 
 from .exporter import Exporter
@@ -151,6 +151,7 @@ class Supervisor:
         self._wake_read, self._wake_write = os.pipe()
         self._lock_fd: int | None = None
         self._tmp_dirs: list[str] = []
+        self.watchdog = Watchdog.from_environment()  # systemd WatchdogSec=: a hung loop stops pinging
 
     @staticmethod
     def plan_children(settings: Settings, plan: TreePlan) -> list[Child]:
@@ -185,6 +186,7 @@ class Supervisor:
 
     def loop_once(self) -> None:
         """Wait (signals, a child's control message, or a tick), then dispatch and supervise."""
+        self.watchdog.ping(self.clock())
         timeout = 0.05 if self.stopping else 0.5
         rlist: list[int] = [self._wake_read]
         wlist: list[int] = []
@@ -574,6 +576,7 @@ def run_service(settings: Settings, reload_settings: Callable[[], Settings] | No
     or configured), the schema check, and the shard plan (which needs the streamer count).
     `reload_settings` re-reads the configuration sources on SIGHUP.
     """
+    from kick_monitor import __version__
     from kick_monitor.database import DatabaseUnavailable, connect, database_url
     from kick_monitor.logsetup import configure_logging
     from kick_monitor.metrics_server import prepare_multiprocess_dir
@@ -583,6 +586,7 @@ def run_service(settings: Settings, reload_settings: Callable[[], Settings] | No
     scrub_environment()  # before anything forks (embedded PostgreSQL, children): see credentials.py
     configure_logging(settings, role="coordinator")
     tree = "all" if settings.shard_index is None else f"shard-{settings.shard_index}"
+    log.info("kick-monitor %s starting (%s)", __version__, tree)
     if settings.metrics_port:
         prepare_multiprocess_dir(Path(settings.data_dir) / "metrics" / tree)
         load_telemetry().record_build_info()

@@ -33,6 +33,7 @@ import psycopg2.extensions
 from kick_monitor.assignment import AssignmentServer
 from kick_monitor.database import DatabaseUnavailable, connect
 from kick_monitor.messages import Assign, StreamerRef, Subscribe, Unsubscribe
+from kick_monitor.metric_deltas import CounterDeltas
 from kick_monitor.migrations import STREAMERS_CHANNEL
 from kick_monitor.resolver import resolve_pending
 from kick_monitor.role import Role, RoleContext
@@ -227,6 +228,7 @@ class IdResolver:
         self._thread: threading.Thread | None = None
         self._client: Any = None
         self._conn: psycopg2.extensions.connection | None = None
+        self._deltas = CounterDeltas()  # the API client's running totals, exported as increments
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="id-resolver", daemon=True)
@@ -274,6 +276,8 @@ class IdResolver:
             self._conn.commit()
         if resolved:
             log.info("resolved ids of %d streamers", resolved)
+        if self.planner.telemetry.enabled:
+            self._deltas.advance_api(self.planner.telemetry, self._api().stats.snapshot())
 
     def _api(self) -> Any:
         if self._client is None:

@@ -414,9 +414,7 @@ class ShardWorker(Role):
         deltas.advance(m.FRAMES, other, shard=shard, event="other")
         api = self.reconciliation.api_stats()
         if api is not None:
-            for (endpoint, status), total in api.requests.items():
-                deltas.advance(m.API_REQUESTS, total, endpoint=endpoint, status=status)
-            deltas.advance(m.TOKEN_REFRESHES, api.token_refreshes)
+            deltas.advance_api(m, api)
 
     def _count_frames(self, events: list[Any]) -> None:
         # Label by lifecycle name only: event names come from the network, and a label

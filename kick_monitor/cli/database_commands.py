@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import psycopg2.extensions
 
 from ..config import Settings
-from ..database import connect, database_url
+from ..database import STATEMENT_TIMEOUT_MS, connect, database_url
 from ..migrations import LATEST_VERSION, current_version, migrate, require_current
 from .errors import EXIT_OK, CliError
 
@@ -21,10 +21,12 @@ def open_database(settings: Settings, *, require_schema: bool = True) -> Iterato
     """A connection for one command (embedded server started and stopped around it if unset).
 
     With `require_schema`, a database whose schema is missing or of another version is
-    refused before anything is read or written (SchemaError).
+    refused before anything is read or written (SchemaError). Without it (migrations, which
+    may rewrite big tables) statements run without the default statement_timeout.
     """
     with database_url(settings) as url:
-        conn = connect(url, application_name=APPLICATION_NAME)
+        timeout = STATEMENT_TIMEOUT_MS if require_schema else None
+        conn = connect(url, application_name=APPLICATION_NAME, statement_timeout_ms=timeout)
         try:
             if require_schema:
                 require_current(conn)

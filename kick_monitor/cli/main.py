@@ -1,8 +1,9 @@
 """The `kick-monitor` command: parse, load settings, dispatch, and turn every failure into one line.
 
 Exit codes: 0 ok, 1 runtime failure (database down, a conflict, bad lines in an import),
-2 usage or configuration error. Errors are one line on stderr, `kick-monitor: error: ...`,
-with every known secret masked; a traceback is logged at DEBUG level only.
+2 usage or configuration error (also: no database URL and no embedded PostgreSQL installed).
+Errors are one line on stderr, `kick-monitor: error: ...`, with every known secret masked;
+a traceback is logged at DEBUG level only.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import psycopg2
 from .. import __version__
 from ..config import SECRET_FIELDS, ConfigError, Settings, env_key, load_settings
 from ..credentials import SecretSources, scrub_environment
-from ..database import DatabaseUnavailable
-from ..embedded_pg import EmbeddedPostgresError
+from ..database import DatabaseUnavailable, require_database
+from ..embedded_pg import EmbeddedPostgresError, EmbeddedPostgresMissing
 from ..logsetup import configure_logging, redact, register_secret, register_url_secrets
 from ..migrations import SchemaError
 from ..streamers import StreamerError
@@ -133,7 +134,8 @@ def _add_streamer_commands(streamers: argparse.ArgumentParser) -> None:
         "import",
         help="import streamers from a file",
         description="One slug per line, or CSV lines slug,channel_id,user_id,chatroom_id (ids optional, "
-        "an optional header line, # starts a comment). Bad lines are reported with their numbers and "
+        "an optional header line, # starts a comment); a spreadsheet's CSV export (byte-order mark, quoted "
+        "cells, CRLF) reads as it is. Bad lines are reported with their numbers and "
         "skipped; good ones are kept. Slugs already present with the same ids are left as they are. "
         "Exit 0 if every line was good, 1 if some were bad.",
     )
@@ -151,6 +153,7 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
     secret files and credentials."""
     from workers.coordinator import run_service  # the process roles, imported only by the command that runs them
 
+    require_database(settings)  # no URL and no `embedded` extra: one line and exit 2, before any fork
     scrub_environment()  # secrets were captured in dispatch(); no process of the tree inherits them
     return int(run_service(settings, lambda: load(args)))
 
@@ -233,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report(str(exc.code), EXIT_FAILURE)
     except CliError as exc:
         return report(str(exc), exc.code)
-    except ConfigError as exc:
+    except (ConfigError, EmbeddedPostgresMissing) as exc:
         return report(str(exc), EXIT_USAGE)
     except (DatabaseUnavailable, SchemaError, EmbeddedPostgresError, StreamerError) as exc:
         return report(str(exc), EXIT_FAILURE)

@@ -90,12 +90,16 @@ def _id_text(value: int | None) -> str:
 
 @contextlib.contextmanager
 def _open_lines(name: str) -> Iterator[TextIO]:
-    """The import file (`-` = stdin); undecodable bytes become U+FFFD and fail on their own line."""
+    """The import file (`-` = stdin); undecodable bytes become U+FFFD and fail on their own line.
+
+    `utf-8-sig` drops the byte-order mark spreadsheets (Excel, LibreOffice) put first; without it
+    the header's first cell would be `\ufeffslug`.
+    """
     if name == "-":
         yield sys.stdin
         return
     try:
-        handle = Path(name).open(encoding="utf-8", errors="replace", newline="")  # noqa: SIM115
+        handle = Path(name).open(encoding="utf-8-sig", errors="replace", newline="")  # noqa: SIM115
     except OSError as exc:
         raise CliError(f"cannot read {name}: {exc.strerror or exc}", EXIT_USAGE) from None
     with handle:

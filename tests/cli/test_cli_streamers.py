@@ -99,6 +99,29 @@ def test_import_reports_bad_lines_and_keeps_good_ones(cli: CliRunner, tmp_path: 
     assert (code, out, err) == (0, "imported <stdin>: 1 added, 2 already present\n", "")
 
 
+def test_import_of_a_spreadsheet_export(cli: CliRunner, tmp_path: Path) -> None:
+    """BOM, CRLF, quoted cells and a header, as a spreadsheet saves them; one bad row, the rest import."""
+    source = tmp_path / "export.csv"
+    source.write_bytes(
+        "slug,channel_id,user_id,chatroom_id\r\n"
+        '"xqc","668","676","668"\r\n'
+        '"Adin_Ross","1069","",""\r\n'
+        '"not a slug","5","",""\r\n'
+        '"amouranth","7","8",""\r\n'.encode("utf-8-sig")
+    )
+    assert source.read_bytes().startswith(b"\xef\xbb\xbfslug,")
+    code, out, err = cli("streamers", "import", str(source))
+    assert code == 1
+    assert out == f"imported {source}: 3 added, 0 already present, 1 bad line not imported\n"
+    assert err.splitlines() == [f"{source}:4: slug 'not a slug' may only contain letters, digits, '_' and '-'"]
+    listed = json.loads(cli("streamers", "list", "--json").stdout)
+    assert [(s["username"], s["channel_id"], s["kick_user_id"]) for s in listed] == [
+        ("adin_ross", 1069, None),
+        ("amouranth", 7, 8),
+        ("xqc", 668, 676),
+    ]
+
+
 def test_import_of_a_missing_file(cli: CliRunner, tmp_path: Path) -> None:
     code, out, err = cli("streamers", "import", str(tmp_path / "absent.txt"))
     assert code == 2 and out == ""

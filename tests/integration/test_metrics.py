@@ -173,6 +173,22 @@ def test_metrics_move_with_traffic_and_worker_kills(
         assert reconnected.label_values("kick_monitor_pusher_reconnects_total", "reason") <= {
             "connection_lost", "closed_by_server"}
 
+        # -- Kick API trouble: 429s, the retries after them, the client-side wait they cause -------------
+        assert reconnected.value("kick_monitor_api_rate_limited_total") == 0
+        sim.set_api_mode("rate_limit", surface="official", retry_after=1)
+        try:
+            assert sim.drop_connections() == SHARDS  # every (re)connect reconciles over the official API
+            limited = eventually(url, "429s and retries counted", lambda s: s.value(
+                "kick_monitor_api_rate_limited_total") >= 1 and s.value("kick_monitor_api_retries_total") >= 1)
+        finally:
+            sim.set_api_mode(None)
+        assert limited.value("kick_monitor_api_requests_total", status="429") >= 1
+        # Retry-After: 1 holds every request of that client back for about a second
+        eventually(url, "throttled seconds counted", lambda s: s.value(
+            "kick_monitor_api_throttled_seconds_total") >= 0.5)
+        eventually(url, "both shards connected again", lambda s: all(
+            s.value("kick_monitor_pusher_connected", shard=str(i)) == 1 for i in range(SHARDS)))
+
         # -- a SIGKILLed worker: restart counted, its live gauges gone with it ---------------------------
         assert reconnected.value("kick_monitor_worker_restarts_total", role="worker") == 0
         victim = service.worker_pids()[1]

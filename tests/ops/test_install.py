@@ -102,11 +102,22 @@ def test_credentials_from_files_never_shown_and_stored_private(tmp_path: Path) -
         assert "install-password-9d3b1e" not in done.stdout + done.stderr
 
 
+def test_extras_are_installed_only_when_asked_for() -> None:
+    """A plain install gets neither supervisor nor the embedded PostgreSQL; --extras adds them."""
+    plain = sh(INSTALL, "--dry-run")
+    assert f"-m pip install --quiet --upgrade {REPO}\n" in plain.stdout
+    both = sh(INSTALL, "--dry-run", "--extras", "supervisor,embedded")
+    assert both.returncode == 0, both.stderr
+    assert f"-m pip install --quiet --upgrade {REPO}[supervisor,embedded]\n" in both.stdout
+
+
 def test_install_refuses_bad_input() -> None:
     assert sh(INSTALL, "--shards", "x", "--dry-run").returncode == 2
     assert sh(INSTALL, "--bogus").returncode == 2
     assert sh(INSTALL, "--dry-run", "--client-secret-from", "/nonexistent/secret").returncode == 2
     assert sh(INSTALL, "--destdir", "/tmp/x", "--encrypt").returncode == 2
+    assert "unknown extra 'pgserver'" in sh(INSTALL, "--dry-run", "--extras", "pgserver").stderr
+    assert sh(INSTALL, "--dry-run", "--extras", "supervisor", "--source", "kick-monitor==1.0.1").returncode == 2
     assert "Install kick-monitor" in sh(INSTALL, "--help").stdout
 
 

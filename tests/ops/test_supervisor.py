@@ -28,6 +28,10 @@ from kick_monitor.database import connect
 from kick_sim import SimConfig, Simulator
 from tests.service import REPO, alive, children_of, insert_streamers, mismatches, service_env, wait_until
 
+# supervisord is not a dependency of the library: it comes with the `supervisor` extra (which
+# `make venv` installs through the test extra) or from Debian (`apt-get install supervisor`).
+pytest.importorskip("supervisor", reason="needs the supervisor extra: pip install -e '.[supervisor]'")
+
 pytestmark = pytest.mark.timeout(120)
 
 TEMPLATE = REPO / "etc" / "supervisor" / "kick-monitor.conf"

@@ -7,16 +7,22 @@ temporary unit path with ExecStart pointed at an executable that exists here.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from kick_monitor import __version__
 from kick_monitor.config import FIELD_BY_KEY, SECRET_FIELDS, load_settings
-from tests.service import REPO, Service, running, wait_until
+from kick_sim import Simulator
+from tests.service import REPO, Service, running, service_env, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -120,6 +126,7 @@ def test_units_keep_the_service_contracts(name: str) -> None:
     assert one["Restart"] == "on-failure"
     assert set(one["RestartPreventExitStatus"].split()) == {"2", "78"}, "config errors are not retried"
     assert one["KillMode"] == "mixed"
+    assert one["WatchdogSec"] == "30s", "the coordinator pings every 15 s; a hung one is restarted"
     drain = load_settings(environ={}).drain_timeout
     assert float(one["TimeoutStopSec"]) >= 2 * drain + 5, "workers' then writer's drain bound, plus the kill wait"
     assert "/etc/kick-monitor/kick-monitor.env" in unit["EnvironmentFile"]
@@ -171,3 +178,65 @@ def test_service_tells_systemd_ready_and_stopping(database_url: str, tmp_path: P
         assert received("STOPPING=1"), messages
     finally:
         sock.close()
+
+
+class NotifyListener:
+    """A bound AF_UNIX datagram socket standing in for systemd's $NOTIFY_SOCKET."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.1)
+        self.messages: list[tuple[float, str]] = []
+
+    def collect(self, seconds: float = 0.0) -> list[str]:
+        """Read what arrives within `seconds` (at least what is queued now); returns the new ones."""
+        new: list[str] = []
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                text = self.sock.recv(4096).decode()
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    return new
+                continue
+            self.messages.append((time.monotonic(), text))
+            new.append(text)
+
+    def pings(self, messages: list[str]) -> int:
+        return sum(1 for m in messages if "WATCHDOG=1" in m.split("\n"))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_watchdog_pings_stop_while_the_coordinator_hangs(sim: Simulator, database_url: str, tmp_path: Path) -> None:
+    """WATCHDOG_USEC=2 s: a ping at least every 2 s while the loop runs, none while it is SIGSTOPped."""
+    listener = NotifyListener(tmp_path / "notify.sock")
+    env = service_env(sim, database_url, tmp_path / "data", shard_count="1")
+    env.update(NOTIFY_SOCKET=str(listener.path), WATCHDOG_USEC="2000000")
+    service = Service(env, tmp_path / "service.log")
+    try:
+        with running(service):
+            wait_until(lambda: any("READY=1" in m for m in listener.collect()), 30, interval=0,
+                       what="READY=1 on $NOTIFY_SOCKET")
+            assert listener.pings(listener.collect(4.5)) >= 3, listener.messages  # one per 1-2 s
+
+            os.kill(service.pid, signal.SIGSTOP)
+            try:
+                listener.collect()  # whatever was sent before the stop
+                hung = listener.collect(3.0)
+            finally:
+                os.kill(service.pid, signal.SIGCONT)
+            assert listener.pings(hung) == 0, f"a stopped coordinator cannot ping: {hung}"
+
+            assert listener.pings(listener.collect(2.5)) >= 1, "pings resume after SIGCONT"
+            assert service.children(), "children kept running meanwhile"
+            assert service.stop() == 0
+        listener.collect()
+        assert any("STOPPING=1" in m for _, m in listener.messages)
+        first = json.loads(service.log_text().splitlines()[0])
+        assert first["msg"] == f"kick-monitor {__version__} starting (all)", "the version is the first log line"
+    finally:
+        listener.close()

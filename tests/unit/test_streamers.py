@@ -13,6 +13,7 @@ from kick_monitor.streamers import (
     StreamerError,
     add_streamer,
     import_streamers,
+    is_header,
     list_streamers,
     remove_streamer,
     status_summary,
@@ -133,7 +134,7 @@ dave,not-a-number
 erin,101
 alice
 frank,104,205,305,extra
-,
+,107
 gina,0
 
 hank,106
@@ -188,6 +189,44 @@ def test_import_without_a_header_and_in_chunks(db_conn: Conn) -> None:
     report = import_streamers(db_conn, lines, chunk_size=10, progress=progress)
     assert report.added == 25 and [bad.number for bad in report.bad_lines] == [26]
     assert seen == [10, 20, 25]
+
+
+# What LibreOffice and Excel write for "Save as CSV (UTF-8)": a byte-order mark, CRLF, quoted
+# cells, a header in the sheet's own words, padding cells for empty columns, blank rows as commas.
+SPREADSHEET = (
+    '\ufeff"Slug","Channel ID","User ID","Chatroom ID"\r\n'
+    '"xqc","668","676","668"\r\n'
+    '"Adin_Ross",1069,,\r\n'
+    ',,,\r\n'
+    '"bad slug","3"\r\n'
+    'trainwreckstv, "12",,,,\r\n'
+)
+
+
+def test_a_spreadsheet_export_imports_every_good_row(db_conn: Conn) -> None:
+    report = import_streamers(db_conn, SPREADSHEET.splitlines(keepends=True))
+    assert usernames(db_conn) == ["adin_ross", "trainwreckstv", "xqc"]
+    assert report.added == 3 and report.lines == 6
+    assert [(bad.number, bad.reason) for bad in report.bad_lines] == [
+        (5, "slug 'bad slug' may only contain letters, digits, '_' and '-'"),
+    ]
+    xqc = next(s for s in list_streamers(db_conn) if s.username == "xqc")
+    assert (xqc.channel_id, xqc.kick_user_id, xqc.chatroom_id) == (668, 676, 668)
+
+
+@pytest.mark.parametrize(
+    ("header", "is_one"),
+    [
+        ("slug", True),
+        ('"username","channel_id"', True),
+        ("Slug,Channel ID,User ID", True),
+        ("\ufeffslug", False),  # the reader strips a BOM before this point; left on, it is a slug cell
+        ("xqc,668", False),
+        (",,,", False),
+    ],
+)
+def test_header_detection(header: str, is_one: bool) -> None:
+    assert is_header(header) is is_one
 
 
 def test_bad_header_is_a_bad_line(db_conn: Conn) -> None:
