@@ -26,8 +26,8 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -44,6 +44,7 @@ from kick_monitor.logsetup import register_settings_secrets
 from kick_monitor.messages import Stop, StreamerRef, Subscribe, Unsubscribe, WorkerState
 from kick_monitor.metric_deltas import CounterDeltas
 from kick_monitor.migrations import STREAMERS_CHANNEL
+from kick_monitor.ordering import allocate_generation
 from kick_monitor.process import Heartbeats, set_title
 from kick_monitor.resolver import resolve_pending
 from kick_monitor.sharding import shard_for, subscriptions_per_streamer
@@ -159,6 +160,7 @@ class Coordinator:
         for slot, shard in enumerate(shards):
             self.children[shard] = Child(f"worker-{shard}", slot=slot, shard=shard)
         self.assign(streamers)
+        self.stamp_children(list(self.children.values()))  # issue 14
         with self.database_closed_for_fork():
             self.spawn(self.writer)
             for child in self.children.values():
@@ -423,6 +425,7 @@ class Coordinator:
             return
         if any(c.shard is not None for c in due):
             self.refresh_streamer_status()
+            self.stamp_children([c for c in due if c.shard is not None])  # issue 14
         with self.database_closed_for_fork():
             for child in due:
                 child.restarts += 1
@@ -510,6 +513,9 @@ class Coordinator:
         changes: dict[int, tuple[list[StreamerRef], list[int]]] = {}
         for shard, child in self.children.items():
             new = wanted[shard]
+            for cid, held in child.streamers.items():  # issue 14: a kept streamer keeps its generation
+                if cid in new:
+                    new[cid] = replace(new[cid], generation=held.generation)
             added = [ref for cid, ref in new.items() if cid not in child.streamers]
             removed = [cid for cid in child.streamers if cid not in new]
             child.streamers = new
@@ -527,8 +533,11 @@ class Coordinator:
             log.warning("cannot reload streamers: %s", str(exc).strip().splitlines()[0])
             self.close_database()
             return
-        for shard, (added, removed) in self.assign(streamers).items():
+        changes = self.assign(streamers)
+        stamped = self.stamp_added(changes)  # issue 14
+        for shard, (added, removed) in changes.items():
             child = self.children[shard]
+            added = added if stamped else []
             if child.control is None or child.pid is None:
                 continue  # it gets the new list when it is respawned
             with contextlib.suppress(OSError, ValueError):
@@ -538,6 +547,49 @@ class Coordinator:
                     child.control.send(Subscribe(tuple(added)))
             if added or removed:
                 log.info("shard %d: +%d -%d streamers", shard, len(added), len(removed))
+
+    # -- issue 14: assignment generations (the planner will call allocate_generation) ----------
+    def new_generation(self) -> int | None:
+        """A fresh assignment generation from the database, None if it cannot give one."""
+        try:
+            if self.conn is None or self.conn.closed:
+                self.open_database()
+            assert self.conn is not None
+            return allocate_generation(self.conn)
+        except (DatabaseUnavailable, psycopg2.Error) as exc:
+            log.warning("no new assignment generation: %s", str(exc).strip().splitlines()[0])
+            self.close_database()
+            return None
+
+    def stamp_children(self, children: Iterable[Child]) -> None:
+        """Before (re)spawning workers: one new generation for everything they are handed.
+
+        Without a database the previous generations stay: safe on this host, where `seq`
+        (monotonic clock) still ranks the new process's changes after the old one's.
+        """
+        children = [c for c in children if c.streamers]
+        generation = self.new_generation() if children else None
+        if generation is None:
+            return
+        for child in children:
+            child.streamers = {cid: replace(ref, generation=generation) for cid, ref in child.streamers.items()}
+
+    def stamp_added(self, changes: dict[int, tuple[list[StreamerRef], list[int]]]) -> bool:
+        """Give streamers newly assigned by a reload one new generation; False (and their
+        assignment undone, so the next reload retries it) if the database cannot give one."""
+        if not any(added for added, _ in changes.values()):
+            return True
+        generation = self.new_generation()
+        for shard, (added, removed) in changes.items():
+            child = self.children[shard]
+            if generation is None:
+                for ref in added:
+                    child.streamers.pop(ref.channel_id, None)
+                continue
+            stamped = [replace(ref, generation=generation) for ref in added]
+            child.streamers.update((ref.channel_id, ref) for ref in stamped)
+            changes[shard] = (stamped, removed)
+        return generation is not None
 
     def reload_plan_source(self) -> list[StreamerRef]:
         if self.conn is None or self.conn.closed:
