@@ -129,7 +129,7 @@ def history_rows(conn: psycopg2.extensions.connection) -> dict[int, list[tuple[s
     with conn.cursor() as cur:
         cur.execute(
             "SELECT channel_id, change_id, previous_status, status FROM kick_monitor.status_events"
-            " ORDER BY received_at, id"
+            " ORDER BY order_generation, order_seq, received_at, id"  # the writer's order, not a clock
         )
         rows = cur.fetchall()
     conn.rollback()
