@@ -25,7 +25,6 @@ import psycopg2.extensions
 
 log = logging.getLogger("kick_monitor.ordering")
 
-GENERATION_SEQUENCE = "kick_monitor.assignment_generation"
 CLOCK_TOLERANCE = 1.0  # seconds the local clock may trail the database's before we say so
 
 
@@ -36,7 +35,7 @@ def allocate_generation(conn: psycopg2.extensions.connection) -> int:
     safe on one host, since `seq` is monotonic across its processes.
     """
     with conn.cursor() as cur:
-        cur.execute(f"SELECT nextval('{GENERATION_SEQUENCE}')")
+        cur.execute("SELECT nextval('kick_monitor.assignment_generation')")
         row = cur.fetchone()
     conn.commit()
     assert row is not None
