@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import importlib.util
 import time
+import urllib.request
 from pathlib import Path
 
 import psycopg2.extensions
 import pytest
 
 from kick_monitor.sim import Simulator
+from tests.conftest import free_port
 from tests.faults.conftest import ServiceFactory
 from tests.faults.faultkit import FaultService, assert_no_duplicates, converge, record
 from tests.service import insert_streamers, wait_until
@@ -82,6 +84,16 @@ def backward_steps(conn: psycopg2.extensions.connection) -> int:
     return int(row[0])
 
 
+def clock_offset_metric(port: int) -> float | None:
+    """`kick_monitor_clock_offset_seconds` from the service's /metrics, None until exported."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    for line in text.splitlines():
+        if line.startswith("kick_monitor_clock_offset_seconds"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
 def stuck(conn: psycopg2.extensions.connection, sim: Simulator) -> int:
     with conn.cursor() as cur:
         cur.execute("SELECT channel_id, status FROM kick_monitor.streamers")
@@ -105,7 +117,8 @@ def test_restart_with_the_clock_10s_behind_then_everyone_goes_offline(
     converge(sim, conn, 30, exact=True)
     assert first.stop() == 0
 
-    second = services(reconcile_interval=RECONCILE)
+    port = free_port()
+    second = services(reconcile_interval=RECONCILE, metrics_port=str(port))
     fake_clock(second, offset="-10s")
     second.start()
     wait_until(lambda: sim.subscription_count() >= 240, 30, what="240 subscriptions after the restart")
@@ -125,6 +138,8 @@ def test_restart_with_the_clock_10s_behind_then_everyone_goes_offline(
     converge(sim, conn, 20, exact=True)
     assert_no_duplicates(conn)
     assert second.messages("local clock is"), "the clock check at start said nothing"
+    offset = clock_offset_metric(port)
+    assert offset is not None and 9.0 < offset < 12.0, f"clock offset metric {offset}, expected ~10 s"
 
 
 @pytest.mark.slow
