@@ -94,6 +94,21 @@ def clock_offset_metric(port: int) -> float | None:
     return None
 
 
+def generations(conn: psycopg2.extensions.connection, added: int) -> tuple[int, int, int]:
+    """Generations in history: the first run's unknown→online rows, the restart's offline rows, the added streamer."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT max(order_generation) FILTER (WHERE previous_status = 'unknown' AND channel_id <> %s),"
+            " min(order_generation) FILTER (WHERE status = 'offline' AND previous_status = 'online'),"
+            " max(order_generation) FILTER (WHERE channel_id = %s)"
+            " FROM kick_monitor.status_events", (added, added),
+        )
+        row = cur.fetchone()
+    conn.rollback()
+    assert row is not None
+    return row[0] or 0, row[1] or 0, row[2] or 0
+
+
 def stuck(conn: psycopg2.extensions.connection, sim: Simulator) -> int:
     with conn.cursor() as cur:
         cur.execute("SELECT channel_id, status FROM kick_monitor.streamers")
@@ -140,6 +155,14 @@ def test_restart_with_the_clock_10s_behind_then_everyone_goes_offline(
     assert second.messages("local clock is"), "the clock check at start said nothing"
     offset = clock_offset_metric(port)
     assert offset is not None and 9.0 < offset < 12.0, f"clock offset metric {offset}, expected ~10 s"
+    # A streamer added while running is handed over with a generation newer than the first run's.
+    [late] = sim.create_streamers(1, prefix="late")
+    insert_streamers(conn, [late])
+    wait_until(lambda: sim.subscription_count() >= 242, 20, what="the added streamer subscribed")
+    sim.set_live(late.slug, True)
+    converge(sim, conn, 20, exact=True)
+    first_run, restart, added = generations(conn, late.channel_id)
+    assert 0 < first_run < restart < added, (first_run, restart, added)
 
 
 @pytest.mark.slow

@@ -67,9 +67,9 @@ def history(conn: psycopg2.extensions.connection) -> list[tuple[str, str, int, i
             "SELECT previous_status, status, order_generation, order_seq FROM kick_monitor.status_events"
             " ORDER BY order_generation, order_seq, received_at, id"
         )
-        rows = [tuple(r) for r in cur.fetchall()]
+        rows = [(r[0], r[1], r[2], r[3]) for r in cur.fetchall()]
     conn.rollback()
-    return rows  # type: ignore[return-value]
+    return rows
 
 
 def test_clock_stepped_back_within_one_generation_changes_still_apply(
