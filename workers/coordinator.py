@@ -423,9 +423,9 @@ class Coordinator:
         due = [c for c in self.all_children() if c.pid is None and not c.failed and now >= c.respawn_at]
         if not due or self.stopping:
             return
-        if any(c.shard is not None for c in due):
-            self.refresh_streamer_status()
-            self.stamp_children([c for c in due if c.shard is not None])  # issue 14
+        # issue 14: stamp a new generation only if the database answered the refresh
+        if any(c.shard is not None for c in due) and self.refresh_streamer_status():
+            self.stamp_children([c for c in due if c.shard is not None])
         with self.database_closed_for_fork():
             for child in due:
                 child.restarts += 1
@@ -621,14 +621,15 @@ class Coordinator:
         if resolved:
             log.info("resolved ids of %d streamers", resolved)
 
-    def refresh_streamer_status(self) -> None:
+    def refresh_streamer_status(self) -> bool:
         """Before respawning workers: their starting view of each streamer's last status."""
         try:
             streamers = self.reload_plan_source()
         except (DatabaseUnavailable, psycopg2.Error) as exc:
             log.warning("respawning with the last known streamer list: %s", str(exc).strip().splitlines()[0])
-            return
+            return False
         self.assign(streamers)
+        return True
 
     # -- database -------------------------------------------------------------------------
     def open_database(self) -> None:
