@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 import orjson
 
 from kick_monitor.messages import Source, Status, StatusChange, StreamerRef
+from kick_monitor.ordering import MonotonicSeq
 
 LOG = logging.getLogger("kick_monitor.events")
 
@@ -256,6 +257,7 @@ class _ChannelState:
     status: Status
     livestream_id: int | None
     title: str | None = None
+    generation: int = 0
 
 
 class _Malformed(Exception):
@@ -284,6 +286,8 @@ class StatusTracker:
     `change_id` is f"p:{channel}:{status}:{livestream or '-'}:{received_ns}" ("a:" for the
     API), where received_ns is the receive time in ns, bumped to stay strictly increasing
     within this tracker: unique per worker, and fixed once the change object exists.
+    Every change carries its channel's assignment generation and a fresh `seq`
+    (kick_monitor.ordering): the order the writer keeps, whatever the wall clock does.
     """
 
     def __init__(
@@ -298,6 +302,7 @@ class StatusTracker:
         self._states: dict[int, _ChannelState] = {}
         self._by_name: dict[str, int] = {}
         self._last_ns = 0
+        self._seq = MonotonicSeq()
         # Monotonic receive time of each channel's last valid lifecycle event, duplicates
         # included: an API answer asked for before it is older than what the event said.
         self.last_event_mono: dict[int, float] = {}
@@ -315,7 +320,9 @@ class StatusTracker:
         for ref in streamers:
             if ref.channel_id in self._states:
                 continue
-            self._states[ref.channel_id] = _ChannelState(ref.status, ref.livestream_id)
+            self._states[ref.channel_id] = _ChannelState(
+                ref.status, ref.livestream_id, generation=ref.generation
+            )
             for name in channel_names(ref.channel_id):
                 self._by_name[name] = ref.channel_id
                 names.append(name)
@@ -566,4 +573,6 @@ class StatusTracker:
             received_at=received_at,
             received_mono=received_mono,
             shard=self.shard,
+            generation=self._states[channel_id].generation,
+            seq=self._seq.next(),
         )

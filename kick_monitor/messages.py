@@ -24,8 +24,11 @@ class StatusChange:
     `change_id` is unique per observation and stable across re-sends: the writer's
     history insert is `ON CONFLICT (change_id) DO NOTHING`, which is what makes the
     worker→writer hand-off safe to repeat (at-least-once delivery, exactly-once rows).
-    `received_at` (wall clock, epoch seconds) orders changes ("newer wins");
-    `received_mono` lets the latency be measured within this host.
+    `(generation, seq)` orders changes of one streamer ("newer wins", kick_monitor.ordering):
+    the assignment generation the worker got with the streamer, and a sequence number
+    taken when the change was created. 0/0 only for changes spooled by a release without
+    them (then `received_at` decides, as it did). `received_at` (wall clock, epoch seconds)
+    is for latency and display only; `received_mono` measures latency within this host.
     """
 
     change_id: str
@@ -39,6 +42,8 @@ class StatusChange:
     received_at: float
     received_mono: float
     shard: int
+    generation: int = 0
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +69,12 @@ class Ack:
 
 @dataclass(frozen=True, slots=True)
 class StreamerRef:
-    """What a worker needs to know about one streamer of its shard."""
+    """What a worker needs to know about one streamer of its shard.
+
+    `generation` is the assignment generation of the hand-over that gave it to this
+    worker (kick_monitor.ordering.allocate_generation); every change the worker makes for
+    it carries it.
+    """
 
     streamer_id: int
     username: str
@@ -72,6 +82,7 @@ class StreamerRef:
     kick_user_id: int | None
     status: Status = "unknown"
     livestream_id: int | None = None
+    generation: int = 0
 
 
 @dataclass(frozen=True, slots=True)

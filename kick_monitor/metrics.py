@@ -76,6 +76,11 @@ LATENCY = Histogram(
 SPOOL_BYTES = Gauge("kick_monitor_spool_bytes", "Size of the durable spool", multiprocess_mode="livemax")
 SPOOLED = Counter("kick_monitor_spooled_changes_total", "Changes written to the spool")
 DB_UP = Gauge("kick_monitor_database_up", "1 while the writer can commit", multiprocess_mode="livemax")
+CLOCK_OFFSET = Gauge(
+    "kick_monitor_clock_offset_seconds",
+    "Database now() minus this host's wall clock, measured by the writer (ordering never uses it)",
+    multiprocess_mode="livemostrecent",
+)
 
 API_REQUESTS = Counter("kick_monitor_api_requests_total", "Kick API requests", ["endpoint", "status"])
 TOKEN_REFRESHES = Counter("kick_monitor_api_token_refreshes_total", "OAuth token fetches")

@@ -91,6 +91,26 @@ CREATE TRIGGER streamers_changed_ids
     EXECUTE FUNCTION kick_monitor.notify_streamers_changed();
 """,
     ),
+    # Issue 14 (ordering without the wall clock). Expand-only: a release that knows only
+    # migration 1 keeps working on it (new columns have defaults, it never reads them).
+    Migration(
+        2,
+        "assignment generations: order changes without the wall clock",
+        """
+CREATE SEQUENCE IF NOT EXISTS kick_monitor.assignment_generation AS bigint;
+
+-- The (generation, seq) of the change the row holds: what "newer" means for the writer.
+-- 0/0 = written before this migration (or by an older release); any new change outranks it.
+ALTER TABLE kick_monitor.streamers
+    ADD COLUMN IF NOT EXISTS order_generation bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS order_seq        bigint NOT NULL DEFAULT 0;
+
+-- History in clock-free order: ORDER BY order_generation, order_seq, received_at.
+ALTER TABLE kick_monitor.status_events
+    ADD COLUMN IF NOT EXISTS order_generation bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS order_seq        bigint NOT NULL DEFAULT 0;
+""",
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

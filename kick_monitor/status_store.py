@@ -4,10 +4,13 @@ One round trip per batch: the batch travels as one JSON parameter (orjson encode
 changes in ~0.1 ms; psycopg2's own adaptation costs ~5 µs a value) into a statement
 prepared once per connection (a VALUES list of a new length each time cost ~11 ms of
 planning per batch, and a hash join over every streamer). Inside it:
-- changes older than what the row already holds are dropped ("newer wins" by
-  `received_at`), so re-sent or reordered changes can never move a streamer backwards;
-- within the batch each change's previous status is the one before it (window `lag`),
-  so online→offline in one batch is two history rows and the row is updated once;
+- changes not newer than what the row already holds are dropped ("newer wins" by
+  `(generation, seq)`, kick_monitor.ordering — never by a wall clock), so re-sent or
+  reordered changes can never move a streamer backwards; `received_at` only breaks the
+  tie between two changes without an order (0/0: spooled by an older release);
+- within the batch each change's previous status is the one before it in that order
+  (window `lag`), so online→offline in one batch is two history rows and the row is
+  updated once, with the order of the newest change;
 - a history row is written only for a real transition, `ON CONFLICT (change_id) DO
   NOTHING`, which makes re-delivery of the same change a no-op;
 - `pg_notify('kick_monitor_status', …)` for every history row, delivered at commit.
@@ -29,25 +32,28 @@ APPLY_SQL = """
 PREPARE kick_monitor_apply_changes (json) AS
 WITH incoming AS (
     SELECT u.i AS change_id, u.c AS channel_id, u.s AS status, u.o AS source, u.e AS event,
-           u.l AS livestream_id, u.t AS title, to_timestamp(u.a) AS occurred_at, to_timestamp(u.r) AS received_at
+           u.l AS livestream_id, u.t AS title, to_timestamp(u.a) AS occurred_at, to_timestamp(u.r) AS received_at,
+           u.g AS generation, u.q AS seq
     FROM json_to_recordset($1)
-         AS u (i text, c bigint, s text, o text, e text, l bigint, t text, a float8, r float8)
+         AS u (i text, c bigint, s text, o text, e text, l bigint, t text, a float8, r float8, g bigint, q bigint)
 ),
 fresh AS (
     SELECT i.*, s.id AS streamer_id, s.username, s.status AS db_status
     FROM incoming i
     CROSS JOIN LATERAL (
-        SELECT st.id, st.username, st.status, st.last_event_at
+        SELECT st.id, st.username, st.status, st.last_event_at, st.order_generation, st.order_seq
         FROM kick_monitor.streamers st WHERE st.channel_id = i.channel_id
     ) s
-    WHERE s.last_event_at IS NULL OR i.received_at > s.last_event_at
+    WHERE (i.generation, i.seq, i.received_at)
+          > (s.order_generation, s.order_seq, COALESCE(s.last_event_at, '-infinity'))
 ),
 ordered AS (
     SELECT f.*,
            COALESCE(lag(f.status) OVER w, f.db_status) AS previous_status,
-           row_number() OVER (PARTITION BY f.channel_id ORDER BY f.received_at DESC, f.change_id DESC) AS newest
+           row_number() OVER (PARTITION BY f.channel_id
+                              ORDER BY f.generation DESC, f.seq DESC, f.received_at DESC, f.change_id DESC) AS newest
     FROM fresh f
-    WINDOW w AS (PARTITION BY f.channel_id ORDER BY f.received_at, f.change_id)
+    WINDOW w AS (PARTITION BY f.channel_id ORDER BY f.generation, f.seq, f.received_at, f.change_id)
 ),
 transitions AS (
     SELECT o.*, o.status IS DISTINCT FROM o.previous_status AS is_transition
@@ -62,9 +68,9 @@ latest AS (
 history AS (
     INSERT INTO kick_monitor.status_events
         (change_id, streamer_id, channel_id, status, previous_status, source, event,
-         livestream_id, title, occurred_at, received_at)
+         livestream_id, title, occurred_at, received_at, order_generation, order_seq)
     SELECT change_id, streamer_id, channel_id, status, previous_status, source, event,
-           livestream_id, title, occurred_at, received_at
+           livestream_id, title, occurred_at, received_at, generation, seq
     FROM latest WHERE is_transition
     ON CONFLICT (change_id) DO NOTHING
     RETURNING change_id, streamer_id, channel_id, status, previous_status, source, livestream_id,
@@ -78,6 +84,8 @@ current AS (
         last_status_change = COALESCE(l.changed_at, s.last_status_change),
         last_seen_online = GREATEST(l.online_at, s.last_seen_online),
         last_event_at = l.received_at,
+        order_generation = l.generation,
+        order_seq = l.seq,
         updated_at = now()
     FROM latest l
     WHERE l.newest = 1 AND s.id = l.streamer_id
@@ -112,6 +120,7 @@ def encode_batch(changes: Sequence[StatusChange]) -> str:
             {
                 "i": c.change_id, "c": c.channel_id, "s": c.status, "o": c.source, "e": c.event,
                 "l": c.livestream_id, "t": c.title, "a": c.occurred_at, "r": c.received_at,
+                "g": c.generation, "q": c.seq,
             }
             for c in changes
         ]

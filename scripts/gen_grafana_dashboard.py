@@ -74,6 +74,8 @@ ROWS: list[tuple[str, list[Panel]]] = [
              f"sum by (shard) (rate(kick_monitor_handoff_dropped_changes_total{{{SEL}}}[$__rate_interval]))")], 8),
         ("Spool size", "timeseries", "bytes", [
             ("{{instance}}", f"kick_monitor_spool_bytes{{{SEL}}}")], 8),
+        ("Clock offset (database − host)", "timeseries", "s", [
+            ("{{instance}}", f"kick_monitor_clock_offset_seconds{{{SEL}}}")], 8),
     ]),
     ("Pusher connections", [
         ("Connected by shard", "timeseries", "short", [

@@ -139,7 +139,8 @@ def history(conn: psycopg2.extensions.connection) -> dict[int, list[str]]:
     rows = rows_by_channel(
         conn,
         "SELECT channel_id, status FROM kick_monitor.status_events"
-        " WHERE NOT (previous_status = 'unknown' AND status = 'offline') ORDER BY received_at, id",
+        " WHERE NOT (previous_status = 'unknown' AND status = 'offline')"
+        " ORDER BY order_generation, order_seq, received_at, id",  # the writer's order, not a clock
     )
     return {channel_id: [status for (status,) in statuses] for channel_id, statuses in rows.items()}
 

@@ -25,6 +25,8 @@ import logging
 import select
 import threading
 import time
+from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import psycopg2
@@ -35,6 +37,7 @@ from kick_monitor.database import DatabaseUnavailable, connect
 from kick_monitor.messages import Assign, StreamerRef, Subscribe, Unsubscribe
 from kick_monitor.metric_deltas import CounterDeltas
 from kick_monitor.migrations import STREAMERS_CHANNEL
+from kick_monitor.ordering import allocate_generation
 from kick_monitor.resolver import resolve_pending
 from kick_monitor.role import Role, RoleContext
 from kick_monitor.sharding import plan_shards
@@ -148,7 +151,11 @@ class Planner(Role):
 
     def update_shard(self, shard: int, wanted: dict[int, StreamerRef]) -> None:
         current = self.plan[shard]
-        added = tuple(ref for cid, ref in wanted.items() if cid not in current)
+        for cid, held in current.items():  # a streamer that stays keeps its assignment generation
+            if cid in wanted:
+                wanted[cid] = replace(wanted[cid], generation=held.generation)
+        added = self.stamp(ref for cid, ref in wanted.items() if cid not in current)
+        wanted.update((ref.channel_id, ref) for ref in added)
         removed = tuple(cid for cid in current if cid not in wanted)
         self.plan[shard] = wanted
         if removed:
@@ -173,8 +180,30 @@ class Planner(Role):
             if members is None:
                 log.warning("a worker said it runs shard %d, which this tree does not run", shard)
                 continue
-            self.server.send(conn_id, Assign(tuple(members.values())))
+            handed = self.stamp(members.values())  # a hand-over: the worker's changes outrank its predecessor's
+            self.plan[shard] = {ref.channel_id: ref for ref in handed}
+            self.server.send(conn_id, Assign(handed))
         self.hellos.clear()
+
+    def stamp(self, refs: Iterable[StreamerRef]) -> tuple[StreamerRef, ...]:
+        """Streamers handed over now get a fresh assignment generation (docs/architecture.md, ordering).
+
+        Without a database the previous generation stays: safe on one host, where `seq` is
+        the host's monotonic clock and so keeps rising across the worker's restarts.
+        """
+        refs = tuple(refs)
+        if not refs:
+            return refs
+        try:
+            if self.conn is None:
+                self.open_database()
+            assert self.conn is not None
+            generation = allocate_generation(self.conn)
+        except (DatabaseUnavailable, psycopg2.Error) as exc:
+            log.warning("no new assignment generation (%s); keeping the previous one", _first_line(exc))
+            self.close_database()
+            return refs
+        return tuple(replace(ref, generation=generation) for ref in refs)
 
     # -- database ------------------------------------------------------------------------
     def open_database(self) -> None:

@@ -30,6 +30,7 @@ from kick_monitor.database import DatabaseUnavailable, connect
 from kick_monitor.exitcodes import EX_OK
 from kick_monitor.handoff import ChangeReceiver
 from kick_monitor.messages import StatusChange
+from kick_monitor.ordering import check_clock, read_offset
 from kick_monitor.role import Role, RoleContext
 from kick_monitor.spool import Spool
 from kick_monitor.status_store import BatchResult, apply_changes, prepare
@@ -40,6 +41,7 @@ SPOOL_AFTER = 2.0  # seconds of outage before memory-held changes go to disk
 RETRY_MIN, RETRY_MAX = 0.25, 5.0
 STOP_GRACE = 1.0  # after SIGTERM, seconds to keep reading from workers still connected
 MAX_STATEMENT_SECONDS = 30.0
+CLOCK_EVERY = 30.0  # seconds between measurements of the clock offset (a metric only)
 
 
 def statement_timeout(heartbeat_timeout: float) -> float:
@@ -105,6 +107,8 @@ class BatchWriter(Role):
         self.retry_delay = RETRY_MIN
         self.committed = 0
         self.stop_deadline: float | None = None
+        self.clock_checked = False
+        self.next_clock = 0.0
 
     # -- the role ------------------------------------------------------------------
     def boot(self) -> None:
@@ -159,6 +163,8 @@ class BatchWriter(Role):
             self.recover(now)
         elif self.held and self.held.since is not None and now - self.held.since >= SPOOL_AFTER:
             self.spool_held()
+        if self.conn is not None and now >= self.next_clock and not self.pending:
+            self.measure_clock(now)
         self._report()
 
     def _should_flush(self, now: float) -> bool:
@@ -283,6 +289,23 @@ class BatchWriter(Role):
         log.info("writer stopped after committing %d changes", self.committed)
 
     # -- database connection --------------------------------------------------------
+    def measure_clock(self, now: float) -> None:
+        """Export the clock offset; the first time, also warn if our clock is behind.
+
+        Only for the operator: changes are ordered by (generation, seq), not by any clock.
+        """
+        assert self.conn is not None
+        self.next_clock = now + CLOCK_EVERY
+        try:
+            offset = read_offset(self.conn) if self.clock_checked else check_clock(self.conn).offset
+        except psycopg2.Error as exc:  # a lost connection shows at the next commit
+            log.debug("clock offset not measured: %s", str(exc).strip())
+            with contextlib.suppress(psycopg2.Error):
+                self.conn.rollback()
+            return
+        self.clock_checked = True
+        self.telemetry.CLOCK_OFFSET.set(offset)
+
     def connect_database(self) -> bool:
         try:
             conn = connect(self.database_url, application_name="kick-monitor writer")

@@ -132,6 +132,7 @@ def run_feeder(args: argparse.Namespace) -> int:
                 f"w:{args.index}:{made}", channel, new, "pusher",  # type: ignore[arg-type]
                 "App\\Events\\StreamerIsLive" if new == "online" else "App\\Events\\StopStreamBroadcast",
                 100_000_000 + made, None, None, now, mono, args.index,
+                1, made + 1,  # generation, seq: each channel has one feeder, so its seq only grows
             ))
             made += 1
         return out

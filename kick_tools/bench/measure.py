@@ -247,7 +247,7 @@ def fetch_history(url: str) -> list[Row]:
             cur.execute(
                 "SELECT channel_id, status, previous_status, source, event, livestream_id,"
                 " extract(epoch FROM received_at)::float8, extract(epoch FROM recorded_at)::float8"
-                " FROM kick_monitor.status_events ORDER BY received_at, id"
+                " FROM kick_monitor.status_events ORDER BY order_generation, order_seq, received_at, id"
             )
             rows = [Row(*r) for r in cur.fetchall()]
         conn.rollback()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kick_monitor.migrations import LATEST_VERSION, MIGRATIONS
 from tests.cli.test_cli_basics import assert_one_error
 from tests.conftest import CliRunner, DatabaseFactory
 
@@ -10,9 +11,11 @@ def test_migrate_fresh_then_up_to_date(cli: CliRunner, make_database: DatabaseFa
     empty = make_database(migrated=False)
     code, out, err = cli("db", "migrate", env={"KICK_MONITOR_DATABASE_URL": empty})
     assert (code, err) == (0, "")
-    assert out == "applied migration 1: streamers, status history, notify triggers\nschema now at version 1\n"
+    applied = "".join(f"applied migration {m.version}: {m.name}\n" for m in MIGRATIONS)
+    assert out == applied + f"schema now at version {LATEST_VERSION}\n"
+    assert out.startswith("applied migration 1: streamers, status history, notify triggers\n")
     code, out, err = cli("db", "migrate", "--database-url", empty)
-    assert (code, out, err) == (0, "schema up to date (version 1)\n", "")
+    assert (code, out, err) == (0, f"schema up to date (version {LATEST_VERSION})\n", "")
 
 
 def test_commands_refuse_an_unmigrated_database(cli: CliRunner, make_database: DatabaseFactory) -> None:

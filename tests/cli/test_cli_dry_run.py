@@ -8,6 +8,7 @@ import psycopg2
 import pytest
 
 from kick_monitor.config import SECRET_MASK
+from kick_monitor.migrations import LATEST_VERSION
 from tests.cli.test_cli_basics import assert_one_error
 from tests.conftest import CliRunner, DatabaseFactory
 
@@ -41,7 +42,7 @@ def test_dry_run_prints_config_database_and_plan(cli: CliRunner, database_url: s
     assert "nothing changed" in out.splitlines()[0]
     assert f"KICK_MONITOR_DATABASE_URL={SECRET_MASK}" in out
     assert "KICK_MONITOR_SHARD_COUNT=3" in out
-    assert "reachable, schema version 1 (current)" in out
+    assert f"reachable, schema version {LATEST_VERSION} (current)" in out
     assert "streamers: 32 (30 resolved, 2 unresolved)" in out
     assert "shard plan: 3 shards (KICK_MONITOR_SHARD_COUNT)" in out
     shard_lines = [line for line in out.splitlines() if line.startswith("  shard ")]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from kick_monitor.embedded_pg import EmbeddedPostgres
+from kick_monitor.migrations import LATEST_VERSION
 from tests.cli.test_cli_basics import assert_one_error
 from tests.conftest import CliRunner
 
@@ -52,7 +53,7 @@ def test_embedded_server_is_started_and_stopped(cli: CliRunner, data_dir: Path) 
     assert (code, err) == (0, "")
     code, out, err = cli("--dry-run", env={**NO_URL, "KICK_MONITOR_DATA_DIR": str(data_dir)})
     assert code == 0, err
-    assert f"database: embedded PostgreSQL in {pgdata}: reachable, schema version 1" in out
+    assert f"database: embedded PostgreSQL in {pgdata}: reachable, schema version {LATEST_VERSION}" in out
     assert "shard 0: 1 streamer (alice)" in out
     assert processes_using(pgdata) == []
 

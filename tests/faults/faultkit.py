@@ -121,7 +121,7 @@ def history_rows(conn: psycopg2.extensions.connection) -> dict[int, list[tuple[A
     return rows_by_channel(
         conn,
         "SELECT channel_id, change_id, previous_status, status FROM kick_monitor.status_events"
-        " ORDER BY received_at, id",
+        " ORDER BY order_generation, order_seq, received_at, id",  # the writer's order, not a clock
     )
 
 

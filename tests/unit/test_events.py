@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -330,6 +331,23 @@ def test_change_ids_are_unique_and_fixed() -> None:
         f"p:2:online:12:{ns + 1}",
         f"p:1:offline:11:{ns + 2}",
     ]
+
+
+def test_changes_carry_their_assignment_generation_and_a_growing_seq() -> None:
+    """The writer orders by (generation, seq): a wall clock stepped back must not reorder them."""
+    tracker = StatusTracker([ref(1, "offline"), replace(ref(2, "offline"), generation=41)])
+    tracker.add([replace(ref(3, "offline"), generation=42)])
+    changes = [
+        feed(tracker, frame(STREAMER_IS_LIVE, "channel.1", live_data(11, 1)), at=T0),
+        feed(tracker, frame(STREAMER_IS_LIVE, "channel.2", live_data(12, 2)), at=T0 - 30),
+        feed(tracker, frame(STOP_STREAM_BROADCAST, "channel.2", stop_data(12, 2)), at=T0 - 60),
+        tracker.set_status(3, "online", 13, received_at=T0 - 90, received_mono=1.0),
+        tracker.confirm(2, received_at=T0 - 120, received_mono=1.0),
+    ]
+    made = [c for c in changes if isinstance(c, StatusChange)]
+    assert [c.generation for c in made] == [0, 41, 41, 42, 41]
+    seqs = [c.seq for c in made]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs) and seqs[0] > 0
 
 
 def test_set_status_for_the_reconciler() -> None:
