@@ -228,9 +228,10 @@ class StatusMirror(Role):
         if failures:
             row, kind, message = failures[0]
             more = f" (and {len(failures) - 1} more streamers)" if len(failures) > 1 else ""
+            # one template per kind: the log's rate limit (per template) still lets each kind through
             log.warning(
-                "status mirror failed for %s (%s: %s)%s; our own status is committed, retrying with back-off",
-                row.slug, kind, message, more, extra={"streamer": row.slug, "kind": kind},
+                f"status mirror failed ({kind}) for %s: %s%s; our own status is committed, retrying with back-off",
+                row.slug, message, more, extra={"streamer": row.slug, "kind": kind},
             )
         if recovered:
             log.info("status mirror applied again for %d streamers that had failed", recovered)

@@ -137,6 +137,11 @@ def settle(sim: Simulator, conn: psycopg2.extensions.connection, timeout: float 
                what="app.creators.is_live to match the simulator")
 
 
+def logged(service: Service, text: str) -> bool:
+    """`text` is in the service's log (JSON lines escape its quotes)."""
+    return text.replace('"', '\\"') in service.log_text()
+
+
 def make_service(sim: Simulator, url: str, tmp_path: Path, **settings: str) -> Service:
     settings = {"streamers_source": SOURCE, "status_mirror": MIRROR, **settings}
     return Service(service_env(sim, url, tmp_path / "data", **settings), tmp_path / "service.log")
@@ -235,7 +240,7 @@ def test_broken_source_failing_and_blocked_mirror_leave_our_own_state_alone(
         # the source breaks mid-run: reported, the list stays
         execute(conn, "ALTER TABLE app.creators RENAME COLUMN active TO enabled")
         execute(conn, "SELECT pg_notify(%s, '')", (CHANNEL,))
-        wait_until(lambda: 'column "active" does not exist' in service.log_text(), 10, what="source failure reported")
+        wait_until(lambda: logged(service, 'column "active" does not exist'), 10, what="source failure reported")
         assert "streamer source not applied, the previous list stays" in service.log_text()
         assert len(listed(conn)) == 200
 
@@ -243,7 +248,7 @@ def test_broken_source_failing_and_blocked_mirror_leave_our_own_state_alone(
         execute(conn, f"ALTER TABLE app.creators ADD CONSTRAINT victim_never_live"
                       f" CHECK (NOT is_live OR kick_username <> '{victim}') NOT VALID")
         sim.set_live(victim, True)
-        wait_until(lambda: f"status mirror failed for {victim} (constraint" in service.log_text(), 10,
+        wait_until(lambda: f"status mirror failed (constraint) for {victim}" in service.log_text(), 10,
                    what="constraint failure reported")
 
         # the mirror blocks: the application holds the row for longer than the mirror's timeouts
@@ -252,7 +257,7 @@ def test_broken_source_failing_and_blocked_mirror_leave_our_own_state_alone(
             with holder.cursor() as cur:
                 cur.execute("SELECT 1 FROM app.creators WHERE kick_username = %s FOR UPDATE", (blocked,))
             sim.set_live(blocked, not sim.is_live(blocked))
-            wait_until(lambda: f"status mirror failed for {blocked} (lock" in service.log_text(), 10,
+            wait_until(lambda: f"status mirror failed (lock) for {blocked}" in service.log_text(), 10,
                        what="lock failure reported")
             state = dict(query(conn, "SELECT username, status FROM kick_monitor.streamers"))
             assert state[blocked] == ("online" if sim.is_live(blocked) else "offline"), "our own status is committed"

@@ -37,7 +37,8 @@ def app(conn: psycopg2.extensions.connection) -> psycopg2.extensions.connection:
 
 
 def listed(conn: psycopg2.extensions.connection) -> dict[str, tuple[int | None, int | None]]:
-    return {u: (c, k) for u, c, k in query(conn, "SELECT username, channel_id, kick_user_id FROM kick_monitor.streamers")}
+    rows = query(conn, "SELECT username, channel_id, kick_user_id FROM kick_monitor.streamers")
+    return {u: (c, k) for u, c, k in rows}
 
 
 def test_sync_makes_our_list_equal_to_the_source_and_keeps_history(app: psycopg2.extensions.connection) -> None:
