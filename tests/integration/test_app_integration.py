@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import psycopg2.errors
@@ -92,6 +93,11 @@ def add_creators(conn: psycopg2.extensions.connection, streamers: list[SimStream
         )
 
 
+def mirror_idle(metrics: Any, applied: int) -> bool:
+    return bool(metrics.value("kick_monitor_mirror_applied_total") >= applied
+                and metrics.value("kick_monitor_mirror_pending") == 0)
+
+
 def make_app(conn: psycopg2.extensions.connection, streamers: list[SimStreamer], *, notify: bool = True) -> None:
     execute(conn, recipe("app-schema"))
     if notify:
@@ -160,6 +166,9 @@ def test_app_creators_follow_the_simulator_and_its_rows_come_and_go(
         service.wait_children(2)
         wait_until(lambda: sim.subscription_count() >= 2000, 30, what="2,000 subscriptions")
         assert len(listed(conn)) == 1000, "the source is the list"
+        # steady state first: every streamer's first status (reconciliation at connect) mirrored
+        wait_until(lambda: mirror_idle(scrape(f"http://127.0.0.1:{port}/metrics"), 1000), 30, interval=0.2,
+                   what="the first statuses mirrored")
         sim.start_flipping(rate=200.0, duration=5.0)
         assert sim.wait_flipping_done(timeout=30)
         settle(sim, conn)
@@ -204,7 +213,8 @@ def test_app_creators_follow_the_simulator_and_its_rows_come_and_go(
     )
     assert len(lags) >= len(transitions) * 0.5, "most transitions reach app.creators (latest wins may merge some)"
     assert percentile(own, 0.99) < 1000.0
-    assert percentile(lags, 0.99) < 1000.0  # the goal is 50 ms; the printed figure is the measurement
+    # the goal: p99 ≤ 50 ms at steady load; a machine too loaded for our own pipeline to make it gets 2× ours
+    assert percentile(lags, 0.99) <= max(50.0, 2 * percentile(own, 0.99))
     assert metrics.value("kick_monitor_mirror_failures_total") == 0
 
 
