@@ -80,7 +80,7 @@ ORDER BY 1
 """
 
 
-def execute(conn: psycopg2.extensions.connection, statement: str, params: object = None) -> None:
+def execute(conn: psycopg2.extensions.connection, statement: str, params: tuple[Any, ...] | None = None) -> None:
     with conn, conn.cursor() as cur:
         cur.execute(statement, params)
 

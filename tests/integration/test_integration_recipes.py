@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psycopg2
 import psycopg2.extensions
@@ -44,7 +44,10 @@ def execute(conn: psycopg2.extensions.connection, text: str) -> None:
         cur.execute(text)
 
 
-def commit_status(conn: psycopg2.extensions.connection, channel_id: int, status: str, title: str | None = None) -> None:
+def commit_status(
+    conn: psycopg2.extensions.connection, channel_id: int, status: Literal["online", "offline"],
+    title: str | None = None,
+) -> None:
     """One change through the writer's real statement (prepared on this connection if needed)."""
     with conn.cursor() as cur:
         cur.execute("SELECT 1 FROM pg_prepared_statements WHERE name = 'kick_monitor_apply_changes'")
@@ -54,7 +57,7 @@ def commit_status(conn: psycopg2.extensions.connection, channel_id: int, status:
         prepare(conn)
     now = time.time()
     change = StatusChange(uuid.uuid4().hex, channel_id, status, "pusher", "test", 1 if status == "online" else None,
-                          title, now, now, time.monotonic(), 0)  # type: ignore[arg-type]
+                          title, now, now, time.monotonic(), 0)
     apply_changes(conn, [change])
 
 

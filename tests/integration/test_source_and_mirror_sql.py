@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg2
 import psycopg2.extensions
 import pytest
@@ -17,7 +19,7 @@ SOURCE = "SELECT kick_username AS slug, kick_channel AS channel_id, kick_user AS
 MIRROR = "UPDATE app.creators SET is_live = %(is_live)s, live_title = %(title)s WHERE kick_username = %(slug)s"
 
 
-def execute(conn: psycopg2.extensions.connection, statement: str, params: object = None) -> None:
+def execute(conn: psycopg2.extensions.connection, statement: str, params: tuple[Any, ...] | None = None) -> None:
     with conn, conn.cursor() as cur:
         cur.execute(statement, params)
 
