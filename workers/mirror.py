@@ -5,6 +5,9 @@ never touches the writer: it LISTENs on `kick_monitor_status` (one notification 
 transition: low latency) and catches up every `CATCH_UP_EVERY` from `kick_monitor.streamers`
 (notifications missed while its connection was down, title updates, everything at start).
 
+One tree mirrors at a time (a session advisory lock); with per-shard trees the others stand by
+and take over, mirroring everything once, when the active one's session ends.
+
 Latest status per streamer wins: what it applies is the streamer's *current* row, read just
 before the statement runs, so a retry can only write the newest value; a state already
 mirrored is not applied again. Each application is its own transaction under a short
@@ -45,6 +48,9 @@ log = logging.getLogger("kick_monitor.mirror")
 CATCH_UP_EVERY = 1.0  # seconds between catch-up reads of kick_monitor.streamers
 CATCH_UP_OVERLAP = timedelta(seconds=35)  # longer than the writer's longest statement (30 s)
 ROUND_SIZE = 500  # streamers read and applied per round (the heartbeat beats between rounds)
+COLD_PER_ROUND = 25  # catch-up rows per round (~20 ms): a big backlog never delays a fresh notification long
+MIRROR_LOCK_KEY = 0x4B4D4D52  # advisory lock "KMMR": one active mirror per deployment (per-shard trees)
+STANDBY_RETRY = 2.0  # seconds between attempts of a standby mirror to take over
 RETRY_MIN, RETRY_MAX = 0.5, 30.0
 
 
@@ -84,6 +90,7 @@ class StatusMirror(Role):
         self.database_backoff = Backoff(RETRY_MIN, RETRY_MAX)
         self.started_wall = time.time()
         self.checked = False
+        self.standby = False  # another tree holds the mirror lock
 
     # -- the loop ---------------------------------------------------------------------
     def step(self) -> None:
@@ -150,17 +157,20 @@ class StatusMirror(Role):
                 self.cold[row.streamer_id] = None
 
     def due_ids(self, now: float) -> list[int]:
-        """Up to ROUND_SIZE streamers to apply now: notified first, then catch-up, then due retries."""
+        """Streamers to apply now: notified ones first (up to ROUND_SIZE), a few of the catch-up backlog,
+        then the retries that are due."""
         chosen: list[int] = []
-        for queue in (self.hot, self.cold):
+        for queue, limit in ((self.hot, ROUND_SIZE), (self.cold, COLD_PER_ROUND)):
+            taken = 0
             for streamer_id in list(queue):
-                if len(chosen) >= ROUND_SIZE:
-                    return chosen
+                if taken >= limit:
+                    break
                 failing = self.failing.get(streamer_id)
                 if failing is not None and failing[0] > now:
                     continue  # in back-off: tried again when due, with whatever is current then
                 del queue[streamer_id]
                 chosen.append(streamer_id)
+                taken += 1
         for streamer_id, (at, _, _) in list(self.failing.items()):
             if len(chosen) >= ROUND_SIZE:
                 break
@@ -241,6 +251,13 @@ class StatusMirror(Role):
         try:
             conn = connect(self.ctx.database_url, application_name=f"kick-monitor mirror {self.ctx.tree}")
             set_timeouts(conn)
+            if not take_lock(conn):
+                conn.close()
+                if not self.standby:
+                    log.info("status mirror: another process tree mirrors; standing by to take over")
+                self.standby = True
+                self.retry_database_at = now + STANDBY_RETRY
+                return
             listen = connect(self.ctx.database_url, application_name="kick-monitor mirror listen", autocommit=True)
             with listen.cursor() as cur:
                 cur.execute(f"LISTEN {STATUS_CHANNEL}")
@@ -250,7 +267,13 @@ class StatusMirror(Role):
             return
         self.conn, self.listen_conn = conn, listen
         self.database_backoff.reset()
-        self.next_catch_up = now  # whatever happened while we were away
+        if self.standby:
+            log.info("status mirror: taking over")
+        self.standby = False
+        # Another tree may have mirrored while we were away: forget what we applied, mirror everything once.
+        self.mirrored.clear()
+        self.watermark = None
+        self.next_catch_up = now
         if not self.checked:
             try:
                 check_statement(conn, self.statement)
@@ -269,6 +292,15 @@ class StatusMirror(Role):
                 with contextlib.suppress(psycopg2.Error):
                     conn.close()
         self.conn = self.listen_conn = None
+
+
+def take_lock(conn: psycopg2.extensions.connection) -> bool:
+    """The deployment's mirror lock, held by this session until it ends."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_try_advisory_lock(%s)", (MIRROR_LOCK_KEY,))
+        row = cur.fetchone()
+    conn.commit()
+    return bool(row and row[0])
 
 
 def _streamer_id(payload: str) -> int | None:

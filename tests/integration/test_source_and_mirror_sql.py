@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions
 import pytest
 
+from kick_monitor.config import load_settings
+from kick_monitor.role import standalone_context
 from kick_monitor.source_sync import SourceError, sync_source
 from kick_monitor.status_mirror import MirrorError, check_statement
 from tests.conftest import CliRunner
 from tests.service import query
+from workers.mirror import StatusMirror
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -135,3 +141,45 @@ def test_cli_refuses_list_changes_and_dry_run_shows_the_source(
     assert "status mirror (KICK_MONITOR_STATUS_MIRROR): dry run executed and rolled back: ok" in result.stdout
     bad = run_main("--dry-run", env={**env, "KICK_MONITOR_STREAMERS_SOURCE": "SELECT kick_username FROM app.creators"})
     assert bad.code == 2 and "must return a column named slug (it returned: kick_username)" in bad.stderr
+
+
+def step_until(role: StatusMirror, done: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "the mirror did not get there"
+        role.step()
+
+
+def test_the_mirror_role_stands_by_takes_over_and_applies_the_latest_state(
+    app: psycopg2.extensions.connection, database_url: str, tmp_path: Path
+) -> None:
+    """The role in this process, stepped by hand, against the real database: one active mirror per
+    deployment (the lock), the current row applied (latest wins), our table never waits for it."""
+    from tests.integration.test_integration_recipes import commit_status
+
+    sync_source(app, SOURCE)
+    settings = load_settings(cli={"status_mirror": MIRROR, "data_dir": tmp_path}, environ={})
+    ctx, supervisor_end = standalone_context("mirror", settings, database_url)
+    other = psycopg2.connect(database_url)
+    role = StatusMirror(ctx)
+    try:
+        with other.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(x'4B4D4D52'::int)")  # another tree's mirror is active
+        commit_status(app, 1001, "online", "first")
+        step_until(role, lambda: role.standby)
+        for _ in range(5):
+            role.step()
+        assert query(app, "SELECT count(*) FROM app.creators WHERE is_live") == [(0,)], "a standby applies nothing"
+        other.close()  # the active one's session ends: the standby takes over
+        role.retry_database_at = 0.0
+        step_until(role, lambda: query(app, "SELECT is_live, live_title FROM app.creators"
+                                            " WHERE kick_username = 'creator1'") == [(True, "first")])
+        commit_status(app, 1001, "offline")
+        commit_status(app, 1002, "online", "second")
+        step_until(role, lambda: query(app, "SELECT kick_username, live_title FROM app.creators WHERE is_live")
+                   == [("creator2", "second")])
+    finally:
+        role.finish()
+        other.close()
+        supervisor_end.close()
+        ctx.control.close()
