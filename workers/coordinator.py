@@ -618,7 +618,9 @@ class IntegrationError(RuntimeError):
 
 def check_integration(settings: Settings, conn: Any) -> None:
     """Sync the streamer source once (so the shard plan counts its streamers) and dry-run the mirror."""
-    from kick_monitor.source_sync import SourceError, sync_source
+    import psycopg2
+
+    from kick_monitor.source_sync import SourceError, first_line, sync_source
     from kick_monitor.status_mirror import MirrorError, check_statement
 
     try:
@@ -630,3 +632,6 @@ def check_integration(settings: Settings, conn: Any) -> None:
             check_statement(conn, settings.status_mirror)
     except (SourceError, MirrorError) as exc:
         raise IntegrationError(str(exc)) from None
+    except psycopg2.Error as exc:  # e.g. no privilege on our own schema: one line, not a traceback
+        conn.rollback()
+        raise IntegrationError(f"streamer source or status mirror check failed: {first_line(exc)}") from None

@@ -183,3 +183,19 @@ def test_the_mirror_role_stands_by_takes_over_and_applies_the_latest_state(
         other.close()
         supervisor_end.close()
         ctx.control.close()
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "expected"),
+    [
+        ("KICK_MONITOR_STREAMERS_SOURCE", "SELECT nope AS slug FROM app.creators", "STREAMERS_SOURCE failed: column"),
+        ("KICK_MONITOR_STATUS_MIRROR", "UPDATE app.creators SET nope = %(is_live)s", "failed its dry run"),
+    ],
+)
+def test_run_refuses_to_start_with_a_source_or_mirror_that_cannot_work(
+    app: psycopg2.extensions.connection, cli: CliRunner, tmp_path: Path, setting: str, value: str, expected: str
+) -> None:
+    result = cli("run", env={setting: value, "KICK_MONITOR_DATA_DIR": str(tmp_path / "data")}, timeout=30)
+    assert result.code == 2
+    assert expected in result.stderr and "nope" in result.stderr
+    assert "Traceback" not in result.stderr
