@@ -200,7 +200,11 @@ class StatusMirror(Role):
                 self.mirrored.pop(streamer_id, None)
         new_failures: list[tuple[MirrorRow, str, str]] = []
         recovered = 0
-        for row in rows:
+        for index, row in enumerate(rows):
+            self.beat()  # alive however many applications fail on the application's locks
+            if self.stopping:
+                self.hot.update(dict.fromkeys(r.streamer_id for r in rows[index:]))
+                break
             if self.mirrored.get(row.streamer_id) == row.state and row.streamer_id not in self.failing:
                 continue
             try:
@@ -209,7 +213,7 @@ class StatusMirror(Role):
                 kind = failure_kind(exc, self.conn)
                 self.telemetry.MIRROR_FAILURES.labels(kind=kind).inc()
                 if kind == "connection":
-                    self.hot.update({row.streamer_id: None for row in rows})
+                    self.hot.update(dict.fromkeys(r.streamer_id for r in rows[index:]))
                     self.database_lost(exc)
                     return
                 if self.record_failure(row, kind, time.monotonic()):
@@ -223,7 +227,6 @@ class StatusMirror(Role):
                 self.telemetry.MIRROR_LAG.observe(max(0.0, mirrored_at - committed))
             if self.failing.pop(row.streamer_id, None) is not None:
                 recovered += 1
-            self.beat()
         self.telemetry.MIRROR_BATCH_SECONDS.observe(time.perf_counter() - started)
         self.report(new_failures, recovered)
 
