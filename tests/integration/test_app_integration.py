@@ -132,6 +132,20 @@ def latencies_ms(sim: Simulator, conn: psycopg2.extensions.connection, since: fl
     return sorted(result)
 
 
+def slowest(sim: Simulator, conn: psycopg2.extensions.connection, since: float) -> list[str]:
+    """The five slowest frame → commit transitions after `since`: seconds into the test, channel, ms."""
+    sent: dict[tuple[int, str], list[float]] = {}
+    for t in status_transitions(sim.truth()):
+        if t.delivered:
+            sent.setdefault((t.channel_id, t.status), []).append(t.sent_wall)
+    recorded: dict[tuple[int, str], list[float]] = {}
+    for channel_id, status, at in query(conn, PUSHER_COMMITS):
+        recorded.setdefault((channel_id, status), []).append(at)
+    pairs = [(r - s, s - since, key[0]) for key, times in recorded.items()
+             for s, r in zip(sorted(sent.get(key, [])), sorted(times), strict=False) if s >= since]
+    return [f"+{at:.1f}s ch{ch} {lag * 1000:.0f}ms" for lag, at, ch in sorted(pairs, reverse=True)[:5]]
+
+
 def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(len(values) * q))]
 
@@ -282,9 +296,10 @@ def test_broken_source_failing_and_blocked_mirror_leave_our_own_state_alone(
                    what="the blocked row to be mirrored once released (and every other row)")
         assert app_mismatches(sim, conn) in ([], [(victim, True, False)])
         own = latencies_ms(sim, conn, since=begun)
+        slow = slowest(sim, conn, begun)
         assert service.stop() == 0
     print(f"\nown frame→commit during source/mirror failures over {len(own)} transitions:"
-          f" p50 {percentile(own, 0.5):.2f} ms, p99 {percentile(own, 0.99):.2f} ms")
+          f" p50 {percentile(own, 0.5):.2f} ms, p99 {percentile(own, 0.99):.2f} ms; slowest {slow}")
     assert len(own) > 100
     assert percentile(own, 0.99) < 1000.0
 
