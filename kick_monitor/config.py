@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shlex
 import stat
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ KICK_PUSHER_URL = (
     "wss://ws-us2.pusher.com/app/32cbd69e4b950bf97679?protocol=7&client=js&version=8.4.0&flash=false"
 )
 SECRET_MASK = "**********"
+CHANNEL_PATTERN = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 if TYPE_CHECKING:
     from .credentials import SecretSources
@@ -51,7 +53,8 @@ def _check_url(value: str, schemes: tuple[str, ...], key: str) -> str:
 
 # -- reload policy: what a SIGHUP does with a changed value, declared on each field -------------
 COORDINATOR, WRITER, PLANNER, WORKER, EXPORTER = "coordinator", "writer", "planner", "worker", "exporter"
-ROLES = (COORDINATOR, WRITER, PLANNER, WORKER, EXPORTER)
+MIRROR = "mirror"
+ROLES = (COORDINATOR, WRITER, PLANNER, WORKER, EXPORTER, MIRROR)
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ class Settings(BaseModel):
     client_secret: Annotated[SecretStr | None, live(WORKER, PLANNER)] = Field(
         None, description="Kick app client secret (never printed)",
     )
-    database_password: Annotated[SecretStr | None, live(WRITER, PLANNER)] = Field(
+    database_password: Annotated[SecretStr | None, live(WRITER, PLANNER, MIRROR)] = Field(
         None, description="PostgreSQL password, kept out of the URL (best as a credential or _FILE; never printed)"
     )
 
@@ -193,6 +196,39 @@ class Settings(BaseModel):
     drain_timeout: Annotated[float, live(COORDINATOR, WORKER)] = Field(
         20.0, gt=0, le=600, description="graceful stop bound, seconds",
     )
+
+    # integration with an application's own tables (docs/integration.md)
+    streamers_source: Annotated[str | None, restart(PLANNER)] = Field(
+        None,
+        description="read-only SQL query returning slug [, channel_id, user_id]: when set it IS the streamer"
+        " list (synced at start, on streamers_source_channel and every reload_interval;"
+        " `streamers add/remove/import` refuse)",
+    )
+    streamers_source_channel: Annotated[str | None, restart(PLANNER)] = Field(
+        None, description="NOTIFY channel that makes the planner sync streamers_source at once (optional)",
+    )
+    status_mirror: Annotated[str | None, SERVICE] = Field(
+        None,
+        description="statement applied after each committed change, its own transaction, with %(slug)s"
+        " %(user_id)s %(channel_id)s %(status)s %(is_live)s %(title)s %(started_at)s %(changed_at)s;"
+        " set = the mirror role runs",
+    )
+
+    @field_validator("streamers_source", "status_mirror")
+    @classmethod
+    def _sql_text(cls, value: str | None) -> str | None:
+        if value is not None:
+            if not value.strip().rstrip(";").strip():
+                raise ValueError("must not be blank")
+            return value.strip().rstrip(";").strip()
+        return value
+
+    @field_validator("streamers_source_channel")
+    @classmethod
+    def _channel(cls, value: str | None) -> str | None:
+        if value is not None and not CHANNEL_PATTERN.fullmatch(value):
+            raise ValueError("must be a PostgreSQL identifier: lower-case letters, digits and '_', at most 63")
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -99,5 +99,30 @@ STREAMERS = Gauge(
 )
 
 
+SOURCE_SYNCS = Counter(
+    "kick_monitor_source_syncs_total",
+    "Syncs of the streamer list from streamers_source: ok, failed (list left as it was), skipped (another tree syncs)",
+    ["outcome"],
+)
+SOURCE_ROWS = Gauge(
+    "kick_monitor_source_rows", "Rows the streamer source returned at its last good sync", multiprocess_mode="livemax"
+)
+MIRROR_LAG = Histogram(
+    "kick_monitor_mirror_lag_seconds", "From our commit of a status to the status mirror's commit of it",
+    buckets=LATENCY_BUCKETS,
+)
+MIRROR_APPLIED = Counter("kick_monitor_mirror_applied_total", "Statuses the status mirror committed")
+MIRROR_FAILURES = Counter(
+    "kick_monitor_mirror_failures_total", "Failed applications of the status mirror statement (retried)", ["kind"]
+)
+MIRROR_PENDING = Gauge(
+    "kick_monitor_mirror_pending", "Streamers whose current status is not mirrored yet", multiprocess_mode="livemax"
+)
+MIRROR_BATCH_SECONDS = Histogram(
+    "kick_monitor_mirror_batch_duration_seconds", "Duration of one round of mirror applications",
+    buckets=LATENCY_BUCKETS,
+)
+
+
 def record_build_info() -> None:
     BUILD_INFO.labels(version=__version__).set(1)

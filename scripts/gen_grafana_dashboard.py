@@ -111,6 +111,25 @@ ROWS: list[tuple[str, list[Panel]]] = [
             ("{{role}}", f"sum by (role) (increase(kick_monitor_worker_restarts_total{{{SEL}}}[$__rate_interval]))")],
          6),
     ]),
+    ("Application integration (docs/integration.md)", [
+        ("Mirror lag (our commit → the application's)", "timeseries", "s", [
+            ("p50", "histogram_quantile(0.5, sum by (le) "
+                    f"(rate(kick_monitor_mirror_lag_seconds_bucket{{{SEL}}}[$__rate_interval])))"),
+            ("p99", "histogram_quantile(0.99, sum by (le) "
+                    f"(rate(kick_monitor_mirror_lag_seconds_bucket{{{SEL}}}[$__rate_interval])))"),
+            ("round p99", "histogram_quantile(0.99, sum by (le) "
+                          f"(rate(kick_monitor_mirror_batch_duration_seconds_bucket{{{SEL}}}[$__rate_interval])))")],
+         8),
+        ("Mirror applications and failures / s", "timeseries", "ops", [
+            ("applied", f"sum(rate(kick_monitor_mirror_applied_total{{{SEL}}}[$__rate_interval]))"),
+            ("failed {{kind}}",
+             f"sum by (kind) (rate(kick_monitor_mirror_failures_total{{{SEL}}}[$__rate_interval]))"),
+            ("pending", f"max(kick_monitor_mirror_pending{{{SEL}}})")], 8),
+        ("Streamer source", "timeseries", "short", [
+            ("rows", f"max(kick_monitor_source_rows{{{SEL}}})"),
+            ("syncs {{outcome}} / h",
+             f"sum by (outcome) (rate(kick_monitor_source_syncs_total{{{SEL}}}[$__rate_interval])) * 3600")], 8),
+    ]),
 ]
 
 

@@ -46,6 +46,10 @@ LABELS = {
     "kick_monitor_streamers:status": "`online`, `offline`, `unknown` (not yet known), `unresolved` (no channel id "
     "yet: not watched)",
     "kick_monitor_build_info:version": "kick-monitor version",
+    "kick_monitor_source_syncs:outcome": "`ok` \\| `failed` (query failed or returned a bad row: the list is "
+    "left as it was) \\| `skipped` (another process tree holds the sync lock)",
+    "kick_monitor_mirror_failures:kind": "`lock` (the application held a lock past lock_timeout), `timeout` "
+    "(statement_timeout), `constraint` (the application refused the value), `privilege`, `connection`, `error`",
 }
 
 TYPE_ORDER = {"counter": 0, "gauge": 1, "histogram": 2}

@@ -57,6 +57,7 @@ from kick_monitor.systemd import Watchdog, sd_notify
 from kick_monitor.telemetry import load_telemetry
 
 from .exporter import Exporter
+from .mirror import StatusMirror
 from .planner import Planner
 from .shard_worker import ShardWorker
 from .writer import BatchWriter
@@ -72,6 +73,7 @@ SIGNALS = ("HUP", "TERM", "INT", "CHLD")
 FATAL_EXIT_CODES = (EX_CONFIG, EX_USAGE)  # a restart cannot fix these: stop the service
 ROLE_CLASSES: dict[str, type[Role]] = {
     "writer": BatchWriter, "planner": Planner, "exporter": Exporter, "worker": ShardWorker,
+    "mirror": StatusMirror,  # only with status_mirror set (plan_children)
 }
 ESSENTIAL = ("writer", "planner")  # the service cannot work without them
 
@@ -158,6 +160,8 @@ class Supervisor:
         kinds: list[tuple[str, int | None]] = [("writer", None), ("planner", None)]
         if settings.metrics_port:
             kinds.append(("exporter", None))
+        if settings.status_mirror:
+            kinds.append(("mirror", None))
         kinds += [("worker", shard) for shard in plan.shards]
         return [
             Child(kind if shard is None else f"worker-{shard}", kind, slot, shard)
@@ -505,7 +509,7 @@ class Supervisor:
         if self.stop_phase == "workers":
             self.enter_phase("writer", self.settings.drain_timeout, ("writer",), signal.SIGTERM)
         elif self.stop_phase == "writer":
-            self.enter_phase("rest", LAST_ROLES_STOP_SECONDS, ("planner", "exporter"), signal.SIGTERM)
+            self.enter_phase("rest", LAST_ROLES_STOP_SECONDS, ("planner", "exporter", "mirror"), signal.SIGTERM)
         elif waiting:
             self.phase_deadline = now + 1.0  # SIGKILLed just now: give reaping a moment
         else:
@@ -597,11 +601,41 @@ def run_service(settings: Settings, reload_settings: Callable[[], Settings] | No
                 if settings.database_url is None:
                     migrate(conn)  # the embedded database is ours: keep it current
                 require_current(conn)
+                check_integration(settings, conn)  # source synced, mirror dry-run, or exit 2
                 subscribable = count_subscribable(conn)
             finally:
                 conn.close()
             plan = TreePlan.for_settings(settings, subscribable)
             return Supervisor(settings, url, plan, reload_settings).run()
+    except IntegrationError as exc:
+        log.error("%s", exc)
+        return EX_USAGE
     except (DatabaseUnavailable, SchemaError, ValueError, RuntimeError) as exc:
         log.error("%s", exc)
         return EX_USAGE if isinstance(exc, (SchemaError, ValueError)) else EX_FAILURE
+
+
+# -- the application's source and mirror are checked before anything forks --------------
+class IntegrationError(RuntimeError):
+    """A source query or mirror statement that cannot work: one line, exit 2."""
+
+
+def check_integration(settings: Settings, conn: Any) -> None:
+    """Sync the streamer source once (so the shard plan counts its streamers) and dry-run the mirror."""
+    import psycopg2
+
+    from kick_monitor.source_sync import SourceError, first_line, sync_source
+    from kick_monitor.status_mirror import MirrorError, check_statement
+
+    try:
+        if settings.streamers_source is not None:
+            result = sync_source(conn, settings.streamers_source)
+            if result is not None:
+                log.info("streamer source: %d rows, %s", result.rows, result.plan.summary())
+        if settings.status_mirror is not None:
+            check_statement(conn, settings.status_mirror)
+    except (SourceError, MirrorError) as exc:
+        raise IntegrationError(str(exc)) from None
+    except psycopg2.Error as exc:  # e.g. no privilege on our own schema: one line, not a traceback
+        conn.rollback()
+        raise IntegrationError(f"streamer source or status mirror check failed: {first_line(exc)}") from None

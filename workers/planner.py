@@ -16,6 +16,10 @@ but never the reaping, killing and respawning of processes.
   connection (this process never forks, so a thread is safe here), time-boxed per round and
   under a PostgreSQL advisory lock so that one process of a deployment resolves at a time.
   What it stores fires the streamers trigger, which wakes the planner's LISTEN.
+- With `streamers_source` set, the list comes from the application's own table: the planner
+  syncs it (`kick_monitor.source_sync`) before loading, at start, on every `reload_interval`
+  and when `streamers_source_channel` is notified. A failing source is reported and the
+  previous list stays in force.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extensions
+from psycopg2 import sql
 
 from kick_monitor.assignment import AssignmentServer
 from kick_monitor.database import DatabaseUnavailable, connect
@@ -41,6 +46,7 @@ from kick_monitor.ordering import allocate_generation
 from kick_monitor.resolver import resolve_pending
 from kick_monitor.role import Role, RoleContext
 from kick_monitor.sharding import plan_shards
+from kick_monitor.source_sync import SourceError, sync_source
 from kick_monitor.streamers import count_by_status, load_subscribable
 
 log = logging.getLogger("kick_monitor.planner")
@@ -72,6 +78,8 @@ class Planner(Role):
         self.retry_delay = RETRY_MIN
         self.reload_failed = False
         self.hellos: list[tuple[int, int]] = []  # (connection id, shard) waiting for their Assign
+        self.sync_due = self.settings.streamers_source is not None  # sync the source at the next reload
+        self.source_problem = ""  # the last source failure reported (reported again only when it changes)
         self.resolver = IdResolver(self)
 
     def boot(self) -> None:
@@ -125,12 +133,16 @@ class Planner(Role):
 
     def reload(self, now: float) -> None:
         """Re-read the list and tell only the affected workers what changed."""
+        if now >= self.next_full_reload:
+            self.sync_due = self.settings.streamers_source is not None
         self.reload_at = None
         self.next_full_reload = now + self.settings.reload_interval
         try:
             if self.conn is None:
                 self.open_database()
             assert self.conn is not None
+            if self.sync_due:
+                self.sync_source()
             streamers = load_subscribable(self.conn)
             counts = count_by_status(self.conn)
         except (DatabaseUnavailable, psycopg2.Error) as exc:
@@ -148,6 +160,30 @@ class Planner(Role):
         planned = plan_shards(streamers, self.ctx.shard_count)
         for shard in self.plan:
             self.update_shard(shard, {ref.channel_id: ref for ref in planned.get(shard, [])})
+
+    def sync_source(self) -> None:
+        """Make the list equal to the application's source; on a bad source keep the list as it is."""
+        assert self.conn is not None and self.settings.streamers_source is not None
+        try:
+            result = sync_source(self.conn, self.settings.streamers_source)
+        except SourceError as exc:
+            self.telemetry.SOURCE_SYNCS.labels(outcome="failed").inc()
+            if str(exc) != self.source_problem:
+                log.error("streamer source not applied, the previous list stays: %s", exc)
+                self.source_problem = str(exc)
+            self.sync_due = False  # retried at the next reload interval or NOTIFY
+            return
+        self.sync_due = False
+        if result is None:
+            self.telemetry.SOURCE_SYNCS.labels(outcome="skipped").inc()
+            return  # another process tree syncs now; its changes reach us through the trigger
+        self.telemetry.SOURCE_SYNCS.labels(outcome="ok").inc()
+        self.telemetry.SOURCE_ROWS.set(result.rows)
+        if self.source_problem:
+            log.info("streamer source works again (%d rows)", result.rows)
+            self.source_problem = ""
+        if result.plan:
+            log.info("streamer source synced: %d rows, %s", result.rows, result.plan.summary())
 
     def update_shard(self, shard: int, wanted: dict[int, StreamerRef]) -> None:
         current = self.plan[shard]
@@ -216,10 +252,13 @@ class Planner(Role):
             conn.close()
             raise DatabaseUnavailable(f"database session lost at once: {_first_line(exc)}") from None
         self.conn = conn
+        self.sync_due = self.settings.streamers_source is not None  # NOTIFYs missed while down
         try:
             listen = connect(self.ctx.database_url, application_name="kick-monitor listen", autocommit=True)
             with listen.cursor() as cur:
                 cur.execute(f"LISTEN {STREAMERS_CHANNEL}")
+                if self.settings.streamers_source and self.settings.streamers_source_channel:
+                    cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.settings.streamers_source_channel)))
             self.listen_conn = listen
         except (DatabaseUnavailable, psycopg2.Error) as exc:
             log.warning("cannot LISTEN for streamer changes (%s); relying on periodic reloads", _first_line(exc))
@@ -242,7 +281,10 @@ class Planner(Role):
             self.schedule_reload(time.monotonic() + RETRY_MIN)
             return
         if self.listen_conn.notifies:
+            channels = {notify.channel for notify in self.listen_conn.notifies}
             self.listen_conn.notifies.clear()
+            if self.settings.streamers_source and self.settings.streamers_source_channel in channels:
+                self.sync_due = True
             self.schedule_reload(time.monotonic() + RELOAD_DEBOUNCE)
             self.resolver.wake()
 

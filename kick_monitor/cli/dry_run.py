@@ -29,6 +29,7 @@ from .render import clean_cell
 
 SHOWN_PER_SHARD = 5
 SHOWN_UNRESOLVED = 20
+SHOWN_SOURCE_ROWS = 5
 
 
 def dry_run(settings: Settings) -> int:
@@ -38,6 +39,7 @@ def dry_run(settings: Settings) -> int:
     lines += [f"  {key}={value}" for key, value in settings.effective().items()]
     lines += ["", f"database: {where}: reachable, schema version {version} (current)"]
     lines += password_notes(settings)
+    lines += check_integration(settings)
     lines += ["", *describe_plan(settings, streamers)]
     print("\n".join(lines))
     return EXIT_OK
@@ -62,6 +64,31 @@ def check_database(settings: Settings) -> tuple[str, int, list[Streamer]]:
     except (DatabaseUnavailable, SchemaError, EmbeddedPostgresError) as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     return where, version, streamers
+
+
+def check_integration(settings: Settings) -> list[str]:
+    """Run the streamer source (first rows, count) and dry-run the status mirror; CliError if either fails."""
+    from ..source_sync import SourceError, fetch_source, validate_rows
+    from ..status_mirror import MirrorError, check_statement
+
+    if settings.streamers_source is None and settings.status_mirror is None:
+        return []
+    lines: list[str] = []
+    try:
+        with open_database(settings) as conn:
+            if settings.streamers_source is not None:
+                columns, rows = fetch_source(conn, settings.streamers_source)
+                validate_rows(columns, rows)
+                shown = f"{len(rows)} rows, all valid; first rows:"
+                lines += ["", f"streamer source (KICK_MONITOR_STREAMERS_SOURCE): {shown}"]
+                lines.append("  " + " | ".join(columns))
+                lines += ["  " + " | ".join(clean_cell(str(v)) for v in row) for row in rows[:SHOWN_SOURCE_ROWS]]
+            if settings.status_mirror is not None:
+                check_statement(conn, settings.status_mirror)
+                lines += ["", "status mirror (KICK_MONITOR_STATUS_MIRROR): dry run executed and rolled back: ok"]
+    except (SourceError, MirrorError, DatabaseUnavailable) as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    return lines
 
 
 def password_notes(settings: Settings) -> list[str]:

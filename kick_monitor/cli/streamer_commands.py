@@ -29,7 +29,18 @@ from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError
 from .render import clean_cell, format_age, render_table
 
 
+def refuse_with_source(settings: Settings, verb: str) -> None:
+    """While a streamer source is configured it is the list: changing ours by hand would be undone."""
+    if settings.streamers_source is not None:
+        raise CliError(
+            f"cannot {verb} streamers: the list comes from KICK_MONITOR_STREAMERS_SOURCE"
+            " (change the application's table, or unset the source)",
+            EXIT_USAGE,
+        )
+
+
 def add_command(args: argparse.Namespace, settings: Settings) -> int:
+    refuse_with_source(settings, "add")
     try:  # validate before touching (or starting) a database
         new = NewStreamer.build(args.slug, args.channel_id, args.user_id, args.chatroom_id)
     except StreamerError as exc:
@@ -50,6 +61,7 @@ def add_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def remove_command(args: argparse.Namespace, settings: Settings) -> int:
+    refuse_with_source(settings, "remove")
     try:
         username = validate_slug(args.slug)
     except StreamerError as exc:
@@ -108,6 +120,7 @@ def _open_lines(name: str) -> Iterator[TextIO]:
 
 def import_command(args: argparse.Namespace, settings: Settings) -> int:
     """Import a slug list or CSV; exit 0 if every line was good, 1 if some were reported bad."""
+    refuse_with_source(settings, "import")
     name = str(args.file)
     shown = "<stdin>" if name == "-" else name
     progress = _show_progress if sys.stderr.isatty() else None
