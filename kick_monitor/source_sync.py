@@ -24,7 +24,7 @@ import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
 
-from .streamers import INSERT_INTO, NewStreamer, StreamerError
+from .streamers import NewStreamer, StreamerError, insert_new
 
 SOURCE_KEY = "KICK_MONITOR_STREAMERS_SOURCE"
 SOURCE_LOCK_KEY = 0x4B4D5353  # advisory lock "KMSS": one source sync per deployment at a time
@@ -174,10 +174,7 @@ def apply_plan(conn: psycopg2.extensions.connection, plan: SyncPlan) -> None:
                     (new.channel_id, new.kick_user_id, new.channel_id, new.username),
                 )
             if plan.add:
-                psycopg2.extras.execute_values(
-                    cur, INSERT_INTO + " VALUES %s ON CONFLICT (username) DO NOTHING",
-                    [new.row() for new in plan.add], page_size=1000,
-                )
+                insert_new(cur, plan.add)
     except psycopg2.errors.UniqueViolation as exc:
         raise SourceError(
             f"{SOURCE_KEY}: an id it gives belongs to another streamer, the list is left as it was:"

@@ -400,19 +400,24 @@ def _chunks(items: Iterable[tuple[int, str, NewStreamer]], size: int) -> Iterato
         yield chunk
 
 
+def insert_new(cur: psycopg2.extensions.cursor, rows: Sequence[NewStreamer], *, page_size: int = 1000) -> list[str]:
+    """Insert streamers that are not there yet (one round trip per page); the slugs inserted."""
+    inserted = psycopg2.extras.execute_values(
+        cur,
+        INSERT_INTO + " VALUES %s ON CONFLICT DO NOTHING RETURNING username",
+        [new.row() for new in rows],
+        page_size=max(1, page_size),
+        fetch=True,
+    )
+    return [row[0] for row in inserted]
+
+
 def _insert_chunk(
     conn: psycopg2.extensions.connection, chunk: Sequence[tuple[int, str, NewStreamer]], report: ImportReport
 ) -> None:
     """Insert one chunk in one transaction; rows that hit an existing one are explained, not forced."""
     with conn, conn.cursor() as cur:
-        inserted = psycopg2.extras.execute_values(
-            cur,
-            INSERT_INTO + " VALUES %s ON CONFLICT DO NOTHING RETURNING username",
-            [new.row() for _, _, new in chunk],
-            page_size=len(chunk),
-            fetch=True,
-        )
-        added = {row[0] for row in inserted}
+        added = set(insert_new(cur, [new for _, _, new in chunk], page_size=len(chunk)))
         rest = [item for item in chunk if item[2].username not in added]
         existing = _existing_rows(cur, [new for _, _, new in rest]) if rest else []
     report.added += len(added)

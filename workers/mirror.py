@@ -27,6 +27,7 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extensions
+from psycopg2 import sql
 
 from kick_monitor.database import DatabaseUnavailable, connect
 from kick_monitor.migrations import STATUS_CHANNEL
@@ -263,7 +264,7 @@ class StatusMirror(Role):
                 return
             listen = connect(self.ctx.database_url, application_name="kick-monitor mirror listen", autocommit=True)
             with listen.cursor() as cur:
-                cur.execute(f"LISTEN {STATUS_CHANNEL}")
+                cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(STATUS_CHANNEL)))
         except (DatabaseUnavailable, psycopg2.Error) as exc:
             self.retry_database_at = now + self.database_backoff.next_delay()
             log.warning("status mirror: database unavailable (%s); retrying", first_line(exc))

@@ -256,7 +256,7 @@ class Planner(Role):
         try:
             listen = connect(self.ctx.database_url, application_name="kick-monitor listen", autocommit=True)
             with listen.cursor() as cur:
-                cur.execute(f"LISTEN {STREAMERS_CHANNEL}")
+                cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(STREAMERS_CHANNEL)))
                 if self.settings.streamers_source and self.settings.streamers_source_channel:
                     cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.settings.streamers_source_channel)))
             self.listen_conn = listen

@@ -81,7 +81,7 @@ def add_settings_flags(parser: argparse.ArgumentParser, fields: tuple[str, ...] 
             dest=DEST_PREFIX + name,
             metavar=_metavar(name, info.annotation),
             default=argparse.SUPPRESS,
-            help=info.description,
+            help=(info.description or "").replace("%", "%%"),  # argparse %-formats help text
         )
 
 

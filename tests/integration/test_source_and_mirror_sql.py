@@ -110,6 +110,8 @@ def test_one_process_syncs_at_a_time(app: psycopg2.extensions.connection, databa
             cur.execute("SELECT pg_advisory_lock(x'4B4D5353'::int)")
         assert sync_source(app, SOURCE) is None
         assert listed(app) == {}
+        with other.cursor() as cur:  # released now, not whenever the server notices the close
+            cur.execute("SELECT pg_advisory_unlock(x'4B4D5353'::int)")
     finally:
         other.close()
     assert sync_source(app, SOURCE) is not None
