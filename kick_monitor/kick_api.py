@@ -790,6 +790,11 @@ class KickApiClient:
             [s for s in user_ids if s not in channel_ids] + ([] if self.tokens else list(out)),
             web, web_limit, deadline,
         )
+        if self.tokens is None and why_web:
+            for slug, found in list(out.items()):
+                if slug not in web:
+                    out[slug] = Resolution(slug, reason=f"no API credentials, and {why_web}",
+                                           retryable=not self.web_api_blocked)
         for slug, info in web.items():
             if info.user_id != user_ids.get(slug, info.user_id):
                 log.warning("streamer %s: official API says user %d, web API says %d; using the official",
