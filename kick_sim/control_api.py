@@ -198,8 +198,8 @@ class ControlApi:
         return {"livestreams_v1": self.engine.api.livestreams_v1}
 
     async def _wrong_data(self, request: Request, body: dict[str, Any]) -> Any:
-        self.engine.api.set_wrong_data_over(arg(body, "over", int, None))
-        return {"wrong_data_over": self.engine.api.wrong_data_over}
+        self.engine.api.set_wrong_data_over(arg(body, "over", int, None), arg(body, "kind", str, "live"))
+        return {"wrong_data_over": self.engine.api.wrong_data_over, "kind": self.engine.api.wrong_data_kind}
 
     async def _broadcasts(self, request: Request, body: dict[str, Any]) -> Any:
         return {"broadcasts": [broadcast.to_json() for broadcast in self.engine.world.broadcasts]}

@@ -94,6 +94,7 @@ class KickApi:
         self.max_batch = max_batch
         self.livestreams_v1 = livestreams_v1
         self.wrong_data_over = wrong_data_over
+        self.wrong_data_kind = "live"  # "live": wrong is_live; "ids": streamers not asked for, duplicates
         self.requests: Counter[str] = Counter()  # "surface status" -> count
         self.paths: Counter[str] = Counter()  # official/web path -> requests (any answer)
         # (monotonic arrival time, surface) of every request, for sliding-window rate checks
@@ -105,11 +106,17 @@ class KickApi:
             raise ValueError(f"livestreams_v1 mode must be ok|deprecated|404|410, got {mode!r}")
         self.livestreams_v1 = mode
 
-    def set_wrong_data_over(self, over: int | None) -> None:
-        """Channels requests naming more than `over` streamers get wrong live data (None = off)."""
+    def set_wrong_data_over(self, over: int | None, kind: str = "live") -> None:
+        """Channels requests naming more than `over` streamers get wrong data (None = off).
+
+        kind "live": every second item has its live data inverted; "ids": the answer also
+        carries a streamer nobody asked for and one item twice.
+        """
         if over is not None and over < 1:
             raise ValueError("over must be >= 1 or null")
-        self.wrong_data_over = over
+        if kind not in ("live", "ids"):
+            raise ValueError(f"kind must be live|ids, got {kind!r}")
+        self.wrong_data_over, self.wrong_data_kind = over, kind
 
     async def handle(self, request: Request) -> Response:
         surface = surface_of(request.path)
@@ -189,6 +196,10 @@ class KickApi:
             return states
         asked = len(request.query.get("slug", [])) + len(request.query.get("broadcaster_user_id", []))
         wrong = self.wrong_data_over is not None and asked > self.wrong_data_over
+        if wrong and self.wrong_data_kind == "ids":
+            stranger = next((st for st in reversed(self.world.states) if st not in states), None)
+            states = states + states[:1] + ([stranger] if stranger is not None else [])
+            wrong = False
         items = [official_channel(state, wrong=wrong and index % 2 == 1) for index, state in enumerate(states)]
         return json_response(200, {"data": items, "message": "OK"})
 

@@ -188,9 +188,13 @@ class Simulator:
         """/public/v1/livestreams: "ok", "deprecated" (Deprecation header), "404" or "410"."""
         self._call(lambda: self._core.api.set_livestreams_v1(mode))
 
-    def set_wrong_data_over(self, over: int | None) -> None:
-        """Channels requests naming more than `over` streamers get wrong live data (None = off)."""
-        self._call(lambda: self._core.api.set_wrong_data_over(over))
+    def set_wrong_data_over(self, over: int | None, kind: str = "live") -> None:
+        """Channels requests naming more than `over` streamers get wrong data (None = off).
+
+        kind "live": inverted live data for every second item (Kick's reported big-batch bug);
+        "ids": the answer also names a streamer not asked for and one item twice.
+        """
+        self._call(lambda: self._core.api.set_wrong_data_over(over, kind))
 
     def api_arrivals(self, surface: str | None = "official") -> list[float]:
         """Monotonic arrival times of API requests (of one surface, or all), oldest first."""
