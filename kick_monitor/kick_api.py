@@ -791,7 +791,7 @@ class KickApiClient:
             web, web_limit, deadline,
         )
         if self.tokens is None and why_web:
-            for slug, found in list(out.items()):
+            for slug in list(out):
                 if slug not in web:
                     out[slug] = Resolution(slug, reason=f"no API credentials, and {why_web}",
                                            retryable=not self.web_api_blocked)
