@@ -70,7 +70,7 @@ def surface_of(path: str) -> str | None:
     """Which Kick host a path belongs to: oauth (id.kick.com), official (api.kick.com), web (kick.com)."""
     if path == "/oauth/token":
         return "oauth"
-    if path.startswith("/public/v1/"):
+    if path.startswith(("/public/v1/", "/public/v2/")):
         return "official"
     if path.startswith("/api/v2/"):
         return "web"
