@@ -141,7 +141,8 @@ def test_wrong_data_in_big_batches(sim: Simulator, streamers: list[SimStreamer],
         small = get(sim, token, "/public/v1/channels", asked[:5]).json()["data"]
         assert all(item["stream"]["is_live"] for item in small)
         sim.set_wrong_data_over(5, kind="ids")
-        confused = [item["broadcaster_user_id"] for item in get(sim, token, "/public/v1/channels", asked).json()["data"]]
+        answer = get(sim, token, "/public/v1/channels", asked).json()["data"]
+        confused = [item["broadcaster_user_id"] for item in answer]
         assert len(confused) == 12 and len(set(confused)) == 11  # a duplicate and a stranger
     finally:
         sim.set_wrong_data_over(None)
