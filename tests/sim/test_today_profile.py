@@ -6,8 +6,9 @@ is deprecated and can be switched to 404/410 at runtime; v2 livestreams pages by
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
+from typing import Any
 
 import pytest
 import requests
@@ -33,9 +34,12 @@ def token(sim: Simulator) -> str:
     return str(requests.post(sim.oauth_token_url, data=CREDENTIALS, timeout=5).json()["access_token"])
 
 
-def get(sim: Simulator, token: str, path: str, params: list[tuple[str, object]]) -> requests.Response:
-    return requests.get(f"{sim.api_base_url}{path}", params=params, headers={"Authorization": f"Bearer {token}"},
-                        timeout=5)  # type: ignore[arg-type]
+Params = Sequence[tuple[str, str | int]]
+
+
+def get(sim: Simulator, token: str, path: str, params: Params) -> requests.Response:
+    return requests.get(f"{sim.api_base_url}{path}", params=list(params),
+                        headers={"Authorization": f"Bearer {token}"}, timeout=5)
 
 
 def test_channels_item_is_shaped_as_kick_documents_it(sim: Simulator, streamers: list[SimStreamer],
@@ -98,9 +102,11 @@ def test_v2_livestreams_pages_oldest_first_with_a_uuid_per_broadcast(
     for streamer in going:
         sim.set_live(streamer.slug, True)
     by_user = {b.user_id: b for b in sim.broadcasts() if b.ended_wall is None}
-    seen, cursor, pages = [], None, 0
+    seen: list[dict[str, Any]] = []
+    cursor: str | None = None
+    pages = 0
     while True:
-        params: list[tuple[str, object]] = [("limit", 3)] + ([("cursor", cursor)] if cursor else [])
+        params: list[tuple[str, str | int]] = [("limit", 3)] + ([("cursor", cursor)] if cursor else [])
         body = get(sim, token, "/public/v2/livestreams", params).json()
         pages += 1
         seen.extend(body["data"])
