@@ -102,13 +102,13 @@ def test_four_processes_share_one_rate(
     for client in clients:
         client.tokens.token() if client.tokens else None  # the OAuth request is not part of the measure
     since = time.monotonic()
-    sent = hammer(clients, [s.user_id for s in streamers], 4.0)
+    sent = hammer(clients, [s.user_id for s in streamers], 3.0)
     arrivals = [t for t in sim.api_arrivals("official") if t >= since]
     assert len(arrivals) == sent
     assert busiest_second(arrivals) <= RATE + BURST, arrivals
     span = arrivals[-1] - arrivals[0]
     assert sent <= RATE * span + BURST + 1
-    assert sent >= RATE * 3  # and the budget is used, not starved
+    assert sent >= RATE * 2  # and the budget is used, not starved
     assert all(c.stats.snapshot().current_rate == RATE for c in clients)
 
 
@@ -145,10 +145,10 @@ def test_without_the_database_each_process_paces_itself(
     caplog.set_level(logging.WARNING)
     client = make_client(f"postgresql://nobody@127.0.0.1:{free_port()}/none", fallback_share=5)
     since = time.monotonic()
-    for streamer in streamers[:4]:
+    for streamer in streamers[:3]:
         client.channels_by_user_id([streamer.user_id])
     elapsed = time.monotonic() - since
-    assert elapsed >= 3 * 0.9 / (RATE / 5)  # 1 request/s: its share if all five processes fell back
+    assert elapsed >= 2 * 0.9 / (RATE / 5)  # 1 request/s: its share if all five processes fell back
     assert len([r for r in caplog.records if "budget unavailable" in r.getMessage()]) == 1
 
 
