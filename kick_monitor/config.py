@@ -176,12 +176,22 @@ class Settings(BaseModel):
         300.0, ge=0, description="seconds between reconciliations; 0 = only on connect",
     )
     api_batch_size: Annotated[int, live(WORKER, PLANNER)] = Field(
-        50, ge=1, le=50, description="slugs per /public/v1/channels request",
+        25, ge=1, le=50,
+        description="slugs or user ids per /public/v1/channels request (50-item batches are reported to return"
+        " wrong live data)",
     )
     api_rate: Annotated[float, live(WORKER, PLANNER)] = Field(
-        5.0, gt=0, le=100, description="API requests per second (token bucket)",
+        5.0, gt=0, le=100,
+        description="API requests per second for the whole deployment (one budget per Kick app, shared by every"
+        " process through the database; halved on a 429, recovers slowly)",
     )
-    api_burst: Annotated[int, live(WORKER, PLANNER)] = Field(10, ge=1, le=1000, description="API token bucket size")
+    api_burst: Annotated[int, live(WORKER, PLANNER)] = Field(
+        10, ge=1, le=1000, description="API requests the shared budget lets through at once after a quiet spell",
+    )
+    web_api_backoff: Annotated[float, live(WORKER, PLANNER)] = Field(
+        21600.0, ge=60, le=7 * 86400,
+        description="seconds the kick.com web API is left alone after Cloudflare blocked it (it is optional)",
+    )
     api_timeout: Annotated[float, live(WORKER, PLANNER)] = Field(
         10.0, gt=0, le=120, description="API request timeout, seconds",
     )

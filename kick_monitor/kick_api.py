@@ -1,12 +1,16 @@
 """Kick's REST APIs: the client (OAuth app token, pacing, retries) and id resolution.
 
 The official API (`/public/v1/channels`, app token from OAuth client credentials) is what
-reconciliation asks (`kick_monitor.reconcile`). The unofficial web API
-(`/api/v2/channels/{slug}`) is used only to learn a channel id for an offline streamer,
-and is often blocked by Cloudflare.
+reconciliation asks (`kick_monitor.reconcile`) and what resolves a slug to its broadcaster
+user id. A channel id (needed only for Pusher) comes from the deprecated
+`/public/v1/livestreams` while a streamer is live and while that endpoint still answers
+(a 404/410 switches it off for the run, said once), or from the unofficial web API
+(`/api/v2/channels/{slug}`) when it happens to be reachable: since 2026-03 Cloudflare
+blocks it for servers, so a block is said once and the web API is left alone for
+`web_backoff` seconds (hours). Nothing depends on either.
 
     client = KickApiClient(api_url, token_url, web_url, client_id, SecretStr(secret))
-    ids = client.resolve_streamer("xqc")                  # ResolvedIds | Unresolved
+    found = client.resolve_slugs(["xqc", "trainwreckstv"])   # {slug: Resolution}
 
 Thread safety: one client may be used from several threads at once (the worker's main
 loop and its reconcile thread). The token cache, the rate limiter, the counters and the
@@ -23,7 +27,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -34,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from kick_monitor import __version__
 from kick_monitor.ratelimit import (
+    RateBudget,
     RetryPolicy,
     TokenBucket,
     backoff_delay,
@@ -46,9 +51,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 50  # Kick's documented cap on slugs / user ids per official request
+# 50-item batches are reported to return wrong live data for about half of the live
+# streamers (Kick facts, section 2): the default stays well below.
+DEFAULT_BATCH = 25
+USERS_LIVESTREAMS_BATCH = 100  # /public/v1/users/livestreams takes up to 100 user ids
+V2_PAGE = 1000  # the largest page /public/v2/livestreams serves
+WEB_BACKOFF = 6 * 3600.0  # seconds the web API is left alone after a Cloudflare block
 TOKEN_ENDPOINT = "/oauth/token"
 CHANNELS = "/public/v1/channels"
 LIVESTREAMS = "/public/v1/livestreams"
+LIVESTREAMS_V2 = "/public/v2/livestreams"
+USERS_LIVESTREAMS = "/public/v1/users/livestreams"
 WEB_CHANNEL = "/api/v2/channels"  # metrics label; the slug is left out to bound cardinality
 
 
@@ -74,6 +87,10 @@ class KickBlockedError(KickApiError):
 
 class KickNotFoundError(KickApiError):
     """Kick has no such channel."""
+
+
+class KickEndpointGone(KickApiError):
+    """An endpoint answered 404/410 as a whole (removed upstream): stop using it."""
 
 
 # ---------------------------------------------------------------- answers, validated
@@ -140,6 +157,38 @@ class WebChannel(_Model):
     livestream: WebLivestream | None = None
 
 
+class V2User(_Model):
+    id: int
+    username: str | None = None
+
+
+class V2Channel(_Model):
+    slug: str
+
+
+class LiveStreamV2(_Model):
+    """One item of `/public/v2/livestreams` or `/public/v1/users/livestreams`."""
+
+    id: str  # a UUID: the first official stream id
+    title: str | None = None
+    started_at: str | None = None
+    broadcaster_user: V2User
+    channel: V2Channel | None = None
+
+    @property
+    def user_id(self) -> int:
+        return self.broadcaster_user.id
+
+
+class _Pagination(_Model):
+    next_cursor: str | None = None
+
+
+class _LivestreamsV2Answer(_Model):
+    data: list[LiveStreamV2]
+    pagination: _Pagination | None = None
+
+
 class _ChannelsAnswer(_Model):
     data: list[ChannelInfo]
 
@@ -196,12 +245,13 @@ class ApiStatsSnapshot:
     retries: int
     rate_limited: int
     throttled_seconds: float
+    current_rate: float = 0.0  # requests/s the (shared) budget allows now
 
 
 class ApiStats:
     """Counters for metrics; updated from any thread, read with `snapshot()`."""
 
-    def __init__(self, bucket: TokenBucket) -> None:
+    def __init__(self, bucket: RateBudget) -> None:
         self._lock = threading.Lock()
         self._requests: Counter[tuple[str, str]] = Counter()
         self._counts: Counter[str] = Counter()
@@ -223,6 +273,7 @@ class ApiStats:
                 retries=self._counts["retries"],
                 rate_limited=self._counts["rate_limited"],
                 throttled_seconds=self._bucket.waited,
+                current_rate=self._bucket.current_rate,
             )
 
     def total(self, endpoint: str | None = None) -> int:
@@ -267,7 +318,7 @@ def _interruptible_sleep(closed: threading.Event, seconds: float) -> None:
 class _Transport:
     """Paced, retried HTTP on one lazily created session per process."""
 
-    def __init__(self, timeout: tuple[float, float], bucket: TokenBucket, retry: RetryPolicy,
+    def __init__(self, timeout: tuple[float, float], bucket: RateBudget, retry: RetryPolicy,
                  stats: ApiStats, closed: threading.Event) -> None:
         self.timeout = timeout
         self.bucket = bucket
@@ -330,13 +381,10 @@ class _Transport:
                     delay = retry_after if retry_after is not None else backoff_delay(limited, self.retry)
                     log.warning("Kick API %s: rate limited (429), waiting %.1f s", label, delay)
                     self.stats.add("retries")
-                    self.bucket.defer(delay)  # every thread of this client waits, not just this one
+                    self.bucket.defer(delay)  # every caller of the budget waits, not just this one
                     continue
                 if _is_cloudflare_block(resp):
-                    raise KickBlockedError(
-                        f"blocked by Cloudflare on {label} (HTTP {code}); "
-                        "set --channel-id for streamers that cannot be resolved"
-                    )
+                    raise KickBlockedError(f"blocked by Cloudflare on {label} (HTTP {code})")
                 if code < 500:
                     return resp
                 problem = f"HTTP {code}"
@@ -443,6 +491,24 @@ class Unresolved:
     retryable: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """What is known about a slug after one resolution round.
+
+    `user_id` is enough to monitor a streamer by reconciliation; `channel_id` (Pusher)
+    may stay None for long. `reason` says why something is missing (None when complete);
+    `found` is False when Kick has no such channel; `retryable` when asking later may help.
+    """
+
+    slug: str
+    user_id: int | None = None
+    channel_id: int | None = None
+    chatroom_id: int | None = None
+    reason: str | None = None
+    found: bool = True
+    retryable: bool = True
+
+
 def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -457,10 +523,13 @@ class KickApiClient:
     """Kick's official API (app token) and unofficial web API, paced and retried.
 
     `rate=(per_second, burst)` is the client-side limit; the default (5/s, i.e. 300/min)
-    stays far below the ~690/min at which 429s were reported. `batch_size` (≤ 50) is how
-    many slugs or user ids go in one request: reports say large batches can misbehave,
-    so it is configurable. `timeout` is (connect, read) seconds, or one number for the
-    read timeout (connect then gets at most 3.05 s).
+    stays far below the ~690/min at which 429s were reported. `budget` replaces it with
+    a budget shared by every process of the deployment (`kick_monitor.api_budget`).
+    `batch_size` (≤ 50, default 25) is how many slugs or user ids go in one request:
+    reports say large batches return wrong data. `timeout` is (connect, read) seconds, or
+    one number for the read timeout (connect then gets at most 3.05 s).
+    `use_deprecated_livestreams`: keep asking `/public/v1/livestreams` for channel ids
+    after it announced its deprecation (it is the only official source of channel ids).
     """
 
     def __init__(
@@ -472,9 +541,12 @@ class KickApiClient:
         client_secret: SecretStr | None,
         *,
         timeout: float | tuple[float, float] = (3.05, 10.0),
-        batch_size: int = MAX_BATCH,
+        batch_size: int = DEFAULT_BATCH,
         rate: tuple[float, int] = (5.0, 10),
         retry: RetryPolicy | None = None,
+        budget: RateBudget | None = None,
+        web_backoff: float = WEB_BACKOFF,
+        use_deprecated_livestreams: bool = True,
     ) -> None:
         if not 1 <= batch_size <= MAX_BATCH:
             raise ValueError(f"batch_size must be 1..{MAX_BATCH}, got {batch_size}")
@@ -482,10 +554,17 @@ class KickApiClient:
         self.web_api_base_url = web_api_base_url.rstrip("/")
         self.batch_size = batch_size
         self._closed = threading.Event()
-        bucket = TokenBucket(
+        bucket: RateBudget = budget or TokenBucket(
             rate[0], rate[1], sleep=lambda seconds: _interruptible_sleep(self._closed, seconds)
         )
+        self.budget = bucket
         self.stats = ApiStats(bucket)
+        self.web_backoff = web_backoff
+        self.use_deprecated_livestreams = use_deprecated_livestreams
+        self._state_lock = threading.Lock()
+        self.web_blocked_until = 0.0  # monotonic; the web API is not asked before then
+        self.livestreams_off: str | None = None  # why /public/v1/livestreams is no longer asked
+        self._deprecation_said = False
         if not isinstance(timeout, tuple):
             timeout = (min(3.05, timeout), timeout)
         self._transport = _Transport(timeout, bucket, retry or RetryPolicy(), self.stats,
@@ -513,6 +592,16 @@ class KickApiClient:
         """Stop: waits in progress end with KickApiUnavailable, the session is closed."""
         self._closed.set()
         self._transport.close()
+        close = getattr(self.budget, "close", None)
+        if close is not None:
+            close()
+
+    def carry_state(self, old: KickApiClient | None) -> None:
+        """Keep what a replaced client learnt (web API blocked, v1 livestreams gone) on SIGHUP."""
+        if old is not None:
+            self.web_blocked_until = old.web_blocked_until
+            self.livestreams_off = old.livestreams_off
+            self._deprecation_said = old._deprecation_said
 
     # -- official API
 
@@ -535,8 +624,8 @@ class KickApiClient:
             return resp
         if resp.status_code == 401:
             raise KickAuthError(f"{path}: Kick refused a freshly issued app token (HTTP 401)")
-        if resp.status_code == 404:
-            raise KickNotFoundError(f"{path}: HTTP 404{_detail(resp)}")
+        if resp.status_code in (404, 410):
+            raise KickEndpointGone(f"{path}: HTTP {resp.status_code}{_detail(resp)}")
         raise KickApiError(f"{path}: unexpected HTTP {resp.status_code}{_detail(resp)}")
 
     def _channels(self, key: str, values: Sequence[str | int]) -> list[ChannelInfo]:
@@ -557,74 +646,284 @@ class KickApiClient:
     def livestreams(self, user_ids: Iterable[int]) -> list[LiveStream]:
         """Live streams of these broadcasters (offline ones are absent); [] for no ids.
 
-        An empty filter would list all of Kick, so no ids means no request.
+        An empty filter would list all of Kick, so no ids means no request. This endpoint
+        is deprecated (2026-06-23): a 404/410 switches it off for the life of the client
+        (one log line) and later calls return [] without traffic; a Deprecation header is
+        said once (and, with `use_deprecated_livestreams=False`, switches it off too).
         """
         found: list[LiveStream] = []
         for batch in chunks(list(dict.fromkeys(user_ids)), self.batch_size):
+            if self.livestreams_off is not None:
+                break
             # `limit` ≥ batch so pagination never hides a live broadcaster of the batch.
             params: list[tuple[str, str | int]] = [("broadcaster_user_id", u) for u in batch]
-            resp = self._official_get(LIVESTREAMS, [*params, ("limit", 100)])
+            try:
+                resp = self._official_get(LIVESTREAMS, [*params, ("limit", 100)])
+            except KickEndpointGone as exc:
+                self._switch_off_livestreams(f"it answered {str(exc).split(': ', 1)[1]}")
+                break
             found.extend(_parse(_LivestreamsAnswer, resp, LIVESTREAMS).data)
+            if resp.headers.get("Deprecation") or resp.headers.get("Sunset"):
+                self._deprecated(resp)
+        return found
+
+    @property
+    def livestreams_available(self) -> bool:
+        """False once /public/v1/livestreams was switched off for this run."""
+        return self.livestreams_off is None and self.has_credentials
+
+    def _deprecated(self, resp: requests.Response) -> None:
+        with self._state_lock:
+            if self._deprecation_said:
+                return
+            self._deprecation_said = True
+        if not self.use_deprecated_livestreams:
+            self._switch_off_livestreams("Kick marks it deprecated")
+            return
+        log.warning(
+            "Kick marks %s deprecated (Deprecation: %s): still using it for channel ids of live streamers"
+            " while it answers; status comes from %s either way", LIVESTREAMS,
+            resp.headers.get("Deprecation", "")[:40], CHANNELS,
+        )
+
+    def _switch_off_livestreams(self, why: str) -> None:
+        with self._state_lock:
+            if self.livestreams_off is not None:
+                return
+            self.livestreams_off = why
+        log.warning(
+            "%s switched off for this run (%s): channel ids now come only from the web API (when reachable)"
+            " or from --channel-id; resolution of user ids and reconciliation go on", LIVESTREAMS, why,
+        )
+
+    def users_livestreams(self, user_ids: Iterable[int]) -> list[LiveStreamV2]:
+        """Live streams of these users, 100 ids per request (offline ones are absent)."""
+        found: list[LiveStreamV2] = []
+        for batch in chunks(list(dict.fromkeys(user_ids)), USERS_LIVESTREAMS_BATCH):
+            resp = self._official_get(USERS_LIVESTREAMS, [("user_id", u) for u in batch])
+            found.extend(_parse(_LivestreamsV2Answer, resp, USERS_LIVESTREAMS).data)
+        return found
+
+    def livestreams_v2(self, limit: int = V2_PAGE, max_pages: int = 10_000) -> list[LiveStreamV2]:
+        """Every live stream on Kick, oldest first, following the cursor to the end."""
+        found: list[LiveStreamV2] = []
+        cursor: str | None = None
+        for _ in range(max_pages):
+            params: list[tuple[str, str | int]] = [("limit", limit)]
+            if cursor:
+                params.append(("cursor", cursor))
+            answer = _parse(_LivestreamsV2Answer, self._official_get(LIVESTREAMS_V2, params), LIVESTREAMS_V2)
+            found.extend(answer.data)
+            cursor = answer.pagination.next_cursor if answer.pagination else None
+            if not cursor or not answer.data:
+                break
         return found
 
     # -- unofficial web API
 
+    @property
+    def web_api_blocked(self) -> bool:
+        """True while the web API is left alone after a Cloudflare block."""
+        return time.monotonic() < self.web_blocked_until
+
     def channel_v2(self, slug: str) -> WebChannel:
-        """`GET /api/v2/channels/{slug}` (no credentials; Cloudflare may block it)."""
+        """`GET /api/v2/channels/{slug}` (no credentials; Cloudflare usually blocks it).
+
+        After a block the web API is not asked for `web_backoff` seconds: calls raise
+        KickBlockedError at once, without traffic. The block is logged once per backoff.
+        """
         slug = slug.strip().lower()
+        if self.web_api_blocked:
+            raise KickBlockedError(f"{WEB_CHANNEL}: blocked by Cloudflare (not asked again before the backoff ends)")
         url = f"{self.web_api_base_url}{WEB_CHANNEL}/{quote(slug, safe='')}"
-        resp = self._transport.send("GET", url, WEB_CHANNEL)
+        try:
+            resp = self._transport.send("GET", url, WEB_CHANNEL)
+        except KickBlockedError:
+            self._web_blocked()
+            raise
         if resp.status_code == 404:
             raise KickNotFoundError(f"channel {slug!r} not found on Kick")
         if resp.status_code != 200:
             raise KickApiError(f"{WEB_CHANNEL}: unexpected HTTP {resp.status_code}{_detail(resp)}")
         return _parse(WebChannel, resp, f"{WEB_CHANNEL}/{slug}")
 
+    def _web_blocked(self) -> None:
+        with self._state_lock:
+            if self.web_api_blocked:
+                return
+            self.web_blocked_until = time.monotonic() + self.web_backoff
+        log.warning(
+            "the kick.com web API is blocked by Cloudflare (normal for servers since 2026-03): it only"
+            " supplied channel ids of offline streamers. Resolution by the official API, reconciliation and"
+            " Pusher for known channel ids go on; not asking it again for %.1f h", self.web_backoff / 3600,
+        )
+
     # -- id resolution
 
-    def resolve_streamer(self, slug: str) -> ResolvedIds | Unresolved:
-        """Find a streamer's channel id (and user and chatroom ids) from its slug.
+    def resolve_slugs(
+        self, slugs: Iterable[str], known_user_ids: Mapping[str, int] | None = None, *, web_limit: int = 10,
+        deadline: float | None = None,
+    ) -> dict[str, Resolution]:
+        """Resolve many slugs at once: user ids in batches, channel ids where Kick still tells them.
 
-        Official API first (user id; channel id only while live), then the web API.
-        Failures come back as `Unresolved` with a reason for the operator, so one bad
-        streamer never stops the others; only KickAuthError (bad secret) is raised.
+        1. `/public/v1/channels?slug=` in batches (skipped for slugs in `known_user_ids`);
+           a slug missing from a batch's answer is asked alone once before it is "not found".
+        2. Channel ids of live streamers from `/public/v1/livestreams` (batched) while it answers.
+        3. The web API for up to `web_limit` of the rest, unless Cloudflare blocked it lately.
+        Only KickAuthError is raised; everything else becomes a `Resolution` with a reason.
+        `deadline` (monotonic) stops starting new requests; unasked slugs are left out.
+        """
+        wanted = _unique_slugs(slugs)
+        known = {slug.lower(): uid for slug, uid in (known_user_ids or {}).items()}
+        out: dict[str, Resolution] = {}
+        user_ids: dict[str, int] = {s: known[s] for s in wanted if s in known}
+        if self.tokens is None:
+            for slug in wanted:
+                if slug not in user_ids:
+                    out[slug] = Resolution(slug, reason="no API credentials to look the slug up", retryable=False)
+        else:
+            self._user_ids_by_slug([s for s in wanted if s not in user_ids], user_ids, out, deadline)
+        channel_ids: dict[str, int] = {}
+        why_live = self._channel_ids_from_livestreams(user_ids, channel_ids, deadline)
+        web: dict[str, WebChannel] = {}
+        why_web = self._channel_ids_from_web(
+            [s for s in user_ids if s not in channel_ids] + ([] if self.tokens else list(out)),
+            web, web_limit, deadline,
+        )
+        if self.tokens is None and why_web:
+            for slug in list(out):
+                if slug not in web:
+                    out[slug] = Resolution(slug, reason=f"no API credentials, and {why_web}",
+                                           retryable=not self.web_api_blocked)
+        for slug, info in web.items():
+            if info.user_id != user_ids.get(slug, info.user_id):
+                log.warning("streamer %s: official API says user %d, web API says %d; using the official",
+                            slug, user_ids[slug], info.user_id)
+            user_ids.setdefault(slug, info.user_id)
+            channel_ids.setdefault(slug, info.id)
+            out.pop(slug, None)
+        for slug, user_id in user_ids.items():
+            channel_id = channel_ids.get(slug)
+            chatroom = web[slug].chatroom.id if slug in web else None
+            reason = None if channel_id else (
+                f"no channel id yet ({why_live}; {why_web}); monitored by reconciliation by user id,"
+                " --channel-id adds Pusher"
+            )
+            out[slug] = Resolution(slug, user_id, channel_id, chatroom, reason)
+        return out
+
+    def _user_ids_by_slug(self, slugs: list[str], user_ids: dict[str, int], out: dict[str, Resolution],
+                          deadline: float | None) -> None:
+        missing: list[str] = []
+        for batch in chunks(slugs, self.batch_size):
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            try:
+                answer = self.channels_by_slug(batch)
+            except KickAuthError:
+                raise
+            except KickApiError as exc:
+                for slug in batch:
+                    out[slug] = Resolution(slug, reason=f"retrying: {exc}")
+                if isinstance(exc, (KickApiUnavailable, KickBlockedError)):
+                    return  # Kick is down or blocking us: the next round tries again
+                continue
+            asked = set(batch)
+            for info in answer:
+                if info.slug.lower() in asked:  # a confused answer's extra channels are ignored
+                    user_ids[info.slug.lower()] = info.broadcaster_user_id
+            missing.extend(slug for slug in batch if slug not in user_ids)
+        for slug in missing:  # alone, so a batch that lost an item cannot fake "not found"
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            try:
+                alone = [c for c in self.channels_by_slug([slug]) if c.slug.lower() == slug]
+            except KickAuthError:
+                raise
+            except KickApiError as exc:
+                out[slug] = Resolution(slug, reason=f"retrying: {exc}")
+                continue
+            if alone:
+                user_ids[slug] = alone[0].broadcaster_user_id
+            else:
+                out[slug] = Resolution(slug, reason="not found on Kick", found=False, retryable=False)
+
+    def _channel_ids_from_livestreams(self, user_ids: Mapping[str, int], channel_ids: dict[str, int],
+                                      deadline: float | None) -> str:
+        """Fill channel ids of live streamers; returns what to say about the others."""
+        if not user_ids:
+            return ""
+        if not self.livestreams_available:
+            return f"{LIVESTREAMS} is off: {self.livestreams_off or 'no API credentials'}"
+        slug_of = {user_id: slug for slug, user_id in user_ids.items()}
+        for batch in chunks(list(slug_of), self.batch_size):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            try:
+                streams = self.livestreams(batch)
+            except KickAuthError:
+                raise
+            except KickApiError as exc:
+                return f"{LIVESTREAMS} failed: {exc}"
+            for stream in streams:
+                if stream.broadcaster_user_id in slug_of and stream.broadcaster_user_id in batch:
+                    channel_ids[slug_of[stream.broadcaster_user_id]] = stream.channel_id
+        if self.livestreams_off is not None:
+            return f"{LIVESTREAMS} is off: {self.livestreams_off}"
+        return f"offline, and {LIVESTREAMS} gives channel ids only while live"
+
+    def _channel_ids_from_web(self, slugs: list[str], web: dict[str, WebChannel], limit: int,
+                              deadline: float | None) -> str:
+        """Ask the web API for up to `limit` slugs unless it is backed off; returns what to say."""
+        if not slugs:
+            return ""
+        if self.web_api_blocked:
+            return "the web API is blocked by Cloudflare"
+        for slug in slugs[:limit]:
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            try:
+                web[slug] = self.channel_v2(slug)
+            except KickBlockedError:
+                return "the web API is blocked by Cloudflare"
+            except KickApiError as exc:  # not found, unavailable, malformed: the official answer stands
+                log.info("web API for %s: %s", slug, exc)
+        return "the web API is asked a few per round"
+
+    def resolve_streamer(self, slug: str) -> ResolvedIds | Unresolved:
+        """One slug's channel id (and user and chatroom ids), for callers that need all of them.
+
+        `resolve_slugs` is the batched form the service uses; this one answers
+        `Unresolved` (with the reason) when no channel id can be had. Only KickAuthError is
+        raised.
         """
         slug = slug.strip().lower()
         if not slug:
             return Unresolved(slug, "empty name")
-        user_id: int | None = None
-        try:
-            if self.tokens is not None:
-                channels = [c for c in self.channels_by_slug([slug]) if c.slug.lower() == slug]
-                if not channels:
-                    return Unresolved(slug, "not found on Kick")
-                user_id = channels[0].broadcaster_user_id
-                for stream in self.livestreams([user_id]):
-                    if stream.broadcaster_user_id == user_id:
-                        return ResolvedIds(slug, stream.channel_id, user_id, None)
-            web = self.channel_v2(slug)
-        except KickAuthError:
-            raise
-        except KickNotFoundError:
-            return Unresolved(slug, "not found on Kick")
-        except KickBlockedError:
-            prefix = "offline, and the web API is " if user_id else ""
-            if self.tokens is None:
-                prefix = "no API credentials, and "
-            return Unresolved(slug, f"{prefix}blocked by Cloudflare; add it with --channel-id")
-        except KickApiError as exc:  # unavailable or malformed: may pass
-            return Unresolved(slug, str(exc), retryable=True)
-        if user_id is not None and web.user_id != user_id:
-            log.warning("streamer %s: official API says user %d, web API says %d; using the web API's",
-                        slug, user_id, web.user_id)
-        return ResolvedIds(slug, web.id, web.user_id, web.chatroom.id)
+        found = self.resolve_slugs([slug]).get(slug)
+        if found is None:
+            return Unresolved(slug, "not asked (deadline)", retryable=True)
+        if found.user_id is not None and found.channel_id is not None:
+            return ResolvedIds(slug, found.channel_id, found.user_id, found.chatroom_id)
+        return Unresolved(slug, found.reason or "unresolved", retryable=found.retryable and found.found)
 
 
-def client_from_settings(settings: Settings) -> KickApiClient:
-    """The API client every role builds from the same settings (one place, not one per role)."""
+def client_from_settings(settings: Settings, database_url: str | None = None) -> KickApiClient:
+    """The API client every role builds from the same settings (one place, not one per role).
+
+    With `database_url`, the client draws from the deployment's shared rate budget
+    (`kick_monitor.api_budget`); without, from a bucket of its own.
+    """
+    budget: RateBudget | None = None
+    if database_url and settings.has_api_credentials:
+        from kick_monitor.api_budget import SharedBudget
+
+        budget = SharedBudget(database_url, settings.client_id, settings.api_rate, settings.api_burst,
+                              fallback_share=settings.shard_count + 1)
     return KickApiClient(
         settings.api_base_url, settings.oauth_token_url, settings.web_api_base_url,
         settings.client_id, settings.client_secret,
         timeout=(min(3.05, settings.api_timeout), settings.api_timeout),
         batch_size=settings.api_batch_size, rate=(settings.api_rate, settings.api_burst),
+        budget=budget, web_backoff=settings.web_api_backoff,
     )

@@ -41,3 +41,5 @@ class CounterDeltas:
         self.advance(m.API_RETRIES, api.retries)
         self.advance(m.API_RATE_LIMITED, api.rate_limited)
         self.advance(m.API_THROTTLED_SECONDS, api.throttled_seconds)
+        if getattr(api, "current_rate", 0.0) > 0:
+            m.API_RATE.set(api.current_rate)

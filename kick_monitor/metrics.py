@@ -91,6 +91,11 @@ API_RATE_LIMITED = Counter("kick_monitor_api_rate_limited_total", "Kick API answ
 API_THROTTLED_SECONDS = Counter(
     "kick_monitor_api_throttled_seconds_total", "Seconds Kick API requests waited for the client-side rate limit"
 )
+API_RATE = Gauge(
+    "kick_monitor_api_rate",
+    "Kick API requests per second the deployment's shared budget allows now (halved on a 429, recovers slowly)",
+    multiprocess_mode="livemax",
+)
 RECONCILIATIONS = Counter("kick_monitor_reconciliations_total", "Reconciliation runs", ["shard", "outcome"])
 
 WORKER_RESTARTS = Counter("kick_monitor_worker_restarts_total", "Child processes restarted", ["role"])

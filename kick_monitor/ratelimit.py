@@ -19,6 +19,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
+
+
+class RateBudget(Protocol):
+    """What the API client paces itself with: a local `TokenBucket` or a shared budget."""
+
+    waited: float
+
+    @property
+    def current_rate(self) -> float: ...
+
+    def acquire(self) -> float: ...
+
+    def defer(self, seconds: float) -> None: ...
 
 
 class TokenBucket:
@@ -48,6 +62,11 @@ class TokenBucket:
         # Tokens accrue from `_updated` on; `defer()` moves it into the future.
         self._updated = clock()
         self.waited = 0.0  # total seconds callers were told to wait (for metrics)
+
+    @property
+    def current_rate(self) -> float:
+        """Requests per second this bucket allows (constant: only the shared budget adapts)."""
+        return self.rate
 
     def _refill(self, now: float) -> None:
         if now > self._updated:

@@ -5,6 +5,7 @@ The Pusher socket is the fast path but it misses events (one capture saw 168 go-
 repairs where it disagrees.
 
     live = Reconciler(client).fetch_live_status(refs)     # {channel_id: LiveInfo}
+    by_user = Reconciler(client).fetch_live_status_by_user(user_ids)   # {user_id: LiveInfo}
     for channel_id, info in diff_live_status(known, live): ...
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,7 @@ class ReconcileReport:
     failed_batches: int
     error: str | None
     seconds: float
+    inconsistent: int = 0  # answers re-asked in smaller pieces
 
 
 class Reconciler:
@@ -77,11 +79,12 @@ class Reconciler:
     def fetch_live_status(self, streamers: Sequence[StreamerRef]) -> dict[int, LiveInfo]:
         """Live status by channel id for the streamers Kick answered about.
 
-        Asks by slug (`username`, case-insensitive); streamers the answer leaves out but
-        whose Kick user id is known are asked again by user id (a renamed channel).
-        Streamers still absent are left out (unknown), never reported offline. A failed
-        batch is skipped; once Kick is unavailable no further batch is tried. Auth and
-        Cloudflare errors are raised. `livestream_id` stays None: the official API does
+        Streamers with a Kick user id are asked by user id (`fetch_live_status_by_user`: a
+        renamed channel keeps its user id); the rest by slug (`username`, case-insensitive).
+        Streamers absent from an answer are left out (unknown), never reported offline, and
+        so are streamers without a channel id (see `fetch_live_status_by_user` for those).
+        A failed batch is skipped; once Kick is unavailable no further batch is tried. Auth
+        and Cloudflare errors are raised. `livestream_id` stays None: the official API does
         not tell it.
         """
         if not self.enabled:
@@ -89,39 +92,55 @@ class Reconciler:
         started = time.monotonic()
         tally = _Tally()
         result: dict[int, LiveInfo] = {}
+        by_user: dict[int, list[StreamerRef]] = {}
         by_slug: dict[str, list[StreamerRef]] = {}
         for ref in streamers:
-            by_slug.setdefault(ref.username.strip().lower(), []).append(ref)
-        for wanted, answer in self._batches(self.client.channels_by_slug, list(by_slug), tally):
-            for info in answer:
-                slug = info.slug.lower()
-                if slug in wanted:  # a confused answer's extra channels are ignored
-                    _record(result, by_slug[slug], info)
-        by_user: dict[int, list[StreamerRef]] = {}
-        for ref in streamers:
-            if ref.channel_id not in result and ref.kick_user_id is not None:
+            if ref.kick_user_id is not None:
                 by_user.setdefault(ref.kick_user_id, []).append(ref)
-        for wanted, answer in self._batches(self.client.channels_by_user_id, list(by_user), tally):
-            for info in answer:
-                if info.broadcaster_user_id in wanted:
-                    refs = by_user[info.broadcaster_user_id]
-                    log.info("reconcile: %s is now called %s on Kick", refs[0].username, info.slug)
-                    _record(result, refs, info)
+            else:
+                by_slug.setdefault(ref.username.strip().lower(), []).append(ref)
+        for info in self._ask_all(self.client.channels_by_user_id, list(by_user), _user_key, tally):
+            refs = by_user[info.broadcaster_user_id]
+            if info.slug.lower() != refs[0].username.strip().lower():
+                log.info("reconcile: %s is now called %s on Kick", refs[0].username, info.slug)
+            _record(result, refs, info)
+        for info in self._ask_all(self.client.channels_by_slug, list(by_slug), _slug_key, tally):
+            _record(result, by_slug[info.slug.lower()], info)
         self.last_report = ReconcileReport(
-            len(streamers), len(result), tally.failed, tally.error, time.monotonic() - started
+            len(streamers), len(result), tally.failed, tally.error, time.monotonic() - started, tally.inconsistent
         )
         return result
 
-    def _batches(
+    def fetch_live_status_by_user(self, user_ids: Iterable[int]) -> dict[int, LiveInfo]:
+        """Live status by broadcaster user id, for streamers monitored without a channel id.
+
+        The same rules as `fetch_live_status`: absent means unknown, inconsistent answers
+        are asked again in smaller pieces, a failed batch is skipped.
+        """
+        if not self.enabled:
+            return {}
+        started = time.monotonic()
+        tally = _Tally()
+        wanted = list(dict.fromkeys(user_ids))
+        result = {
+            info.broadcaster_user_id: _live_info(info)
+            for info in self._ask_all(self.client.channels_by_user_id, wanted, _user_key, tally)
+        }
+        self.last_report = ReconcileReport(
+            len(wanted), len(result), tally.failed, tally.error, time.monotonic() - started, tally.inconsistent
+        )
+        return result
+
+    def _ask_all(
         self, query: Callable[[Sequence[Any]], list[ChannelInfo]], keys: Sequence[Any],
-        tally: _Tally,
-    ) -> Iterator[tuple[set[Any], list[ChannelInfo]]]:
-        """(keys asked, answer) per batch, skipping batches that failed."""
+        key_of: Callable[[ChannelInfo], Any], tally: _Tally,
+    ) -> Iterator[ChannelInfo]:
+        """Consistent answers for every batch of `keys`, skipping batches that failed."""
         for batch in chunks(keys, self.client.batch_size):
             if tally.down:
                 return
             try:
-                answer = query(batch)
+                answer = self._ask(query, list(batch), key_of, tally)
             except (KickAuthError, KickBlockedError):
                 raise
             except KickApiError as exc:
@@ -130,7 +149,37 @@ class Reconciler:
                 tally.down = isinstance(exc, KickApiUnavailable)
                 log.warning("reconcile: a batch of %d failed: %s", len(batch), exc)
                 continue
-            yield set(batch), answer
+            yield from answer
+
+    def _ask(
+        self, query: Callable[[Sequence[Any]], list[ChannelInfo]], batch: list[Any],
+        key_of: Callable[[ChannelInfo], Any], tally: _Tally,
+    ) -> list[ChannelInfo]:
+        """One batch; an answer naming ids not asked for, or one id twice, is re-asked in halves.
+
+        Such an answer is confused, so none of it is trusted; a single id still answered
+        inconsistently stays unknown.
+        """
+        answer = query(batch)
+        keys = [key_of(info) for info in answer]
+        asked = set(batch)
+        if len(set(keys)) == len(keys) and asked.issuperset(keys):
+            return answer
+        tally.inconsistent += 1
+        if len(batch) == 1:
+            log.warning("reconcile: inconsistent answer about %s; left unknown", batch[0])
+            return []
+        log.info("reconcile: inconsistent answer for a batch of %d; asking again in halves", len(batch))
+        middle = len(batch) // 2
+        return self._ask(query, batch[:middle], key_of, tally) + self._ask(query, batch[middle:], key_of, tally)
+
+
+def _user_key(info: ChannelInfo) -> int:
+    return info.broadcaster_user_id
+
+
+def _slug_key(info: ChannelInfo) -> str:
+    return info.slug.lower()
 
 
 @dataclass(slots=True)
@@ -140,18 +189,24 @@ class _Tally:
     failed: int = 0
     error: str | None = None
     down: bool = False
+    inconsistent: int = 0
 
 
-def _record(result: dict[int, LiveInfo], refs: Sequence[StreamerRef], info: ChannelInfo) -> None:
-    live = LiveInfo(
+def _live_info(info: ChannelInfo) -> LiveInfo:
+    return LiveInfo(
         is_live=info.is_live,
         title=info.stream_title if info.is_live else None,
         livestream_id=None,
         started_at=info.started_at,
         observed_mono=time.monotonic(),
     )
+
+
+def _record(result: dict[int, LiveInfo], refs: Sequence[StreamerRef], info: ChannelInfo) -> None:
+    live = _live_info(info)
     for ref in refs:
-        result[ref.channel_id] = live
+        if ref.channel_id is not None:  # streamers without one are reported by user id only
+            result[ref.channel_id] = live
 
 
 def diff_live_status(

@@ -19,6 +19,6 @@ over its control API (`/control/...`); SIGTERM stops it.
 
 from kick_sim.config import SimConfig
 from kick_sim.simulator import Simulator
-from kick_sim.state import SimStreamer, Transition
+from kick_sim.state import Broadcast, SimStreamer, Transition
 
-__all__ = ["SimConfig", "SimStreamer", "Simulator", "Transition"]
+__all__ = ["Broadcast", "SimConfig", "SimStreamer", "Simulator", "Transition"]

@@ -60,6 +60,7 @@ class ApiFaults:
         self.error_status = 500
         self.retry_after = 1
         self.cloudflare_body = "html"
+        self._blocks = 0  # "mixed" alternates the JSON policy block and the HTML challenge
         self.limiter = RateLimiter(*rate_limit) if rate_limit else None
 
     def set_mode(
@@ -75,8 +76,8 @@ class ApiFaults:
             raise ValueError(f"mode must be one of {API_MODES} or null, got {mode!r}")
         if surface != "all" and surface not in SURFACES:
             raise ValueError(f"surface must be all or one of {SURFACES}, got {surface!r}")
-        if not 500 <= error_status <= 599 or retry_after < 0 or cloudflare_body not in ("html", "json"):
-            raise ValueError("error_status must be 5xx, retry_after >= 0, cloudflare_body html|json")
+        if not 500 <= error_status <= 599 or retry_after < 0 or cloudflare_body not in ("html", "json", "mixed"):
+            raise ValueError("error_status must be 5xx, retry_after >= 0, cloudflare_body html|json|mixed")
         for name in SURFACES if surface == "all" else (surface,):
             self.modes[name] = mode
         self.error_status, self.retry_after, self.cloudflare_body = error_status, retry_after, cloudflare_body
@@ -105,7 +106,11 @@ class ApiFaults:
         elif mode == "rate_limit":
             return too_many_requests(self.retry_after)
         elif mode == "cloudflare_403":
-            return cloudflare_block(self.cloudflare_body)
+            body = self.cloudflare_body
+            if body == "mixed":
+                self._blocks += 1
+                body = "json" if self._blocks % 2 else "html"
+            return cloudflare_block(body)
         return None
 
 

@@ -73,6 +73,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     api.add_argument("--token-ttl", type=float, default=3600.0, help="expires_in of issued tokens, seconds")
     api.add_argument("--max-batch", type=int, default=50, help="most slugs/user ids per official API request")
     api.add_argument("--rate-limit", type=int, default=None, help="API requests allowed per --rate-window")
+    api.add_argument(
+        "--profile", choices=("today", "classic"), default="today",
+        help="today: web API behind Cloudflare, v1 livestreams deprecated (default); classic: both open",
+    )
+    api.add_argument(
+        "--livestreams-v1", choices=("ok", "deprecated", "404", "410"), default=None,
+        help="how /public/v1/livestreams answers (default: by --profile)",
+    )
+    api.add_argument("--wrong-data-over", type=int, default=None,
+                     help="channels requests naming more streamers than this get wrong live data")
     api.add_argument("--rate-window", type=float, default=60.0, help="rate limit window, seconds")
     out = parser.add_argument_group("output")
     out.add_argument("--truth-out", default=None, help="write every transition here (JSON lines) at shutdown")
@@ -101,6 +111,9 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         noise_file=args.noise_file,
         seed=args.seed,
         force_public_control=args.force_public_control,
+        profile=args.profile,
+        livestreams_v1=args.livestreams_v1,
+        wrong_data_over=args.wrong_data_over,
     )
 
 

@@ -17,6 +17,11 @@ from kick_sim.data import CAPTURED_FRAMES
 
 LifecycleChannels = Literal["dot", "underscore", "both"]
 SubscriptionErrorStyle = Literal["subscription_error", "pusher_error"]
+# "today": Kick as a server sees it since mid-2026 (web API behind Cloudflare, v1 livestreams
+# deprecated); "classic": the older, open behaviour, for tests that need a reachable web API.
+Profile = Literal["today", "classic"]
+LivestreamsV1Mode = Literal["ok", "deprecated", "404", "410"]
+LIVESTREAMS_V1_MODES: tuple[str, ...] = ("ok", "deprecated", "404", "410")
 
 KICK_APP_KEY = "32cbd69e4b950bf97679"
 # Fake credentials for tests and benchmarks: they open nothing but this simulator.
@@ -80,6 +85,14 @@ class SimConfig:
     noise_file: str | None = None  # captured frames; None = default_noise_file()
     seed: int | None = 1
     force_public_control: bool = False
+    profile: Profile = "today"
+    # None = what the profile says (today: "deprecated"; classic: "ok").
+    livestreams_v1: LivestreamsV1Mode | None = None
+    # None = what the profile says (today: blocked by Cloudflare; classic: open).
+    web_api_blocked: bool | None = None
+    # "Wrong data in big batches": a channels request naming more than this many streamers
+    # gets wrong live data for some of its items (None = never).
+    wrong_data_over: int | None = None
 
     def __post_init__(self) -> None:
         if not self.app_key:
@@ -98,6 +111,12 @@ class SimConfig:
             raise ValueError("noise_rate and api_delay must be >= 0, max_batch >= 1")
         if self.rate_limit is not None and (self.rate_limit[0] < 1 or self.rate_limit[1] <= 0):
             raise ValueError("rate_limit must be (requests >= 1, per_seconds > 0)")
+        if self.profile not in ("today", "classic"):
+            raise ValueError(f"profile must be today|classic, got {self.profile!r}")
+        if self.livestreams_v1 is not None and self.livestreams_v1 not in LIVESTREAMS_V1_MODES:
+            raise ValueError(f"livestreams_v1 must be one of {LIVESTREAMS_V1_MODES}, got {self.livestreams_v1!r}")
+        if self.wrong_data_over is not None and self.wrong_data_over < 1:
+            raise ValueError("wrong_data_over must be >= 1 or None")
         if not self.force_public_control and not is_loopback(self.host):
             raise ValueError(
                 f"refusing to serve the control API on non-loopback host {self.host!r}; "
@@ -108,6 +127,20 @@ class SimConfig:
     def effective_idle_timeout(self) -> float:
         """Silence after which a client is closed with 4201."""
         return self.idle_timeout if self.idle_timeout is not None else self.activity_timeout + 30.0
+
+    @property
+    def effective_livestreams_v1(self) -> str:
+        """How /public/v1/livestreams answers at start."""
+        if self.livestreams_v1 is not None:
+            return self.livestreams_v1
+        return "deprecated" if self.profile == "today" else "ok"
+
+    @property
+    def effective_web_api_blocked(self) -> bool:
+        """Whether kick.com/api/v2 answers Cloudflare blocks from the start."""
+        if self.web_api_blocked is not None:
+            return self.web_api_blocked
+        return self.profile == "today"
 
     @property
     def noise_path(self) -> Path:

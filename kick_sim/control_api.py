@@ -60,6 +60,9 @@ class ControlApi:
             ("POST", "/control/api_mode"): self._api_mode,
             ("POST", "/control/api_delay"): self._api_delay,
             ("POST", "/control/rate_limit"): self._rate_limit,
+            ("POST", "/control/livestreams_v1"): self._livestreams_v1,
+            ("POST", "/control/wrong_data"): self._wrong_data,
+            ("GET", "/control/broadcasts"): self._broadcasts,
             ("POST", "/control/expire_tokens"): self._expire_tokens,
             ("POST", "/control/revoke_secret"): self._revoke_secret,
             ("POST", "/control/rotate_secret"): self._rotate_secret,
@@ -189,6 +192,17 @@ class ControlApi:
         requests = arg(body, "requests", int, None)
         self.engine.faults.set_rate_limit(requests, float(arg(body, "per_seconds", NUMBER, 60.0)))
         return {"requests": requests}
+
+    async def _livestreams_v1(self, request: Request, body: dict[str, Any]) -> Any:
+        self.engine.api.set_livestreams_v1(arg(body, "mode", str))
+        return {"livestreams_v1": self.engine.api.livestreams_v1}
+
+    async def _wrong_data(self, request: Request, body: dict[str, Any]) -> Any:
+        self.engine.api.set_wrong_data_over(arg(body, "over", int, None), arg(body, "kind", str, "live"))
+        return {"wrong_data_over": self.engine.api.wrong_data_over, "kind": self.engine.api.wrong_data_kind}
+
+    async def _broadcasts(self, request: Request, body: dict[str, Any]) -> Any:
+        return {"broadcasts": [broadcast.to_json() for broadcast in self.engine.world.broadcasts]}
 
     async def _expire_tokens(self, request: Request, body: dict[str, Any]) -> Any:
         return {"expired": self.engine.tokens.expire_all()}

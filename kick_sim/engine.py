@@ -54,7 +54,12 @@ class Engine:
         self.pusher = PusherServer(config, _rng(config.seed, "pusher"))
         self.tokens = TokenStore(config.client_id, config.client_secret, config.token_ttl)
         self.faults = ApiFaults(config.api_delay, config.rate_limit)
-        self.api = KickApi(self.world, self.tokens, self.faults, config.max_batch)
+        self.api = KickApi(
+            self.world, self.tokens, self.faults, config.max_batch,
+            config.effective_livestreams_v1, config.wrong_data_over,
+        )
+        if config.effective_web_api_blocked:  # today's Kick: kick.com/* wants a Cloudflare clearance
+            self.faults.set_mode("cloudflare_403", surface="web", cloudflare_body="mixed")
         self.flipper = Flipper(self.flip_random, _rng(config.seed, "flips"))
         self.noise = NoiseReplayer(
             config.noise_path, self.pusher.index.sample, self.world, self._publish_noise, _rng(config.seed, "noise")
@@ -152,6 +157,11 @@ class Engine:
             "noise": {"rate": self.noise.rate, "frames": self.noise.frames, "skipped": self.noise.skipped},
             "api_requests": dict(self.api.requests),
             "api_modes": dict(self.faults.modes),
+            "api_paths": dict(self.api.paths),
+            "profile": self.config.profile,
+            "livestreams_v1": self.api.livestreams_v1,
+            "wrong_data_over": self.api.wrong_data_over,
+            "broadcasts": len(self.world.broadcasts),
             "tokens_issued": self.tokens.issued_total,
             "tokens_refused": self.tokens.refused_total,
         }

@@ -1,4 +1,10 @@
-"""Kick's HTTP side on one port: OAuth token endpoint, official /public/v1 API, web /api/v2.
+"""Kick's HTTP side on one port: OAuth token endpoint, official /public/v1 and v2 API, web /api/v2.
+
+The official endpoints follow Kick as of its 2026-06-23 changelog (see the Kick facts,
+section 2): `/public/v1/channels` (no channel id; `stream.start_time` with the streamer's
+UTC offset), `/public/v1/livestreams` (deprecated: answers normally, with a Deprecation
+header, or 404/410), `/public/v2/livestreams` (cursor pages, oldest first, a UUID per
+broadcast) and `/public/v1/users/livestreams` (up to 100 user ids).
 
 Answers reflect the REST truth (World state), which a "missed" event changes without any
 frame, so a monitor that reconciles via REST can be graded on it.
@@ -6,8 +12,12 @@ frame, so a monitor that reconciles via REST can be graded on it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
-from collections import Counter
+import time
+from collections import Counter, deque
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from kick_sim.api_faults import ApiFaults
@@ -27,13 +37,40 @@ OFFLINE_START = "0001-01-01T00:00:00Z"
 UNAUTHORIZED = {"message": "Unauthorized", "data": None}
 LIVESTREAMS_DEFAULT_LIMIT = 25
 LIVESTREAMS_MAX_LIMIT = 100
+V2_DEFAULT_LIMIT = 25
+V2_MAX_LIMIT = 1000
+USERS_LIVESTREAMS_MAX = 100
+# RFC 9745 Deprecation header: "@" + the epoch seconds of Kick's changelog entry (2026-06-23).
+DEPRECATION_HEADER = {"Deprecation": "@1782172800"}
+REQUEST_LOG_SIZE = 200_000  # arrival times kept for rate measurements
+
+
+def rfc3339_offset(wall: float, offset_minutes: int) -> str:
+    """A time as the official channels endpoint writes it: local time with the streamer's offset."""
+    zone = UTC if offset_minutes == 0 else timezone(timedelta(minutes=offset_minutes))
+    text = datetime.fromtimestamp(int(wall), zone).isoformat()
+    return text.replace("+00:00", "Z") if offset_minutes == 0 else text
+
+
+def encode_cursor(started_wall: float, user_id: int) -> str:
+    return base64.urlsafe_b64encode(f"{started_wall!r}:{user_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, int] | None:
+    """The (start, user id) a v2 page ended at; None for a cursor we did not issue."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        started, _, user_id = text.partition(":")
+        return float(started), int(user_id)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
 
 
 def surface_of(path: str) -> str | None:
     """Which Kick host a path belongs to: oauth (id.kick.com), official (api.kick.com), web (kick.com)."""
     if path == "/oauth/token":
         return "oauth"
-    if path.startswith("/public/v1/"):
+    if path.startswith(("/public/v1/", "/public/v2/")):
         return "official"
     if path.startswith("/api/v2/"):
         return "web"
@@ -47,17 +84,47 @@ def _api_error(status: int, message: str) -> Response:
 class KickApi:
     """The HTTP handler; runs on the event loop thread like the rest of the simulator."""
 
-    def __init__(self, world: World, tokens: TokenStore, faults: ApiFaults, max_batch: int) -> None:
+    def __init__(
+        self, world: World, tokens: TokenStore, faults: ApiFaults, max_batch: int,
+        livestreams_v1: str = "ok", wrong_data_over: int | None = None,
+    ) -> None:
         self.world = world
         self.tokens = tokens
         self.faults = faults
         self.max_batch = max_batch
+        self.livestreams_v1 = livestreams_v1
+        self.wrong_data_over = wrong_data_over
+        self.wrong_data_kind = "live"  # "live": wrong is_live; "ids": streamers not asked for, duplicates
         self.requests: Counter[str] = Counter()  # "surface status" -> count
+        self.paths: Counter[str] = Counter()  # official/web path -> requests (any answer)
+        # (monotonic arrival time, surface) of every request, for sliding-window rate checks
+        self.arrivals: deque[tuple[float, str]] = deque(maxlen=REQUEST_LOG_SIZE)
+
+    def set_livestreams_v1(self, mode: str) -> None:
+        """"ok", "deprecated" (answers with a Deprecation header), "404" or "410"."""
+        if mode not in ("ok", "deprecated", "404", "410"):
+            raise ValueError(f"livestreams_v1 mode must be ok|deprecated|404|410, got {mode!r}")
+        self.livestreams_v1 = mode
+
+    def set_wrong_data_over(self, over: int | None, kind: str = "live") -> None:
+        """Channels requests naming more than `over` streamers get wrong data (None = off).
+
+        kind "live": every second item has its live data inverted; "ids": the answer also
+        carries a streamer nobody asked for and one item twice.
+        """
+        if over is not None and over < 1:
+            raise ValueError("over must be >= 1 or null")
+        if kind not in ("live", "ids"):
+            raise ValueError(f"kind must be live|ids, got {kind!r}")
+        self.wrong_data_over, self.wrong_data_kind = over, kind
 
     async def handle(self, request: Request) -> Response:
         surface = surface_of(request.path)
         if surface is None:
             return _api_error(404, "Not Found")
+        self.arrivals.append((time.monotonic(), surface))
+        if surface != "oauth":
+            self.paths["/api/v2/channels" if surface == "web" else request.path.rstrip("/")] += 1
         response = await self.faults.intercept(surface)
         if response is None:
             response = self._route(surface, request)
@@ -78,8 +145,13 @@ class KickApi:
             return json_response(401, UNAUTHORIZED)
         if request.path.rstrip("/") == "/public/v1/channels":
             return self._channels(request)
-        if request.path.rstrip("/") == "/public/v1/livestreams":
+        path = request.path.rstrip("/")
+        if path == "/public/v1/livestreams":
             return self._livestreams(request)
+        if path == "/public/v2/livestreams":
+            return self._livestreams_v2(request)
+        if path == "/public/v1/users/livestreams":
+            return self._users_livestreams(request)
         return _api_error(404, "Not Found")
 
     def _token(self, request: Request) -> Response:
@@ -102,6 +174,8 @@ class KickApi:
         """Streamers named by repeated slug= / broadcaster_user_id=; unknown ones are left out."""
         slugs = request.query.get("slug", [])
         raw_ids = request.query.get("broadcaster_user_id", [])
+        if slugs and raw_ids:
+            return _api_error(400, "use either slug or broadcaster_user_id, not both")
         if len(slugs) + len(raw_ids) > self.max_batch:
             return _api_error(400, f"at most {self.max_batch} slug/broadcaster_user_id values per request")
         if not all(value.isdigit() for value in raw_ids):
@@ -120,9 +194,66 @@ class KickApi:
         states = self._states_by_query(request)
         if isinstance(states, Response):
             return states
-        return json_response(200, {"data": [official_channel(state) for state in states], "message": "OK"})
+        asked = len(request.query.get("slug", [])) + len(request.query.get("broadcaster_user_id", []))
+        wrong = self.wrong_data_over is not None and asked > self.wrong_data_over
+        if wrong and self.wrong_data_kind == "ids":
+            stranger = next((st for st in reversed(self.world.states) if st not in states), None)
+            states = states + states[:1] + ([stranger] if stranger is not None else [])
+            wrong = False
+        items = [official_channel(state, wrong=wrong and index % 2 == 1) for index, state in enumerate(states)]
+        return json_response(200, {"data": items, "message": "OK"})
 
     def _livestreams(self, request: Request) -> Response:
+        if self.livestreams_v1 in ("404", "410"):
+            return _api_error(int(self.livestreams_v1), "Not Found" if self.livestreams_v1 == "404" else "Gone")
+        response = self._livestreams_v1(request)
+        if self.livestreams_v1 == "deprecated" and response.status == 200:
+            response.headers.update(DEPRECATION_HEADER)
+        return response
+
+    def _livestreams_v2(self, request: Request) -> Response:
+        """Every live stream, oldest first, in cursor pages (no broadcaster filter exists)."""
+        raw_limit = request.query.get("limit", [str(V2_DEFAULT_LIMIT)])[0]
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= V2_MAX_LIMIT:
+            return _api_error(400, f"limit must be 1..{V2_MAX_LIMIT}")
+        after: tuple[float, int] | None = None
+        cursor = request.query.get("cursor", [""])[0]
+        if cursor:
+            after = decode_cursor(cursor)
+            if after is None:
+                return _api_error(400, "invalid cursor")
+        live = sorted(
+            (state for state in self.world.states if state.live),
+            key=lambda state: (state.started_wall, state.streamer.user_id),
+        )
+        if after is not None:
+            live = [s for s in live if (s.started_wall, s.streamer.user_id) > after]
+        page = live[: int(raw_limit)]
+        next_cursor = None
+        if len(live) > len(page):
+            last = page[-1]
+            next_cursor = encode_cursor(last.started_wall, last.streamer.user_id)
+        return json_response(200, {
+            "data": [livestream_v2(state) for state in page],
+            "pagination": {"next_cursor": next_cursor},
+            "message": "OK",
+        })
+
+    def _users_livestreams(self, request: Request) -> Response:
+        """Live streams of up to 100 users (`user_id=` repeated); offline users are absent."""
+        raw_ids = request.query.get("user_id", [])
+        if not raw_ids:
+            return _api_error(400, "user_id is required")
+        if len(raw_ids) > USERS_LIVESTREAMS_MAX:
+            return _api_error(400, f"at most {USERS_LIVESTREAMS_MAX} user_id values per request")
+        if not all(value.isdigit() for value in raw_ids):
+            return _api_error(400, "user_id must be an integer")
+        states = {state.streamer.user_id: state for value in raw_ids
+                  if (state := self.world.by_user_id.get(int(value))) is not None}
+        live = [state for state in states.values() if state.live]
+        return json_response(200, {"data": [livestream_v2(state) for state in live], "message": "OK"})
+
+    def _livestreams_v1(self, request: Request) -> Response:
         if "broadcaster_user_id" in request.query:
             states = self._states_by_query(request)
             if isinstance(states, Response):
@@ -143,8 +274,11 @@ class KickApi:
         return json_response(200, web_channel(state))
 
 
-def official_channel(state: StreamerState) -> dict[str, Any]:
-    """One item of GET /public/v1/channels."""
+def official_channel(state: StreamerState, wrong: bool = False) -> dict[str, Any]:
+    """One item of GET /public/v1/channels; `wrong` inverts its live data (the big-batch fault)."""
+    live = state.live != wrong
+    started = state.started_wall if state.live else time.time() - 3600
+    offset = state.streamer.utc_offset_minutes
     return {
         "broadcaster_user_id": state.streamer.user_id,
         "slug": state.streamer.slug,
@@ -153,9 +287,9 @@ def official_channel(state: StreamerState) -> dict[str, Any]:
         "banner_picture": "",
         "category": CATEGORY,
         "stream": {
-            "is_live": state.live,
-            "start_time": rfc3339(state.started_wall) if state.live else OFFLINE_START,
-            "viewer_count": state.viewer_count,
+            "is_live": live,
+            "start_time": rfc3339_offset(started, offset) if live else OFFLINE_START,
+            "viewer_count": state.viewer_count if live else 0,
             "url": "",
             "key": "",
             "is_mature": False,
@@ -179,6 +313,26 @@ def official_livestream(state: StreamerState) -> dict[str, Any]:
         "has_mature_content": False,
         "thumbnail": "",
         "profile_picture": "",
+    }
+
+
+def livestream_v2(state: StreamerState) -> dict[str, Any]:
+    """One item of GET /public/v2/livestreams and /public/v1/users/livestreams."""
+    streamer = state.streamer
+    return {
+        "id": state.broadcast.stream_uuid if state.broadcast else "",
+        "title": state.title,
+        "started_at": rfc3339_offset(state.started_wall, streamer.utc_offset_minutes),
+        "viewer_count": state.viewer_count,
+        "broadcaster_user": {
+            "id": streamer.user_id, "username": streamer.slug, "is_verified": False, "profile_picture": "",
+        },
+        "channel": {"slug": streamer.slug},
+        "category": CATEGORY,
+        "tags": [],
+        "language_code": "en",
+        "has_mature_content": False,
+        "thumbnail": "",
     }
 
 

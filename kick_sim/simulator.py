@@ -19,7 +19,7 @@ from typing import Any, Self, TypeVar
 
 from kick_sim.config import SimConfig
 from kick_sim.engine import Engine
-from kick_sim.state import SimStreamer, Transition, export_truth
+from kick_sim.state import Broadcast, SimStreamer, Transition, export_truth
 
 T = TypeVar("T")
 CALL_TIMEOUT = 120.0
@@ -184,6 +184,26 @@ class Simulator:
         """Answer 429 + Retry-After beyond `requests` per `per_seconds`; None removes the limit."""
         self._call(lambda: self._core.faults.set_rate_limit(requests, per_seconds))
 
+    def set_livestreams_v1(self, mode: str) -> None:
+        """/public/v1/livestreams: "ok", "deprecated" (Deprecation header), "404" or "410"."""
+        self._call(lambda: self._core.api.set_livestreams_v1(mode))
+
+    def set_wrong_data_over(self, over: int | None, kind: str = "live") -> None:
+        """Channels requests naming more than `over` streamers get wrong data (None = off).
+
+        kind "live": inverted live data for every second item (Kick's reported big-batch bug);
+        "ids": the answer also names a streamer not asked for and one item twice.
+        """
+        self._call(lambda: self._core.api.set_wrong_data_over(over, kind))
+
+    def api_arrivals(self, surface: str | None = "official") -> list[float]:
+        """Monotonic arrival times of API requests (of one surface, or all), oldest first."""
+        return self._call(lambda: [t for t, s in self._core.api.arrivals if surface in (None, s)])
+
+    def broadcasts(self) -> list[Broadcast]:
+        """Every broadcast started so far (uuid, livestream id, start, end), in start order."""
+        return self._call(lambda: [Broadcast(**vars_of(b)) for b in self._core.world.broadcasts])
+
     def expire_tokens(self) -> int:
         return self._call(self._core.tokens.expire_all)
 
@@ -266,3 +286,8 @@ class Simulator:
             return await make()
 
         return asyncio.run_coroutine_threadsafe(run(), loop).result(timeout)
+
+
+def vars_of(broadcast: Broadcast) -> dict[str, Any]:
+    """A broadcast's fields (slots dataclass: no __dict__), for a copy the caller may keep."""
+    return {name: getattr(broadcast, name) for name in Broadcast.__dataclass_fields__}

@@ -11,6 +11,7 @@ import os
 import random
 import re
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,10 @@ OFFLINE = "offline"
 ID_RANGE = (1_000_000, 90_000_000)
 FIRST_LIVESTREAM_ID = 74_300_000
 SLUG_PREFIX_RE = re.compile(r"[a-z0-9_]{1,40}")
+# Streamers live in many time zones, and Kick's official API writes a stream's start time
+# with the streamer's offset (e.g. "+11:00"): a client must parse offsets, not assume "Z".
+UTC_OFFSETS_MINUTES = (660, 0, -300, 60, 330, -480, 120, 540, -180, 0)
+STREAM_UUID_NAMESPACE = uuid.UUID("5d1c3a0e-9a7b-4c55-8f2e-6b3e2a1f0c11")
 
 
 class SimError(ValueError):
@@ -37,9 +42,34 @@ class SimStreamer:
     user_id: int
     chatroom_id: int
 
+    @property
+    def utc_offset_minutes(self) -> int:
+        """The streamer's time zone (fixed per streamer, derived from its user id)."""
+        return UTC_OFFSETS_MINUTES[self.user_id % len(UTC_OFFSETS_MINUTES)]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "slug": self.slug, "channel_id": self.channel_id, "user_id": self.user_id, "chatroom_id": self.chatroom_id,
+        }
+
+
+@dataclass(slots=True, eq=False)
+class Broadcast:
+    """One broadcast as Kick knows it: every source-specific id and its start (the truth)."""
+
+    slug: str
+    user_id: int
+    channel_id: int
+    livestream_id: int  # Pusher's and the web API's number
+    stream_uuid: str  # the official v2 API's id
+    started_wall: float
+    ended_wall: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "slug": self.slug, "user_id": self.user_id, "channel_id": self.channel_id,
+            "livestream_id": self.livestream_id, "stream_uuid": self.stream_uuid,
+            "started_wall": self.started_wall, "ended_wall": self.ended_wall,
         }
 
 
@@ -60,6 +90,8 @@ class Transition:
     sent_mono: float
     delivered: bool  # at least one frame was written to a subscriber
     channels: tuple[str, ...]  # Pusher channels it was published on; () if not sent
+    stream_uuid: str = ""  # the broadcast's v2 id ("" if the streamer never went live)
+    started_wall: float = 0.0  # the broadcast's start (0.0 if never live)
 
     def to_json(self) -> dict[str, Any]:
         """Plain dict for JSON lines (dataclasses.asdict is ~10x slower on 100k rows)."""
@@ -77,6 +109,8 @@ class Transition:
             "sent_mono": self.sent_mono,
             "delivered": self.delivered,
             "channels": list(self.channels),
+            "stream_uuid": self.stream_uuid,
+            "started_wall": self.started_wall,
         }
 
 
@@ -90,6 +124,7 @@ class StreamerState:
     title: str = ""
     started_wall: float = 0.0
     viewer_count: int = 0
+    broadcast: Broadcast | None = None  # the current broadcast, or the last one once offline
 
 
 class World:
@@ -106,6 +141,7 @@ class World:
         self.by_channel_id: dict[int, StreamerState] = {}
         self.by_chatroom_id: dict[int, StreamerState] = {}
         self.truth: list[Transition] = []
+        self.broadcasts: list[Broadcast] = []  # every broadcast ever started, in start order
         self.live_count = 0
 
     def create_streamers(self, count: int, prefix: str, live_fraction: float) -> list[SimStreamer]:
@@ -155,12 +191,20 @@ class World:
         state.title = title if title is not None else f"{state.streamer.slug} live #{state.livestream_id % 1000}"
         state.started_wall = time.time()
         state.viewer_count = self._rng.randrange(1, 5000)
+        streamer = state.streamer
+        stream_uuid = str(uuid.uuid5(STREAM_UUID_NAMESPACE, f"{streamer.user_id}:{state.livestream_id}"))
+        state.broadcast = Broadcast(
+            streamer.slug, streamer.user_id, streamer.channel_id, state.livestream_id, stream_uuid, state.started_wall
+        )
+        self.broadcasts.append(state.broadcast)
         self.live_count += 1
 
     def end_stream(self, state: StreamerState) -> None:
         """Mark offline; livestream_id keeps naming the stream that just ended."""
         state.live = False
         state.viewer_count = 0
+        if state.broadcast is not None:
+            state.broadcast.ended_wall = time.time()
         self.live_count -= 1
 
     def record(
@@ -188,6 +232,8 @@ class World:
             sent_mono=sent[1],
             delivered=recipients > 0,
             channels=channels,
+            stream_uuid=state.broadcast.stream_uuid if state.broadcast else "",
+            started_wall=state.broadcast.started_wall if state.broadcast else 0.0,
         )
         self.truth.append(transition)
         return transition

@@ -287,5 +287,15 @@ def password_role(embedded_postgres: EmbeddedPostgres, database_url: str) -> Ite
             cur.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,)
             )
+        # What the service made as this role (the shared API budget's table) goes to the
+        # superuser first, or the role could not be dropped.
+        owned = psycopg2.connect(database_url)
+        owned.autocommit = True
+        try:
+            with owned.cursor() as cur:
+                cur.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(sql.Identifier(name)))
+        finally:
+            owned.close()
+        with admin.cursor() as cur:
             cur.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
         admin.close()

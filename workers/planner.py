@@ -55,7 +55,7 @@ RELOAD_DEBOUNCE = 0.2  # coalesce a burst of streamer notifications into one rel
 FRESH_FOR_HELLO = 1.0  # a Hello is answered from a list at most this old
 STATEMENT_TIMEOUT_MS = 5000  # our queries are tiny; one stuck on a lock gives up and is retried
 RETRY_MIN, RETRY_MAX = 0.5, 10.0
-RESOLVE_BUDGET = 5.0  # seconds of Kick API lookups per resolution round
+RESOLVE_BUDGET = 20.0  # seconds of Kick API lookups per round (5,000 slugs at 25 a request ≈ 200 requests)
 RESOLVE_EVERY = 30.0  # seconds between rounds when nothing wakes the resolver
 RESOLVE_LOCK_KEY = 0x4B4D5245  # advisory lock: one resolver per deployment at a time
 
@@ -298,6 +298,7 @@ class IdResolver:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._client: Any = None
+        self._replace_client = False
         self._conn: psycopg2.extensions.connection | None = None
         self._deltas = CounterDeltas()  # the API client's running totals, exported as increments
 
@@ -310,7 +311,7 @@ class IdResolver:
 
     def settings_changed(self) -> None:
         """API settings changed on SIGHUP: the next round builds a new client with them."""
-        self._client = None
+        self._replace_client = True
         self.wake()
 
     def stop(self) -> None:
@@ -329,6 +330,8 @@ class IdResolver:
             self._wake.wait(RESOLVE_EVERY)
             self._wake.clear()
         self._close()
+        if self._client is not None:
+            self._client.close()
 
     def _round(self) -> None:
         if self._conn is None:
@@ -351,10 +354,15 @@ class IdResolver:
             self._deltas.advance_api(self.planner.telemetry, self._api().stats.snapshot())
 
     def _api(self) -> Any:
-        if self._client is None:
+        """The API client; draws from the deployment's shared rate budget (kick_monitor.api_budget)."""
+        if self._client is None or self._replace_client:
             from kick_monitor.kick_api import client_from_settings
 
-            self._client = client_from_settings(self.planner.settings)
+            old, self._replace_client = self._client, False
+            self._client = client_from_settings(self.planner.settings, self.planner.ctx.database_url)
+            self._client.carry_state(old)  # a blocked web API stays backed off across a SIGHUP
+            if old is not None:
+                old.close()
         return self._client
 
     def _close(self) -> None:

@@ -37,7 +37,7 @@ REPORT_EVERY = 1.0  # seconds between metric reports
 # Settings the API client is built from: a change rebuilds it (see Reconciliation.use_settings).
 API_SETTINGS = frozenset({
     "api_base_url", "oauth_token_url", "web_api_base_url", "client_id", "client_secret",
-    "api_batch_size", "api_rate", "api_burst", "api_timeout",
+    "api_batch_size", "api_rate", "api_burst", "api_timeout", "web_api_backoff",
 })
 
 
@@ -48,9 +48,12 @@ class Reconciliation:
     API's answer; the main loop decides.
     """
 
-    def __init__(self, settings: Settings, shard: int) -> None:
+    def __init__(self, settings: Settings, shard: int, database_url: str = "") -> None:
         self.settings = settings
         self.shard = shard
+        # kickapi: the reconcile thread draws from the deployment's shared API budget
+        # (kick_monitor.api_budget) over its own small connection, opened in that thread.
+        self.database_url = database_url
         self.results: queue.SimpleQueue[tuple[float, dict[int, Any], str | None]] = queue.SimpleQueue()
         self.auth_failed = False
         self.wake_read, self.wake_write = os.pipe()
@@ -102,7 +105,7 @@ class Reconciliation:
             from kick_monitor.kick_api import client_from_settings
             from kick_monitor.reconcile import Reconciler
 
-            self._reconciler = Reconciler(client_from_settings(self.settings))
+            self._reconciler = Reconciler(client_from_settings(self.settings, self.database_url))
         return self._reconciler
 
     def use_settings(self, settings: Settings) -> None:
@@ -110,9 +113,15 @@ class Reconciliation:
 
         A secret refused before may be valid now, so reconciliation is tried again."""
         self.settings = settings
-        self._reconciler = None
+        self.close()
         self.enabled = settings.has_api_credentials
         self.auth_failed = False
+
+    def close(self) -> None:
+        """Close the API client and its budget connection (kickapi; a running thread gets unavailable)."""
+        reconciler, self._reconciler = self._reconciler, None
+        if reconciler is not None:
+            reconciler.client.close()
 
     def api_stats(self) -> Any:
         """The API client's counters so far (an ApiStatsSnapshot), None before the first run."""
@@ -147,7 +156,7 @@ class ShardWorker(Role):
             app_events=LIFECYCLE_EVENTS,  # chat and goal noise is dropped before decoding `data`
             event_stats=self.stats,
         )
-        self.reconciliation = Reconciliation(settings, shard)
+        self.reconciliation = Reconciliation(settings, shard, ctx.database_url)
         # Channels whose status we took from the database rather than saw ourselves: the
         # writer may still hold older changes for them (a spool from before a restart), so
         # the first API verdict for each is committed even where it agrees (see confirm()).
@@ -372,6 +381,7 @@ class ShardWorker(Role):
             )
         self.sender.close()
         self.assignments.close()
+        self.reconciliation.close()  # kickapi: the shared budget's connection
         self._export_counters(self.telemetry, str(self.shard))
         return 0
 

@@ -2,7 +2,8 @@
 
 Reads /proc of a real running tree: each fd of a shard worker is classified (stdio, its
 Pusher and Kick API TCP connections, its three Unix sockets — hand-off, planner link,
-control —, the reconciler's wake-up pipe, metrics files) and anything else fails the
+control —, the reconciler's wake-up pipe, the shared API budget's one database
+connection, metrics files) and anything else fails the
 test. Listening sockets are counted for every role: each has only its own.
 """
 
@@ -119,7 +120,8 @@ def test_each_role_holds_only_what_it_needs(
 
         unix, tcp = unix_sockets(worker), tcp_sockets(worker)
         metrics_dir = str((data / "metrics").resolve())
-        unaccounted, kinds = [], {"unix": 0, "pusher": 0, "api": 0, "pipe": 0}
+        unaccounted, kinds = [], {"unix": 0, "pusher": 0, "api": 0, "pipe": 0, "db": 0}
+        db_port = urlsplit(database_url).port or 5432
         for fd, target in sorted(open_fds(worker).items()):
             inode = socket_inode(target)
             if fd <= 2:
@@ -130,6 +132,8 @@ def test_each_role_holds_only_what_it_needs(
                 kinds["pusher"] += 1
             elif inode is not None and inode in tcp and tcp[inode][1] in api_ports:
                 kinds["api"] += 1
+            elif inode is not None and inode in tcp and tcp[inode][1] == db_port:
+                kinds["db"] += 1
             elif target.startswith("pipe:"):
                 kinds["pipe"] += 1
             elif target.startswith(metrics_dir) and target.endswith(".db"):
@@ -137,7 +141,14 @@ def test_each_role_holds_only_what_it_needs(
             else:
                 unaccounted.append((fd, target))
         assert not unaccounted, f"fds the worker does not need: {unaccounted}"
-        assert kinds["unix"] == 3, f"hand-off, planner link and control channel; found {kinds}"
+        # hand-off, planner link, control channel, and the reconcile thread's connection to the
+        # shared API budget (kick_monitor.api_budget; a Unix or TCP socket, as the database URL says)
+        assert kinds["unix"] + kinds["db"] == 4, f"three channels and one database connection; found {kinds}"
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'kick-monitor api budget'")
+            row = cur.fetchone()
+        conn.rollback()
+        assert row is not None and 1 <= row[0] <= 3, f"one budget connection per API caller process; found {row}"
         assert kinds["pusher"] == 1, kinds
         assert 1 <= kinds["api"] <= 2, kinds
         assert kinds["pipe"] == 2, f"the reconciler's wake-up pipe only; found {kinds}"

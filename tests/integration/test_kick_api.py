@@ -52,7 +52,8 @@ ClientFactory = Callable[..., KickApiClient]
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[Simulator]:
-    config = SimConfig(port=0, http_port=0, client_id=CLIENT_ID, client_secret=SECRET, seed=1)
+    # classic: these tests exercise the open web API too (tests/integration/test_kick_today.py: today's Kick)
+    config = SimConfig(port=0, http_port=0, client_id=CLIENT_ID, client_secret=SECRET, seed=1, profile="classic")
     with Simulator(config) as simulator:
         simulator.create_streamers(120, live_fraction=0.3)
         yield simulator
@@ -206,7 +207,7 @@ def test_channels_by_slug_in_batches_match_the_truth(sim: Simulator, make_client
     slugs = [s.slug for s in streamers]
     assert len(slugs) == 120
     channels = client.channels_by_slug([slug.upper() for slug in slugs] + ["nobody_here"])
-    assert client.stats.snapshot().requests[(CHANNELS, "200")] == 3  # 50 + 50 + 21
+    assert client.stats.snapshot().requests[(CHANNELS, "200")] == 5  # 25 a request by default: 4 × 25 + 21
     assert sorted(c.slug for c in channels) == sorted(slugs)  # unknown slug left out
     by_user = {s.user_id: s for s in streamers}
     live = 0
@@ -235,7 +236,7 @@ def test_livestreams_list_only_live_streams_with_channel_ids(
     assert {st.broadcaster_user_id for st in streams} == set(live)
     for stream in streams:
         assert stream.channel_id == live[stream.broadcaster_user_id].channel_id
-    assert client.stats.snapshot().requests[(LIVESTREAMS, "200")] == 3
+    assert client.stats.snapshot().requests[(LIVESTREAMS, "200")] == 5
 
 
 def test_channel_v2_gives_all_ids_and_404_for_unknown(
@@ -256,8 +257,12 @@ def test_cloudflare_403_is_a_blocked_error(sim: Simulator, make_client: ClientFa
                                            streamers: list[SimStreamer], body: str) -> None:
     client = make_client()
     sim.set_api_mode("cloudflare_403", surface="web", cloudflare_body=body)
-    with pytest.raises(KickBlockedError, match=r"blocked by Cloudflare.*--channel-id"):
+    with pytest.raises(KickBlockedError, match=r"blocked by Cloudflare on /api/v2/channels \(HTTP 403\)"):
         client.channel_v2(streamers[0].slug)
+    sent = client.stats.total(WEB_CHANNEL)
+    with pytest.raises(KickBlockedError, match="not asked again"):  # backed off: no traffic
+        client.channel_v2(streamers[1].slug)
+    assert client.stats.total(WEB_CHANNEL) == sent
     sim.set_api_mode("cloudflare_403", surface="official", cloudflare_body=body)
     with pytest.raises(KickBlockedError):
         client.channels_by_slug([streamers[0].slug])
@@ -388,14 +393,19 @@ def test_resolve_streamer(sim: Simulator, make_client: ClientFactory,
         live.slug, live.channel_id, live.user_id, None)
     blocked = client.resolve_streamer(offline.slug)
     assert isinstance(blocked, Unresolved)
-    assert blocked.reason == "offline, and the web API is blocked by Cloudflare; add it with --channel-id"
-    assert not blocked.retryable
+    assert blocked.reason == (
+        "no channel id yet (offline, and /public/v1/livestreams gives channel ids only while live;"
+        " the web API is blocked by Cloudflare); monitored by reconciliation by user id, --channel-id adds Pusher"
+    )
+    assert blocked.retryable  # tried again later: the streamer may go live
 
     anonymous = make_client(secret=None, client_id=None)
     unresolved = anonymous.resolve_streamer(live.slug)
     assert isinstance(unresolved, Unresolved)
-    assert unresolved.reason.startswith("no API credentials, and blocked by Cloudflare")
+    assert unresolved.reason == "no API credentials, and the web API is blocked by Cloudflare"
     sim.set_api_mode(None)
+    assert isinstance(anonymous.resolve_streamer(offline.slug), Unresolved)  # backed off for hours
+    anonymous = make_client(secret=None, client_id=None)
     assert anonymous.resolve_streamer(offline.slug) == ResolvedIds(
         offline.slug, offline.channel_id, offline.user_id, offline.chatroom_id)
 
@@ -427,7 +437,8 @@ def test_reconciler_finds_exactly_the_missed_changes(
     assert set(first) == {s.channel_id for s in streamers}  # the ghost is unknown, not offline
     for s in streamers:
         assert first[s.channel_id].is_live == sim.is_live(s.slug)
-    assert client.stats.snapshot().requests[(CHANNELS, "200")] == 3 + 1  # slugs, then user ids
+    # by user id (5 × 25, the renamed one included), then the ghost without a user id by slug
+    assert client.stats.snapshot().requests[(CHANNELS, "200")] == 5 + 1
     known: dict[int, tuple[Status, int | None]] = {
         cid: ("online" if info.is_live else "offline", None) for cid, info in first.items()
     }

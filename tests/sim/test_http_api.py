@@ -17,7 +17,7 @@ CREDENTIALS = {"grant_type": "client_credentials", "client_id": "sim-client-id",
 
 @pytest.fixture()
 def sim() -> Iterator[Simulator]:
-    with Simulator(SimConfig(seed=4)) as simulator:
+    with Simulator(SimConfig(seed=4, profile="classic")) as simulator:  # the open web API of old
         yield simulator
 
 
