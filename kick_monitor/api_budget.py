@@ -24,8 +24,8 @@ If the database is unreachable, the process falls back to a local bucket at
 `rate / fallback_share` (its share if all processes fell back at once) and tries the
 database again after `RETRY_DB`: never more than the budget, never a hard stop.
 
-The table is created on first use (`CREATE TABLE IF NOT EXISTS`, under an advisory lock):
-it holds no history, only the live budget, and losing it loses nothing.
+The table comes with migration 3 (`kick_monitor/migrations.py`); each app's row is
+created on first use. It holds no history, only the live budget: losing it loses nothing.
 """
 
 from __future__ import annotations
@@ -49,20 +49,6 @@ CUT = 0.5  # multiplicative decrease on a 429
 RECOVERY_SECONDS = 300.0  # additive increase: from 0 back to the configured rate in this long
 MIN_RATE_SHARE = 0.05  # never below 5 % of the configured rate
 RETRY_DB = 10.0  # seconds before a process on its local fallback tries the database again
-DDL_LOCK_KEY = 0x4B4D4142  # advisory lock around CREATE TABLE IF NOT EXISTS
-
-DDL = """
-CREATE TABLE IF NOT EXISTS kick_monitor.api_budget (
-    app text PRIMARY KEY,
-    base_rate float8 NOT NULL,
-    rate float8 NOT NULL,
-    burst float8 NOT NULL,
-    tokens float8 NOT NULL,
-    refilled_at timestamptz NOT NULL,
-    paused_until timestamptz NOT NULL DEFAULT '-infinity',
-    rate_limited_total bigint NOT NULL DEFAULT 0
-)
-"""
 
 INSERT = """
 INSERT INTO kick_monitor.api_budget (app, base_rate, rate, burst, tokens, refilled_at)
@@ -243,8 +229,6 @@ class SharedBudget:
         try:
             conn = self._connect(self._url)
             with conn.cursor() as cur:
-                cur.execute("SELECT pg_advisory_xact_lock(%s)", (DDL_LOCK_KEY,))
-                cur.execute(DDL)
                 cur.execute(INSERT, self.params)
             conn.commit()
         except (DatabaseUnavailable, psycopg2.Error) as exc:

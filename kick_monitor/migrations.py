@@ -111,6 +111,24 @@ ALTER TABLE kick_monitor.status_events
     ADD COLUMN IF NOT EXISTS order_seq        bigint NOT NULL DEFAULT 0;
 """,
     ),
+    # Issue 13 (one Kick API rate budget per app, shared by every process of a deployment:
+    # kick_monitor/api_budget.py). Expand-only: a new table nothing older reads.
+    Migration(
+        3,
+        "shared Kick API rate budget",
+        """
+CREATE TABLE IF NOT EXISTS kick_monitor.api_budget (
+    app text PRIMARY KEY,  -- a hash of the client id: never the id itself
+    base_rate float8 NOT NULL,
+    rate float8 NOT NULL,
+    burst float8 NOT NULL,
+    tokens float8 NOT NULL,
+    refilled_at timestamptz NOT NULL,
+    paused_until timestamptz NOT NULL DEFAULT '-infinity',
+    rate_limited_total bigint NOT NULL DEFAULT 0
+);
+""",
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
