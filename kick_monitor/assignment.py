@@ -15,14 +15,13 @@ streamers queued to it never blocks the planner; a connection whose outbox passe
 from __future__ import annotations
 
 import contextlib
-import errno
 import itertools
 import logging
 import pickle
 import socket
 from collections.abc import Iterable
 
-from .framing import FramedSocket, ProtocolError
+from .framing import FramedSocket, ProtocolError, dial
 from .messages import Assign, Hello, Subscribe, Unsubscribe
 
 log = logging.getLogger(__name__)
@@ -80,17 +79,10 @@ class AssignmentClient:
             self._channel = None
 
     def _connect(self, now: float) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(1.0)
-            sock.connect(self.address)
-        except OSError as exc:
-            sock.close()
+        self._channel = dial(self.address, "planner")
+        if self._channel is None:
             self._retry_at = now + RECONNECT_DELAY
-            if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN):
-                log.warning("cannot reach the planner at %s: %s", self.address, exc)
             return
-        self._channel = FramedSocket(sock)
         self._channel.queue(Hello(self.shard))
         with contextlib.suppress(OSError):
             self._channel.flush()

@@ -13,10 +13,14 @@ directory), which is why pickle is acceptable here.
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import pickle
 import socket
 import struct
+
+log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("!I")
 MAX_MESSAGE_BYTES = 64 << 20
@@ -108,6 +112,24 @@ class FramedSocket:
         self.closed = True
         with contextlib.suppress(OSError):
             self.sock.close()
+
+
+def dial(address: str, peer: str) -> FramedSocket | None:
+    """Connect to a listening socket of ours; None while it is not there (yet), said only if odd.
+
+    A missing or refusing socket is the normal state while its role restarts: the caller
+    retries soon. Anything else (permissions, a path that is not a socket) is logged.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(1.0)
+        sock.connect(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN):
+            log.warning("cannot reach the %s at %s: %s", peer, address, exc)
+        return None
+    return FramedSocket(sock)
 
 
 def bind_listener(path: str) -> socket.socket:

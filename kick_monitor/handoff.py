@@ -27,7 +27,6 @@ cannot take is dropped, and counted (`kick_monitor_handoff_dropped_changes_total
 
 from __future__ import annotations
 
-import errno
 import itertools
 import logging
 import socket
@@ -37,7 +36,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .framing import FramedSocket, ProtocolError, bind_listener
+from .framing import FramedSocket, ProtocolError, bind_listener, dial
 from .messages import Ack, ChangeBatch, StatusChange
 from .spool import Spool
 
@@ -181,17 +180,10 @@ class ChangeSender:
         self._queued_disk = self._queued_memory = 0
 
     def _connect(self, now: float) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(1.0)
-            sock.connect(self.address)
-        except OSError as exc:
-            sock.close()
+        self._channel = dial(self.address, "writer")
+        if self._channel is None:
             self._retry_at = now + 0.2
-            if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN):
-                log.warning("cannot reach the writer at %s: %s", self.address, exc)
             return
-        self._channel = FramedSocket(sock)
         self._queued_disk = self._queued_memory = 0
         self._queue_pending()  # everything not yet durable, oldest first
         self._flush()

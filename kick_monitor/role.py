@@ -12,8 +12,8 @@ What it gives a role, so no role writes it again:
 - exit codes from `kick_monitor.exitcodes`: `EX_BOOT` when `boot()` fails (the supervisor
   counts boot failures and stops respawning), `RoleFatal(code)` for "restarting cannot help".
 
-A role implements `boot()`, `step()` (one turn of its own select loop, which must include
-`self.control_fd` and call `self.read_control()` when it is readable) and `finish()`.
+A role implements `boot()`, `step()` (one turn of its own loop, waiting through
+`self.wait(...)`, which also serves the control channel) and `finish()`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import pickle
+import select
 import signal
 import socket
 import time
@@ -147,12 +148,21 @@ class Role:
             self._next_beat = now + HEARTBEAT_EVERY
             self.ctx.heartbeats.beat(self.ctx.slot, now)
 
-    @property
-    def control_fd(self) -> int:
-        return self.control.fileno()
+    def wait(self, rlist: list[Any], wlist: list[Any], timeout: float) -> tuple[set[Any], set[Any]]:
+        """select() over the role's own sockets and its control channel, which it serves here.
 
-    def control_wants_write(self) -> bool:
-        return self.control.wants_write
+        Returns what is readable and writable among the role's own; an interrupted wait
+        returns nothing (the loop simply turns again).
+        """
+        control = self.control.fileno()
+        writers = [*wlist, control] if self.control.wants_write else wlist
+        try:
+            readable, writable, _ = select.select([*rlist, control], writers, [], max(0.0, timeout))
+        except InterruptedError:
+            return set(), set()
+        if control in readable or control in writable:
+            self.read_control()
+        return set(readable) - {control}, set(writable) - {control}
 
     def read_control(self) -> None:
         """Serve the supervisor's channel; EOF means the supervisor is gone: stop."""

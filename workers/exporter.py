@@ -10,7 +10,6 @@ error: the role exits `EX_USAGE` and the supervisor stops the service with that 
 from __future__ import annotations
 
 import logging
-import select
 from typing import Any
 
 from kick_monitor.exitcodes import EX_USAGE
@@ -35,13 +34,7 @@ class Exporter(Role):
         log.info("serving metrics on http://%s:%d/metrics", host, port)
 
     def step(self) -> None:
-        wlist = [self.control_fd] if self.control_wants_write() else []
-        try:
-            readable, writable, _ = select.select([self.control_fd], wlist, [], 0.5)
-        except InterruptedError:
-            return
-        if readable or writable:
-            self.read_control()
+        self.wait([], [], 0.5)
 
     def finish(self) -> int:
         if self.server is not None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import select
 import time
 from datetime import datetime, timedelta
 from typing import Any
@@ -99,16 +98,7 @@ class StatusMirror(Role):
         if self.conn is None and now >= self.retry_database_at:
             self.open_database(now)
         timeout = 0.0 if self.hot or self.cold else self.idle_timeout(now)
-        rlist: list[Any] = [self.control_fd]
-        if self.listen_conn is not None:
-            rlist.append(self.listen_conn)
-        wlist = [self.control_fd] if self.control_wants_write() else []
-        try:
-            readable, writable, _ = select.select(rlist, wlist, [], timeout)
-        except InterruptedError:
-            return
-        if self.control_fd in readable or self.control_fd in writable:
-            self.read_control()
+        readable, _ = self.wait([] if self.listen_conn is None else [self.listen_conn], [], timeout)
         if self.listen_conn is not None and self.listen_conn in readable:
             self.read_notifications()
         if self.conn is None:

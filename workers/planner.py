@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import select
 import threading
 import time
 from collections.abc import Iterable
@@ -91,18 +90,10 @@ class Planner(Role):
         timeout = 0.5
         if self.reload_at is not None:
             timeout = max(0.0, min(timeout, self.reload_at - now))
-        rlist: list[Any] = [self.control_fd, *self.server.filenos()]
+        rlist: list[Any] = self.server.filenos()
         if self.listen_conn is not None:
             rlist.append(self.listen_conn)
-        wlist = self.server.writers()
-        if self.control_wants_write():
-            wlist.append(self.control_fd)
-        try:
-            readable, writable, _ = select.select(rlist, wlist, [], timeout)
-        except InterruptedError:
-            return
-        if self.control_fd in readable or self.control_fd in writable:
-            self.read_control()
+        readable, writable = self.wait(rlist, self.server.writers(), timeout)
         if self.listen_conn is not None and self.listen_conn in readable:
             self.read_notifications()
         now = time.monotonic()

@@ -15,7 +15,6 @@ import contextlib
 import logging
 import os
 import queue
-import select
 import threading
 import time
 from collections.abc import Iterable
@@ -184,7 +183,7 @@ class ShardWorker(Role):
     def step(self) -> None:
         """One turn of the loop: wait for anything, then serve each source."""
         now = time.monotonic()
-        rlist: list[Any] = [self.control_fd, self.reconciliation.wake_read]
+        rlist: list[Any] = [self.reconciliation.wake_read]
         ws_fd = self.session.fileno()
         if ws_fd is not None:
             rlist.append(ws_fd)
@@ -197,8 +196,6 @@ class ShardWorker(Role):
         wlist = [sender_fd] if sender_fd is not None and self.sender.wants_write else []
         if planner_fd is not None and self.assignments.wants_write:
             wlist.append(planner_fd)
-        if self.control_wants_write():
-            wlist.append(self.control_fd)
         timeout = min(
             self.session.next_timeout(now),
             self.sender.next_timeout(now),
@@ -208,10 +205,7 @@ class ShardWorker(Role):
         )
         if self.session.has_buffered_data():
             timeout = 0.0
-        try:
-            readable, writable, _ = select.select(rlist, wlist, [], max(0.0, timeout))
-        except InterruptedError:
-            return
+        readable, writable = self.wait(rlist, wlist, timeout)
         now = time.monotonic()
         self.read_pusher(now, ws_fd is not None and ws_fd in readable)
         if self.session.generation != self.generation:
@@ -220,8 +214,6 @@ class ShardWorker(Role):
         planner_readable = planner_fd is not None and planner_fd in readable
         for message in self.assignments.service(now, planner_readable):
             self.apply_assignment(message)
-        if self.control_fd in readable or self.control_fd in writable:
-            self.read_control()
         if self.reconciliation.wake_read in readable:
             self.reconciliation.drain_wakeups()
             self.apply_reconciliation()

@@ -144,18 +144,11 @@ class BatchWriter(Role):
             timeout = min(timeout, max(0.0, self.retry_at - now))
         if self.pending:
             timeout = 0.0
-        rlist = [*self.receiver.filenos(), self.control_fd]
-        wlist = self.receiver.writers()
-        if self.control_wants_write():
-            wlist.append(self.control_fd)
-        readable, writable, _ = select.select(rlist, wlist, [], timeout)
-        if self.control_fd in readable or self.control_fd in writable:
-            self.read_control()
+        readable, writable = self.wait(self.receiver.filenos(), self.receiver.writers(), timeout)
         for fd in writable:
-            if fd != self.control_fd:
-                self.receiver.flush(fd)
+            self.receiver.flush(fd)
         now = time.monotonic()
-        for conn_id, batch in self.receiver.read(fd for fd in readable if fd != self.control_fd):
+        for conn_id, batch in self.receiver.read(readable):
             self.pending.add(conn_id, batch.seq, batch.changes, now)
         if self.pending and self._should_flush(now):
             self.flush(now)
