@@ -21,7 +21,7 @@ import pickle
 import socket
 from collections.abc import Iterable
 
-from .framing import FramedSocket, ProtocolError, dial
+from .framing import FramedSocket, Link, ProtocolError, dial
 from .messages import Assign, Hello, Subscribe, Unsubscribe
 
 log = logging.getLogger(__name__)
@@ -31,28 +31,12 @@ RECONNECT_DELAY = 0.1
 PlannerMessage = Assign | Subscribe | Unsubscribe
 
 
-class AssignmentClient:
+class AssignmentClient(Link):
     """Worker side: connect, say hello, hand over every message the planner sends."""
 
     def __init__(self, address: str, shard: int) -> None:
-        self.address = address
+        super().__init__(address)
         self.shard = shard
-        self._channel: FramedSocket | None = None
-        self._retry_at = 0.0
-
-    @property
-    def connected(self) -> bool:
-        return self._channel is not None
-
-    def fileno(self) -> int | None:
-        return self._channel.fileno() if self._channel else None
-
-    @property
-    def wants_write(self) -> bool:
-        return self._channel is not None and self._channel.wants_write
-
-    def next_timeout(self, now: float) -> float:
-        return float("inf") if self._channel is not None else max(0.0, self._retry_at - now)
 
     def service(self, now: float, readable: bool = False) -> list[PlannerMessage]:
         """Connect when due, flush, read; never raises (a broken link is retried)."""
@@ -72,11 +56,6 @@ class AssignmentClient:
             self.close()
             self._retry_at = now + RECONNECT_DELAY
         return received
-
-    def close(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
 
     def _connect(self, now: float) -> None:
         self._channel = dial(self.address, "planner")

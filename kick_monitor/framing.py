@@ -132,6 +132,39 @@ def dial(address: str, peer: str) -> FramedSocket | None:
     return FramedSocket(sock)
 
 
+class Link:
+    """The client end of one of our channels: at most one connection, re-dialled after a delay.
+
+    Subclasses connect in `service()` when `next_timeout` says so; a select() loop waits on
+    `fileno()` (None while disconnected) and asks for writability while `wants_write`.
+    """
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._channel: FramedSocket | None = None
+        self._retry_at = 0.0
+
+    @property
+    def connected(self) -> bool:
+        return self._channel is not None
+
+    def fileno(self) -> int | None:
+        return self._channel.fileno() if self._channel else None
+
+    @property
+    def wants_write(self) -> bool:
+        return self._channel is not None and self._channel.wants_write
+
+    def next_timeout(self, now: float) -> float:
+        """Seconds until `service()` must run without input: only a pending reconnect needs it."""
+        return float("inf") if self._channel is not None else max(0.0, self._retry_at - now)
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+
 def bind_listener(path: str) -> socket.socket:
     """The writer's listening socket; the coordinator creates it before forking the writer."""
     with contextlib.suppress(FileNotFoundError):

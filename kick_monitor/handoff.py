@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .framing import FramedSocket, ProtocolError, bind_listener, dial
+from .framing import FramedSocket, Link, ProtocolError, bind_listener, dial
 from .messages import Ack, ChangeBatch, StatusChange
 from .spool import Spool
 
@@ -58,7 +58,7 @@ class _Unacked:
     seq: int = 0  # the highest seq it was queued under on the current connection
 
 
-class ChangeSender:
+class ChangeSender(Link):
     """Worker side: sends batches, keeps them until acknowledged, re-sends after a reconnect.
 
     At most `max_unacked` changes wait in memory. Beyond that the oldest go to the optional
@@ -79,7 +79,7 @@ class ChangeSender:
         overflow: Spool | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.address = address
+        super().__init__(address)
         self.sender = sender
         self.max_unacked = max_unacked
         self.overflow = overflow
@@ -94,8 +94,6 @@ class ChangeSender:
         self._seq = 0
         self._queued_disk = 0  # how many of `disk` (a prefix) are queued on the current connection
         self._queued_memory = 0  # likewise for `memory`; only once every disk item is queued
-        self._channel: FramedSocket | None = None
-        self._retry_at = 0.0
         if overflow is not None:
             for path in overflow.segments:  # left by an earlier run of this worker: older than anything new
                 self.disk.append(_Unacked(_count_lines(path), path=path))
@@ -110,23 +108,6 @@ class ChangeSender:
     def unacked(self) -> int:
         """Batches and spilled segments the writer has not acknowledged yet."""
         return len(self.memory) + len(self.disk)
-
-    @property
-    def connected(self) -> bool:
-        return self._channel is not None
-
-    def fileno(self) -> int | None:
-        return self._channel.fileno() if self._channel else None
-
-    @property
-    def wants_write(self) -> bool:
-        return self._channel is not None and self._channel.wants_write
-
-    def next_timeout(self, now: float) -> float:
-        """Seconds until `service()` must run without input: only a pending reconnect needs it."""
-        if self._channel is not None:
-            return float("inf")
-        return max(0.0, self._retry_at - now)
 
     def send(self, changes: Sequence[StatusChange]) -> None:
         """Queue changes for the writer; they are kept (memory or spool) until the writer says durable."""
@@ -174,9 +155,7 @@ class ChangeSender:
         return not self.unacked
 
     def close(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
+        super().close()
         self._queued_disk = self._queued_memory = 0
 
     def _connect(self, now: float) -> None:

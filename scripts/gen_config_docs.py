@@ -11,7 +11,6 @@ they differ from what this script produces).
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import re
 import sys
@@ -24,6 +23,7 @@ sys.path.insert(0, str(REPO))
 
 from kick_monitor.cli.options import NOT_FLAGS, flag_name  # noqa: E402
 from kick_monitor.config import SECRET_FIELDS, Settings, env_key  # noqa: E402
+from scripts.generated import generate  # noqa: E402
 
 MARKDOWN = REPO / "docs" / "configuration.md"
 ENV_EXAMPLE = REPO / "etc" / "kick-monitor.env.example"
@@ -155,26 +155,7 @@ OUTPUTS = {MARKDOWN: render_markdown, ENV_EXAMPLE: render_env_example}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--check", action="store_true", help="exit 1 if a file differs; write nothing")
-    args = parser.parse_args(argv)
-    stale = []
-    for path, render in OUTPUTS.items():
-        text = render()
-        current = path.read_text(encoding="utf-8") if path.exists() else None
-        if current == text:
-            continue
-        stale.append(path)
-        if not args.check:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
-    for path in stale:
-        verb = "out of date" if args.check else "written"
-        print(f"{path.relative_to(REPO)}: {verb}", file=sys.stderr if args.check else sys.stdout)
-    if args.check and stale:
-        print("run: python scripts/gen_config_docs.py", file=sys.stderr)
-        return 1
-    return 0
+    return generate(OUTPUTS, __doc__.splitlines()[0] if __doc__ else "", "gen_config_docs.py", argv)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,16 @@ metrics defined in kick_monitor/metrics.py, and the file matches this script's o
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from scripts.generated import generate  # noqa: E402
+
 OUTPUT = REPO / "etc" / "grafana" / "kick-monitor.json"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 SEL = 'instance=~"$instance"'
@@ -202,21 +205,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Generate etc/grafana/kick-monitor.json")
-    parser.add_argument("--check", action="store_true", help="exit 1 if the file differs; write nothing")
-    args = parser.parse_args(argv)
-    text = render()
-    current = OUTPUT.read_text(encoding="utf-8") if OUTPUT.exists() else None
-    if current == text:
-        return 0
-    if args.check:
-        print(f"{OUTPUT.relative_to(REPO)}: out of date; run: python scripts/gen_grafana_dashboard.py",
-              file=sys.stderr)
-        return 1
-    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    OUTPUT.write_text(text, encoding="utf-8")
-    print(f"{OUTPUT.relative_to(REPO)}: written")
-    return 0
+    return generate({OUTPUT: render}, "Generate etc/grafana/kick-monitor.json", "gen_grafana_dashboard.py", argv)
 
 
 if __name__ == "__main__":

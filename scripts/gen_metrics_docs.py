@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Generate docs/metrics.md from kick_monitor/metrics.py (every metric, defined once there).
+"""Generate docs/metrics.md
+from kick_monitor/metrics.py (every metric, defined once there).
 
     python scripts/gen_metrics_docs.py           # rewrite the file
     python scripts/gen_metrics_docs.py --check   # exit 1 if it is out of date (the tests run this)
@@ -10,7 +11,6 @@ explanation makes this script fail, so the reference cannot fall behind the code
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from kick_monitor import metrics  # noqa: E402
+from scripts.generated import generate  # noqa: E402
 
 OUTPUT = REPO / "docs" / "metrics.md"
 
@@ -123,19 +124,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Generate docs/metrics.md from kick_monitor/metrics.py")
-    parser.add_argument("--check", action="store_true", help="exit 1 if the file differs; write nothing")
-    args = parser.parse_args(argv)
-    text = render()
-    current = OUTPUT.read_text(encoding="utf-8") if OUTPUT.exists() else None
-    if current == text:
-        return 0
-    if args.check:
-        print(f"{OUTPUT.relative_to(REPO)}: out of date; run: python scripts/gen_metrics_docs.py", file=sys.stderr)
-        return 1
-    OUTPUT.write_text(text, encoding="utf-8")
-    print(f"{OUTPUT.relative_to(REPO)}: written")
-    return 0
+    return generate({OUTPUT: render}, "Generate docs/metrics.md from the metric definitions", "gen_metrics_docs.py", argv)
 
 
 if __name__ == "__main__":

@@ -185,3 +185,74 @@ def running(service: Service) -> Iterator[Service]:
             service.stop()
         else:
             service.kill_leftovers()
+
+
+def make_service(sim: Simulator, url: str, tmp_path: Path, **settings: str) -> Service:
+    """`kick-monitor run` against `sim` and `url`, data dir and log under `tmp_path`."""
+    return Service(service_env(sim, url, tmp_path / "data", **settings), tmp_path / "service.log")
+
+
+def settle(sim: Simulator, conn: psycopg2.extensions.connection, timeout: float = 20.0) -> None:
+    """Wait until the database agrees with the simulator (or fail with the differences)."""
+    try:
+        wait_until(lambda: not mismatches(sim, conn) and not history_errors(sim, conn), timeout,
+                   interval=0.2, what="database to match the simulator")
+    except AssertionError:
+        bad = mismatches(sim, conn)
+        errors = history_errors(sim, conn)
+        raise AssertionError(
+            f"{len(bad)} state mismatches {bad[:5]}; {len(errors)} history errors {errors[:5]}"
+        ) from None
+
+
+def commit_lags(
+    sim: Simulator, conn: psycopg2.extensions.connection, since: float = 0.0
+) -> list[tuple[float, float, int]]:
+    """(commit − send seconds, send wall time, channel) per transition sent after `since`.
+
+    Joined on (channel, status, order of occurrence): the simulator's send time of each
+    delivered lifecycle frame against the commit time of the matching history row.
+    """
+    sent: dict[tuple[int, str], list[float]] = {}
+    for t in status_transitions(sim.truth()):
+        if t.delivered:
+            sent.setdefault((t.channel_id, t.status), []).append(t.sent_wall)
+    recorded: dict[tuple[int, str], list[float]] = {}
+    for channel_id, status, at in query(conn, PUSHER_COMMITS):
+        recorded.setdefault((channel_id, status), []).append(at)
+    return [
+        (recorded_at - sent_at, sent_at, key[0])
+        for key, times in recorded.items()
+        for sent_at, recorded_at in zip(sorted(sent.get(key, [])), sorted(times), strict=False)
+        if sent_at >= since
+    ]
+
+
+def latencies_ms(sim: Simulator, conn: psycopg2.extensions.connection, since: float = 0.0) -> list[float]:
+    """Frame → commit per transition sent after `since`, in milliseconds, sorted."""
+    return sorted(lag * 1000 for lag, _, _ in commit_lags(sim, conn, since))
+
+
+def percentile(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(len(values) * q))]
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses listening on TCP `port`, from /proc/net/tcp and tcp6 ("127.0.0.1", "0.0.0.0", "::")."""
+    found = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state = fields[1], fields[3]
+            address, _, port_hex = local.partition(":")
+            if state != "0A" or int(port_hex, 16) != port:  # 0A = LISTEN
+                continue
+            if width == 8:
+                found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
+            else:
+                found.add("::1" if address == "0" * 24 + "01000000" else ("::" if set(address) == {"0"} else address))
+    return found

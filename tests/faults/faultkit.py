@@ -271,27 +271,6 @@ def metric_values(text: str, name: str) -> dict[str, float]:
     return values
 
 
-def listening_addresses(port: int) -> set[str]:
-    """Local addresses listening on TCP `port`, from /proc/net/tcp and tcp6 ("127.0.0.1", "0.0.0.0", "::")."""
-    found = set()
-    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            local, state = fields[1], fields[3]
-            address, _, port_hex = local.partition(":")
-            if state != "0A" or int(port_hex, 16) != port:  # 0A = LISTEN
-                continue
-            if width == 8:
-                found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
-            else:
-                found.add("::1" if address == "0" * 24 + "01000000" else ("::" if set(address) == {"0"} else address))
-    return found
-
-
 def kill(pid: int | None, sig: signal.Signals = signal.SIGKILL) -> None:
     assert pid is not None
     os.kill(pid, sig)

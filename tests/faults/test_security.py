@@ -38,13 +38,12 @@ from tests.faults.faultkit import (
     assert_titles_clean,
     database_name,
     database_unreachable,
-    listening_addresses,
     make_env,
     scrape,
     set_connections_allowed,
     terminate,
 )
-from tests.service import REPO, current_state, insert_streamers, running, wait_until
+from tests.service import REPO, current_state, insert_streamers, listening_addresses, running, wait_until
 
 pytestmark = pytest.mark.faults
 

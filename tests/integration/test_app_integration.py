@@ -35,13 +35,16 @@ from tests.conftest import CliRunner, DatabaseFactory, free_port
 from tests.integration.test_integration_recipes import recipe
 from tests.integration.test_metrics import scrape
 from tests.service import (
-    PUSHER_COMMITS,
     Service,
+    commit_lags,
     history_errors,
+    latencies_ms,
+    make_service,
     mismatches,
+    percentile,
     query,
     running,
-    service_env,
+    settle,
     status_transitions,
     wait_until,
 )
@@ -115,44 +118,14 @@ def listed(conn: psycopg2.extensions.connection) -> set[str]:
     return {u for (u,) in query(conn, "SELECT username FROM kick_monitor.streamers")}
 
 
-def latencies_ms(sim: Simulator, conn: psycopg2.extensions.connection, since: float = 0.0) -> list[float]:
-    """Frame → our commit per transition sent after `since` (as tests/integration/test_pipeline.py)."""
-    sent: dict[tuple[int, str], list[float]] = {}
-    for t in status_transitions(sim.truth()):
-        if t.delivered:
-            sent.setdefault((t.channel_id, t.status), []).append(t.sent_wall)
-    recorded: dict[tuple[int, str], list[float]] = {}
-    for channel_id, status, at in query(conn, PUSHER_COMMITS):
-        recorded.setdefault((channel_id, status), []).append(at)
-    result = []
-    for key, times in recorded.items():
-        for sent_at, recorded_at in zip(sorted(sent.get(key, [])), sorted(times), strict=False):
-            if sent_at >= since:
-                result.append((recorded_at - sent_at) * 1000)
-    return sorted(result)
-
-
 def slowest(sim: Simulator, conn: psycopg2.extensions.connection, since: float) -> list[str]:
     """The five slowest frame → commit transitions after `since`: seconds into the test, channel, ms."""
-    sent: dict[tuple[int, str], list[float]] = {}
-    for t in status_transitions(sim.truth()):
-        if t.delivered:
-            sent.setdefault((t.channel_id, t.status), []).append(t.sent_wall)
-    recorded: dict[tuple[int, str], list[float]] = {}
-    for channel_id, status, at in query(conn, PUSHER_COMMITS):
-        recorded.setdefault((channel_id, status), []).append(at)
-    pairs = [(r - s, s - since, key[0]) for key, times in recorded.items()
-             for s, r in zip(sorted(sent.get(key, [])), sorted(times), strict=False) if s >= since]
-    return [f"+{at:.1f}s ch{ch} {lag * 1000:.0f}ms" for lag, at, ch in sorted(pairs, reverse=True)[:5]]
+    lags = sorted(commit_lags(sim, conn, since), reverse=True)[:5]
+    return [f"+{sent - since:.1f}s ch{channel} {lag * 1000:.0f}ms" for lag, sent, channel in lags]
 
 
-def percentile(values: list[float], q: float) -> float:
-    return values[min(len(values) - 1, int(len(values) * q))]
-
-
-def settle(sim: Simulator, conn: psycopg2.extensions.connection, timeout: float = 30.0) -> None:
-    wait_until(lambda: not mismatches(sim, conn) and not history_errors(sim, conn), timeout, interval=0.2,
-               what="our own table to match the simulator")
+def settle_app(sim: Simulator, conn: psycopg2.extensions.connection, timeout: float = 30.0) -> None:
+    settle(sim, conn, timeout)
     wait_until(lambda: not app_mismatches(sim, conn), timeout, interval=0.2,
                what="app.creators.is_live to match the simulator")
 
@@ -162,9 +135,8 @@ def logged(service: Service, text: str) -> bool:
     return text.replace('"', '\\"') in service.log_text()
 
 
-def make_service(sim: Simulator, url: str, tmp_path: Path, **settings: str) -> Service:
-    settings = {"streamers_source": SOURCE, "status_mirror": MIRROR, **settings}
-    return Service(service_env(sim, url, tmp_path / "data", **settings), tmp_path / "service.log")
+def app_service(sim: Simulator, url: str, tmp_path: Path, **settings: str) -> Service:
+    return make_service(sim, url, tmp_path, **{"streamers_source": SOURCE, "status_mirror": MIRROR, **settings})
 
 
 def test_app_creators_follow_the_simulator_and_its_rows_come_and_go(
@@ -174,7 +146,7 @@ def test_app_creators_follow_the_simulator_and_its_rows_come_and_go(
     make_app(conn, creators)
     execute(conn, LIVE_LOG)
     port = free_port()
-    service = make_service(sim, database_url, tmp_path, shard_count="2", reload_interval="600",
+    service = app_service(sim, database_url, tmp_path, shard_count="2", reload_interval="600",
                            streamers_source_channel=CHANNEL, metrics_port=str(port))
     with running(service):
         service.wait_children(2)
@@ -185,7 +157,7 @@ def test_app_creators_follow_the_simulator_and_its_rows_come_and_go(
                    what="the first statuses mirrored")
         sim.start_flipping(rate=200.0, duration=5.0)
         assert sim.wait_flipping_done(timeout=30)
-        settle(sim, conn)
+        settle_app(sim, conn)
         own = latencies_ms(sim, conn)
         lags = [float(v) for (v,) in query(conn, MIRROR_LAGS_MS)]
         metrics = scrape(f"http://127.0.0.1:{port}/metrics")
@@ -197,7 +169,7 @@ def test_app_creators_follow_the_simulator_and_its_rows_come_and_go(
         wait_until(lambda: sim.subscription_count() >= 2010, 10, what="new creators subscribed")
         appeared = time.monotonic() - started
         sim.set_live(later[0].slug, True)
-        settle(sim, conn)
+        settle_app(sim, conn)
         started = time.monotonic()
         execute(conn, "DELETE FROM app.creators WHERE kick_username = ANY(%s)", ([s.slug for s in creators[:10]],))
         wait_until(lambda: sim.subscription_count() <= 1990, 10, what="deleted creators unsubscribed")
@@ -236,7 +208,7 @@ def test_without_notify_the_source_is_synced_every_reload_interval(
     sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, tmp_path: Path
 ) -> None:
     make_app(conn, sim.create_streamers(20), notify=False)
-    service = make_service(sim, database_url, tmp_path, shard_count="1", reload_interval="3")
+    service = app_service(sim, database_url, tmp_path, shard_count="1", reload_interval="3")
     with running(service):
         service.wait_children(1)
         wait_until(lambda: sim.subscription_count() >= 40, 20, what="subscriptions")
@@ -253,7 +225,7 @@ def test_broken_source_failing_and_blocked_mirror_leave_our_own_state_alone(
     creators = sim.create_streamers(200)
     victim, blocked = creators[0].slug, creators[1].slug
     make_app(conn, creators)
-    service = make_service(sim, database_url, tmp_path, shard_count="1", reload_interval="600",
+    service = app_service(sim, database_url, tmp_path, shard_count="1", reload_interval="600",
                            streamers_source_channel=CHANNEL)
     with running(service):
         service.wait_children(1)
@@ -337,7 +309,7 @@ def test_the_service_runs_with_only_the_documented_grants(
     admin = connect(admin_url)
     try:
         add_creators(admin, creators)
-        service = make_service(sim, url, tmp_path, shard_count="1")
+        service = app_service(sim, url, tmp_path, shard_count="1")
         with running(service):
             service.wait_children(1)
             wait_until(lambda: sim.subscription_count() >= 40, 20, what="subscriptions")

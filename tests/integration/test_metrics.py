@@ -28,6 +28,7 @@ from tests.service import (
     REPO,
     Service,
     insert_streamers,
+    listening_addresses,
     mismatches,
     running,
     service_env,
@@ -81,22 +82,6 @@ def eventually(url: str, check: str, predicate: object, timeout: float = 15.0) -
     return last[0]
 
 
-def listening_addresses(port: int) -> set[str]:
-    """Local IPv4/IPv6 addresses with a socket listening on `port` (from /proc/net/tcp*)."""
-    found: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            address, port_hex = fields[1].rsplit(":", 1)
-            if fields[3] == "0A" and int(port_hex, 16) == port:  # 0A = LISTEN
-                found.add(address)
-    return found
-
-
 def test_metrics_move_with_traffic_and_worker_kills(
     sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, tmp_path: Path
 ) -> None:
@@ -120,7 +105,7 @@ def test_metrics_move_with_traffic_and_worker_kills(
         first = eventually(url, "both shards connected", lambda s: all(
             s.value("kick_monitor_pusher_connected", shard=str(i)) == 1 for i in range(SHARDS)))
         assert not stale.exists(), "the multiprocess directory is wiped at start"
-        assert listening_addresses(port) == {"0100007F"}, "metrics bind to loopback (metrics_host) only"
+        assert listening_addresses(port) == {"127.0.0.1"}, "metrics bind to loopback (metrics_host) only"
         assert first.value("kick_monitor_build_info", version=__version__) == 1
         assert sum(first.value("kick_monitor_pusher_subscriptions", shard=str(i)) for i in range(SHARDS)) \
             == 2 * STREAMERS  # lifecycle_channels=both: two channels per streamer

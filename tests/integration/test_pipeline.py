@@ -23,15 +23,15 @@ from kick_monitor.embedded_pg import EmbeddedPostgres
 from kick_monitor.migrations import migrate
 from kick_sim import Simulator
 from tests.service import (
-    PUSHER_COMMITS,
     Service,
     alive,
-    history_errors,
     insert_streamers,
+    latencies_ms,
+    make_service,
     mismatches,
-    query,
+    percentile,
     running,
-    service_env,
+    settle,
     status_transitions,
     wait_until,
 )
@@ -39,46 +39,8 @@ from tests.service import (
 pytestmark = pytest.mark.timeout(180)
 
 
-def settle(sim: Simulator, conn: psycopg2.extensions.connection, timeout: float = 20.0) -> None:
-    """Wait until the database agrees with the simulator (or fail with the differences)."""
-    try:
-        wait_until(lambda: not mismatches(sim, conn) and not history_errors(sim, conn), timeout,
-                   interval=0.2, what="database to match the simulator")
-    except AssertionError:
-        bad = mismatches(sim, conn)
-        errors = history_errors(sim, conn)
-        raise AssertionError(
-            f"{len(bad)} state mismatches {bad[:5]}; {len(errors)} history errors {errors[:5]}"
-        ) from None
-
-
-def latencies_ms(sim: Simulator, conn: psycopg2.extensions.connection) -> list[float]:
-    """Commit time minus simulator send time, per transition, joined on (channel, status, order)."""
-    rows = query(conn, PUSHER_COMMITS)
-    sent: dict[tuple[int, str], list[float]] = {}
-    for t in status_transitions(sim.truth()):
-        if t.delivered:
-            sent.setdefault((t.channel_id, t.status), []).append(t.sent_wall)
-    recorded: dict[tuple[int, str], list[float]] = {}
-    for channel_id, status, at in rows:
-        recorded.setdefault((channel_id, status), []).append(at)
-    result = []
-    for key, times in recorded.items():
-        for sent_at, recorded_at in zip(sorted(sent.get(key, [])), sorted(times), strict=False):
-            result.append((recorded_at - sent_at) * 1000)
-    return sorted(result)
-
-
-def percentile(values: list[float], q: float) -> float:
-    return values[min(len(values) - 1, int(len(values) * q))]
-
-
 def writer_replaced(service: Service, old_pid: int) -> bool:
     return service.writer_pid() not in (None, old_pid)
-
-
-def make_service(sim: Simulator, url: str, tmp_path: Path, **settings: str) -> Service:
-    return Service(service_env(sim, url, tmp_path / "data", **settings), tmp_path / "service.log")
 
 
 def test_1000_streamers_4_shards_every_transition_recorded(

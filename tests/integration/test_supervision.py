@@ -6,10 +6,12 @@ Real `kick-monitor run` trees against the simulator and PostgreSQL; faults are r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg2
@@ -23,17 +25,13 @@ from tests.service import (
     alive,
     children_of,
     insert_streamers,
+    make_service,
     mismatches,
     running,
-    service_env,
     wait_until,
 )
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def make_service(sim: Simulator, url: str, tmp_path: Path, **settings: str) -> Service:
-    return Service(service_env(sim, url, tmp_path / "data", **settings), tmp_path / "service.log")
 
 
 def replaced(service: Service, shard: int, old_pid: int) -> bool:
@@ -58,13 +56,22 @@ def lock_streamers(url: str) -> psycopg2.extensions.connection:
     return locker  # the transaction stays open until the caller rolls it back
 
 
+@contextlib.contextmanager
+def two_shards(
+    sim: Simulator, conn: psycopg2.extensions.connection, url: str, tmp_path: Path, streamers: int, **settings: str
+) -> Iterator[Service]:
+    """`streamers` new streamers, and a running two-shard tree with both workers up."""
+    insert_streamers(conn, sim.create_streamers(streamers))
+    service = make_service(sim, url, tmp_path, shard_count="2", **settings)
+    with running(service):
+        service.wait_children(2)
+        yield service
+
+
 def test_respawn_is_not_held_up_by_a_slow_api_or_a_hanging_database(
     sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, tmp_path: Path
 ) -> None:
-    insert_streamers(conn, sim.create_streamers(100))
-    service = make_service(sim, database_url, tmp_path, shard_count="2", heartbeat_timeout="60")
-    with running(service):
-        service.wait_children(2)
+    with two_shards(sim, conn, database_url, tmp_path, 100, heartbeat_timeout="60") as service:
         wait_until(lambda: sim.subscription_count() >= 200, 30, what="200 subscriptions")
         sim.set_api_delay(30.0)
         sim.set_api_mode("slow")
@@ -83,10 +90,7 @@ def test_respawn_is_not_held_up_by_a_slow_api_or_a_hanging_database(
 def test_a_stopped_worker_with_a_huge_subscribe_blocks_nobody_and_is_killed_at_the_heartbeat_timeout(
     sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, tmp_path: Path
 ) -> None:
-    insert_streamers(conn, sim.create_streamers(20))
-    service = make_service(sim, database_url, tmp_path, shard_count="2", heartbeat_timeout="6")
-    with running(service):
-        service.wait_children(2)
+    with two_shards(sim, conn, database_url, tmp_path, 20, heartbeat_timeout="6") as service:
         stopped = service.worker_pids()[0]
         os.kill(stopped, signal.SIGSTOP)
         stopped_at = time.monotonic()
