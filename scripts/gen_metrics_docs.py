@@ -124,7 +124,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return generate({OUTPUT: render}, "Generate docs/metrics.md from the metric definitions", "gen_metrics_docs.py", argv)
+    return generate({OUTPUT: render}, "Generate docs/metrics.md", "gen_metrics_docs.py", argv)
 
 
 if __name__ == "__main__":
