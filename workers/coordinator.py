@@ -211,10 +211,10 @@ class Supervisor:
                 handler()
         self.serve_controls(set(readable), set(writable))
         self.reap_children()
-        self.murder_silent_children()
         if self.stopping:
-            self.advance_shutdown()
+            self.advance_shutdown()  # its phase deadlines bound a draining child, not its heartbeat
         else:
+            self.murder_silent_children()
             self.manage_children()
 
     # -- signals (handlers only record) ------------------------------------------------
