@@ -194,10 +194,10 @@ CREATE TABLE IF NOT EXISTS kick_monitor.broadcasts (
     category              text,
     livestream_id         bigint,  -- Pusher's livestream.id
     stream_uuid           text,    -- /public/v2/livestreams id, when seen
-    start_source          text NOT NULL
-                          CONSTRAINT broadcasts_start_source CHECK (start_source IN ('pusher', 'api', 'webhook', 'history')),
-    end_source            text
-                          CONSTRAINT broadcasts_end_source CHECK (end_source IN ('pusher', 'api', 'webhook', 'history')),
+    start_source          text NOT NULL CONSTRAINT broadcasts_start_source
+                          CHECK (start_source IN ('pusher', 'api', 'webhook', 'history')),
+    end_source            text CONSTRAINT broadcasts_end_source
+                          CHECK (end_source IN ('pusher', 'api', 'webhook', 'history')),
     start_inferred        boolean NOT NULL DEFAULT false,
     end_inferred          boolean NOT NULL DEFAULT false,
     pusher_start_seen_at  timestamptz,  -- when each source first reported the start / the end

@@ -151,7 +151,8 @@ def _record(result: dict[int, LiveInfo], refs: Sequence[StreamerRef], info: Chan
         observed_mono=time.monotonic(),
     )
     for ref in refs:
-        result[ref.channel_id] = live
+        if ref.channel_id is not None:  # issue 13: callers key by row id through live_status
+            result[ref.channel_id] = live
 
 
 def diff_live_status(

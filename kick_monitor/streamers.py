@@ -58,6 +58,16 @@ class Streamer:
     def is_resolved(self) -> bool:
         return self.channel_id is not None
 
+    @property
+    def streamer_id(self) -> int:
+        """The row id under the name sharding and messages use."""
+        return self.id
+
+    @property
+    def is_monitored(self) -> bool:
+        """A user id (API) or a channel id (Pusher) is known: a worker watches it."""
+        return self.channel_id is not None or self.kick_user_id is not None
+
     def as_json(self) -> dict[str, Any]:
         """A JSON-ready dict: timestamps as ISO 8601 in UTC."""
         return {key: iso_utc(value) if isinstance(value, datetime) else value for key, value in asdict(self).items()}
@@ -202,16 +212,19 @@ def list_streamers(conn: psycopg2.extensions.connection) -> list[Streamer]:
         return [Streamer(*row) for row in cur.fetchall()]
 
 
-def load_subscribable(conn: psycopg2.extensions.connection) -> list[StreamerRef]:
-    """Every streamer a worker can watch on Pusher (channel id known), with its last committed status."""
+def load_monitorable(conn: psycopg2.extensions.connection) -> list[StreamerRef]:
+    """Every streamer a worker can watch (user id or channel id known), with its last committed status.
+
+    Those without a channel id are watched through the API only (no Pusher) until it is known."""
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT id, username, channel_id, kick_user_id, status, livestream_id"
-            " FROM kick_monitor.streamers WHERE channel_id IS NOT NULL ORDER BY id"
+            "SELECT id, username, channel_id, kick_user_id, status, livestream_id,"
+            " extract(epoch FROM stream_started_at)::float8"
+            " FROM kick_monitor.streamers WHERE channel_id IS NOT NULL OR kick_user_id IS NOT NULL ORDER BY id"
         )
         rows = cur.fetchall()
     conn.rollback()
-    return [StreamerRef(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+    return [StreamerRef(r[0], r[1], r[2], r[3], r[4], r[5], started_at=r[6]) for r in rows]
 
 
 def count_subscribable(conn: psycopg2.extensions.connection) -> int:
@@ -226,7 +239,7 @@ def count_by_status(conn: psycopg2.extensions.connection) -> dict[str, int]:
     """Streamers per status, with those still waiting for their ids as `unresolved`."""
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT CASE WHEN channel_id IS NULL THEN 'unresolved' ELSE status END, count(*)"
+            "SELECT CASE WHEN channel_id IS NULL AND kick_user_id IS NULL THEN 'unresolved' ELSE status END, count(*)"
             " FROM kick_monitor.streamers GROUP BY 1"
         )
         counts = {str(status): int(n) for status, n in cur.fetchall()}
