@@ -53,6 +53,9 @@ class Streamer:
     created_at: datetime
     # seconds since last_status_change by the database's clock (None if it never changed)
     since_seconds: float | None = None
+    # the open broadcast's start (online only), and seconds since it by the database's clock
+    stream_started_at: datetime | None = None
+    live_seconds: float | None = None
 
     @property
     def is_resolved(self) -> bool:
@@ -81,7 +84,8 @@ def iso_utc(moment: datetime | None) -> str | None:
 SELECT_COLUMNS = """
 SELECT id, username, channel_id, kick_user_id, chatroom_id, status, livestream_id, stream_title,
        last_status_change, last_seen_online, unresolved_reason, created_at,
-       EXTRACT(EPOCH FROM now() - last_status_change)::float8 AS since_seconds
+       EXTRACT(EPOCH FROM now() - last_status_change)::float8 AS since_seconds,
+       stream_started_at, EXTRACT(EPOCH FROM now() - stream_started_at)::float8 AS live_seconds
 FROM kick_monitor.streamers
 """
 
@@ -489,6 +493,7 @@ class StatusSummary:
     offline: int
     unknown: int
     unresolved: int
+    without_pusher: int = 0  # monitored through the API only (no channel id yet)
 
     @property
     def total(self) -> int:
@@ -501,18 +506,20 @@ class StatusSummary:
             "unknown": self.unknown,
             "unresolved": self.unresolved,
             "total": self.total,
+            "without_pusher": self.without_pusher,
         }
 
 
 def status_summary(conn: psycopg2.extensions.connection) -> StatusSummary:
-    """Every streamer with its status; unresolved ones (no channel id) are counted apart."""
+    """Every streamer with its status; unresolved ones (neither user id nor channel id) are
+    counted apart, and those monitored without Pusher (user id only) once more on their own."""
     streamers = list_streamers(conn)
-    unresolved = sum(1 for s in streamers if not s.is_resolved)
-    resolved = [s for s in streamers if s.is_resolved]
+    monitored = [s for s in streamers if s.is_monitored]
     return StatusSummary(
         streamers=streamers,
-        online=sum(1 for s in resolved if s.status == "online"),
-        offline=sum(1 for s in resolved if s.status == "offline"),
-        unknown=sum(1 for s in resolved if s.status == "unknown"),
-        unresolved=unresolved,
+        online=sum(1 for s in monitored if s.status == "online"),
+        offline=sum(1 for s in monitored if s.status == "offline"),
+        unknown=sum(1 for s in monitored if s.status == "unknown"),
+        unresolved=len(streamers) - len(monitored),
+        without_pusher=sum(1 for s in monitored if s.channel_id is None),
     )
