@@ -366,7 +366,7 @@ class ShardWorker(Role):
         fresh: list[StreamerRef] = []
         joined: list[str] = []
         left: list[str] = []
-        gained = 0
+        gained: list[StreamerRef] = []
         for ref in streamers:
             held = self.refs.get(ref.streamer_id)
             if held is None:
@@ -375,7 +375,7 @@ class ShardWorker(Role):
             elif ref.channel_id == held.channel_id or ref.channel_id is None:
                 continue
             else:
-                gained += 1
+                gained.append(ref)
                 if held.channel_id is not None:
                     left.extend(channel_names(held.channel_id, which))
             if ref.channel_id is not None:
@@ -388,9 +388,11 @@ class ShardWorker(Role):
         if fresh:
             without = sum(1 for ref in fresh if ref.channel_id is None)
             log.info("watching %d more streamers (%d without Pusher)", len(fresh), without)
-            self._reconcile(tuple(fresh))
         if gained:
-            log.info("%d streamers got a channel id: on Pusher now", gained)
+            log.info("%d streamers got a channel id: on Pusher now", len(gained))
+        if fresh or gained:
+            # what happened before the subscription took effect comes from the API
+            self._reconcile(tuple(self.refs[ref.streamer_id] for ref in (*fresh, *gained)))
 
     def unsubscribe(self, streamer_ids: Iterable[int]) -> None:
         gone = [self.refs.pop(sid) for sid in streamer_ids if sid in self.refs]
