@@ -207,9 +207,8 @@ CREATE TABLE IF NOT EXISTS kick_monitor.broadcasts (
     api_end_seen_at       timestamptz,
     webhook_end_seen_at   timestamptz,
     updated_at            timestamptz NOT NULL DEFAULT now()
-);
+) WITH (fillfactor = 70);  -- the end is an update of the row: room for it on the page (HOT, no index writes)
 CREATE INDEX IF NOT EXISTS broadcasts_streamer_started ON kick_monitor.broadcasts (streamer_id, started_at);
-CREATE INDEX IF NOT EXISTS broadcasts_started ON kick_monitor.broadcasts (started_at);
 """
         + BACKFILL_SQL,
     ),

@@ -36,7 +36,10 @@ BROADCAST_MATCH_TOLERANCE = 60.0
 APPLY_SQL = """
 PREPARE kick_monitor_apply_changes (json, float8) AS
 WITH incoming AS (
-    SELECT u.i AS change_id, u.d AS sid, u.c AS channel_id, u.s AS status, u.o AS source, u.e AS event,
+    -- keyed by the streamer's row id; a change spooled by an older release (streamer id 0) by its channel
+    SELECT u.i AS change_id,
+           COALESCE(NULLIF(u.d, 0), (SELECT x.id FROM kick_monitor.streamers x WHERE x.channel_id = u.c)) AS sid,
+           u.c AS channel_id, u.s AS status, u.o AS source, u.e AS event,
            u.l AS livestream_id, u.t AS title, u.k AS category,
            to_timestamp(u.a) AS occurred_at, to_timestamp(u.r) AS received_at, u.g AS generation, u.q AS seq
     FROM json_to_recordset($1)
@@ -51,9 +54,8 @@ fresh AS (
         SELECT st.id, st.username, st.status, st.last_event_at, st.order_generation, st.order_seq,
                st.livestream_id, st.stream_started_at, st.broadcast_id
         FROM kick_monitor.streamers st
-        -- keyed by the streamer's row id; a change spooled by an older release (streamer id 0) by its channel
-        WHERE st.id = CASE WHEN i.sid > 0 THEN i.sid
-                           ELSE (SELECT x.id FROM kick_monitor.streamers x WHERE x.channel_id = i.channel_id) END
+        WHERE st.id = i.sid
+        LIMIT 1  -- not pulled up into a hash join: one primary-key probe per change, however many streamers
     ) s
     WHERE (i.generation, i.seq, i.received_at)
           > (s.order_generation, s.order_seq, COALESCE(s.last_event_at, '-infinity'))
@@ -142,45 +144,46 @@ placed AS MATERIALIZED (
           AND ((sp.livestream_id IS NOT NULL AND b.livestream_id = sp.livestream_id)
                OR b.started_at BETWEEN sp.started_at - make_interval(secs => $2)
                                    AND sp.started_at + make_interval(secs => $2))
-        ORDER BY abs(extract(epoch FROM b.started_at - sp.started_at)), b.id DESC
+        ORDER BY b.started_at DESC  -- the index's order: no sort per change
         LIMIT 1
     ) m ON true
 ),
 spans_placed AS (
     SELECT p.*, COALESCE(p.existing_id, p.new_id) AS bid FROM placed p
 ),
-made AS (
-    INSERT INTO kick_monitor.broadcasts
+-- New broadcasts and changes to known ones in one upsert on the primary key: each row is
+-- one index probe whatever the table's size or statistics (an UPDATE ... FROM would be
+-- planned once, when the table was small, and could stay a hash join over all of it).
+-- An ended broadcast stays ended (docs/architecture.md, ordering across sources).
+recorded AS (
+    INSERT INTO kick_monitor.broadcasts AS b
         (id, streamer_id, started_at, ended_at, start_title, last_title, category, livestream_id,
          start_source, end_source, end_inferred,
          pusher_start_seen_at, api_start_seen_at, webhook_start_seen_at,
          pusher_end_seen_at, api_end_seen_at, webhook_end_seen_at)
-    SELECT p.new_id, p.streamer_id, p.started_at, p.ended_at, p.start_title, COALESCE(p.last_title, p.start_title),
-           p.category, p.livestream_id, p.start_source, p.end_source, COALESCE(p.end_inferred, false),
+    SELECT DISTINCT ON (p.bid)
+           p.bid, p.streamer_id,
+           COALESCE(p.started_at, 'epoch'),  -- only a new row's is used, and a new row has its start
+           p.ended_at, p.start_title, COALESCE(p.last_title, p.start_title), p.category, p.livestream_id,
+           COALESCE(p.start_source, 'history'), p.end_source, COALESCE(p.end_inferred, false),
            p.pusher_start_seen_at, p.api_start_seen_at, p.webhook_start_seen_at,
            p.pusher_end_seen_at, p.api_end_seen_at, p.webhook_end_seen_at
-    FROM spans_placed p WHERE p.new_id IS NOT NULL
-    RETURNING id
-),
-amended AS (
-    UPDATE kick_monitor.broadcasts b
-    SET ended_at = CASE WHEN p.segment = 0 THEN COALESCE(b.ended_at, p.ended_at) ELSE p.ended_at END,
-        end_source = CASE WHEN p.segment = 0 THEN COALESCE(b.end_source, p.end_source) ELSE p.end_source END,
-        end_inferred = CASE WHEN p.segment = 0 AND b.ended_at IS NOT NULL THEN b.end_inferred
-                            ELSE COALESCE(p.end_inferred, false) END,
-        last_title = COALESCE(p.last_title, b.last_title),
-        category = COALESCE(p.category, b.category),
-        livestream_id = COALESCE(b.livestream_id, p.livestream_id),
-        pusher_start_seen_at = LEAST(b.pusher_start_seen_at, p.pusher_start_seen_at),
-        api_start_seen_at = LEAST(b.api_start_seen_at, p.api_start_seen_at),
-        webhook_start_seen_at = LEAST(b.webhook_start_seen_at, p.webhook_start_seen_at),
-        pusher_end_seen_at = LEAST(b.pusher_end_seen_at, p.pusher_end_seen_at),
-        api_end_seen_at = LEAST(b.api_end_seen_at, p.api_end_seen_at),
-        webhook_end_seen_at = LEAST(b.webhook_end_seen_at, p.webhook_end_seen_at),
+    FROM spans_placed p WHERE p.bid IS NOT NULL
+    ORDER BY p.bid, p.segment DESC
+    ON CONFLICT (id) DO UPDATE
+    SET ended_at = COALESCE(b.ended_at, EXCLUDED.ended_at),
+        end_source = CASE WHEN b.ended_at IS NULL THEN EXCLUDED.end_source ELSE b.end_source END,
+        end_inferred = CASE WHEN b.ended_at IS NULL THEN EXCLUDED.end_inferred ELSE b.end_inferred END,
+        last_title = COALESCE(EXCLUDED.last_title, b.last_title),
+        category = COALESCE(EXCLUDED.category, b.category),
+        livestream_id = COALESCE(b.livestream_id, EXCLUDED.livestream_id),
+        pusher_start_seen_at = LEAST(b.pusher_start_seen_at, EXCLUDED.pusher_start_seen_at),
+        api_start_seen_at = LEAST(b.api_start_seen_at, EXCLUDED.api_start_seen_at),
+        webhook_start_seen_at = LEAST(b.webhook_start_seen_at, EXCLUDED.webhook_start_seen_at),
+        pusher_end_seen_at = LEAST(b.pusher_end_seen_at, EXCLUDED.pusher_end_seen_at),
+        api_end_seen_at = LEAST(b.api_end_seen_at, EXCLUDED.api_end_seen_at),
+        webhook_end_seen_at = LEAST(b.webhook_end_seen_at, EXCLUDED.webhook_end_seen_at),
         updated_at = now()
-    FROM (SELECT DISTINCT ON (existing_id) * FROM spans_placed WHERE existing_id IS NOT NULL
-          ORDER BY existing_id, segment DESC) p
-    WHERE b.id = p.existing_id
     RETURNING b.id
 ),
 last_span AS (

@@ -131,8 +131,9 @@ def run_feeder(args: argparse.Namespace) -> int:
             out.append(StatusChange(
                 f"w:{args.index}:{made}", channel, new, "pusher",  # type: ignore[arg-type]
                 "App\\Events\\StreamerIsLive" if new == "online" else "App\\Events\\StopStreamBroadcast",
-                100_000_000 + made, None, None, now, mono, args.index,
+                100_000_000 + made, None, now if new == "online" else None, now, mono, args.index,
                 1, made + 1,  # generation, seq: each channel has one feeder, so its seq only grows
+                channel,  # streamer id: the bench's streamers are seeded with id == channel id
             ))
             made += 1
         return out

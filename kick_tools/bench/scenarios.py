@@ -466,7 +466,7 @@ WRITER_STREAMERS = 100_000
 
 
 def seed_writer_streamers(count: int) -> Callable[[str], None]:
-    """Streamers with channel ids 1..count (the writer looks each change's channel up)."""
+    """Streamers with channel ids 1..count, rows of a fresh table: row id == channel id (the feeder relies on it)."""
 
     def build(url: str) -> None:
         conn = psycopg2.connect(url)

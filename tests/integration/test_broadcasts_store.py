@@ -9,6 +9,8 @@ it, then migrates.
 from __future__ import annotations
 
 import itertools
+import json
+import select
 import time
 
 import psycopg2
@@ -182,9 +184,8 @@ def test_notification_carries_the_broadcast_id(store: psycopg2.extensions.connec
         with listener.cursor() as cur:
             cur.execute("LISTEN kick_monitor_status")
         apply_changes(store, [change(1, "online", started=T0, livestream=11, channel=668)])
+        select.select([listener], [], [], 5.0)
         listener.poll()
-        import json
-
         payloads = [json.loads(n.payload) for n in listener.notifies]
     finally:
         listener.close()
