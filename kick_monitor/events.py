@@ -284,7 +284,8 @@ class StatusTracker:
       or unknown livestream id is a change: a new broadcast whose offline we missed.
     - online(L) when offline after livestream L ended: stale (a livestream id is one
       broadcast; once it ended it does not come back), counted, no change.
-    - offline when already offline: duplicate, whatever the livestream id.
+    - offline when already offline: duplicate, unless both livestream ids are known and
+      differ (a whole broadcast began and ended unseen: a change, the writer infers its start).
     - LivestreamUpdated on a stream known online with the same id: a `TitleUpdate` if the
       title changed, else a duplicate; otherwise it is an online change.
     - an online event whose payload says `"is_live": false` changes nothing (counted as
@@ -561,9 +562,13 @@ class StatusTracker:
                     self.stats.duplicates += 1
                     return None
                 title_update = True
-        elif status == state.status:
+        elif status == state.status and (
+            livestream_id is None or state.livestream_id is None or livestream_id == state.livestream_id
+        ):
             self.stats.duplicates += 1
             return None
+        # (offline again with another livestream id: a whole broadcast ended unseen; the
+        # writer records its inferred start)
         if status == "online" and not same_stream:
             # another broadcast: what we knew of the previous one does not carry over
             state.started_at = occurred_at

@@ -71,6 +71,11 @@ UPDATE kick_monitor.streamers s SET broadcast_id = b.id, stream_started_at = b.s
 FROM (SELECT DISTINCT ON (streamer_id) id, streamer_id, started_at, ended_at
       FROM kick_monitor.broadcasts ORDER BY streamer_id, started_at DESC, id DESC) b
 WHERE b.streamer_id = s.id AND b.ended_at IS NULL AND s.status = 'online' AND s.broadcast_id IS NULL;
+
+UPDATE kick_monitor.streamers s SET last_livestream_id = COALESCE(s.livestream_id, b.livestream_id)
+FROM (SELECT DISTINCT ON (streamer_id) streamer_id, livestream_id FROM kick_monitor.broadcasts
+      WHERE livestream_id IS NOT NULL ORDER BY streamer_id, started_at DESC, id DESC) b
+WHERE b.streamer_id = s.id AND s.last_livestream_id IS NULL;
 """
 
 
@@ -178,9 +183,12 @@ ALTER TABLE kick_monitor.status_events
     ADD COLUMN IF NOT EXISTS inferred     boolean NOT NULL DEFAULT false,
     ADD COLUMN IF NOT EXISTS broadcast_id bigint;
 -- The open broadcast of an online streamer (NULL when offline) and its start.
+-- last_livestream_id: Pusher's id of the last broadcast known, kept when offline (an end
+-- carrying another id shows a broadcast whose start nobody saw).
 ALTER TABLE kick_monitor.streamers
-    ADD COLUMN IF NOT EXISTS broadcast_id      bigint,
-    ADD COLUMN IF NOT EXISTS stream_started_at timestamptz;
+    ADD COLUMN IF NOT EXISTS broadcast_id       bigint,
+    ADD COLUMN IF NOT EXISTS stream_started_at  timestamptz,
+    ADD COLUMN IF NOT EXISTS last_livestream_id bigint;
 
 -- One row per broadcast, matched across sources by streamer + start time (within a
 -- tolerance) or Pusher's livestream id. No FK: like history, it outlives a removed streamer.

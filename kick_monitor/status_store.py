@@ -47,12 +47,14 @@ WITH incoming AS (
                a float8, r float8, g bigint, q bigint)
 ),
 fresh AS (
-    SELECT i.*, s.id AS streamer_id, s.username, s.status AS db_status, s.livestream_id AS db_livestream_id,
+    SELECT i.*, s.id AS streamer_id, s.username, s.status AS db_status,
+           -- the broadcast we know last: the open one's id when online, the last one's when not
+           CASE WHEN s.status = 'online' THEN s.livestream_id ELSE s.last_livestream_id END AS db_livestream_id,
            s.stream_started_at AS db_started_at, s.broadcast_id AS db_broadcast_id
     FROM incoming i
     CROSS JOIN LATERAL (
         SELECT st.id, st.username, st.status, st.last_event_at, st.order_generation, st.order_seq,
-               st.livestream_id, st.stream_started_at, st.broadcast_id
+               st.livestream_id, st.last_livestream_id, st.stream_started_at, st.broadcast_id
         FROM kick_monitor.streamers st
         WHERE st.id = i.sid
         LIMIT 1  -- not pulled up into a hash join: one primary-key probe per change, however many streamers
@@ -80,28 +82,34 @@ transitions AS (
                CASE WHEN o.livestream_id IS NOT NULL AND o.previous_livestream_id IS NOT NULL
                     THEN o.livestream_id <> o.previous_livestream_id
                     ELSE o.occurred_at > o.previous_started_at + make_interval(secs => $2) END,
-               false) AS new_broadcast
+               false) AS new_broadcast,
+           -- an end (Pusher's carries its livestream id) of a broadcast whose start nobody saw
+           COALESCE(o.status = 'offline' AND o.livestream_id <> o.previous_livestream_id, false) AS unseen_broadcast
     FROM ordered o
 ),
 latest AS (
     SELECT t.*,
-           max(t.received_at) FILTER (WHERE t.is_transition OR t.new_broadcast)
+           max(t.received_at) FILTER (WHERE t.is_transition OR t.new_broadcast OR t.unseen_broadcast)
                OVER (PARTITION BY t.streamer_id) AS changed_at,
            max(t.received_at) FILTER (WHERE t.status = 'online') OVER (PARTITION BY t.streamer_id) AS online_at
     FROM transitions t
 ),
--- What each change does to broadcasts: an end (offline transition, or the implied end
--- before a new broadcast), a start, or a touch (online, same broadcast: title, sources).
+-- What each change does to broadcasts, in this order: the implied end of the open broadcast
+-- (another broadcast showed up), a start (inferred: an end showed a broadcast whose start
+-- nobody saw; its time is unknown, the end's arrival is used), a touch (online, same
+-- broadcast: title, sources), an end.
 marks AS (
-    SELECT l.*, 1 AS ord, 'end' AS kind, l.new_broadcast AS inferred,
-           COALESCE(l.occurred_at, l.received_at) AS at
-    FROM latest l WHERE (l.is_transition AND l.status = 'offline') OR l.new_broadcast
+    SELECT l.*, 1 AS ord, 'end' AS kind, true AS inferred, COALESCE(l.occurred_at, l.received_at) AS at
+    FROM latest l WHERE l.new_broadcast OR (l.unseen_broadcast AND l.previous_status = 'online')
     UNION ALL
-    SELECT l.*, 2, 'start', false, COALESCE(l.occurred_at, l.received_at)
-    FROM latest l WHERE (l.is_transition AND l.status = 'online') OR l.new_broadcast
+    SELECT l.*, 2, 'start', l.unseen_broadcast, COALESCE(l.occurred_at, l.received_at)
+    FROM latest l WHERE (l.is_transition AND l.status = 'online') OR l.new_broadcast OR l.unseen_broadcast
     UNION ALL
     SELECT l.*, 3, 'touch', false, COALESCE(l.occurred_at, l.received_at)
     FROM latest l WHERE l.status = 'online' AND NOT l.is_transition AND NOT l.new_broadcast
+    UNION ALL
+    SELECT l.*, 4, 'end', false, COALESCE(l.occurred_at, l.received_at)
+    FROM latest l WHERE (l.is_transition AND l.status = 'offline') OR l.unseen_broadcast
 ),
 -- Segment 0 is the broadcast open in the row before this batch; segment k the k-th start.
 segmented AS (
@@ -111,21 +119,25 @@ segmented AS (
 ),
 spans AS (
     SELECT g.streamer_id, g.segment, min(g.db_broadcast_id) AS db_broadcast_id,
-           (array_agg(g.at ORDER BY g.generation, g.seq) FILTER (WHERE g.kind = 'start'))[1] AS started_at,
-           (array_agg(g.source ORDER BY g.generation, g.seq) FILTER (WHERE g.kind = 'start'))[1] AS start_source,
-           (array_agg(g.title ORDER BY g.generation, g.seq) FILTER (WHERE g.kind = 'start'))[1] AS start_title,
-           (array_agg(g.title ORDER BY g.generation DESC, g.seq DESC)
+           (array_agg(g.at ORDER BY g.generation, g.seq, g.ord) FILTER (WHERE g.kind = 'start'))[1] AS started_at,
+           (array_agg(g.source ORDER BY g.generation, g.seq, g.ord) FILTER (WHERE g.kind = 'start'))[1] AS start_source,
+           (array_agg(g.title ORDER BY g.generation, g.seq, g.ord) FILTER (WHERE g.kind = 'start'))[1] AS start_title,
+           (array_agg(g.title ORDER BY g.generation DESC, g.seq DESC, g.ord DESC)
                FILTER (WHERE g.kind <> 'end' AND g.title IS NOT NULL))[1] AS last_title,
-           (array_agg(g.category ORDER BY g.generation DESC, g.seq DESC)
+           (array_agg(g.category ORDER BY g.generation DESC, g.seq DESC, g.ord DESC)
                FILTER (WHERE g.kind <> 'end' AND g.category IS NOT NULL))[1] AS category,
-           (array_agg(g.livestream_id ORDER BY g.generation, g.seq)
+           (array_agg(g.livestream_id ORDER BY g.generation, g.seq, g.ord)
                FILTER (WHERE g.kind <> 'end' AND g.livestream_id IS NOT NULL))[1] AS livestream_id,
-           (array_agg(g.at ORDER BY g.generation, g.seq) FILTER (WHERE g.kind = 'end'))[1] AS ended_at,
-           (array_agg(g.source ORDER BY g.generation, g.seq) FILTER (WHERE g.kind = 'end'))[1] AS end_source,
-           bool_or(g.inferred) FILTER (WHERE g.kind = 'end') AS end_inferred,
-           min(g.received_at) FILTER (WHERE g.kind <> 'end' AND g.source = 'pusher') AS pusher_start_seen_at,
-           min(g.received_at) FILTER (WHERE g.kind <> 'end' AND g.source = 'api') AS api_start_seen_at,
-           min(g.received_at) FILTER (WHERE g.kind <> 'end' AND g.source = 'webhook') AS webhook_start_seen_at,
+           (array_agg(g.at ORDER BY g.generation, g.seq, g.ord) FILTER (WHERE g.kind = 'end'))[1] AS ended_at,
+           (array_agg(g.source ORDER BY g.generation, g.seq, g.ord) FILTER (WHERE g.kind = 'end'))[1] AS end_source,
+           (array_agg(g.inferred ORDER BY g.generation, g.seq, g.ord) FILTER (WHERE g.kind = 'end'))[1] AS end_inferred,
+           bool_or(g.inferred) FILTER (WHERE g.kind = 'start') AS start_inferred,
+           min(g.received_at) FILTER (WHERE g.kind <> 'end' AND NOT g.inferred AND g.source = 'pusher')
+               AS pusher_start_seen_at,
+           min(g.received_at) FILTER (WHERE g.kind <> 'end' AND NOT g.inferred AND g.source = 'api')
+               AS api_start_seen_at,
+           min(g.received_at) FILTER (WHERE g.kind <> 'end' AND NOT g.inferred AND g.source = 'webhook')
+               AS webhook_start_seen_at,
            min(g.received_at) FILTER (WHERE g.kind = 'end' AND g.source = 'pusher') AS pusher_end_seen_at,
            min(g.received_at) FILTER (WHERE g.kind = 'end' AND g.source = 'api') AS api_end_seen_at,
            min(g.received_at) FILTER (WHERE g.kind = 'end' AND g.source = 'webhook') AS webhook_end_seen_at
@@ -158,14 +170,15 @@ spans_placed AS (
 recorded AS (
     INSERT INTO kick_monitor.broadcasts AS b
         (id, streamer_id, started_at, ended_at, start_title, last_title, category, livestream_id,
-         start_source, end_source, end_inferred,
+         start_source, end_source, start_inferred, end_inferred,
          pusher_start_seen_at, api_start_seen_at, webhook_start_seen_at,
          pusher_end_seen_at, api_end_seen_at, webhook_end_seen_at)
     SELECT DISTINCT ON (p.bid)
            p.bid, p.streamer_id,
            COALESCE(p.started_at, 'epoch'),  -- only a new row's is used, and a new row has its start
            p.ended_at, p.start_title, COALESCE(p.last_title, p.start_title), p.category, p.livestream_id,
-           COALESCE(p.start_source, 'history'), p.end_source, COALESCE(p.end_inferred, false),
+           COALESCE(p.start_source, 'history'), p.end_source, COALESCE(p.start_inferred, false),
+           COALESCE(p.end_inferred, false),
            p.pusher_start_seen_at, p.api_start_seen_at, p.webhook_start_seen_at,
            p.pusher_end_seen_at, p.api_end_seen_at, p.webhook_end_seen_at
     FROM spans_placed p WHERE p.bid IS NOT NULL
@@ -194,17 +207,20 @@ history AS (
     INSERT INTO kick_monitor.status_events
         (change_id, streamer_id, channel_id, status, previous_status, source, event,
          livestream_id, title, occurred_at, received_at, order_generation, order_seq, inferred, broadcast_id)
-    SELECT CASE WHEN g.inferred THEN g.change_id || ':ended' ELSE g.change_id END,
+    SELECT CASE WHEN NOT g.inferred THEN g.change_id
+                WHEN g.kind = 'end' THEN g.change_id || ':ended' ELSE g.change_id || ':started' END,
            g.streamer_id, g.channel_id,
            CASE g.kind WHEN 'end' THEN 'offline' ELSE 'online' END,
-           CASE WHEN g.inferred THEN 'online' WHEN g.new_broadcast THEN 'offline' ELSE g.previous_status END,
+           CASE WHEN g.kind = 'end' AND (g.inferred OR g.unseen_broadcast) THEN 'online'
+                WHEN g.kind = 'start' AND (g.inferred OR g.new_broadcast) THEN 'offline'
+                ELSE g.previous_status END,
            g.source,
-           CASE WHEN g.inferred THEN 'inferred_end' ELSE g.event END,
-           CASE WHEN g.inferred THEN g.previous_livestream_id ELSE g.livestream_id END,
+           CASE WHEN NOT g.inferred THEN g.event WHEN g.kind = 'end' THEN 'inferred_end' ELSE 'inferred_start' END,
+           CASE WHEN g.inferred AND g.kind = 'end' THEN g.previous_livestream_id ELSE g.livestream_id END,
            CASE WHEN g.inferred THEN NULL ELSE g.title END,
-           CASE WHEN g.inferred THEN g.at ELSE g.occurred_at END,
+           CASE WHEN NOT g.inferred THEN g.occurred_at WHEN g.kind = 'end' THEN g.at END,
            g.received_at, g.generation,
-           CASE WHEN g.inferred THEN g.seq - 1 ELSE g.seq END,
+           g.seq - CASE WHEN NOT g.inferred THEN 0 WHEN g.kind = 'end' THEN 2 ELSE 1 END,
            g.inferred,
            sp.bid
     FROM segmented g
@@ -220,6 +236,8 @@ current AS (
         livestream_id = CASE WHEN l.status <> 'online' THEN NULL
                              WHEN ls.segment > 0 THEN COALESCE(ls.livestream_id, l.livestream_id)
                              ELSE COALESCE(l.livestream_id, s.livestream_id) END,
+        last_livestream_id = COALESCE(l.livestream_id, CASE WHEN ls.segment > 0 THEN ls.livestream_id END,
+                                      s.last_livestream_id),
         stream_title = CASE WHEN l.status = 'online' THEN COALESCE(l.title, s.stream_title) ELSE s.stream_title END,
         broadcast_id = CASE WHEN l.status <> 'online' THEN NULL
                             WHEN ls.segment > 0 THEN ls.bid ELSE s.broadcast_id END,

@@ -222,7 +222,7 @@ def load_monitorable(conn: psycopg2.extensions.connection) -> list[StreamerRef]:
     Those without a channel id are watched through the API only (no Pusher) until it is known."""
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT id, username, channel_id, kick_user_id, status, livestream_id,"
+            "SELECT id, username, channel_id, kick_user_id, status, COALESCE(livestream_id, last_livestream_id),"
             " extract(epoch FROM stream_started_at)::float8"
             " FROM kick_monitor.streamers WHERE channel_id IS NOT NULL OR kick_user_id IS NOT NULL ORDER BY id"
         )

@@ -251,3 +251,29 @@ def test_migration_backfills_one_broadcast_per_pair_and_is_idempotent(make_datab
         assert broadcasts(conn, 3) == [(T0, T0 + 500, "pusher", "pusher", False, 31)]
     finally:
         conn.close()
+
+
+def test_an_end_naming_an_unseen_broadcast_records_its_inferred_start(
+    store: psycopg2.extensions.connection,
+) -> None:
+    apply_changes(store, [change(1, "online", started=T0, livestream=11, channel=668)])
+    # Connections were down; the next frame is the end of a broadcast whose start nobody saw.
+    apply_changes(store, [change(1, "offline", at=T0 + 900, livestream=12, channel=668)])
+    assert broadcasts(store, 1) == [
+        (T0, T0 + 900, "pusher", "pusher", True, 11),
+        (T0 + 900, T0 + 900, "pusher", "pusher", False, 12),
+    ]
+    assert query(store, "SELECT start_inferred FROM kick_monitor.broadcasts ORDER BY id") == [(False,), (True,)]
+    assert history(store, 1) == [
+        ("unknown", "online", False, True),
+        ("online", "offline", True, True),
+        ("offline", "online", True, True),
+        ("online", "offline", False, True),
+    ]
+    # Offline already, another unseen one ends: its start is inferred, nothing else.
+    apply_changes(store, [change(1, "offline", at=T0 + 1900, livestream=13, channel=668)])
+    assert [h[:3] for h in history(store, 1)[4:]] == [("offline", "online", True), ("online", "offline", False)]
+    assert len(broadcasts(store, 1)) == 3
+    # The same end again (both Pusher channels): nothing new.
+    apply_changes(store, [change(1, "offline", at=T0 + 1901, livestream=13, channel=668)])
+    assert len(history(store, 1)) == 6

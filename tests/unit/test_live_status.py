@@ -79,3 +79,12 @@ def test_adapter_keys_answers_by_streamer_id() -> None:
     answer = live_status_by_streamer(by_user, refs)
     assert answer[1].started_at == T0 + 100 and set(answer) == {1, 2}  # 404: left out, unknown
     assert [ref.streamer_id for ref in by_user.asked] == [2]  # no user id: asked the old way
+
+
+def test_an_end_with_another_livestream_id_when_offline_is_a_change() -> None:
+    tracker = StatusTracker([StreamerRef(5, "s", None, 77, "offline", 11)])
+    again = tracker.set_status(5, "offline", 11, received_at=T0, received_mono=1.0)
+    assert again is None  # the end we know
+    unseen = tracker.set_status(5, "offline", 12, received_at=T0, received_mono=1.0)
+    assert unseen is not None and unseen.livestream_id == 12
+    assert tracker.set_status(5, "offline", 12, received_at=T0, received_mono=1.0) is None
