@@ -178,7 +178,7 @@ class Settings(BaseModel):
         " they are detected at this interval, not in milliseconds); 0 = only reconcile_interval",
     )
     broadcast_match_tolerance: Annotated[float, live(WORKER, WRITER)] = Field(
-        60.0, ge=1, le=3600,
+        60.0, ge=0, le=3600,
         description="seconds within which two reported starts of one streamer are one broadcast"
         " (Pusher's created_at, the API's start_time and a webhook's started_at differ by this much)",
     )

@@ -126,8 +126,9 @@ spans AS (
                FILTER (WHERE g.kind <> 'end' AND g.title IS NOT NULL))[1] AS last_title,
            (array_agg(g.category ORDER BY g.generation DESC, g.seq DESC, g.ord DESC)
                FILTER (WHERE g.kind <> 'end' AND g.category IS NOT NULL))[1] AS category,
+           -- an end seen over Pusher names the broadcast too (one the API saw start has no id yet)
            (array_agg(g.livestream_id ORDER BY g.generation, g.seq, g.ord)
-               FILTER (WHERE g.kind <> 'end' AND g.livestream_id IS NOT NULL))[1] AS livestream_id,
+               FILTER (WHERE NOT (g.kind = 'end' AND g.inferred) AND g.livestream_id IS NOT NULL))[1] AS livestream_id,
            (array_agg(g.at ORDER BY g.generation, g.seq, g.ord) FILTER (WHERE g.kind = 'end'))[1] AS ended_at,
            (array_agg(g.source ORDER BY g.generation, g.seq, g.ord) FILTER (WHERE g.kind = 'end'))[1] AS end_source,
            (array_agg(g.inferred ORDER BY g.generation, g.seq, g.ord) FILTER (WHERE g.kind = 'end'))[1] AS end_inferred,
@@ -145,7 +146,7 @@ spans AS (
     GROUP BY g.streamer_id, g.segment
 ),
 -- A start matches a broadcast already recorded (another source saw it first) by Pusher's
--- livestream id or by its start within the tolerance; else it gets a new row.
+-- livestream id when both have one, else by its start within the tolerance; else it gets a new row.
 placed AS MATERIALIZED (
     SELECT sp.*, COALESCE(CASE WHEN sp.segment = 0 THEN sp.db_broadcast_id END, m.id) AS existing_id,
            CASE WHEN sp.segment > 0 AND m.id IS NULL THEN nextval('kick_monitor.broadcasts_id_seq') END AS new_id
@@ -153,9 +154,11 @@ placed AS MATERIALIZED (
     LEFT JOIN LATERAL (
         SELECT b.id FROM kick_monitor.broadcasts b
         WHERE sp.segment > 0 AND b.streamer_id = sp.streamer_id
-          AND ((sp.livestream_id IS NOT NULL AND b.livestream_id = sp.livestream_id)
-               OR b.started_at BETWEEN sp.started_at - make_interval(secs => $2)
-                                   AND sp.started_at + make_interval(secs => $2))
+          -- two known livestream ids decide; only without them does the start time
+          AND CASE WHEN sp.livestream_id IS NOT NULL AND b.livestream_id IS NOT NULL
+                   THEN b.livestream_id = sp.livestream_id
+                   ELSE b.started_at BETWEEN sp.started_at - make_interval(secs => $2)
+                                         AND sp.started_at + make_interval(secs => $2) END
         ORDER BY b.started_at DESC  -- the index's order: no sort per change
         LIMIT 1
     ) m ON true

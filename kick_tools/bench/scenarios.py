@@ -245,11 +245,11 @@ def run_pipeline(sc: PipelineScenario, ctx: BenchContext, index: int) -> dict[st
     url = ctx.db.fresh(f"bench_{sc.name.lower()}_{index}", template=template)
     result: dict[str, Any] = {"run": index + 1, "load_before": measure.loadavg()}
     with Stack() as stack:
-        # The simulator's broadcasts last seconds and its start times are exact: two starts of one
-        # streamer are told apart at 2 s (Kick's real offsets are unknown: the default is 60 s).
+        # The simulator's broadcasts last seconds and every source gives the same whole-second start:
+        # two starts of one streamer are told apart at 0.5 s (Kick's real offsets are unknown: 60 s default).
         sim, service, start = start_pipeline(ctx, stack, run_dir, url, streamers=sc.streamers, shards=sc.shards,
                                               seed=index + 1, noise=sc.noise_rate > 0,
-                                              settings={"broadcast_match_tolerance": "2"})
+                                              settings={"broadcast_match_tolerance": "0.5"})
         result.update(start)
         sampler = measure.RoleSampler(pipeline_discover(service, sim, ctx.db), interval=0.5).start()
         stack.push(sampler)

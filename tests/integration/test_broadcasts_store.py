@@ -277,3 +277,19 @@ def test_an_end_naming_an_unseen_broadcast_records_its_inferred_start(
     # The same end again (both Pusher channels): nothing new.
     apply_changes(store, [change(1, "offline", at=T0 + 1901, livestream=13, channel=668)])
     assert len(history(store, 1)) == 6
+
+
+def test_two_short_broadcasts_with_their_own_livestream_ids_are_two_rows(
+    store: psycopg2.extensions.connection,
+) -> None:
+    apply_changes(store, [change(1, "online", at=T0, started=T0, livestream=11, channel=668)])
+    apply_changes(store, [change(1, "offline", at=T0 + 1, livestream=11, channel=668)])
+    apply_changes(store, [change(1, "online", at=T0 + 2, started=T0 + 2, livestream=12, channel=668)])
+    assert [b[5] for b in broadcasts(store, 1)] == [11, 12]  # starts 2 s apart: the ids decide
+
+
+def test_an_end_over_pusher_names_a_broadcast_the_api_saw_start(store: psycopg2.extensions.connection) -> None:
+    apply_changes(store, [change(1, "online", source="api", started=T0, channel=668)])
+    apply_changes(store, [change(1, "offline", at=T0 + 60, livestream=21, channel=668)])
+    assert broadcasts(store, 1) == [(T0, T0 + 60, "api", "pusher", False, 21)]
+    assert query(store, "SELECT last_livestream_id FROM kick_monitor.streamers WHERE id = 1") == [(21,)]
