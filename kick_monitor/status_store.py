@@ -67,8 +67,9 @@ ordered AS (
            COALESCE(lag(f.status) OVER w, f.db_status) AS previous_status,
            CASE WHEN lag(f.change_id) OVER w IS NULL THEN f.db_livestream_id
                 ELSE lag(f.livestream_id) OVER w END AS previous_livestream_id,
-           CASE WHEN lag(f.change_id) OVER w IS NULL THEN f.db_started_at
-                ELSE lag(f.occurred_at) OVER w END AS previous_started_at,
+           -- the latest start known before this change (a confirmation carries none)
+           GREATEST(f.db_started_at, max(f.occurred_at) FILTER (WHERE f.status = 'online')
+                    OVER (w ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)) AS previous_started_at,
            row_number() OVER (PARTITION BY f.streamer_id
                               ORDER BY f.generation DESC, f.seq DESC, f.received_at DESC, f.change_id DESC) AS newest
     FROM fresh f

@@ -293,3 +293,14 @@ def test_an_end_over_pusher_names_a_broadcast_the_api_saw_start(store: psycopg2.
     apply_changes(store, [change(1, "offline", at=T0 + 60, livestream=21, channel=668)])
     assert broadcasts(store, 1) == [(T0, T0 + 60, "api", "pusher", False, 21)]
     assert query(store, "SELECT last_livestream_id FROM kick_monitor.streamers WHERE id = 1") == [(21,)]
+
+
+def test_a_later_start_after_a_confirmation_in_the_same_batch_is_still_a_new_broadcast(
+    store: psycopg2.extensions.connection,
+) -> None:
+    apply_changes(store, [change(1, "online", started=T0, livestream=11, channel=668)])
+    apply_changes(store, [
+        change(1, "online", source="api", at=T0 + 500, livestream=11, channel=668),  # a confirmation: no start
+        change(1, "online", source="api", at=T0 + 501, started=T0 + 400, channel=668),
+    ])
+    assert [b[:2] for b in broadcasts(store, 1)] == [(T0, T0 + 400), (T0 + 400, None)]
