@@ -284,8 +284,9 @@ class StatusTracker:
       or unknown livestream id is a change: a new broadcast whose offline we missed.
     - online(L) when offline after livestream L ended: stale (a livestream id is one
       broadcast; once it ended it does not come back), counted, no change.
-    - offline when already offline: duplicate, unless both livestream ids are known and
-      differ (a whole broadcast began and ended unseen: a change, the writer infers its start).
+    - offline when already offline: duplicate, unless it names a livestream other than the
+      one we know, or we know none (a whole broadcast may have begun and ended unseen: a
+      change; the writer decides whether to infer its start).
     - LivestreamUpdated on a stream known online with the same id: a `TitleUpdate` if the
       title changed, else a duplicate; otherwise it is an online change.
     - an online event whose payload says `"is_live": false` changes nothing (counted as
@@ -562,9 +563,7 @@ class StatusTracker:
                     self.stats.duplicates += 1
                     return None
                 title_update = True
-        elif status == state.status and (
-            livestream_id is None or state.livestream_id is None or livestream_id == state.livestream_id
-        ):
+        elif status == state.status and (livestream_id is None or livestream_id == state.livestream_id):
             self.stats.duplicates += 1
             return None
         # (offline again with another livestream id: a whole broadcast ended unseen; the

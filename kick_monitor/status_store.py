@@ -84,8 +84,16 @@ transitions AS (
                     THEN o.livestream_id <> o.previous_livestream_id
                     ELSE o.occurred_at > o.previous_started_at + make_interval(secs => $2) END,
                false) AS new_broadcast,
-           -- an end (Pusher's carries its livestream id) of a broadcast whose start nobody saw
-           COALESCE(o.status = 'offline' AND o.livestream_id <> o.previous_livestream_id, false) AS unseen_broadcast
+           -- an end (Pusher's carries its livestream id) of a broadcast whose start nobody saw: another
+           -- id than the one we know; or, knowing none, unless the last broadcast has no id either
+           -- (the API saw it, without ids: this is likely its end, late)
+           COALESCE(o.status = 'offline' AND o.livestream_id IS NOT NULL AND
+               CASE WHEN o.previous_livestream_id IS NOT NULL THEN o.livestream_id <> o.previous_livestream_id
+                    WHEN o.previous_status = 'online' THEN false
+                    ELSE NOT COALESCE((SELECT b.livestream_id IS NULL FROM kick_monitor.broadcasts b
+                                       WHERE b.streamer_id = o.streamer_id
+                                       ORDER BY b.started_at DESC LIMIT 1), false) END,
+               false) AS unseen_broadcast
     FROM ordered o
 ),
 latest AS (

@@ -304,3 +304,17 @@ def test_a_later_start_after_a_confirmation_in_the_same_batch_is_still_a_new_bro
         change(1, "online", source="api", at=T0 + 501, started=T0 + 400, channel=668),
     ])
     assert [b[:2] for b in broadcasts(store, 1)] == [(T0, T0 + 400), (T0 + 400, None)]
+
+
+def test_an_end_when_no_livestream_was_ever_known(store: psycopg2.extensions.connection) -> None:
+    apply_changes(store, [change(1, "offline", source="api", at=T0, channel=668)])  # reconciliation at start
+    apply_changes(store, [change(1, "offline", at=T0 + 60, livestream=31, channel=668)])  # began and ended unseen
+    assert [(b[4], b[5]) for b in broadcasts(store, 1)] == [(False, 31)]
+    assert [h[:3] for h in history(store, 1)] == [
+        ("unknown", "offline", False), ("offline", "online", True), ("online", "offline", False),
+    ]
+    # A broadcast the API saw (no id), ended by the API; Pusher's end of it comes late: nothing new.
+    apply_changes(store, [change(2, "online", source="api", at=T0, started=T0)])
+    apply_changes(store, [change(2, "offline", source="api", at=T0 + 60)])
+    apply_changes(store, [change(2, "offline", at=T0 + 61, livestream=41)])
+    assert len(broadcasts(store, 2)) == 1 and len(history(store, 2)) == 2
