@@ -175,6 +175,16 @@ class Settings(BaseModel):
     reconcile_interval: Annotated[float, live(WORKER)] = Field(
         300.0, ge=0, description="seconds between reconciliations; 0 = only on connect",
     )
+    reconcile_interval_without_pusher: Annotated[float, live(WORKER)] = Field(
+        30.0, ge=0,
+        description="seconds between reconciliations of streamers without a channel id (no Pusher:"
+        " they are detected at this interval, not in milliseconds); 0 = only reconcile_interval",
+    )
+    broadcast_match_tolerance: Annotated[float, live(WORKER, WRITER)] = Field(
+        60.0, ge=0, le=3600,
+        description="seconds within which two reported starts of one streamer are one broadcast"
+        " (Pusher's created_at, the API's start_time and a webhook's started_at differ by this much)",
+    )
     api_batch_size: Annotated[int, live(WORKER, PLANNER)] = Field(
         25, ge=1, le=50,
         description="slugs or user ids per /public/v1/channels request (50-item batches are reported to return"

@@ -258,6 +258,8 @@ class _ChannelState:
     livestream_id: int | None
     title: str | None = None
     generation: int = 0
+    channel_id: int | None = None  # None: monitored without Pusher (API only)
+    started_at: float | None = None  # Kick's start of the broadcast we believe is on
 
 
 class _Malformed(Exception):
@@ -270,7 +272,11 @@ class _Malformed(Exception):
 
 
 class StatusTracker:
-    """Each known channel's last status and livestream id; turns events into changes.
+    """Each known streamer's last status and livestream id; turns events into changes.
+
+    Keyed by the streamer's row id (`StreamerRef.streamer_id`): a streamer without a
+    channel id is tracked too (the API reports on it), it only has no Pusher names until
+    `add` sees it again with a channel id.
 
     De-duplication rules (per channel):
     - online(L) when already online with livestream L: duplicate (this is how the same
@@ -278,12 +284,14 @@ class StatusTracker:
       or unknown livestream id is a change: a new broadcast whose offline we missed.
     - online(L) when offline after livestream L ended: stale (a livestream id is one
       broadcast; once it ended it does not come back), counted, no change.
-    - offline when already offline: duplicate, whatever the livestream id.
+    - offline when already offline: duplicate, unless it names a livestream other than the
+      one we know, or we know none (a whole broadcast may have begun and ended unseen: a
+      change; the writer decides whether to infer its start).
     - LivestreamUpdated on a stream known online with the same id: a `TitleUpdate` if the
       title changed, else a duplicate; otherwise it is an online change.
     - an online event whose payload says `"is_live": false` changes nothing (counted as
       ignored under "<event> (is_live=false)").
-    `change_id` is f"p:{channel}:{status}:{livestream or '-'}:{received_ns}" ("a:" for the
+    `change_id` is f"p:{streamer}:{status}:{livestream or '-'}:{received_ns}" ("a:" for the
     API), where received_ns is the receive time in ns, bumped to stay strictly increasing
     within this tracker: unique per worker, and fixed once the change object exists.
     Every change carries its channel's assignment generation and a fresh `seq`
@@ -311,42 +319,71 @@ class StatusTracker:
     def __len__(self) -> int:
         return len(self._states)
 
-    def __contains__(self, channel_id: object) -> bool:
-        return channel_id in self._states
+    def __contains__(self, streamer_id: object) -> bool:
+        return streamer_id in self._states
 
     def add(self, streamers: Iterable[StreamerRef]) -> list[str]:
-        """Start tracking; returns the channel names to subscribe (known ones are kept as is)."""
+        """Start tracking; returns the channel names to subscribe.
+
+        A streamer already tracked keeps its state; if it comes with a channel id it did
+        not have (the resolver found it), only its names are returned, to subscribe now.
+        """
         names: list[str] = []
         for ref in streamers:
-            if ref.channel_id in self._states:
+            state = self._states.get(ref.streamer_id)
+            if state is None:
+                state = self._states[ref.streamer_id] = _ChannelState(
+                    ref.status, ref.livestream_id, generation=ref.generation, started_at=ref.started_at
+                )
+            elif ref.channel_id is None or ref.channel_id == state.channel_id:
                 continue
-            self._states[ref.channel_id] = _ChannelState(
-                ref.status, ref.livestream_id, generation=ref.generation
-            )
-            for name in channel_names(ref.channel_id):
-                self._by_name[name] = ref.channel_id
-                names.append(name)
+            names.extend(self._name_channel(ref.streamer_id, state, ref.channel_id))
         return names
 
-    def remove(self, channel_ids: Iterable[int]) -> list[str]:
+    def _name_channel(self, streamer_id: int, state: _ChannelState, channel_id: int | None) -> list[str]:
+        """Point the streamer's Pusher names at `channel_id`; the new names (old ones dropped)."""
+        if state.channel_id is not None:
+            for name in channel_names(state.channel_id):
+                self._by_name.pop(name, None)
+        state.channel_id = channel_id
+        if channel_id is None:
+            return []
+        names = list(channel_names(channel_id))
+        for name in names:
+            self._by_name[name] = streamer_id
+        return names
+
+    def remove(self, streamer_ids: Iterable[int]) -> list[str]:
         """Stop tracking; returns the channel names to unsubscribe."""
         names: list[str] = []
-        for channel_id in channel_ids:
-            if self._states.pop(channel_id, None) is None:
+        for streamer_id in streamer_ids:
+            state = self._states.pop(streamer_id, None)
+            if state is None:
                 continue
-            self.last_event_mono.pop(channel_id, None)
-            for name in channel_names(channel_id):
-                del self._by_name[name]
-                names.append(name)
+            self.last_event_mono.pop(streamer_id, None)
+            if state.channel_id is not None:
+                for name in channel_names(state.channel_id):
+                    del self._by_name[name]
+                    names.append(name)
         return names
+
+    def channel_of(self, streamer_id: int) -> int | None:
+        """The streamer's channel id (None: not tracked, or monitored without Pusher)."""
+        state = self._states.get(streamer_id)
+        return None if state is None else state.channel_id
+
+    def started_at(self, streamer_id: int) -> float | None:
+        """Kick's start time of the broadcast we believe is on, when a source gave it."""
+        state = self._states.get(streamer_id)
+        return None if state is None or state.status != "online" else state.started_at
 
     def channel_names(self) -> list[str]:
         """Every channel name of every tracked channel."""
         return list(self._by_name)
 
-    def status(self, channel_id: int) -> tuple[Status, int | None] | None:
+    def status(self, streamer_id: int) -> tuple[Status, int | None] | None:
         """(status, livestream id) as last known, or None if not tracked."""
-        state = self._states.get(channel_id)
+        state = self._states.get(streamer_id)
         return None if state is None else (state.status, state.livestream_id)
 
     def apply(self, ev: AppEvent) -> StatusChange | TitleUpdate | None:
@@ -355,10 +392,12 @@ class StatusTracker:
         if spec is None:
             self.stats.ignore(ev.event)
             return None
-        channel_id = self._by_name.get(ev.channel) if ev.channel is not None else None
-        if channel_id is None:
+        streamer_id = self._by_name.get(ev.channel) if ev.channel is not None else None
+        if streamer_id is None:
             self.stats.stranger(ev.channel, ev.event)
             return None
+        channel_id = self._states[streamer_id].channel_id
+        assert channel_id is not None  # only streamers with a channel id have names
         try:
             livestream_id, title, occurred_at, live = self._read_payload(
                 ev, spec, channel_id
@@ -371,9 +410,9 @@ class StatusTracker:
         if not live:
             self.stats.ignore(ev.event + " (is_live=false)")
             return None
-        self.last_event_mono[channel_id] = ev.received_mono
+        self.last_event_mono[streamer_id] = ev.received_mono
         return self._transition(
-            channel_id,
+            streamer_id,
             spec.status,
             "pusher",
             ev.event,
@@ -386,7 +425,7 @@ class StatusTracker:
 
     def set_status(
         self,
-        channel_id: int,
+        streamer_id: int,
         status: Status,
         livestream_id: int | None,
         *,
@@ -396,11 +435,15 @@ class StatusTracker:
         received_mono: float,
         event: str = "api",
     ) -> StatusChange | None:
-        """Record what the reconciler learned from the API (source "api"), same rules as events."""
-        if channel_id not in self._states:
+        """Record what the reconciler learned from the API (source "api"), same rules as events.
+
+        Online while we believe online is a change only when it is another broadcast
+        (livestream id differs, or the caller saw a later start time: see
+        `kick_monitor.live_status.diff_by_streamer`)."""
+        if streamer_id not in self._states:
             return None
         result = self._transition(
-            channel_id,
+            streamer_id,
             status,
             "api",
             event,
@@ -413,7 +456,7 @@ class StatusTracker:
         return result if isinstance(result, StatusChange) else None
 
     def confirm(
-        self, channel_id: int, *, received_at: float, received_mono: float, event: str = "reconcile"
+        self, streamer_id: int, *, received_at: float, received_mono: float, event: str = "reconcile"
     ) -> StatusChange | None:
         """The channel's current status as a change (source "api"), leaving the state as it is.
 
@@ -422,12 +465,12 @@ class StatusTracker:
         ends at this status. The writer records no history for it unless the row differed.
         None for an untracked channel or an unknown status.
         """
-        state = self._states.get(channel_id)
+        state = self._states.get(streamer_id)
         if state is None or state.status == "unknown":
             return None
         livestream_id = state.livestream_id if state.status == "online" else None
         return self._change(
-            channel_id, state.status, "api", event, livestream_id, None, None, received_at, received_mono
+            streamer_id, state.status, "api", event, livestream_id, None, None, received_at, received_mono
         )
 
     def _read_payload(
@@ -495,7 +538,7 @@ class StatusTracker:
 
     def _transition(
         self,
-        channel_id: int,
+        streamer_id: int,
         status: Status,
         source: Source,
         event: str,
@@ -506,7 +549,7 @@ class StatusTracker:
         received_mono: float,
     ) -> StatusChange | TitleUpdate | None:
         """Apply the de-duplication rules (class docstring) and update the state."""
-        state = self._states[channel_id]
+        state = self._states[streamer_id]
         title_update = False
         if status == "online":
             same_stream = (
@@ -520,16 +563,25 @@ class StatusTracker:
                     self.stats.duplicates += 1
                     return None
                 title_update = True
-        elif status == state.status:
+        elif status == state.status and (livestream_id is None or livestream_id == state.livestream_id):
             self.stats.duplicates += 1
             return None
+        # (offline again with another livestream id: a whole broadcast ended unseen; the
+        # writer records its inferred start)
+        if status == "online" and not same_stream:
+            # another broadcast: what we knew of the previous one does not carry over
+            state.started_at = occurred_at
+            if livestream_id is None and state.status == "online":
+                state.livestream_id = None
+        elif status == "online" and occurred_at is not None and state.started_at is None:
+            state.started_at = occurred_at
         state.status = status
         if livestream_id is not None:
             state.livestream_id = livestream_id
         if title is not None:
             state.title = title
         change = self._change(
-            channel_id,
+            streamer_id,
             status,
             source,
             event,
@@ -547,7 +599,7 @@ class StatusTracker:
 
     def _change(
         self,
-        channel_id: int,
+        streamer_id: int,
         status: Status,
         source: Source,
         event: str,
@@ -561,9 +613,10 @@ class StatusTracker:
         self._last_ns = received_ns
         prefix = "p" if source == "pusher" else "a"
         stream = "-" if livestream_id is None else livestream_id
+        state = self._states[streamer_id]
         return StatusChange(
-            change_id=f"{prefix}:{channel_id}:{status}:{stream}:{received_ns}",
-            channel_id=channel_id,
+            change_id=f"{prefix}:{streamer_id}:{status}:{stream}:{received_ns}",
+            channel_id=state.channel_id,
             status=status,
             source=source,
             event=event,
@@ -573,6 +626,7 @@ class StatusTracker:
             received_at=received_at,
             received_mono=received_mono,
             shard=self.shard,
-            generation=self._states[channel_id].generation,
+            generation=state.generation,
             seq=self._seq.next(),
+            streamer_id=streamer_id,
         )

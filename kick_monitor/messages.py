@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from .config import Settings
 
 Status = Literal["online", "offline", "unknown"]
-Source = Literal["pusher", "api"]
+Source = Literal["pusher", "api", "webhook"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,10 +29,14 @@ class StatusChange:
     taken when the change was created. 0/0 only for changes spooled by a release without
     them (then `received_at` decides, as it did). `received_at` (wall clock, epoch seconds)
     is for latency and display only; `received_mono` measures latency within this host.
+    `streamer_id` (the streamer's row id) is the key the writer goes by; `channel_id` is
+    None for a streamer monitored without Pusher. Both new fields come last, with
+    defaults, so spool lines of an older release still load (streamer id 0 = look it up by
+    channel id). `occurred_at` is Kick's time of the start (online) when a source gave it.
     """
 
     change_id: str
-    channel_id: int
+    channel_id: int | None
     status: Status
     source: Source
     event: str
@@ -44,6 +48,8 @@ class StatusChange:
     shard: int
     generation: int = 0
     seq: int = 0
+    streamer_id: int = 0
+    category: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,16 +79,18 @@ class StreamerRef:
 
     `generation` is the assignment generation of the hand-over that gave it to this
     worker (kick_monitor.ordering.allocate_generation); every change the worker makes for
-    it carries it.
+    it carries it. `channel_id` is None for a streamer monitored without Pusher (by its
+    user id through the API only); it gets a Pusher subscription once the id is known.
     """
 
     streamer_id: int
     username: str
-    channel_id: int
+    channel_id: int | None
     kick_user_id: int | None
     status: Status = "unknown"
     livestream_id: int | None = None
     generation: int = 0
+    started_at: float | None = None  # the open broadcast's start (epoch s), when known
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +116,9 @@ class Subscribe:
 
 @dataclass(frozen=True, slots=True)
 class Unsubscribe:
-    """Planner → worker: stop watching these channel ids."""
+    """Planner → worker: stop watching these streamers (row ids)."""
 
-    channel_ids: tuple[int, ...]
+    streamer_ids: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)

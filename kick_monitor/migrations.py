@@ -25,6 +25,60 @@ class Migration:
     sql: str
 
 
+# One broadcast per online transition of the history, ended by the next transition (an
+# offline; or another online, whose start then implies the end: marked inferred). Safe to
+# run again: an online row that already names its broadcast is skipped, so it also picks up
+# history a previous release wrote after the migration (expand-only: it may still run).
+BACKFILL_SQL = """
+WITH ordered AS (
+    SELECT e.id, e.streamer_id, e.status, e.source, e.livestream_id, e.title, e.broadcast_id, e.received_at,
+           COALESCE(e.occurred_at, e.received_at) AS at,
+           lead(e.id) OVER w AS next_id,
+           lead(e.status) OVER w AS next_status,
+           lead(e.source) OVER w AS next_source,
+           lead(e.received_at) OVER w AS next_received,
+           lead(COALESCE(e.occurred_at, e.received_at)) OVER w AS next_at
+    FROM kick_monitor.status_events e
+    WINDOW w AS (PARTITION BY e.streamer_id ORDER BY e.order_generation, e.order_seq, e.received_at, e.id)
+),
+pairs AS MATERIALIZED (
+    SELECT nextval('kick_monitor.broadcasts_id_seq') AS bid, o.*
+    FROM ordered o WHERE o.status = 'online' AND o.broadcast_id IS NULL
+),
+made AS (
+    INSERT INTO kick_monitor.broadcasts
+        (id, streamer_id, started_at, ended_at, start_title, last_title, livestream_id,
+         start_source, end_source, end_inferred,
+         pusher_start_seen_at, api_start_seen_at, pusher_end_seen_at, api_end_seen_at)
+    SELECT p.bid, p.streamer_id, p.at, p.next_at, p.title, p.title, p.livestream_id,
+           p.source,
+           CASE p.next_status WHEN 'offline' THEN p.next_source WHEN 'online' THEN 'history' END,
+           COALESCE(p.next_status = 'online', false),
+           CASE WHEN p.source = 'pusher' THEN p.received_at END,
+           CASE WHEN p.source = 'api' THEN p.received_at END,
+           CASE WHEN p.next_status = 'offline' AND p.next_source = 'pusher' THEN p.next_received END,
+           CASE WHEN p.next_status = 'offline' AND p.next_source = 'api' THEN p.next_received END
+    FROM pairs p
+    RETURNING id
+)
+UPDATE kick_monitor.status_events e SET broadcast_id = p.bid
+FROM (SELECT id, bid FROM pairs
+      UNION ALL
+      SELECT next_id, bid FROM pairs WHERE next_status = 'offline') p
+WHERE e.id = p.id;
+
+UPDATE kick_monitor.streamers s SET broadcast_id = b.id, stream_started_at = b.started_at
+FROM (SELECT DISTINCT ON (streamer_id) id, streamer_id, started_at, ended_at
+      FROM kick_monitor.broadcasts ORDER BY streamer_id, started_at DESC, id DESC) b
+WHERE b.streamer_id = s.id AND b.ended_at IS NULL AND s.status = 'online' AND s.broadcast_id IS NULL;
+
+UPDATE kick_monitor.streamers s SET last_livestream_id = COALESCE(s.livestream_id, b.livestream_id)
+FROM (SELECT DISTINCT ON (streamer_id) streamer_id, livestream_id FROM kick_monitor.broadcasts
+      WHERE livestream_id IS NOT NULL ORDER BY streamer_id, started_at DESC, id DESC) b
+WHERE b.streamer_id = s.id AND s.last_livestream_id IS NULL;
+"""
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -129,6 +183,61 @@ CREATE TABLE IF NOT EXISTS kick_monitor.api_budget (
 );
 """,
     ),
+    # Issue 13 (every streamer from its user id; one row per broadcast). Expand-only: a
+    # release that knows only migration 2 keeps writing (channel_id is still filled by it,
+    # the new columns have defaults, the widened CHECK admits what it writes).
+    Migration(
+        4,
+        "streamer id as the key, broadcasts, inferred transitions",
+        """
+-- The streamer's own row id is the key; a channel id is one attribute that enables Pusher.
+ALTER TABLE kick_monitor.status_events ALTER COLUMN channel_id DROP NOT NULL;
+ALTER TABLE kick_monitor.status_events DROP CONSTRAINT IF EXISTS status_events_source;
+ALTER TABLE kick_monitor.status_events ADD CONSTRAINT status_events_source
+    CHECK (source IN ('pusher', 'api', 'webhook'));
+-- inferred: a transition no source reported but another one implies (an end followed by
+-- a different broadcast's start while the row said online: the S4 history gap).
+ALTER TABLE kick_monitor.status_events
+    ADD COLUMN IF NOT EXISTS inferred     boolean NOT NULL DEFAULT false,
+    ADD COLUMN IF NOT EXISTS broadcast_id bigint;
+-- The open broadcast of an online streamer (NULL when offline) and its start.
+-- last_livestream_id: Pusher's id of the last broadcast known, kept when offline (an end
+-- carrying another id shows a broadcast whose start nobody saw).
+ALTER TABLE kick_monitor.streamers
+    ADD COLUMN IF NOT EXISTS broadcast_id       bigint,
+    ADD COLUMN IF NOT EXISTS stream_started_at  timestamptz,
+    ADD COLUMN IF NOT EXISTS last_livestream_id bigint;
+
+-- One row per broadcast, matched across sources by streamer + start time (within a
+-- tolerance) or Pusher's livestream id. No FK: like history, it outlives a removed streamer.
+CREATE TABLE IF NOT EXISTS kick_monitor.broadcasts (
+    id                    bigserial PRIMARY KEY,
+    streamer_id           bigint NOT NULL,
+    started_at            timestamptz NOT NULL,
+    ended_at              timestamptz,
+    start_title           text,
+    last_title            text,
+    category              text,
+    livestream_id         bigint,  -- Pusher's livestream.id
+    stream_uuid           text,    -- /public/v2/livestreams id, when seen
+    start_source          text NOT NULL CONSTRAINT broadcasts_start_source
+                          CHECK (start_source IN ('pusher', 'api', 'webhook', 'history')),
+    end_source            text CONSTRAINT broadcasts_end_source
+                          CHECK (end_source IN ('pusher', 'api', 'webhook', 'history')),
+    start_inferred        boolean NOT NULL DEFAULT false,
+    end_inferred          boolean NOT NULL DEFAULT false,
+    pusher_start_seen_at  timestamptz,  -- when each source first reported the start / the end
+    api_start_seen_at     timestamptz,
+    webhook_start_seen_at timestamptz,
+    pusher_end_seen_at    timestamptz,
+    api_end_seen_at       timestamptz,
+    webhook_end_seen_at   timestamptz,
+    updated_at            timestamptz NOT NULL DEFAULT now()
+) WITH (fillfactor = 70);  -- the end is an update of the row: room for it on the page (HOT, no index writes)
+CREATE INDEX IF NOT EXISTS broadcasts_streamer_started ON kick_monitor.broadcasts (streamer_id, started_at);
+"""
+        + BACKFILL_SQL,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
@@ -173,6 +282,12 @@ def migrate(conn: psycopg2.extensions.connection) -> list[Migration]:
             )
             applied.append(migration)
     return applied
+
+
+def backfill_broadcasts(conn: psycopg2.extensions.connection) -> None:
+    """Run the broadcasts backfill of migration 4 again (idempotent; one transaction)."""
+    with conn, conn.cursor() as cur:
+        cur.execute(BACKFILL_SQL)
 
 
 def require_current(conn: psycopg2.extensions.connection) -> int:

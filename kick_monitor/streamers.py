@@ -53,10 +53,23 @@ class Streamer:
     created_at: datetime
     # seconds since last_status_change by the database's clock (None if it never changed)
     since_seconds: float | None = None
+    # the open broadcast's start (online only), and seconds since it by the database's clock
+    stream_started_at: datetime | None = None
+    live_seconds: float | None = None
 
     @property
     def is_resolved(self) -> bool:
         return self.channel_id is not None
+
+    @property
+    def streamer_id(self) -> int:
+        """The row id under the name sharding and messages use."""
+        return self.id
+
+    @property
+    def is_monitored(self) -> bool:
+        """A user id (API) or a channel id (Pusher) is known: a worker watches it."""
+        return self.channel_id is not None or self.kick_user_id is not None
 
     def as_json(self) -> dict[str, Any]:
         """A JSON-ready dict: timestamps as ISO 8601 in UTC."""
@@ -71,7 +84,8 @@ def iso_utc(moment: datetime | None) -> str | None:
 SELECT_COLUMNS = """
 SELECT id, username, channel_id, kick_user_id, chatroom_id, status, livestream_id, stream_title,
        last_status_change, last_seen_online, unresolved_reason, created_at,
-       EXTRACT(EPOCH FROM now() - last_status_change)::float8 AS since_seconds
+       EXTRACT(EPOCH FROM now() - last_status_change)::float8 AS since_seconds,
+       stream_started_at, EXTRACT(EPOCH FROM now() - stream_started_at)::float8 AS live_seconds
 FROM kick_monitor.streamers
 """
 
@@ -202,16 +216,19 @@ def list_streamers(conn: psycopg2.extensions.connection) -> list[Streamer]:
         return [Streamer(*row) for row in cur.fetchall()]
 
 
-def load_subscribable(conn: psycopg2.extensions.connection) -> list[StreamerRef]:
-    """Every streamer a worker can watch on Pusher (channel id known), with its last committed status."""
+def load_monitorable(conn: psycopg2.extensions.connection) -> list[StreamerRef]:
+    """Every streamer a worker can watch (user id or channel id known), with its last committed status.
+
+    Those without a channel id are watched through the API only (no Pusher) until it is known."""
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT id, username, channel_id, kick_user_id, status, livestream_id"
-            " FROM kick_monitor.streamers WHERE channel_id IS NOT NULL ORDER BY id"
+            "SELECT id, username, channel_id, kick_user_id, status, COALESCE(livestream_id, last_livestream_id),"
+            " extract(epoch FROM stream_started_at)::float8"
+            " FROM kick_monitor.streamers WHERE channel_id IS NOT NULL OR kick_user_id IS NOT NULL ORDER BY id"
         )
         rows = cur.fetchall()
     conn.rollback()
-    return [StreamerRef(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+    return [StreamerRef(r[0], r[1], r[2], r[3], r[4], r[5], started_at=r[6]) for r in rows]
 
 
 def count_subscribable(conn: psycopg2.extensions.connection) -> int:
@@ -226,7 +243,7 @@ def count_by_status(conn: psycopg2.extensions.connection) -> dict[str, int]:
     """Streamers per status, with those still waiting for their ids as `unresolved`."""
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT CASE WHEN channel_id IS NULL THEN 'unresolved' ELSE status END, count(*)"
+            "SELECT CASE WHEN channel_id IS NULL AND kick_user_id IS NULL THEN 'unresolved' ELSE status END, count(*)"
             " FROM kick_monitor.streamers GROUP BY 1"
         )
         counts = {str(status): int(n) for status, n in cur.fetchall()}
@@ -481,6 +498,7 @@ class StatusSummary:
     offline: int
     unknown: int
     unresolved: int
+    without_pusher: int = 0  # monitored through the API only (no channel id yet)
 
     @property
     def total(self) -> int:
@@ -493,18 +511,20 @@ class StatusSummary:
             "unknown": self.unknown,
             "unresolved": self.unresolved,
             "total": self.total,
+            "without_pusher": self.without_pusher,
         }
 
 
 def status_summary(conn: psycopg2.extensions.connection) -> StatusSummary:
-    """Every streamer with its status; unresolved ones (no channel id) are counted apart."""
+    """Every streamer with its status; unresolved ones (neither user id nor channel id) are
+    counted apart, and those monitored without Pusher (user id only) once more on their own."""
     streamers = list_streamers(conn)
-    unresolved = sum(1 for s in streamers if not s.is_resolved)
-    resolved = [s for s in streamers if s.is_resolved]
+    monitored = [s for s in streamers if s.is_monitored]
     return StatusSummary(
         streamers=streamers,
-        online=sum(1 for s in resolved if s.status == "online"),
-        offline=sum(1 for s in resolved if s.status == "offline"),
-        unknown=sum(1 for s in resolved if s.status == "unknown"),
-        unresolved=unresolved,
+        online=sum(1 for s in monitored if s.status == "online"),
+        offline=sum(1 for s in monitored if s.status == "offline"),
+        unknown=sum(1 for s in monitored if s.status == "unknown"),
+        unresolved=len(streamers) - len(monitored),
+        without_pusher=sum(1 for s in monitored if s.channel_id is None),
     )

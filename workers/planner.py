@@ -4,10 +4,12 @@ The supervisor only supervises; everything that talks to PostgreSQL about the li
 here, in its own process, so a slow database or a slow Kick API can delay a list update
 but never the reaping, killing and respawning of processes.
 
-- Reads the streamers (`kick_monitor.streamers.load_subscribable`), plans them onto the
-  tree's shards with `kick_monitor.sharding.plan_shards` (the same function `--dry-run`
-  prints), and serves each shard's list to its worker over the assignment channel
-  (`kick_monitor.assignment`): the whole list on every Hello, then differences.
+- Reads every monitorable streamer (`kick_monitor.streamers.load_monitorable`: user id or
+  channel id known), plans them onto the tree's shards by streamer id with
+  `kick_monitor.sharding.plan_shards` (the same function `--dry-run` prints), and serves
+  each shard's list to its worker over the assignment channel (`kick_monitor.assignment`):
+  the whole list on every Hello, then differences — including a streamer whose channel id
+  became known, sent again in a `Subscribe` so the worker joins its Pusher channels.
 - Wakes on `LISTEN kick_monitor_streamers` (debounced), on every `reload_interval`, and on a
   worker's Hello (a respawned worker gets statuses as fresh as the database has them).
   Notifications sent while the LISTEN connection was down are gone, so every reconnect
@@ -46,7 +48,7 @@ from kick_monitor.resolver import resolve_pending
 from kick_monitor.role import Role, RoleContext
 from kick_monitor.sharding import plan_shards
 from kick_monitor.source_sync import SourceError, sync_source
-from kick_monitor.streamers import count_by_status, load_subscribable
+from kick_monitor.streamers import count_by_status, load_monitorable
 
 log = logging.getLogger("kick_monitor.planner")
 
@@ -134,7 +136,7 @@ class Planner(Role):
             assert self.conn is not None
             if self.sync_due:
                 self.sync_source()
-            streamers = load_subscribable(self.conn)
+            streamers = load_monitorable(self.conn)
             counts = count_by_status(self.conn)
         except (DatabaseUnavailable, psycopg2.Error) as exc:
             log.warning("cannot load the streamer list (%s); retrying in %.1fs", _first_line(exc), self.retry_delay)
@@ -150,7 +152,7 @@ class Planner(Role):
             self.telemetry.STREAMERS.labels(status=status).set(count)
         planned = plan_shards(streamers, self.ctx.shard_count)
         for shard in self.plan:
-            self.update_shard(shard, {ref.channel_id: ref for ref in planned.get(shard, [])})
+            self.update_shard(shard, {ref.streamer_id: ref for ref in planned.get(shard, [])})
 
     def sync_source(self) -> None:
         """Make the list equal to the application's source; on a bad source keep the list as it is."""
@@ -177,20 +179,25 @@ class Planner(Role):
             log.info("streamer source synced: %d rows, %s", result.rows, result.plan.summary())
 
     def update_shard(self, shard: int, wanted: dict[int, StreamerRef]) -> None:
+        """Send the shard's worker what changed: streamers gone, new, or with a new channel id."""
         current = self.plan[shard]
-        for cid, held in current.items():  # a streamer that stays keeps its assignment generation
-            if cid in wanted:
-                wanted[cid] = replace(wanted[cid], generation=held.generation)
-        added = self.stamp(ref for cid, ref in wanted.items() if cid not in current)
-        wanted.update((ref.channel_id, ref) for ref in added)
-        removed = tuple(cid for cid in current if cid not in wanted)
+        rechanneled: list[StreamerRef] = []
+        for sid, held in current.items():  # a streamer that stays keeps its assignment generation
+            if sid in wanted:
+                wanted[sid] = replace(wanted[sid], generation=held.generation)
+                if wanted[sid].channel_id != held.channel_id:
+                    rechanneled.append(wanted[sid])
+        added = self.stamp(ref for sid, ref in wanted.items() if sid not in current)
+        wanted.update((ref.streamer_id, ref) for ref in added)
+        removed = tuple(sid for sid in current if sid not in wanted)
         self.plan[shard] = wanted
         if removed:
             self.server.send_to_shard(shard, Unsubscribe(removed))
-        if added:
-            self.server.send_to_shard(shard, Subscribe(added))
-        if added or removed:
-            log.info("shard %d: +%d -%d streamers", shard, len(added), len(removed), extra={"shard": shard})
+        if added or rechanneled:
+            self.server.send_to_shard(shard, Subscribe((*added, *rechanneled)))
+        if added or removed or rechanneled:
+            log.info("shard %d: +%d -%d streamers, %d with a new channel id", shard, len(added), len(removed),
+                     len(rechanneled), extra={"shard": shard})
 
     def answer_hellos(self) -> None:
         """Every worker that said Hello gets its whole shard, once the list is fresh enough.
@@ -208,7 +215,7 @@ class Planner(Role):
                 log.warning("a worker said it runs shard %d, which this tree does not run", shard)
                 continue
             handed = self.stamp(members.values())  # a hand-over: the worker's changes outrank its predecessor's
-            self.plan[shard] = {ref.channel_id: ref for ref in handed}
+            self.plan[shard] = {ref.streamer_id: ref for ref in handed}
             self.server.send(conn_id, Assign(handed))
         self.hellos.clear()
 

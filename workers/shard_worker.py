@@ -6,7 +6,12 @@ supervisor's control channel and the reconciler's wake-up pipe. Frames become ty
 `StatusChange`s (kick_monitor.events) and go to the writer through the acknowledged
 hand-off (kick_monitor.handoff). API reconciliation runs on a helper thread so that a
 slow Kick API never delays a frame; its verdicts are applied in the main loop, and only
-for channels that saw no frame since the API was asked.
+for streamers that saw no frame since the API was asked.
+
+Streamers are keyed by their row id (`StreamerRef.streamer_id`). Those with a channel id
+are on Pusher; those without are watched by reconciliation alone (by user id), every
+`reconcile_interval_without_pusher`, and join Pusher when the planner sends them again with
+a channel id.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from kick_monitor.assignment import AssignmentClient
@@ -25,6 +31,7 @@ from kick_monitor.config import Settings
 from kick_monitor.events import LIFECYCLE_EVENTS, EventStats, StatusTracker, TitleUpdate, channel_names
 from kick_monitor.exitcodes import EX_CONFIG
 from kick_monitor.handoff import ChangeSender, overflow_spool
+from kick_monitor.live_status import diff_by_streamer, live_status_by_streamer
 from kick_monitor.messages import Assign, StatusChange, StreamerRef, Subscribe, Unsubscribe
 from kick_monitor.metric_deltas import CounterDeltas
 from kick_monitor.pusher import PusherFatalError, PusherSession
@@ -87,7 +94,7 @@ class Reconciliation:
         from kick_monitor.kick_api import KickAuthError
 
         try:
-            answer = self._client().fetch_live_status(streamers)
+            answer = live_status_by_streamer(self._client(), streamers)
         except KickAuthError as exc:
             # A refused secret does not fix itself: stop asking (the service runs Pusher-only).
             self.enabled = False
@@ -163,6 +170,9 @@ class ShardWorker(Role):
         self.generation = 0
         self.next_reconcile = float("inf")
         self.reconcile_again = False  # one was due while another ran: start it when that ends
+        # Streamers without a channel id (no Pusher) are reconciled on their own, shorter, interval.
+        self.next_reconcile_unwatched = float("inf")
+        self.unwatched_again = False
         self.frames = 0
         self.changes_sent = 0
         self._next_report = 0.0
@@ -170,6 +180,7 @@ class ShardWorker(Role):
 
     # -- the role ------------------------------------------------------------------------
     def boot(self) -> None:
+        self.schedule_unwatched(time.monotonic())  # those need no Pusher connection to be watched
         if not self.reconciliation.enabled:
             log.info("no Kick API credentials: running Pusher-only, without reconciliation")
 
@@ -179,6 +190,8 @@ class ShardWorker(Role):
         if "reconcile_interval" in changed:
             interval = self.settings.reconcile_interval
             self.next_reconcile = time.monotonic() + interval if interval > 0 else float("inf")
+        if "reconcile_interval_without_pusher" in changed:
+            self.schedule_unwatched(time.monotonic())
 
     def step(self) -> None:
         """One turn of the loop: wait for anything, then serve each source."""
@@ -202,6 +215,7 @@ class ShardWorker(Role):
             self.assignments.next_timeout(now),
             HEARTBEAT_EVERY,
             max(0.0, self.next_reconcile - now),
+            max(0.0, self.next_reconcile_unwatched - now),
         )
         if self.session.has_buffered_data():
             timeout = 0.0
@@ -219,6 +233,8 @@ class ShardWorker(Role):
             self.apply_reconciliation()
         if now >= self.next_reconcile or (self.reconcile_again and not self.reconciliation.running()):
             self.start_reconcile(now)
+        elif now >= self.next_reconcile_unwatched or (self.unwatched_again and not self.reconciliation.running()):
+            self.start_unwatched_reconcile(now)
         if now >= self._next_report:
             self._next_report = now + REPORT_EVERY
             self.report()
@@ -260,7 +276,20 @@ class ShardWorker(Role):
         interval = self.settings.reconcile_interval
         self.next_reconcile = now + interval if interval > 0 else float("inf")
         self.reconcile_again = False
+        self.schedule_unwatched(now)  # a full one covers them too
         self._reconcile(self._snapshot())
+
+    def schedule_unwatched(self, now: float) -> None:
+        interval = self.settings.reconcile_interval_without_pusher
+        self.next_reconcile_unwatched = now + interval if interval > 0 else float("inf")
+        self.unwatched_again = False
+
+    def start_unwatched_reconcile(self, now: float) -> None:
+        """Reconcile only the streamers Pusher cannot tell us about (no channel id)."""
+        self.schedule_unwatched(now)
+        unwatched = tuple(ref for ref in self.refs.values() if ref.channel_id is None)
+        if unwatched and not self.reconciliation.start(unwatched) and self.reconciliation.running():
+            self.unwatched_again = True
 
     def _reconcile(self, streamers: tuple[StreamerRef, ...]) -> None:
         """Start a reconciliation; if one is running, run a full one right after it.
@@ -273,8 +302,6 @@ class ShardWorker(Role):
             self.reconcile_again = True
 
     def apply_reconciliation(self) -> None:
-        from kick_monitor.reconcile import diff_live_status
-
         while True:
             try:
                 started, answer, error = self.reconciliation.results.get_nowait()
@@ -287,28 +314,32 @@ class ShardWorker(Role):
                     log.warning("reconciliation failed: %s", error)
                 self._count_reconcile("error")
                 continue
-            known = {cid: st for cid in answer if (st := self.tracker.status(cid)) is not None}
+            tracker = self.tracker
+            known = {
+                sid: (st[0], st[1], tracker.started_at(sid))
+                for sid in answer if (st := tracker.status(sid)) is not None
+            }
             changes: list[StatusChange] = []
-            for channel_id, info in diff_live_status(known, answer):
-                if self.tracker.last_event_mono.get(channel_id, 0.0) >= started:
+            for streamer_id, info in diff_by_streamer(known, answer, self.settings.broadcast_match_tolerance):
+                if self.tracker.last_event_mono.get(streamer_id, 0.0) >= started:
                     # A frame arrived after we asked (even one that changed nothing, e.g. the
                     # offline we already believed): it is newer than this answer.
                     continue
                 change = self.tracker.set_status(
-                    channel_id, "online" if info.is_live else "offline", info.livestream_id,
+                    streamer_id, "online" if info.is_live else "offline", info.livestream_id,
                     title=info.title, occurred_at=info.started_at if info.is_live else None,
                     received_at=time.time(), received_mono=time.monotonic(), event="reconcile",
                 )
                 if change is not None:
                     changes.append(change)
             repaired = len(changes)
-            changed = {change.channel_id for change in changes}
-            for channel_id in sorted(self.unconfirmed & answer.keys()):
-                self.unconfirmed.discard(channel_id)
-                if channel_id in changed or self.tracker.last_event_mono.get(channel_id, 0.0) >= started:
+            changed = {change.streamer_id for change in changes}
+            for streamer_id in sorted(self.unconfirmed & answer.keys()):
+                self.unconfirmed.discard(streamer_id)
+                if streamer_id in changed or self.tracker.last_event_mono.get(streamer_id, 0.0) >= started:
                     continue  # a newer change of ours is on its way already
                 confirmation = self.tracker.confirm(
-                    channel_id, received_at=time.time(), received_mono=time.monotonic()
+                    streamer_id, received_at=time.time(), received_mono=time.monotonic()
                 )
                 if confirmation is not None:
                     changes.append(confirmation)
@@ -322,36 +353,58 @@ class ShardWorker(Role):
     def apply_assignment(self, message: Assign | Subscribe | Unsubscribe) -> None:
         self._next_report = 0.0  # gauges follow the new list at once
         if isinstance(message, Assign):
-            wanted = {ref.channel_id for ref in message.streamers}
-            self.unsubscribe([cid for cid in self.refs if cid not in wanted])
+            wanted = {ref.streamer_id for ref in message.streamers}
+            self.unsubscribe([sid for sid in self.refs if sid not in wanted])
             self.subscribe(message.streamers)
         elif isinstance(message, Subscribe):
             self.subscribe(message.streamers)
         else:
-            self.unsubscribe(message.channel_ids)
+            self.unsubscribe(message.streamer_ids)
 
     def subscribe(self, streamers: Iterable[StreamerRef]) -> None:
-        fresh = [ref for ref in streamers if ref.channel_id not in self.refs]
-        for ref in fresh:
-            self.refs[ref.channel_id] = ref
-            self.unconfirmed.add(ref.channel_id)
-        self.tracker.add(fresh)
-        names = [n for ref in fresh for n in channel_names(ref.channel_id, self.settings.lifecycle_channels)]
-        self.session.subscribe(names)
+        """Watch new streamers; join the Pusher channels of any whose channel id is new."""
+        which = self.settings.lifecycle_channels
+        fresh: list[StreamerRef] = []
+        joined: list[str] = []
+        left: list[str] = []
+        gained: list[StreamerRef] = []
+        for ref in streamers:
+            held = self.refs.get(ref.streamer_id)
+            if held is None:
+                fresh.append(ref)
+                self.unconfirmed.add(ref.streamer_id)
+            elif ref.channel_id == held.channel_id or ref.channel_id is None:
+                continue
+            else:
+                gained.append(ref)
+                if held.channel_id is not None:
+                    left.extend(channel_names(held.channel_id, which))
+            if ref.channel_id is not None:
+                joined.extend(channel_names(ref.channel_id, which))
+            self.refs[ref.streamer_id] = ref if held is None else replace(held, channel_id=ref.channel_id)
+        self.tracker.add(self.refs[sid] for sid in {ref.streamer_id for ref in streamers})
+        if left:
+            self.session.unsubscribe(left)
+        self.session.subscribe(joined)
         if fresh:
-            log.info("subscribed %d more streamers", len(fresh))
-            self._reconcile(tuple(fresh))
+            without = sum(1 for ref in fresh if ref.channel_id is None)
+            log.info("watching %d more streamers (%d without Pusher)", len(fresh), without)
+        if gained:
+            log.info("%d streamers got a channel id: on Pusher now", len(gained))
+        if fresh or gained:
+            # what happened before the subscription took effect comes from the API
+            self._reconcile(tuple(self.refs[ref.streamer_id] for ref in (*fresh, *gained)))
 
-    def unsubscribe(self, channel_ids: Iterable[int]) -> None:
-        gone = [cid for cid in channel_ids if cid in self.refs]
-        for cid in gone:
-            del self.refs[cid]
-            self.unconfirmed.discard(cid)
-        self.tracker.remove(gone)
-        names = [n for cid in gone for n in channel_names(cid, self.settings.lifecycle_channels)]
+    def unsubscribe(self, streamer_ids: Iterable[int]) -> None:
+        gone = [self.refs.pop(sid) for sid in streamer_ids if sid in self.refs]
+        for ref in gone:
+            self.unconfirmed.discard(ref.streamer_id)
+        self.tracker.remove(ref.streamer_id for ref in gone)
+        which = self.settings.lifecycle_channels
+        names = [n for ref in gone if ref.channel_id is not None for n in channel_names(ref.channel_id, which)]
         self.session.unsubscribe(names)
         if gone:
-            log.info("unsubscribed %d streamers", len(gone))
+            log.info("stopped watching %d streamers", len(gone))
 
     # -- writer ---------------------------------------------------------------------------
     def send(self, changes: list[StatusChange]) -> None:
@@ -389,7 +442,8 @@ class ShardWorker(Role):
         shard = str(self.shard)
         m.CONNECTION_UP.labels(shard=shard).set(1 if self.session.connected else 0)
         per_streamer = len(channel_names(0, self.settings.lifecycle_channels))
-        m.SUBSCRIPTIONS.labels(shard=shard).set(len(self.refs) * per_streamer)
+        on_pusher = sum(1 for ref in self.refs.values() if ref.channel_id is not None)
+        m.SUBSCRIPTIONS.labels(shard=shard).set(on_pusher * per_streamer)
         m.UNACKED.labels(shard=shard).set(self.sender.unacked_changes)
         m.HEARTBEAT.labels(shard=shard).set(time.time())
         self._export_counters(m, shard)

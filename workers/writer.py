@@ -195,7 +195,7 @@ class BatchWriter(Role):
         started = time.perf_counter()
         result: BatchResult | None
         try:
-            result = apply_changes(self.conn, changes)
+            result = apply_changes(self.conn, changes, tolerance=self.settings.broadcast_match_tolerance)
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
             self._database_lost(exc)
             return False
@@ -216,7 +216,9 @@ class BatchWriter(Role):
         transitions = 0
         for change in changes:
             try:
-                transitions += apply_changes(self.conn, [change]).transitions
+                transitions += apply_changes(
+                    self.conn, [change], tolerance=self.settings.broadcast_match_tolerance
+                ).transitions
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as lost:
                 self._database_lost(lost)
                 return None

@@ -114,7 +114,8 @@ def url_password(url: str) -> bool:
 def describe_plan(settings: Settings, streamers: Sequence[Streamer]) -> list[str]:
     """The shard plan as text: shard count and why, streamers per shard, the unresolved ones."""
     waiting = unresolved(streamers)
-    resolved = [s for s in streamers if s.is_resolved]
+    monitored = [s for s in streamers if s.is_monitored]
+    resolved = [s for s in monitored if s.is_resolved]  # with a channel id: on Pusher
     count = shard_count_for(settings, len(resolved))
     try:
         check_shard_selection(settings, count)
@@ -126,17 +127,19 @@ def describe_plan(settings: Settings, streamers: Sequence[Streamer]) -> list[str
         channels = len(resolved) * subscriptions_per_streamer(settings)
         why = f"auto: {channels} Pusher channels, at most {settings.channels_per_connection} per connection"
     lines = [
-        f"streamers: {len(streamers)} ({len(resolved)} resolved, {len(waiting)} unresolved)",
+        f"streamers: {len(streamers)} ({len(resolved)} resolved, {len(waiting)} unresolved)"
+        + (f"; {len(monitored) - len(resolved)} monitored without Pusher (no channel id yet)"
+           if len(monitored) > len(resolved) else ""),
         f"shard plan: {count} shard{'s' if count != 1 else ''} ({why})",
     ]
-    for shard, members in plan_shards(resolved, count).items():
+    for shard, members in plan_shards(monitored, count).items():
         names = ", ".join(s.username for s in members[:SHOWN_PER_SHARD])
         more = f", … +{len(members) - SHOWN_PER_SHARD}" if len(members) > SHOWN_PER_SHARD else ""
         listed = f" ({names}{more})" if members else ""
         marker = "  <- this process" if settings.shard_index == shard else ""
         lines.append(f"  shard {shard}: {len(members)} streamer{'s' if len(members) != 1 else ''}{listed}{marker}")
     if waiting:
-        lines.append(f"  unresolved (subscribed once their channel id is known): {len(waiting)}")
+        lines.append(f"  unresolved (monitored once their user id or channel id is known): {len(waiting)}")
         lines += [f"    {s.username}: {clean_cell(s.unresolved_reason)}" for s in waiting[:SHOWN_UNRESOLVED]]
         if len(waiting) > SHOWN_UNRESOLVED:
             lines.append(f"    … and {len(waiting) - SHOWN_UNRESOLVED} more (`kick-monitor status` lists them)")

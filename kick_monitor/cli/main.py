@@ -27,6 +27,7 @@ from ..embedded_pg import EmbeddedPostgresError, EmbeddedPostgresMissing
 from ..logsetup import configure_logging, redact, register_secret, register_url_secrets
 from ..migrations import SchemaError
 from ..streamers import StreamerError
+from .broadcast_commands import streams_command
 from .database_commands import migrate_command
 from .dry_run import dry_run
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError
@@ -102,6 +103,13 @@ def build_parser() -> CliParser:
     status = commands.add_parser("status", help="every streamer's status, with counts")
     status.add_argument("--json", action="store_true", help="print JSON: {streamers: [...], counts: {...}}")
     _leaf(status, status_command)
+
+    streams = commands.add_parser("streams", help="broadcasts: start, end, duration, title (newest first)")
+    streams.add_argument("slug", metavar="SLUG", nargs="?", help="only this streamer's broadcasts")
+    streams.add_argument("--since", metavar="DATE", help="only broadcasts going on at or after DATE (ISO 8601, UTC)")
+    streams.add_argument("--limit", type=int, default=100, metavar="N", help="at most N broadcasts (0: all)")
+    streams.add_argument("--json", action="store_true", help="print JSON: {broadcasts: [...]}")
+    _leaf(streams, streams_command)
 
     for name, entry in tool_commands().items():  # parsed by the tool's own parser, imported only when used
         if name in commands.choices:

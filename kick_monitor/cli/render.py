@@ -34,6 +34,23 @@ def format_age(seconds: float | None) -> str:
     return f"{int(seconds)}s ago"
 
 
+def format_duration(seconds: float | None) -> str:
+    """`2 h 13 min`-style length: the two largest units; `-` if unknown."""
+    if seconds is None:
+        return "-"
+    total = max(0, int(seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    if minutes:
+        return f"{minutes} min"
+    return f"{secs} s"
+
+
 def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     """Left-aligned columns two spaces apart; the last column is not padded."""
     widths = [len(header) for header in headers]

@@ -26,7 +26,7 @@ from ..streamers import (
 )
 from .database_commands import open_database
 from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError
-from .render import clean_cell, format_age, render_table
+from .render import clean_cell, format_age, format_duration, render_table
 
 
 def refuse_with_source(settings: Settings, verb: str) -> None:
@@ -151,37 +151,79 @@ def status_command(args: argparse.Namespace, settings: Settings) -> int:
     with open_database(settings) as conn:
         summary = status_summary(conn)
     if args.json:
-        document = {"streamers": [_status_json(s) for s in summary.streamers], "counts": summary.counts()}
+        document = {"streamers": [_status_json(s, settings) for s in summary.streamers], "counts": summary.counts()}
         print(json.dumps(document, indent=2))
         return EXIT_OK
     if summary.streamers:
-        rows = [_status_row(s) for s in summary.streamers]
-        print("\n".join(render_table(["SLUG", "STATUS", "SINCE", "TITLE"], rows)))
+        rows = [_status_row(s, settings) for s in summary.streamers]
+        print("\n".join(render_table(["SLUG", "STATUS", "SINCE", "SOURCES", "TITLE"], rows)))
         print()
     else:
         print("no streamers yet; add one with `kick-monitor streamers add SLUG`")
     counts = summary.counts()
+    without = counts.pop("without_pusher")
     print("  ".join(f"{name}: {count}" for name, count in counts.items()))
+    if without:
+        interval = settings.reconcile_interval_without_pusher or settings.reconcile_interval
+        print(f"monitored without Pusher: {without} (no channel id yet: detected every {interval:g} s"
+              " by the API, not in milliseconds)")
     return EXIT_OK
 
 
-def _status_row(s: Streamer) -> list[str]:
-    if not s.is_resolved:
-        return [s.username, "unresolved", "-", f"({clean_cell(s.unresolved_reason)})"]
+def coverage(s: Streamer, settings: Settings) -> tuple[list[str], dict[str, str]]:
+    """Which sources watch this streamer, and why each missing one does not."""
+    sources: list[str] = []
+    missing: dict[str, str] = {}
+    if not s.is_monitored:
+        return sources, {"pusher": "no channel id", "api": "no user id or channel id yet"}
+    if s.channel_id is not None:
+        sources.append("pusher")
+    else:
+        interval = settings.reconcile_interval_without_pusher or settings.reconcile_interval
+        missing["pusher"] = f"no channel id yet (the API checks every {interval:g} s)"
+    if settings.has_api_credentials:
+        sources.append("api")
+    else:
+        missing["api"] = "no Kick API credentials"
+    return sources, missing
+
+
+def _since(s: Streamer) -> str:
+    if s.status == "online":
+        seconds = s.live_seconds if s.live_seconds is not None else s.since_seconds
+        return "-" if seconds is None else f"live for {format_duration(seconds)}"
+    return format_age(s.since_seconds)
+
+
+def _status_row(s: Streamer, settings: Settings) -> list[str]:
+    if not s.is_monitored:
+        return [s.username, "unresolved", "-", "-", f"({clean_cell(s.unresolved_reason)})"]
+    sources, missing = coverage(s, settings)
+    cover = "+".join(sources) or "none"
+    if missing:
+        cover += " (" + "; ".join(f"no {name}: {why}" for name, why in missing.items()) + ")"
     title = clean_cell(s.stream_title) if s.status == "online" else ""
-    return [s.username, s.status, format_age(s.since_seconds), title]
+    return [s.username, s.status, _since(s), cover, title]
 
 
-def _status_json(s: Streamer) -> dict[str, object]:
+def _status_json(s: Streamer, settings: Settings) -> dict[str, object]:
+    sources, missing = coverage(s, settings)
+    online = s.status == "online"
     return {
         "slug": s.username,
         "status": s.status,
         "resolved": s.is_resolved,
+        "monitored": s.is_monitored,
         "unresolved_reason": s.unresolved_reason,
         "channel_id": s.channel_id,
+        "user_id": s.kick_user_id,
+        "sources": sources,
+        "missing_sources": missing,
         "since": iso_utc(s.last_status_change),
         "since_seconds": s.since_seconds,
-        "title": s.stream_title if s.status == "online" else None,
+        "live_since": iso_utc(s.stream_started_at) if online else None,
+        "live_seconds": s.live_seconds if online else None,
+        "title": s.stream_title if online else None,
         "livestream_id": s.livestream_id,
         "last_seen_online": iso_utc(s.last_seen_online),
     }

@@ -117,6 +117,7 @@ def run_feeder(args: argparse.Namespace) -> int:
     stop = StopFlag()
     channels = json.loads(Path(args.channels).read_text())[args.index :: args.feeders]
     status: dict[int, str] = {}
+    stream: dict[int, int] = {}
     sender = ChangeSender(args.socket, sender=f"feeder-{args.index}")
     made = 0
 
@@ -128,11 +129,14 @@ def run_feeder(args: argparse.Namespace) -> int:
             channel = channels[made % len(channels)]
             new = "offline" if status.get(channel) == "online" else "online"
             status[channel] = new
+            if new == "online":
+                stream[channel] = 100_000_000 + made  # a new broadcast; its offline names the same one
             out.append(StatusChange(
                 f"w:{args.index}:{made}", channel, new, "pusher",  # type: ignore[arg-type]
                 "App\\Events\\StreamerIsLive" if new == "online" else "App\\Events\\StopStreamBroadcast",
-                100_000_000 + made, None, None, now, mono, args.index,
+                stream[channel], None, now if new == "online" else None, now, mono, args.index,
                 1, made + 1,  # generation, seq: each channel has one feeder, so its seq only grows
+                channel,  # streamer id: the bench's streamers are seeded with id == channel id
             ))
             made += 1
         return out

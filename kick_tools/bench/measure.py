@@ -256,6 +256,80 @@ def fetch_history(url: str) -> list[Row]:
         conn.close()
 
 
+def fetch_broadcasts(url: str) -> list[tuple[int | None, int | None, float, float | None]]:
+    """(channel id, livestream id, started, ended) of every recorded broadcast (issue 13)."""
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT s.channel_id, b.livestream_id, extract(epoch FROM b.started_at)::float8,"
+                " extract(epoch FROM b.ended_at)::float8"
+                " FROM kick_monitor.broadcasts b JOIN kick_monitor.streamers s ON s.id = b.streamer_id"
+            )
+            rows = [(r[0], r[1], r[2], r[3]) for r in cur.fetchall()]
+        conn.rollback()
+        return rows
+    finally:
+        conn.close()
+
+
+@dataclass
+class BroadcastVerdict:
+    """The simulator's broadcasts against `kick_monitor.broadcasts`.
+
+    `hidden`: broadcasts that began and ended while no connection was up, with neither
+    frame delivered and the end before the reconnection — no source can see them, so they
+    are counted, never expected. `missing`: every other broadcast without a recorded row
+    (matched by livestream id, or start within `tolerance` s). Must be 0.
+    """
+
+    truth: int = 0
+    hidden: int = 0
+    hidden_recorded: int = 0
+    missing: int = 0
+    missing_examples: list[str] = field(default_factory=list)
+
+    def json(self) -> dict[str, Any]:
+        return {"truth": self.truth, "exposed": self.truth - self.hidden, "missing": self.missing,
+                "hidden": self.hidden, "hidden_recorded": self.hidden_recorded,
+                "missing_examples": self.missing_examples[:5]}
+
+
+def judge_broadcasts(
+    truth: Sequence[dict[str, Any]],
+    recorded: Sequence[tuple[int | None, int | None, float, float | None]],
+    reconnected_at: float | None,
+    tolerance: float = 2.0,
+) -> BroadcastVerdict:
+    """Every broadcast of the truth (online transition to the next offline) found or classified."""
+    verdict = BroadcastVerdict()
+    by_channel: dict[int, list[tuple[int | None, float]]] = defaultdict(list)
+    for channel_id, livestream_id, started, _ in recorded:
+        if channel_id is not None:
+            by_channel[channel_id].append((livestream_id, started))
+    opened: dict[int, dict[str, Any]] = {}
+    spans: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
+    for t in status_transitions(truth):
+        if t["status"] == "online":
+            opened[t["channel_id"]] = t
+        elif (start := opened.pop(t["channel_id"], None)) is not None:
+            spans.append((start, t))
+    spans.extend((start, None) for start in opened.values())
+    for start, end in spans:
+        verdict.truth += 1
+        seen = by_channel.get(start["channel_id"], [])
+        found = any(lid == start["livestream_id"] or abs(at - start["sent_wall"]) <= tolerance for lid, at in seen)
+        hidden = (reconnected_at is not None and end is not None and not start["delivered"]
+                  and not end["delivered"] and end["sent_wall"] <= reconnected_at)
+        if hidden:
+            verdict.hidden += 1
+            verdict.hidden_recorded += found
+        elif not found:
+            verdict.missing += 1
+            verdict.missing_examples.append(f"{start['slug']} livestream {start['livestream_id']}")
+    return verdict
+
+
 def status_transitions(truth: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The simulator's status changes (title updates keep the status and are not transitions)."""
     return [t for t in truth if t["status"] != t["previous_status"]]

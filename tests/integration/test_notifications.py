@@ -59,11 +59,13 @@ def test_the_documented_listener_sees_each_transition_once(database_url: str, tm
         conn.close()
     first, second = events
     assert set(first) == {"streamer_id", "username", "channel_id", "status", "previous_status", "source",
-                          "livestream_id", "at"}
+                          "livestream_id", "broadcast_id", "inferred", "at"}
     assert (first["streamer_id"], first["username"], first["channel_id"]) == (row[0], "xqc", 668)
     assert (first["previous_status"], first["status"], first["source"]) == ("unknown", "online", "pusher")
     assert first["livestream_id"] == 74000001
     assert (second["previous_status"], second["status"], second["livestream_id"]) == ("online", "offline", None)
+    assert first["broadcast_id"] == second["broadcast_id"] is not None  # one broadcast, started and ended
+    assert first["inferred"] is second["inferred"] is False
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+[+-]\d\d:\d\d", first["at"]), first["at"]
 
 

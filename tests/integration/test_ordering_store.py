@@ -172,7 +172,7 @@ def test_migration_2_keeps_rows_and_history_written_before_it(make_database: Dat
             )
         from kick_monitor.migrations import migrate
 
-        assert [m.version for m in migrate(conn)] == [2]
+        assert [m.version for m in migrate(conn)] == [2, 3]
         assert migrate(conn) == []
         prepare(conn)
         assert row(conn) == ("online", 0, 0)

@@ -23,6 +23,12 @@ from kick_monitor.sharding import (
 class S:
     name: str
     channel_id: int | None
+    kick_user_id: int | None = None
+    row_id: int | None = None
+
+    @property
+    def streamer_id(self) -> int:
+        return self.row_id if self.row_id is not None else self.channel_id or 0
 
 
 def streamers(count: int, seed: int = 1) -> list[S]:
@@ -81,10 +87,17 @@ def test_every_shard_is_listed_even_empty() -> None:
 
 
 def test_unresolved_streamers_are_left_out_and_listed() -> None:
-    group = [S("a", 1), S("b", None), S("c", 3), S("d", None)]
+    group = [S("a", 1), S("b", None), S("c", 3), S("d", None), S("e", None, 77, row_id=5)]
     plan = plan_shards(group, 2)
-    assert sorted(s.name for members in plan.values() for s in members) == ["a", "c"]
+    assert sorted(s.name for members in plan.values() for s in members) == ["a", "c", "e"]
     assert [s.name for s in unresolved(group)] == ["b", "d"]
+
+
+def test_a_channel_id_learned_later_does_not_move_the_streamer() -> None:
+    for row_id in range(1, 200):
+        before = S("x", None, 900 + row_id, row_id=row_id)
+        after = S("x", 50_000 + row_id, 900 + row_id, row_id=row_id)
+        assert owner(plan_shards([before], 7)) == owner(plan_shards([after], 7))
 
 
 def test_works_with_the_message_type_workers_get() -> None:

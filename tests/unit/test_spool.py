@@ -108,3 +108,15 @@ def test_no_append_goes_into_the_segment_being_replayed(tmp_path: Path) -> None:
     spool.append([change(2)])  # arrives while the oldest is being committed
     spool.remove(path)  # ... which then removes it: change 2 must survive
     assert replay_all(spool) == [change(2)]
+
+
+def test_lines_of_a_release_before_migration_3_load_with_streamer_id_0(tmp_path: Path) -> None:
+    """Written before changes carried `streamer_id`/`category`: the writer then looks the channel up."""
+    old = '["c1",668,"online","pusher","App\\\\Events\\\\StreamerIsLive",5,"t",1.0,2.0,3.0,0,7,9]\n'
+    (tmp_path / "000000001.jsonl").write_text(old)
+    spool = Spool(tmp_path, 1 << 20)
+    spool.append([StatusChange("c2", None, "offline", "api", "reconcile", None, None, None, 4.0, 5.0, 0, 1, 2, 42)])
+    loaded = replay_all(Spool(tmp_path, 1 << 20))
+    assert [(c.channel_id, c.generation, c.seq, c.streamer_id, c.category) for c in loaded] == [
+        (668, 7, 9, 0, None), (None, 1, 2, 42, None),
+    ]

@@ -240,6 +240,7 @@ def test_bad_header_is_a_bad_line(db_conn: Conn) -> None:
 def test_status_summary_counts(db_conn: Conn) -> None:
     for slug, channel_id in (("on1", 1), ("on2", 2), ("off", 3), ("unk", 4), ("unres", None)):
         add_streamer(db_conn, slug, channel_id=channel_id)
+    add_streamer(db_conn, "apionly", user_id=77)  # monitored, without Pusher
     with db_conn, db_conn.cursor() as cur:
         cur.execute(
             """UPDATE kick_monitor.streamers SET status = 'online', stream_title = 'hi',
@@ -248,6 +249,7 @@ def test_status_summary_counts(db_conn: Conn) -> None:
         )
         cur.execute("UPDATE kick_monitor.streamers SET status = 'offline' WHERE username = 'off'")
     summary = status_summary(db_conn)
-    assert summary.counts() == {"online": 2, "offline": 1, "unknown": 1, "unresolved": 1, "total": 5}
+    assert summary.counts() == {"online": 2, "offline": 1, "unknown": 2, "unresolved": 1, "total": 6,
+                                "without_pusher": 1}
     on1 = next(s for s in summary.streamers if s.username == "on1")
     assert on1.since_seconds is not None and 299 < on1.since_seconds < 400

@@ -1,0 +1,90 @@
+"""Streamers without a channel id in the tracker, and the API diff that sees a missed broadcast."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kick_monitor.events import StatusTracker
+from kick_monitor.live_status import diff_by_streamer, live_status_by_streamer
+from kick_monitor.messages import StreamerRef
+from kick_monitor.reconcile import LiveInfo
+
+T0 = 1_790_000_000.0
+
+
+def live(started: float | None, livestream: int | None = None) -> LiveInfo:
+    return LiveInfo(True, "t", livestream, started)
+
+
+def test_a_streamer_without_channel_id_is_tracked_and_gets_names_later() -> None:
+    tracker = StatusTracker([StreamerRef(5, "nochan", None, 77)])
+    assert tracker.channel_names() == [] and 5 in tracker
+    change = tracker.set_status(5, "online", None, occurred_at=T0, received_at=T0, received_mono=1.0)
+    assert change is not None
+    assert (change.streamer_id, change.channel_id, change.source) == (5, None, "api")
+    assert change.change_id.startswith("a:5:online:-:")
+    assert tracker.started_at(5) == T0
+    # The resolver stored its channel id; the planner sends the streamer again.
+    assert tracker.add([StreamerRef(5, "nochan", 668, 77)]) == ["channel.668", "channel_668"]
+    assert tracker.status(5) == ("online", None)  # the state is kept
+    assert tracker.add([StreamerRef(5, "nochan", 668, 77)]) == []
+    assert tracker.remove([5]) == ["channel.668", "channel_668"]
+
+
+def test_api_start_later_than_ours_is_a_new_broadcast_in_the_tracker() -> None:
+    tracker = StatusTracker([StreamerRef(5, "s", None, 77, "online", None, started_at=T0)])
+    again = tracker.set_status(5, "online", None, occurred_at=T0 + 600, received_at=T0 + 700, received_mono=2.0)
+    assert again is not None and again.occurred_at == T0 + 600
+    assert tracker.started_at(5) == T0 + 600
+
+
+def test_diff_by_streamer() -> None:
+    known: dict[int, Any] = {
+        1: ("online", None, T0),        # same broadcast, start a little off
+        2: ("online", None, T0),        # a later start: missed end + new start
+        3: ("online", 11, T0),          # new livestream id
+        4: ("offline", None, None),     # went live
+        5: ("online", None, None),      # went offline
+        6: ("online", None, None),      # no start known: cannot tell, no change
+        7: ("offline", None, None),     # not in the answer: unknown, never offline
+    }
+    answer = {
+        1: live(T0 + 20), 2: live(T0 + 500), 3: live(T0, 12), 4: live(T0),
+        5: LiveInfo(False, None, None, None), 6: live(T0 + 999),
+    }
+    assert [sid for sid, _ in diff_by_streamer(known, answer, 60.0)] == [2, 3, 4, 5]
+
+
+class TodayReconciler:
+    """Today's Reconciler shape: keyed by `StreamerRef.channel_id`, no by-user method."""
+
+    def __init__(self) -> None:
+        self.asked: list[StreamerRef] = []
+
+    def fetch_live_status(self, refs: list[StreamerRef]) -> dict[int | None, LiveInfo]:
+        self.asked.extend(refs)
+        return {ref.channel_id: live(T0) for ref in refs}
+
+
+class ByUserReconciler(TodayReconciler):
+    def fetch_live_status_by_user(self, user_ids: list[int]) -> dict[int, LiveInfo]:
+        return {uid: live(T0 + uid) for uid in user_ids if uid != 404}
+
+
+def test_adapter_keys_answers_by_streamer_id() -> None:
+    refs = [StreamerRef(1, "a", None, 100), StreamerRef(2, "b", 668, None), StreamerRef(3, "c", None, 404)]
+    today = TodayReconciler()
+    assert set(live_status_by_streamer(today, refs)) == {1, 2, 3}
+    by_user = ByUserReconciler()
+    answer = live_status_by_streamer(by_user, refs)
+    assert answer[1].started_at == T0 + 100 and set(answer) == {1, 2}  # 404: left out, unknown
+    assert [ref.streamer_id for ref in by_user.asked] == [2]  # no user id: asked the old way
+
+
+def test_an_end_with_another_livestream_id_when_offline_is_a_change() -> None:
+    tracker = StatusTracker([StreamerRef(5, "s", None, 77, "offline", 11)])
+    again = tracker.set_status(5, "offline", 11, received_at=T0, received_mono=1.0)
+    assert again is None  # the end we know
+    unseen = tracker.set_status(5, "offline", 12, received_at=T0, received_mono=1.0)
+    assert unseen is not None and unseen.livestream_id == 12
+    assert tracker.set_status(5, "offline", 12, received_at=T0, received_mono=1.0) is None
