@@ -105,6 +105,8 @@ ROWS: list[tuple[str, list[Panel]]] = [
             ("429 answers", f"sum(rate(kick_monitor_api_rate_limited_total{{{SEL}}}[$__rate_interval])) * 60"),
             ("throttled s", f"sum(rate(kick_monitor_api_throttled_seconds_total{{{SEL}}}[$__rate_interval])) * 60")],
          6),
+        ("Shared API budget: current rate (requests/s)", "timeseries", "reqps", [
+            ("rate", f"max(kick_monitor_api_rate{{{SEL}}})")], 6),
         ("Reconciliations and token fetches / h", "timeseries", "short", [
             ("reconcile {{outcome}}",
              f"sum by (outcome) (rate(kick_monitor_reconciliations_total{{{SEL}}}[$__rate_interval])) * 3600"),

@@ -172,7 +172,8 @@ def test_migration_2_keeps_rows_and_history_written_before_it(make_database: Dat
             )
         from kick_monitor.migrations import migrate
 
-        assert [m.version for m in migrate(conn)] == [2, 3]
+        applied = [m.version for m in migrate(conn)]
+        assert applied == list(range(2, len(applied) + 2)), applied  # 2 and every later one
         assert migrate(conn) == []
         prepare(conn)
         assert row(conn) == ("online", 0, 0)
