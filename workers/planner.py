@@ -16,6 +16,9 @@ but never the reaping, killing and respawning of processes.
   connection (this process never forks, so a thread is safe here), time-boxed per round and
   under a PostgreSQL advisory lock so that one process of a deployment resolves at a time.
   What it stores fires the streamers trigger, which wakes the planner's LISTEN.
+- Retention (`kick_monitor.retention.Pruner`): history older than `history_retention` is
+  deleted in small batches on another helper thread, under an advisory lock (one pruner per
+  deployment), never in the way of the writer.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from kick_monitor.database import DatabaseUnavailable, connect
 from kick_monitor.messages import Assign, StreamerRef, Subscribe, Unsubscribe
 from kick_monitor.migrations import STREAMERS_CHANNEL
 from kick_monitor.resolver import resolve_pending
+from kick_monitor.retention import Pruner
 from kick_monitor.role import Role, RoleContext
 from kick_monitor.sharding import plan_shards
 from kick_monitor.streamers import count_by_status, load_subscribable
@@ -69,9 +73,14 @@ class Planner(Role):
         self.reload_failed = False
         self.hellos: list[tuple[int, int]] = []  # (connection id, shard) waiting for their Assign
         self.resolver = IdResolver(self)
+        self.pruner = Pruner(
+            lambda: connect(self.ctx.database_url, application_name="kick-monitor pruner"),
+            self.settings.history_retention,
+        )
 
     def boot(self) -> None:
         self.resolver.start()
+        self.pruner.start()
 
     # -- the loop ---------------------------------------------------------------------
     def step(self) -> None:
@@ -106,6 +115,7 @@ class Planner(Role):
 
     def finish(self) -> int:
         self.resolver.stop()
+        self.pruner.stop()
         self.server.close()
         self.close_database()
         return 0
@@ -113,6 +123,8 @@ class Planner(Role):
     def reconfigure(self, changed: set[str]) -> None:
         if "reload_interval" in changed:
             self.next_full_reload = min(self.next_full_reload, time.monotonic() + self.settings.reload_interval)
+        if "history_retention" in changed:
+            self.pruner.set_retention(self.settings.history_retention)
         self.resolver.settings_changed()
 
     # -- the list and the plan -------------------------------------------------------------
