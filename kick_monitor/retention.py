@@ -18,6 +18,7 @@ Next rules (webhook message ids, delivered outbox rows) are one `PruneRule` each
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -169,8 +170,6 @@ class Pruner:
 
     def _close(self) -> None:
         if self._conn is not None:
-            try:
+            with contextlib.suppress(psycopg2.Error):
                 self._conn.close()
-            except psycopg2.Error:
-                pass
             self._conn = None
