@@ -799,3 +799,45 @@ def summarize_polling(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def median_of(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
+
+
+# -- M: where each MB goes (every role, RSS/PSS/private) --------------------------------------
+
+
+M_STREAMERS = 2000
+M_TARGETS = (Target("service PSS ≤ 60 MB at 2,000 streamers", "service_pss_mb", 60.0),)
+
+
+def run_memory(ctx: BenchContext, index: int, streamers: int | None = None) -> dict[str, Any]:
+    """Product defaults, `streamers` streamers: subscribe, reconcile, 20 s of flips, then read every role."""
+    from kick_tools.bench import footprint
+
+    count = streamers or (200 if ctx.quick else M_STREAMERS)
+    seconds = 2.0 if ctx.quick else (ctx.duration or 20.0)
+    run_dir = ctx.run_dir("M", index)
+    url = ctx.db.fresh(f"bench_m_{index}", template=ctx.template("empty", lambda url: None))
+    result: dict[str, Any] = {"run": index + 1, "load_before": measure.loadavg(), "streamers": count}
+    with Stack() as stack:
+        sim, service, start = start_pipeline(ctx, stack, run_dir, url, streamers=count, shards=None,
+                                              seed=index + 1, noise=True)
+        result.update(start)
+        sim.post("/control/noise", {"rate": 200.0})
+        sim.post("/control/flip", {"rate": 50.0, "duration": seconds})
+        sim.post("/control/flip/wait", {"timeout": seconds + 60}, timeout=seconds + 90)
+        settle(url, int(sim.stats()["transitions_delivered"]))
+        sample = footprint.take_sample(footprint.service_slots(service.pid))
+        result.update(slots=sample, roles=footprint.by_role(sample), service=footprint.totals(sample),
+                      load_after=measure.loadavg())
+        result["service_pss_mb"] = result["service"]["pss_mb"]
+        result["worker_pss_max_mb"] = result["roles"].get("worker", {}).get("pss_max_mb")
+        result["service_exit"] = service.stop()
+    return result
+
+
+def summarize_memory(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {key: measure.spread(r.get(key) for r in runs)
+                               for key in ("service_pss_mb", "worker_pss_max_mb")}
+    for role in sorted({role for r in runs for role in r["roles"]}):
+        for figure in ("rss_max_mb", "pss_max_mb", "private_max_mb", "pss_total_mb"):
+            summary[f"{role}_{figure}"] = measure.spread(r["roles"].get(role, {}).get(figure) for r in runs)
+    return summary
