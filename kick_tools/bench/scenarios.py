@@ -393,6 +393,8 @@ S3_TARGETS = (
     Target("all subscribed ≤ 60 s", "subscribed_s", 60.0),
     Target("RSS ≤ 60 MB per worker", "worker_peak_rss_mb", 60.0),
     Target("≤ 1 GB total (service RSS)", "service_peak_rss_total_mb", 1024.0),
+    Target("worker PSS ≤ 25 MB (issue 18)", "steady_worker_pss_max_mb", 25.0),
+    Target("service PSS ≤ 500 MB (issue 18)", "steady_service_pss_mb", 500.0),
 )
 
 
@@ -423,10 +425,14 @@ def run_scale(ctx: BenchContext, index: int) -> dict[str, Any]:
         stats = sim.stats()
         result["settle_s"] = round(settle(url, int(stats["transitions_delivered"])), 3)
         sampler.mark("settled")
+        from kick_tools.bench import footprint
+
+        steady = footprint.take_sample(footprint.service_slots(service.pid))  # every role, once settled
+        result.update(steady_roles=footprint.by_role(steady), steady_service=footprint.totals(steady))
         verdict = measure.judge(sim.truth(), measure.fetch_history(url))
         sampler.stop()
         memory = sampler.peaks_json()
-        service_roles = ("coordinator", "writer", "worker")
+        service_roles = ("coordinator", "writer", "planner", "exporter", "worker")
         result.update(
             shards=len(service.roles()["worker"]),
             streamers=streamers, subscriptions=2 * streamers,
@@ -440,6 +446,8 @@ def run_scale(ctx: BenchContext, index: int) -> dict[str, Any]:
             cpu_s=sampler.cpu_between("flip", "settled"),
             load_after=measure.loadavg(),
         )
+        result["steady_service_pss_mb"] = result["steady_service"]["pss_mb"]
+        result["steady_worker_pss_max_mb"] = result["steady_roles"].get("worker", {}).get("pss_max_mb")
         result["_latencies"] = verdict.latencies_ms
         result["service_exit"] = service.stop()
     return result
@@ -447,7 +455,8 @@ def run_scale(ctx: BenchContext, index: int) -> dict[str, Any]:
 
 def summarize_scale(runs: list[dict[str, Any]]) -> dict[str, Any]:
     keys = ("subscribed_s", "start_reconciled_s", "worker_peak_rss_mb", "worker_peak_pss_mb",
-            "service_peak_rss_total_mb", "service_peak_pss_total_mb", "shards")
+            "service_peak_rss_total_mb", "service_peak_pss_total_mb", "shards", "steady_service_pss_mb",
+            "steady_worker_pss_max_mb")
     summary: dict[str, Any] = {key: measure.spread(r.get(key) for r in runs) for key in keys}
     summary["latency_p50_ms"] = measure.spread(r["latency_ms"].get("p50") for r in runs)
     summary["latency_p99_ms"] = measure.spread(r["latency_ms"].get("p99") for r in runs)

@@ -1,0 +1,46 @@
+"""Make forked roles share memory with the supervisor instead of each paying for its own copy.
+
+Measured (docs/performance.md, "where each MB goes"): a Python process with our imports is
+~40 MB, almost all of it module code and data. A module imported *before* `fork()` is one
+copy shared by every child; one imported *after* it (e.g. `requests` for the Kick API, which
+workers and the planner used to import lazily) is a private copy in each of them. So the
+supervisor imports what every role needs once, before its first fork, and then:
+
+- `gc.freeze()` right before each fork moves every object the supervisor holds into the
+  permanent generation: a child's garbage collections never walk (and thereby write to)
+  those objects' headers, so their pages stay shared instead of being copied one by one;
+- `gc.disable()` in the supervisor (it allocates almost nothing in its loop; reference
+  counting frees it all) keeps its own collections from running between freezes.
+
+This is the preload half of a fork server: the supervisor holds no streamer list (the
+planner reads it after fork), so its heap is only modules.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+
+# What the roles import after fork (lazily, inside functions); preloaded so it is shared.
+PRELOAD = (
+    "kick_monitor.kick_api",  # requests, urllib3, idna, charset_normalizer: workers + planner
+    "kick_monitor.reconcile",
+    "kick_monitor.sharding",
+)
+
+
+def preload_role_modules(modules: tuple[str, ...] = PRELOAD) -> None:
+    """Import the modules the roles would otherwise import after fork (once, in the supervisor)."""
+    for name in modules:
+        importlib.import_module(name)
+
+
+def freeze_before_fork() -> None:
+    """Call right before `os.fork()`: what exists now stays shared with the child (see above)."""
+    gc.disable()
+    gc.freeze()
+
+
+def after_fork_in_child() -> None:
+    """The child collects its own garbage again (its new objects only; the frozen stay frozen)."""
+    gc.enable()
