@@ -37,6 +37,7 @@ from kick_monitor.assignment import AssignmentServer
 from kick_monitor.database import DatabaseUnavailable, connect
 from kick_monitor.messages import Assign, StreamerRef, Subscribe, Unsubscribe
 from kick_monitor.migrations import STREAMERS_CHANNEL
+from kick_monitor.preload import release_free_memory
 from kick_monitor.resolver import resolve_pending
 from kick_monitor.retention import Pruner
 from kick_monitor.role import Role, RoleContext
@@ -156,6 +157,8 @@ class Planner(Role):
         planned = plan_shards(streamers, self.ctx.shard_count)
         for shard in self.plan:
             self.update_shard(shard, {ref.channel_id: ref for ref in planned.get(shard, [])})
+        del streamers, planned
+        release_free_memory()  # the list read from the database was a burst as big as the plan
 
     def update_shard(self, shard: int, wanted: dict[int, StreamerRef]) -> None:
         current = self.plan[shard]
