@@ -28,6 +28,7 @@ import logging
 import select
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg2
@@ -164,13 +165,24 @@ class Planner(Role):
         current = self.plan[shard]
         added = tuple(ref for cid, ref in wanted.items() if cid not in current)
         removed = tuple(cid for cid in current if cid not in wanted)
-        self.plan[shard] = wanted
+        self.plan[shard] = {ref.channel_id: ref for ref in map(self._kept(current), wanted.values())}
         if removed:
             self.server.send_to_shard(shard, Unsubscribe(removed))
         if added:
             self.server.send_to_shard(shard, Subscribe(added))
         if added or removed:
             log.info("shard %d: +%d -%d streamers", shard, len(added), len(removed), extra={"shard": shard})
+
+    @staticmethod
+    def _kept(current: dict[int, StreamerRef]) -> Callable[[StreamerRef], StreamerRef]:
+        """The long-lived object where nothing changed: the fresh copy dies young, so a reload of
+        100k streamers does not leave the heap fragmented (measured: planner private 72 -> see docs)."""
+
+        def keep(ref: StreamerRef) -> StreamerRef:
+            old = current.get(ref.channel_id)
+            return old if old is not None and old == ref else ref
+
+        return keep
 
     def answer_hellos(self) -> None:
         """Every worker that said Hello gets its whole shard, once the list is fresh enough.
