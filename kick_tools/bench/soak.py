@@ -20,6 +20,7 @@ import os
 import random
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -258,7 +259,8 @@ def judge(samples: list[dict[str, Any]], plan: SoakPlan, truth: list[dict[str, A
     exposed = [t for t in measure.status_transitions(truth) if t["delivered"]]
     history = soak_rules.classify_history(sorted(exposed, key=lambda t: t["sent_wall"]), recorded, windows)
     history["not_delivered"] = len(measure.status_transitions(truth)) - len(exposed)
-    outcome = soak_rules.verdict(slopes, fds, threads, history, mismatches)
+    span = (samples[-1]["t"] if samples else 0.0) - plan.warmup
+    outcome = soak_rules.verdict(slopes, fds, threads, history, mismatches, span)
     last = samples[-1]["slots"] if samples else {}
     return {
         "slopes_mb_per_h": slopes, "fds": fds, "threads": threads, "history": history,
@@ -270,8 +272,9 @@ def judge(samples: list[dict[str, Any]], plan: SoakPlan, truth: list[dict[str, A
     }
 
 
-def plot_memory(samples: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Private (solid) and PSS (dotted) MB over time, one panel per role, one line per slot."""
+def plot_memory(samples: list[dict[str, Any]], path: Path, title: str,
+                faults: Sequence[dict[str, Any]] = ()) -> None:
+    """Private (solid) and PSS (dotted) MB over time, one panel per role, one line per slot; faults as grey lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -286,6 +289,8 @@ def plot_memory(samples: list[dict[str, Any]], path: Path, title: str) -> None:
             line, = ax.plot([t for t, _ in points], [r["private_kb"] / 1024 for _, r in points], lw=1, label=slot)
             ax.plot([t for t, _ in points], [r["pss_kb"] / 1024 for _, r in points], lw=0.8, ls=":",
                     color=line.get_color())
+        for fault in faults:
+            ax.axvline(fault["t"] / 60, color="grey", lw=0.5, alpha=0.4)
         ax.set_ylabel(f"{role}\nMB")
         ax.grid(alpha=0.3)
         if len(slots) > 1:

@@ -31,7 +31,7 @@ def test_a_leak_of_3_mb_an_hour_fails_even_when_the_worker_is_restarted() -> Non
     slopes = soak_rules.memory_slopes(samples({"worker 0": points}), warmup=300)
     assert slopes["worker 0"] is not None and abs(slopes["worker 0"] - 3.0) < 0.05
     verdict = soak_rules.verdict(slopes, {}, {}, {"duplicated": 0, "lost": 0}, 0)
-    assert verdict["verdict"] == "FAIL" and "worker 0" in verdict["failures"][0]
+    assert verdict["soak_verdict"] == "FAIL" and "worker 0" in verdict["failures"][0]
 
 
 def test_restarts_with_flat_memory_pass_though_a_naive_fit_over_pids_would_not() -> None:
@@ -44,7 +44,7 @@ def test_restarts_with_flat_memory_pass_though_a_naive_fit_over_pids_would_not()
                                       warmup=300)
     assert abs(slopes["worker 1"] or 0.0) < 0.1
     assert slopes["writer"] == 0.0
-    assert soak_rules.verdict(slopes, {}, {}, {}, 0)["verdict"] == "PASS"
+    assert soak_rules.verdict(slopes, {}, {}, {}, 0)["soak_verdict"] == "PASS"
 
 
 def test_fds_must_return_to_their_level() -> None:
