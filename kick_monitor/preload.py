@@ -7,10 +7,10 @@ workers and the planner used to import lazily) is a private copy in each of them
 supervisor imports what every role needs once, before its first fork, and then:
 
 - `gc.freeze()` right before each fork moves every object the supervisor holds into the
-  permanent generation: a child's garbage collections never walk (and thereby write to)
-  those objects' headers, so their pages stay shared instead of being copied one by one;
-- `gc.disable()` in the supervisor (it allocates almost nothing in its loop; reference
-  counting frees it all) keeps its own collections from running between freezes.
+  permanent generation: no garbage collection, the child's or the supervisor's own, walks
+  (and thereby writes to) those objects' headers again, so their pages stay shared instead
+  of being copied one by one. Collection stays on in both (a loop that runs for months must
+  not keep reference cycles forever); it only looks at objects made after the freeze.
 
 This is the preload half of a fork server: the supervisor holds no streamer list (the
 planner reads it after fork), so its heap is only modules.
@@ -37,13 +37,7 @@ def preload_role_modules(modules: tuple[str, ...] = PRELOAD) -> None:
 
 def freeze_before_fork() -> None:
     """Call right before `os.fork()`: what exists now stays shared with the child (see above)."""
-    gc.disable()
     gc.freeze()
-
-
-def after_fork_in_child() -> None:
-    """The child collects its own garbage again (its new objects only; the frozen stay frozen)."""
-    gc.enable()
 
 
 _LIBC: object | None = None

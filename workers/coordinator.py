@@ -51,7 +51,7 @@ from kick_monitor.exitcodes import EX_CONFIG, EX_FAILURE, EX_OK, EX_USAGE
 from kick_monitor.framing import FramedSocket, ProtocolError, bind_listener
 from kick_monitor.logsetup import register_settings_secrets
 from kick_monitor.messages import Reconfigure, RoleFailed
-from kick_monitor.preload import after_fork_in_child, freeze_before_fork, preload_role_modules
+from kick_monitor.preload import freeze_before_fork, preload_role_modules
 from kick_monitor.process import Heartbeats, set_title
 from kick_monitor.role import Role, RoleContext, run_role
 from kick_monitor.systemd import sd_notify
@@ -291,7 +291,6 @@ class Supervisor:
         pid = os.fork()
         if pid == 0:  # the child
             code = EX_FAILURE
-            after_fork_in_child()  # footprint (issue 18)
             try:
                 ours.close()
                 self.close_inherited(keep=child)
