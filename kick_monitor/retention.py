@@ -133,8 +133,9 @@ class Pruner:
                 try:
                     self.run_round()
                 except Exception as exc:  # reported, never fatal: the next round tries again
-                    log.warning("pruning failed: %s: %s", type(exc).__name__, str(exc).strip().splitlines()[:1])
-                    self._close()
+                    first = (str(exc).strip().splitlines() or [""])[0]
+                    log.warning("pruning failed: %s: %s", type(exc).__name__, first)
+                self._close()  # no idle connection between rounds ten minutes apart
             self._wake.wait(self.every)
             self._wake.clear()
         self._close()
