@@ -243,15 +243,19 @@ def soak(ctx: scenarios.BenchContext, machine: dict[str, Any], out: Path) -> lis
     samples = run.pop("_samples")  # every 10 s reading, kept whole in the JSON (not a latency list)
     summary = {key: run.get(key) for key in ("soak_verdict", "max_slope_mb_per_h", "state_mismatches",
                                                "writer_backlog_max", "spool_bytes_max", "converge_s")}
-    summary.update({f"history_{k}": v for k, v in run["history"].items()})
+    summary.update({f"history_{k}": v for k, v in run["history"].items() if k != "lost_examples"})
     summary.update({f"slope_mb_per_h {slot}": v for slot, v in sorted(run["slopes_mb_per_h"].items())})
+    summary.update({f"within-pid slope_mb_per_h {slot}": v
+                    for slot, v in sorted(run["within_pid_slopes_mb_per_h"].items())})
     summary.update({f"final_pss_mb {k}": v.get("pss_total_mb") for k, v in run["final_roles"].items()})
     notes = [
         "Pass rule (issue 18): per role slot, the least-squares slope of private memory after the warm-up,"
         " pooled over the slot's successive pids (one intercept each; a respawned pid's first 60 s left out),"
         f" ≤ {soaking.soak_rules.MAX_SLOPE_MB_PER_H} MB/h; fds and threads back at their median level after"
         " the faults; every exposed transition recorded exactly once except those inside a fault window"
-        " (and a stale streamer's next ones), counted apart; state equal to truth at the end.",
+        " (and a stale streamer's next ones), counted apart; state equal to truth at the end. The within-pid"
+        " slopes (one intercept per pid) are reported, not judged: they include each respawned worker's climb.",
+        "Lost examples (t = seconds after the flips began): " + str(run["history"].get("lost_examples", [])),
         "Faults: " + "; ".join(f"{e['t']:.0f}s {e['kind']}" for e in run["faults"]),
         "Tables at start: " + ", ".join(f"{k} {v['rows']} rows {v['bytes'] // 1024} kB"
                                          for k, v in run["tables_start"].items()),

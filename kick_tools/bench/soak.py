@@ -199,7 +199,7 @@ def run_soak(ctx: BenchContext, index: int = 0) -> dict[str, Any]:
         result["tables_start"] = table_sizes(url)
         sim.post("/control/noise", {"rate": plan.noise_rate})
         sim.post("/control/flip", {"rate": plan.flip_rate, "duration": plan.duration})
-        t0 = time.monotonic()
+        t0, started_wall = time.monotonic(), time.time()
         faults = Faults(plan, sim, service.pid, ctx, t0)
         spool = run_dir / "data" / "spool"
         try:
@@ -226,7 +226,7 @@ def run_soak(ctx: BenchContext, index: int = 0) -> dict[str, Any]:
         mismatches = measure.state_mismatches(url, sim.streamers())
         result["tables_end"] = table_sizes(url)
         result["service_exit"] = service.stop()
-    result.update(judge(samples, plan, truth, rows, faults.windows, flips_ended, mismatches))
+    result.update(judge(samples, plan, truth, rows, faults.windows, flips_ended, mismatches, started_wall))
     result.update(faults=faults.events, converge_s=round(converge_s, 1), load_after=measure.loadavg(),
                   _samples=samples)
     return result
@@ -248,8 +248,10 @@ def converge(url: str, sim: Any, timeout: float) -> float:
 
 
 def judge(samples: list[dict[str, Any]], plan: SoakPlan, truth: list[dict[str, Any]], rows: list[measure.Row],
-          windows: list[tuple[float, float]], flips_ended: float, mismatches: int) -> dict[str, Any]:
+          windows: list[tuple[float, float]], flips_ended: float, mismatches: int,
+          started_wall: float = 0.0) -> dict[str, Any]:
     slopes = soak_rules.memory_slopes(samples, plan.warmup)
+    within = soak_rules.memory_slopes(samples, plan.warmup, within_pids=True)
     fds = soak_rules.returned_to_level(samples, "fds", plan.warmup, flips_ended, soak_rules.FD_TOLERANCE)
     threads = soak_rules.returned_to_level(samples, "threads", plan.warmup, flips_ended, soak_rules.THREAD_TOLERANCE)
     recorded: dict[tuple[int, str, int | None], int] = defaultdict(int)
@@ -258,12 +260,15 @@ def judge(samples: list[dict[str, Any]], plan: SoakPlan, truth: list[dict[str, A
             recorded[(row.channel_id, row.status, row.livestream_id)] += 1
     exposed = [t for t in measure.status_transitions(truth) if t["delivered"]]
     history = soak_rules.classify_history(sorted(exposed, key=lambda t: t["sent_wall"]), recorded, windows)
+    for example in history.get("lost_examples", []):  # where it happened, next to the faults
+        example["t"] = round(example["sent_wall"] - started_wall, 1)
     history["not_delivered"] = len(measure.status_transitions(truth)) - len(exposed)
     span = (samples[-1]["t"] if samples else 0.0) - plan.warmup
     outcome = soak_rules.verdict(slopes, fds, threads, history, mismatches, span)
     last = samples[-1]["slots"] if samples else {}
     return {
-        "slopes_mb_per_h": slopes, "fds": fds, "threads": threads, "history": history,
+        "slopes_mb_per_h": slopes, "within_pid_slopes_mb_per_h": within, "fds": fds, "threads": threads,
+        "history": history,
         "state_mismatches": mismatches, **outcome,
         "max_slope_mb_per_h": max((s for s in slopes.values() if s is not None), default=None),
         "final_service": footprint.totals(last), "final_roles": footprint.by_role(last),

@@ -22,29 +22,40 @@ def samples(series: dict[str, list[tuple[float, int, float]]], fds: dict[str, li
     return [by_t[t] for t in sorted(by_t)]
 
 
-def test_a_leak_of_3_mb_an_hour_fails_even_when_the_worker_is_restarted() -> None:
-    # worker 0 is killed every 20 min; each pid starts at 10 MB and leaks 3 MB/h
-    points = []
+def test_a_leak_of_3_mb_an_hour_fails_and_one_reset_by_restarts_shows_within_pids() -> None:
+    writer = [(float(s), 1, 30 + 3 * s / HOUR) for s in range(0, 7200, 10)]  # never killed: leaks 3 MB/h
+    worker = []  # killed every 20 min; each pid starts at 10 MB and leaks 3 MB/h
     for k in range(6):
         pid, born = 100 + k, k * 1200.0
-        points += [(born + s, pid, 10 + 3 * s / HOUR) for s in range(0, 1200, 10)]
-    slopes = soak_rules.memory_slopes(samples({"worker 0": points}), warmup=300)
-    assert slopes["worker 0"] is not None and abs(slopes["worker 0"] - 3.0) < 0.05
+        worker += [(born + s, pid, 10 + 3 * s / HOUR) for s in range(0, 1200, 10)]
+    data = samples({"writer": writer, "worker 0": worker})
+    slopes = soak_rules.memory_slopes(data, warmup=300)
+    assert slopes["writer"] is not None and abs(slopes["writer"] - 3.0) < 0.05
     verdict = soak_rules.verdict(slopes, {}, {}, {"duplicated": 0, "lost": 0}, 0)
-    assert verdict["soak_verdict"] == "FAIL" and "worker 0" in verdict["failures"][0]
+    assert verdict["soak_verdict"] == "FAIL" and verdict["failures"][0].startswith("writer private memory grows 3.0")
+    within = soak_rules.memory_slopes(data, warmup=300, within_pids=True)
+    assert within["worker 0"] is not None and abs(within["worker 0"] - 3.0) < 0.05
 
 
-def test_restarts_with_flat_memory_pass_though_a_naive_fit_over_pids_would_not() -> None:
-    # each new pid sits higher than the last (different warm-up), but none of them grows
-    points = []
+def test_restarts_with_flat_memory_pass_and_a_level_rising_pid_after_pid_fails() -> None:
+    # every pid climbs for 40 s at start (left out: its own start-up), then stays flat
+    flat, rising = [], []
     for k in range(4):
         pid, born = 200 + k, k * 1800.0
-        points += [(born + s, pid, 12 + k * 2.0 + (0.2 if s % 20 else -0.2)) for s in range(0, 1800, 10)]
-    slopes = soak_rules.memory_slopes(samples({"worker 1": points, "writer": [(t, 1, 20.0) for t, _, _ in points]}),
-                                      warmup=300)
+        for s in range(0, 1800, 10):
+            start_up = min(1.0, s / 40)
+            flat.append((born + s, pid, 8 + 4 * start_up + (0.2 if s % 20 else -0.2)))
+            rising.append((born + s, pid, 8 + 4 * start_up + 3.0 * k))  # +3 MB per pid: 6 MB/h
+    slopes = soak_rules.memory_slopes(samples({"worker 1": flat, "worker 2": rising,
+                                               "writer": [(t, 1, 20.0) for t, _, _ in flat]}), warmup=300)
     assert abs(slopes["worker 1"] or 0.0) < 0.1
     assert slopes["writer"] == 0.0
-    assert soak_rules.verdict(slopes, {}, {}, {}, 0)["soak_verdict"] == "PASS"
+    assert slopes["worker 2"] is not None and slopes["worker 2"] > 5.0
+    within = soak_rules.memory_slopes(samples({"worker 2": rising}), warmup=300, within_pids=True)
+    assert abs(within["worker 2"] or 0.0) < 0.1  # each process alone is flat: the growth is across pids
+    verdict = soak_rules.verdict(slopes, {}, {}, {}, 0)
+    assert verdict["soak_verdict"] == "FAIL"
+    assert verdict["failures"] == [f"worker 2 private memory grows {slopes['worker 2']} MB/h"]
 
 
 def test_fds_must_return_to_their_level() -> None:
@@ -71,7 +82,9 @@ def test_history_losses_are_split_by_fault_window_and_staleness() -> None:
     ]
     recorded = {(1, "online", 11): 1, (2, "online", 21): 2, (5, "offline", None): 1}
     counts = soak_rules.classify_history(transitions, recorded, [(49.0, 60.0)])
+    examples = counts.pop("lost_examples")
     assert counts == {"exposed": 6, "once": 1, "duplicated": 1, "in_fault_window": 1, "stale_after_window": 1,
                       "repaired": 1, "lost": 1}
+    assert examples == [{"channel_id": 4, "status": "online", "livestream_id": 41, "sent_wall": 80.0}]
     failures = soak_rules.verdict({}, {}, {}, counts, 3)["failures"]
     assert len(failures) == 3  # duplicated, lost, state
