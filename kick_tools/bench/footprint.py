@@ -8,6 +8,11 @@ Memory comes from /proc/PID/smaps_rollup:
 - PSS splits each shared page among its sharers: PSS sums are the tree's real footprint;
 - Private (clean + dirty) is what would be freed if the process exited: the figure whose
   growth means a leak (shared pages going private by copy-on-write count here too).
+- PSS divides a shared page among *every* process on the machine that maps it, the interpreter's
+  and libraries' text included: the more Python processes run beside the service, the smaller
+  its PSS. `tree_pss` divides each page among the tree's own processes only (from
+  /proc/PID/pagemap; needs root to see page frame numbers, else None): the machine-independent
+  footprint of the service, which the targets are judged on.
 
     slots = service_slots(service_pid)          # {"coordinator": pid, "writer": pid, "worker 0": pid, ...}
     sample = take_sample(slots)                 # {"worker 0": {"pid":…, "rss_kb":…, "pss_kb":…, …}, …}
@@ -16,6 +21,8 @@ Memory comes from /proc/PID/smaps_rollup:
 from __future__ import annotations
 
 import os
+import struct
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +138,32 @@ def import_cost_table(modules: list[str]) -> list[tuple[str, float]]:
         if done.returncode == 0:
             found.append((module, round(float(done.stdout.strip()), 1)))
     return sorted(found, key=lambda item: -item[1])
+
+
+def resident_frames(pid: int) -> set[int] | None:
+    """Page frame numbers of `pid`'s resident pages; None without the right to see them (non-root)."""
+    frames: set[int] = set()
+    try:
+        with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/pagemap", "rb") as pagemap:
+            for line in maps:
+                start, end = (int(x, 16) for x in line.split(" ", 1)[0].split("-"))
+                if start >= 0xFFFFFFFFFF600000:  # vsyscall: not in pagemap
+                    continue
+                pagemap.seek(start // 4096 * 8)
+                for (entry,) in struct.iter_unpack("Q", pagemap.read((end - start) // 4096 * 8)):
+                    if entry >> 63:  # present
+                        frames.add(entry & ((1 << 55) - 1))
+    except (OSError, ValueError):
+        return None
+    if frames and frames <= {0}:
+        return None  # PFNs hidden (no CAP_SYS_ADMIN)
+    return frames
+
+
+def tree_pss(slots: dict[str, int]) -> dict[str, float] | None:
+    """slot -> MB, each resident page divided among the tree's processes that map it (see docstring)."""
+    frames = {slot: resident_frames(pid) for slot, pid in slots.items()}
+    if any(f is None for f in frames.values()):
+        return None
+    sharers = Counter(frame for found in frames.values() if found for frame in found)
+    return {slot: round(sum(1 / sharers[f] for f in found or ()) * 4 / 1024, 1) for slot, found in frames.items()}
