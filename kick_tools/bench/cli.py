@@ -222,7 +222,10 @@ def memory(ctx: scenarios.BenchContext, machine: dict[str, Any], out: Path) -> l
                          ctx.quick)
     runs, errors = repeat(ctx, "M", lambda i: scenarios.run_memory(ctx, i))
     notes = [
-        "service_pss_mb divides each page among the tree's own processes (/proc/PID/pagemap), service_pss_machine_mb among every process of the machine (smaps_rollup PSS; shrinks when other Python processes run). Read from /proc/PID/smaps_rollup of every process of the service tree after subscribing, reconciling"
+        "service_pss_mb divides each page among the tree's own processes (/proc/PID/pagemap),"
+        " service_pss_machine_mb among every process of the machine (smaps_rollup PSS; shrinks when other"
+        " Python processes run). Read from /proc/PID/smaps_rollup of every process of the service tree after"
+        " subscribing, reconciling"
         " and 20 s of flips with channel noise: RSS counts shared pages in full in each process, PSS splits"
         " them among sharers (the tree's real footprint is the PSS sum), private = clean + dirty private pages.",
         "PostgreSQL and the simulator are not counted.",
