@@ -7,11 +7,12 @@ BIN      := $(VENV)/bin
 STAMP    := $(VENV)/.installed
 CONFIG   ?=
 SCENARIO ?= S1
+DURATION ?= 1800
 PYTEST_ARGS ?=
 KICK_MONITOR := $(BIN)/kick-monitor $(if $(CONFIG),--config $(CONFIG))
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-slow test-faults lint run demo migrate status bench
+.PHONY: help venv test test-slow test-faults lint run demo migrate status bench soak
 
 help: ## list the targets
 	@echo "usage: make TARGET [CONFIG=file.env] [SCENARIO=S1]"
@@ -63,6 +64,9 @@ $(VENV)/.installed-bench: $(STAMP)
 
 bench: $(VENV)/.installed-bench ## run a benchmark scenario (SCENARIO=S1 by default, SCENARIO=all: everything); results in bench/results/
 	$(KICK_MONITOR) bench --scenario $(SCENARIO)
+
+soak: $(VENV)/.installed-bench ## 24/7 in miniature: 10k streamers, faults, memory/fds/threads sampled (DURATION=1800 s; exit 1 on FAIL)
+	$(KICK_MONITOR) bench --scenario soak --runs 1 --duration $(DURATION)
 
 # -- operating an installed service (docs/deployment.md); thin wrappers over scripts/ ------------
 N ?=

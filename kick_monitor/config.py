@@ -51,6 +51,27 @@ def _check_url(value: str, schemes: tuple[str, ...], key: str) -> str:
     return value
 
 
+# -- durations: retention periods
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", re.IGNORECASE)
+FOREVER = ("0", "off", "forever", "none")
+
+
+def parse_retention(text: str) -> float | None:
+    """`400d` → seconds; `0`/`off` → None (keep forever). ValueError with a one-line reason."""
+    cleaned = text.strip().lower()
+    if cleaned in FOREVER:
+        return None
+    match = _DURATION.fullmatch(cleaned)
+    if match is None:
+        raise ValueError("must be a duration like 400d, 12h, 30m or 2w, or 0/off to keep forever")
+    seconds = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if seconds <= 0:
+        return None
+    return seconds
+
+
+
 # -- reload policy: what a SIGHUP does with a changed value, declared on each field -------------
 COORDINATOR, WRITER, PLANNER, WORKER, EXPORTER = "coordinator", "writer", "planner", "worker", "exporter"
 MIRROR = "mirror"
@@ -250,12 +271,24 @@ class Settings(BaseModel):
             raise ValueError("must be a PostgreSQL identifier: lower-case letters, digits and '_', at most 63")
         return value
 
+    # retention
+    history_retention: Annotated[str, live(PLANNER)] = Field(
+        "400d", description="how long status history is kept (e.g. 400d, 12h, 2w); 0 or off = forever. The"
+        " planner prunes older rows in small batches, one process of a deployment at a time",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
             _check_url(value.get_secret_value(), ("postgresql", "postgres"), "database_url")
         return value
+
+    @field_validator("history_retention")
+    @classmethod
+    def _retention(cls, value: str) -> str:
+        parse_retention(value)
+        return value.strip().lower()
 
     @field_validator("pusher_url")
     @classmethod

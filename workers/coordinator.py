@@ -51,6 +51,7 @@ from kick_monitor.exitcodes import EX_CONFIG, EX_FAILURE, EX_OK, EX_USAGE
 from kick_monitor.framing import FramedSocket, ProtocolError, bind_listener
 from kick_monitor.logsetup import register_settings_secrets
 from kick_monitor.messages import Reconfigure, RoleFailed
+from kick_monitor.preload import freeze_before_fork, preload_role_modules
 from kick_monitor.process import Heartbeats, set_title
 from kick_monitor.role import Role, RoleContext, run_role
 from kick_monitor.systemd import Watchdog, sd_notify
@@ -174,6 +175,7 @@ class Supervisor:
         self.acquire_lock()
         self.install_signals()
         self.bind_sockets()
+        preload_role_modules()  # shared by every child: kick_monitor/preload.py
         log.info(
             "starting %d of %d shards", len(self.plan.shards), self.plan.shard_count,
             extra={"tree": self.plan.tree},
@@ -291,6 +293,7 @@ class Supervisor:
         self.heartbeats.beat(child.slot, self.clock())
         child.spawn_beat = self.heartbeats.last(child.slot)
         child.murdered = False
+        freeze_before_fork()  # keep the supervisor's pages shared
         pid = os.fork()
         if pid == 0:  # the child
             code = EX_FAILURE

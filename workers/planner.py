@@ -22,6 +22,9 @@ but never the reaping, killing and respawning of processes.
   syncs it (`kick_monitor.source_sync`) before loading, at start, on every `reload_interval`
   and when `streamers_source_channel` is notified. A failing source is reported and the
   previous list stays in force.
+- Retention (`kick_monitor.retention.Pruner`): history older than `history_retention` is
+  deleted in small batches on another helper thread, under an advisory lock (one pruner per
+  deployment), never in the way of the writer.
 """
 
 from __future__ import annotations
@@ -44,7 +47,9 @@ from kick_monitor.messages import Assign, StreamerRef, Subscribe, Unsubscribe
 from kick_monitor.metric_deltas import CounterDeltas
 from kick_monitor.migrations import STREAMERS_CHANNEL
 from kick_monitor.ordering import allocate_generation
+from kick_monitor.preload import release_free_memory
 from kick_monitor.resolver import resolve_pending
+from kick_monitor.retention import Pruner
 from kick_monitor.role import Role, RoleContext
 from kick_monitor.sharding import plan_shards
 from kick_monitor.source_sync import SourceError, sync_source
@@ -82,9 +87,14 @@ class Planner(Role):
         self.sync_due = self.settings.streamers_source is not None  # sync the source at the next reload
         self.source_problem = ""  # the last source failure reported (reported again only when it changes)
         self.resolver = IdResolver(self)
+        self.pruner = Pruner(
+            lambda: connect(self.ctx.database_url, application_name="kick-monitor pruner"),
+            self.settings.history_retention,
+        )
 
     def boot(self) -> None:
         self.resolver.start()
+        self.pruner.start()
 
     # -- the loop ---------------------------------------------------------------------
     def step(self) -> None:
@@ -111,6 +121,7 @@ class Planner(Role):
 
     def finish(self) -> int:
         self.resolver.stop()
+        self.pruner.stop()
         self.server.close()
         self.close_database()
         return 0
@@ -118,6 +129,8 @@ class Planner(Role):
     def reconfigure(self, changed: set[str]) -> None:
         if "reload_interval" in changed:
             self.next_full_reload = min(self.next_full_reload, time.monotonic() + self.settings.reload_interval)
+        if "history_retention" in changed:
+            self.pruner.set_retention(self.settings.history_retention)
         self.resolver.settings_changed()
 
     # -- the list and the plan -------------------------------------------------------------
@@ -153,6 +166,8 @@ class Planner(Role):
         planned = plan_shards(streamers, self.ctx.shard_count)
         for shard in self.plan:
             self.update_shard(shard, {ref.streamer_id: ref for ref in planned.get(shard, [])})
+        del streamers, planned
+        release_free_memory()  # the list read from the database was a burst as big as the plan
 
     def sync_source(self) -> None:
         """Make the list equal to the application's source; on a bad source keep the list as it is."""
@@ -184,9 +199,12 @@ class Planner(Role):
         rechanneled: list[StreamerRef] = []
         for sid, held in current.items():  # a streamer that stays keeps its assignment generation
             if sid in wanted:
-                wanted[sid] = replace(wanted[sid], generation=held.generation)
-                if wanted[sid].channel_id != held.channel_id:
-                    rechanneled.append(wanted[sid])
+                fresh = replace(wanted[sid], generation=held.generation)
+                # the long-lived object where nothing changed: the fresh copy dies young, so a reload
+                # of 100k streamers does not leave the planner's heap fragmented (docs/performance.md)
+                wanted[sid] = held if fresh == held else fresh
+                if fresh.channel_id != held.channel_id:
+                    rechanneled.append(fresh)
         added = self.stamp(ref for sid, ref in wanted.items() if sid not in current)
         wanted.update((ref.streamer_id, ref) for ref in added)
         removed = tuple(sid for sid in current if sid not in wanted)

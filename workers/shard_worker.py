@@ -34,12 +34,14 @@ from kick_monitor.handoff import ChangeSender, overflow_spool
 from kick_monitor.live_status import diff_by_streamer, live_status_by_streamer
 from kick_monitor.messages import Assign, StatusChange, StreamerRef, Subscribe, Unsubscribe
 from kick_monitor.metric_deltas import CounterDeltas
+from kick_monitor.preload import release_free_memory
 from kick_monitor.pusher import PusherFatalError, PusherSession
 from kick_monitor.role import HEARTBEAT_EVERY, Role, RoleContext, RoleFatal
 
 log = logging.getLogger("kick_monitor.worker")
 
 REPORT_EVERY = 1.0  # seconds between metric reports
+TRIM_AFTER = 500  # streamers in one message or API answer after which freed memory goes back to the kernel
 # Settings the API client is built from: a change rebuilds it (see Reconciliation.use_settings).
 API_SETTINGS = frozenset({
     "api_base_url", "oauth_token_url", "web_api_base_url", "client_id", "client_secret",
@@ -307,6 +309,7 @@ class ShardWorker(Role):
                 started, answer, error = self.reconciliation.results.get_nowait()
             except queue.Empty:
                 return
+            answer_size = len(answer)
             if error is not None:
                 if self.reconciliation.auth_failed:
                     log.error("Kick API refused our credentials (%s); reconciliation is off, Pusher-only", error)
@@ -348,6 +351,9 @@ class ShardWorker(Role):
             if changes:
                 self.send(changes)
             self._count_reconcile("ok")
+            del answer, known, changes
+            if answer_size > TRIM_AFTER:
+                release_free_memory()  # the API's answers were the bulk of this burst
 
     # -- the planner's assignments ---------------------------------------------------------
     def apply_assignment(self, message: Assign | Subscribe | Unsubscribe) -> None:
@@ -360,6 +366,8 @@ class ShardWorker(Role):
             self.subscribe(message.streamers)
         else:
             self.unsubscribe(message.streamer_ids)
+        if len(getattr(message, "streamers", ())) > TRIM_AFTER:
+            release_free_memory()  # a big list arrived and was turned into subscriptions
 
     def subscribe(self, streamers: Iterable[StreamerRef]) -> None:
         """Watch new streamers; join the Pusher channels of any whose channel id is new."""

@@ -4,8 +4,10 @@
     kick-monitor bench --scenario S2,S4      # a comma list
     kick-monitor bench --scenario all        # everything (long: about an hour)
     kick-monitor bench --scenario W --runs 5 --out /tmp/results
+    kick-monitor bench --scenario soak       # 30 min of faults (`make soak`; --duration 60: smoke)
 
-Scenarios: S1 S2 S3 S4 (the product end to end), W (the writer alone), and side by side
+Scenarios: S1 S2 S3 S4 (the product end to end), M (memory of every role at 2,000 streamers),
+W (the writer alone), and side by side
 CW (our writer vs a naive one), CC (our Pusher client vs Pysher), CP (vs a REST poller).
 Each writes `<out>/<date>-<scenario>.json`, `.md` and `.png`. Benchmarks report; they
 never fail on a missed target (exit 1 only when a scenario could not run at all).
@@ -16,6 +18,7 @@ directory — never the database in the settings, whose data it would disturb.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import sys
 import time
@@ -30,8 +33,13 @@ from kick_tools.bench.harness import BenchDatabase, temporary_workdir
 
 HELP = "run a benchmark scenario"
 TAKES_SETTINGS = True
-ALL = ("S1", "S2", "S3", "S4", "W", "CW", "CC", "CP")
+ALL = ("S1", "S2", "S3", "S4", "W", "CW", "CC", "CP", "M")
+EXTRA = ("SOAK",)  # not in `all`: it runs for half an hour or more
 EXIT_OK, EXIT_FAILED = 0, 1
+
+
+class SoakFailed(Exception):
+    """The soak ran and its pass rule failed (the results are written): `make soak` exits 1."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,10 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def selected(spec: str) -> list[str]:
     names = list(ALL) if spec.strip().lower() == "all" else [s.strip().upper() for s in spec.split(",") if s.strip()]
-    unknown = [n for n in names if n not in ALL]
+    unknown = [n for n in names if n not in ALL + EXTRA]
     if unknown or not names:
         raise SystemExit(f"kick-monitor bench: unknown scenario {', '.join(unknown) or spec!r}; choose from "
-                         f"{', '.join(ALL)} or all")
+                         f"{', '.join(ALL + EXTRA)} or all")
     return names
 
 
@@ -68,6 +76,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 say(f"== {name} ({ctx.runs} runs) — work dir {work}")
                 try:
                     paths = run_scenario(name, ctx, machine, args.out)
+                except SoakFailed as exc:
+                    failed += 1
+                    say(f"{name} FAILED its pass rule: {exc}")
+                    continue
                 except Exception as exc:
                     failed += 1
                     say(f"{name} could not run: {type(exc).__name__}: {exc}")
@@ -136,7 +148,7 @@ def run_scenario(name: str, ctx: scenarios.BenchContext, machine: dict[str, Any]
         "S1": lambda c, m, o: pipeline(scenarios.S1, c, m, o),
         "S2": lambda c, m, o: pipeline(scenarios.S2, c, m, o),
         "S4": lambda c, m, o: pipeline(scenarios.S4, c, m, o),
-        "S3": scale, "W": writer, "CW": writer_compare, "CC": clients, "CP": polling,
+        "S3": scale, "M": memory, "SOAK": soak, "W": writer, "CW": writer_compare, "CC": clients, "CP": polling,
     }
     return builders[name](ctx, machine, out)
 
@@ -202,6 +214,70 @@ def scale(ctx: scenarios.BenchContext, machine: dict[str, Any], out: Path) -> li
                   series={"frame→commit at 100k": [r["_latencies"] for r in runs]},
                   bars={"subscribed s": [r["subscribed_s"] for r in runs],
                         "worker peak RSS MB": [r["worker_peak_rss_mb"] for r in runs]}, bar_unit="s / MB")
+
+
+def memory(ctx: scenarios.BenchContext, machine: dict[str, Any], out: Path) -> list[Path]:
+    result = base_result("M", "memory: 2,000 streamers, product defaults, every role", machine,
+                         {"streamers": 200 if ctx.quick else scenarios.M_STREAMERS, "shards": "product default"},
+                         ctx.quick)
+    runs, errors = repeat(ctx, "M", lambda i: scenarios.run_memory(ctx, i))
+    notes = [
+        "service_pss_mb divides each page among the tree's own processes (/proc/PID/pagemap),"
+        " service_pss_machine_mb among every process of the machine (smaps_rollup PSS; shrinks when other"
+        " Python processes run). Read from /proc/PID/smaps_rollup of every process of the service tree after"
+        " subscribing, reconciling"
+        " and 20 s of flips with channel noise: RSS counts shared pages in full in each process, PSS splits"
+        " them among sharers (the tree's real footprint is the PSS sum), private = clean + dirty private pages.",
+        "PostgreSQL and the simulator are not counted.",
+    ]
+    return finish(result, runs, errors, scenarios.summarize_memory(runs), scenarios.M_TARGETS, notes, out,
+                  series={}, bars={"service PSS MB": [r["service_pss_mb"] for r in runs]}, bar_unit="MB")
+
+
+def soak(ctx: scenarios.BenchContext, machine: dict[str, Any], out: Path) -> list[Path]:
+    from kick_tools.bench import soak as soaking
+
+    plan = soaking.SoakPlan().fitted(ctx.duration, ctx.quick)
+    result = base_result("soak", f"{plan.streamers:,} streamers for {plan.duration / 60:.0f} min with faults",
+                         machine, {k: v for k, v in vars(plan).items()}, ctx.quick)
+    once = dataclasses.replace(ctx, runs=1)  # one long run; --runs does not apply
+    runs, errors = repeat(once, "soak", lambda i: soaking.run_soak(once, i))
+    run = runs[-1]
+    samples = run.pop("_samples")  # every 10 s reading, kept whole in the JSON (not a latency list)
+    summary = {key: run.get(key) for key in ("soak_verdict", "max_slope_mb_per_h", "state_mismatches",
+                                               "writer_backlog_max", "spool_bytes_max", "converge_s")}
+    summary.update({f"history_{k}": v for k, v in run["history"].items() if k != "lost_examples"})
+    summary.update({f"slope_mb_per_h {slot}": v for slot, v in sorted(run["slopes_mb_per_h"].items())})
+    summary.update({f"within-pid slope_mb_per_h {slot}": v
+                    for slot, v in sorted(run["within_pid_slopes_mb_per_h"].items())})
+    summary.update({f"final_pss_mb {k}": v.get("pss_total_mb") for k, v in run["final_roles"].items()})
+    notes = [
+        "Pass rule (issue 18): per role slot, the least-squares slope of private memory after the warm-up,"
+        " pooled over the slot's successive pids (one intercept each; a respawned pid's first 60 s left out),"
+        f" ≤ {soaking.soak_rules.MAX_SLOPE_MB_PER_H} MB/h; fds and threads back at their median level after"
+        " the faults; every exposed transition recorded exactly once except those inside a fault window"
+        " (and a stale streamer's next ones), counted apart; state equal to truth at the end. The within-pid"
+        " slopes (one intercept per pid) are reported, not judged: they include each respawned worker's climb.",
+        "Lost examples (t = seconds after the flips began): " + str(run["history"].get("lost_examples", [])),
+        "Faults: " + "; ".join(f"{e['t']:.0f}s {e['kind']}" for e in run["faults"]),
+        "Tables at start: " + ", ".join(f"{k} {v['rows']} rows {v['bytes'] // 1024} kB"
+                                         for k, v in run["tables_start"].items()),
+        "Tables at end: " + ", ".join(f"{k} {v['rows']} rows {v['bytes'] // 1024} kB"
+                                       for k, v in run["tables_end"].items()),
+        *[f"FAILED: {failure}" for failure in run["failures"]],
+    ]
+    result["samples"] = samples
+    paths = finish(result, runs, errors, summary, (), notes, out)
+    png = out / f"{result['date']}-soak-memory.png"
+    try:
+        soaking.plot_memory(samples, png, result["title"] + f" · commit {machine.get('git')}", run["faults"])
+        paths.append(png)
+    except ImportError as exc:
+        say(f"no memory plot: {exc}")
+    say(f"soak verdict: {run['soak_verdict']}" + "".join(f"\n  {f}" for f in run["failures"]))
+    if not run["soak_verdict"].startswith("PASS"):
+        raise SoakFailed("; ".join(run["failures"]))
+    return paths
 
 
 def writer(ctx: scenarios.BenchContext, machine: dict[str, Any], out: Path) -> list[Path]:

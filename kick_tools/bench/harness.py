@@ -191,10 +191,13 @@ class ServiceProcess:
         return self.process.pid
 
     def roles(self) -> dict[str, list[int]]:
-        """coordinator / writer / worker PIDs, found by parent PID and process title."""
-        writer = harness.writer_pid(self.pid)
-        return {"coordinator": [self.pid], "writer": [] if writer is None else [writer],
-                "worker": list(harness.worker_pids(self.pid).values())}
+        """PIDs of every role (coordinator, writer, planner, exporter, worker), by parent PID and title."""
+        from kick_tools.bench.footprint import role_of, service_slots
+
+        found: dict[str, list[int]] = {"coordinator": [], "writer": [], "worker": []}
+        for slot, pid in service_slots(self.pid).items():
+            found.setdefault(role_of(slot), []).append(pid)
+        return found
 
     def stop(self) -> int | None:
         return self.process.stop(STOP_TIMEOUT)

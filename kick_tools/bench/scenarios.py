@@ -404,6 +404,8 @@ S3_TARGETS = (
     Target("all subscribed ≤ 60 s", "subscribed_s", 60.0),
     Target("RSS ≤ 60 MB per worker", "worker_peak_rss_mb", 60.0),
     Target("≤ 1 GB total (service RSS)", "service_peak_rss_total_mb", 1024.0),
+    Target("worker PSS ≤ 25 MB (issue 18)", "steady_worker_pss_max_mb", 25.0),
+    Target("service PSS ≤ 500 MB (issue 18)", "steady_service_pss_mb", 500.0),
 )
 
 
@@ -434,10 +436,17 @@ def run_scale(ctx: BenchContext, index: int) -> dict[str, Any]:
         stats = sim.stats()
         result["settle_s"] = round(settle(url, int(stats["transitions_delivered"])), 3)
         sampler.mark("settled")
+        from kick_tools.bench import footprint
+
+        steady_slots = footprint.service_slots(service.pid)
+        steady = footprint.take_sample(steady_slots)  # every role, once settled
+        tree = footprint.tree_pss(steady_slots)
+        result.update(steady_roles=footprint.by_role(steady), steady_service=footprint.totals(steady),
+                      steady_tree_pss_mb=tree, steady_tree_pss_total_mb=round(sum(tree.values()), 1) if tree else None)
         verdict = measure.judge(sim.truth(), measure.fetch_history(url))
         sampler.stop()
         memory = sampler.peaks_json()
-        service_roles = ("coordinator", "writer", "worker")
+        service_roles = ("coordinator", "writer", "planner", "exporter", "worker")
         result.update(
             shards=len(service.roles()["worker"]),
             streamers=streamers, subscriptions=2 * streamers,
@@ -451,6 +460,8 @@ def run_scale(ctx: BenchContext, index: int) -> dict[str, Any]:
             cpu_s=sampler.cpu_between("flip", "settled"),
             load_after=measure.loadavg(),
         )
+        result["steady_service_pss_mb"] = result["steady_service"]["pss_mb"]
+        result["steady_worker_pss_max_mb"] = result["steady_roles"].get("worker", {}).get("pss_max_mb")
         result["_latencies"] = verdict.latencies_ms
         result["service_exit"] = service.stop()
     return result
@@ -458,7 +469,8 @@ def run_scale(ctx: BenchContext, index: int) -> dict[str, Any]:
 
 def summarize_scale(runs: list[dict[str, Any]]) -> dict[str, Any]:
     keys = ("subscribed_s", "start_reconciled_s", "worker_peak_rss_mb", "worker_peak_pss_mb",
-            "service_peak_rss_total_mb", "service_peak_pss_total_mb", "shards")
+            "service_peak_rss_total_mb", "service_peak_pss_total_mb", "shards", "steady_service_pss_mb",
+            "steady_worker_pss_max_mb", "steady_tree_pss_total_mb")
     summary: dict[str, Any] = {key: measure.spread(r.get(key) for r in runs) for key in keys}
     summary["latency_p50_ms"] = measure.spread(r["latency_ms"].get("p50") for r in runs)
     summary["latency_p99_ms"] = measure.spread(r["latency_ms"].get("p99") for r in runs)
@@ -810,3 +822,48 @@ def summarize_polling(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def median_of(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
+
+
+# -- M: where each MB goes (every role, RSS/PSS/private) --------------------------------------
+
+
+M_STREAMERS = 2000
+M_TARGETS = (Target("service PSS (tree's own sharing) ≤ 60 MB at 2,000 streamers", "service_pss_mb", 60.0),)
+
+
+def run_memory(ctx: BenchContext, index: int, streamers: int | None = None) -> dict[str, Any]:
+    """Product defaults, `streamers` streamers: subscribe, reconcile, 20 s of flips, then read every role."""
+    from kick_tools.bench import footprint
+
+    count = streamers or (200 if ctx.quick else M_STREAMERS)
+    seconds = 2.0 if ctx.quick else (ctx.duration or 20.0)
+    run_dir = ctx.run_dir("M", index)
+    url = ctx.db.fresh(f"bench_m_{index}", template=ctx.template("empty", lambda url: None))
+    result: dict[str, Any] = {"run": index + 1, "load_before": measure.loadavg(), "streamers": count}
+    with Stack() as stack:
+        sim, service, start = start_pipeline(ctx, stack, run_dir, url, streamers=count, shards=None,
+                                              seed=index + 1, noise=True)
+        result.update(start)
+        sim.post("/control/noise", {"rate": 200.0})
+        sim.post("/control/flip", {"rate": 50.0, "duration": seconds})
+        sim.post("/control/flip/wait", {"timeout": seconds + 60}, timeout=seconds + 90)
+        settle(url, int(sim.stats()["transitions_delivered"]))
+        slots = footprint.service_slots(service.pid)
+        sample = footprint.take_sample(slots)
+        tree = footprint.tree_pss(slots)
+        result.update(slots=sample, roles=footprint.by_role(sample), service=footprint.totals(sample),
+                      tree_pss_mb=tree, load_after=measure.loadavg())
+        result["service_pss_machine_mb"] = result["service"]["pss_mb"]
+        result["service_pss_mb"] = round(sum(tree.values()), 1) if tree else result["service"]["pss_mb"]
+        result["worker_pss_max_mb"] = result["roles"].get("worker", {}).get("pss_max_mb")
+        result["service_exit"] = service.stop()
+    return result
+
+
+def summarize_memory(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {key: measure.spread(r.get(key) for r in runs)
+                               for key in ("service_pss_mb", "service_pss_machine_mb", "worker_pss_max_mb")}
+    for role in sorted({role for r in runs for role in r["roles"]}):
+        for figure in ("rss_max_mb", "pss_max_mb", "private_max_mb", "pss_total_mb"):
+            summary[f"{role}_{figure}"] = measure.spread(r["roles"].get(role, {}).get(figure) for r in runs)
+    return summary

@@ -1,0 +1,63 @@
+"""Make forked roles share memory with the supervisor instead of each paying for its own copy.
+
+Measured (docs/performance.md, "where each MB goes"): a Python process with our imports is
+~40 MB, almost all of it module code and data. A module imported *before* `fork()` is one
+copy shared by every child; one imported *after* it (e.g. `requests` for the Kick API, which
+workers and the planner used to import lazily) is a private copy in each of them. So the
+supervisor imports what every role needs once, before its first fork, and then:
+
+- `gc.freeze()` right before each fork moves every object the supervisor holds into the
+  permanent generation: no garbage collection, the child's or the supervisor's own, walks
+  (and thereby writes to) those objects' headers again, so their pages stay shared instead
+  of being copied one by one. Collection stays on in both (a loop that runs for months must
+  not keep reference cycles forever); it only looks at objects made after the freeze.
+
+This is the preload half of a fork server: the supervisor holds no streamer list (the
+planner reads it after fork), so its heap is only modules.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+
+# What the roles import after fork (lazily, inside functions); preloaded so it is shared.
+PRELOAD = (
+    "kick_monitor.kick_api",  # requests, urllib3, idna, charset_normalizer: workers + planner
+    "kick_monitor.reconcile",
+    "kick_monitor.sharding",
+)
+
+
+def preload_role_modules(modules: tuple[str, ...] = PRELOAD) -> None:
+    """Import the modules the roles would otherwise import after fork (once, in the supervisor)."""
+    for name in modules:
+        importlib.import_module(name)
+
+
+def freeze_before_fork() -> None:
+    """Call right before `os.fork()`: what exists now stays shared with the child (see above)."""
+    gc.freeze()
+
+
+_LIBC: object | None = None
+
+
+def release_free_memory() -> None:
+    """Give freed heap back to the kernel after a burst (a full Assign, a reconciliation, a reload).
+
+    Measured: such a burst allocates tens of MB of short-lived objects (unpickled lists, API
+    JSON, subscription frames), and glibc keeps the freed pages resident in the process, so a
+    worker's private memory stayed at its start-up peak. `malloc_trim(0)` returns free pages
+    from every arena (the reconciliation thread's too). A few ms; a no-op where glibc is absent.
+    """
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        import ctypes.util
+
+        name = ctypes.util.find_library("c")
+        _LIBC = ctypes.CDLL(name) if name else False
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)

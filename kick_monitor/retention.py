@@ -1,0 +1,176 @@
+"""Retention: every table that grows forever in 24/7 operation is pruned, in small batches, off the hot path.
+
+The history (`status_events`) is kept `history_retention` long (400 days by default; `0`/`off`
+keeps it forever). Pruning is a planner duty on a helper thread with its own connection, under
+a PostgreSQL advisory lock so that one process of a deployment prunes at a time.
+
+Why it cannot block the writer: each batch is one short `DELETE` of at most `PRUNE_BATCH` rows
+chosen by a primary-key range (`id < min(id) + PRUNE_BATCH`), so it touches a bounded slice of
+the oldest rows — rows the writer never updates (it only inserts new history) — and commits
+at once; `lock_timeout` makes it give up rather than queue behind anything; a pause between
+batches leaves the server to the writer. The range is chosen by key rather than by
+`recorded_at` because no index serves `recorded_at` (adding one would cost every insert), and
+`id` grows with `recorded_at` (both are assigned at insert by the one writer). When the oldest
+row is younger than the cutoff, a round is over after one index probe.
+
+Next rules (webhook message ids, delivered outbox rows) are one `PruneRule` each in `rules_for`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import psycopg2
+import psycopg2.extensions
+from psycopg2 import sql
+
+from .config import parse_retention
+
+log = logging.getLogger("kick_monitor.retention")
+
+PRUNE_BATCH = 1000  # rows per DELETE: a few ms of server time
+PRUNE_PAUSE = 0.2  # seconds between batches: the writer gets the server in between
+PRUNE_EVERY = 600.0  # seconds between rounds (history ages by days; no hurry)
+PRUNE_LOCK_KEY = 0x4B4D5052  # advisory lock: one pruner per deployment at a time
+LOCK_TIMEOUT_MS = 200  # never queue behind another lock: skip the batch, retry next round
+STATEMENT_TIMEOUT_MS = 10_000
+
+@dataclass(frozen=True)
+class PruneRule:
+    """Rows of `table` whose `time_column` is older than `keep` seconds go, `key` order."""
+
+    name: str
+    table: str  # schema-qualified
+    key: str  # a column that grows with time, with an index (the primary key)
+    time_column: str
+    keep: float
+
+
+def rules_for(history_retention: str) -> list[PruneRule]:
+    """The prune rules the settings ask for (empty: keep everything)."""
+    rules: list[PruneRule] = []
+    keep = parse_retention(history_retention)
+    if keep is not None:
+        rules.append(PruneRule("history", "kick_monitor.status_events", "id", "recorded_at", keep))
+    # webhook message ids and delivered outbox rows join here (bounded keep, not a setting)
+    return rules
+
+
+def _delete_statement(rule: PruneRule) -> sql.Composed:
+    schema, table = rule.table.split(".", 1)
+    target = sql.Identifier(schema, table)
+    key, column = sql.Identifier(rule.key), sql.Identifier(rule.time_column)
+    return sql.SQL(
+        "DELETE FROM {target} WHERE {key} < (SELECT min({key}) FROM {target}) + %(batch)s"
+        " AND {column} < now() - make_interval(secs => %(keep)s)"
+    ).format(target=target, key=key, column=column)
+
+
+def prune_batch(conn: psycopg2.extensions.connection, rule: PruneRule, batch: int = PRUNE_BATCH) -> int:
+    """Delete one bounded slice of `rule`'s oldest expired rows and commit; rows deleted."""
+    with conn.cursor() as cur:
+        cur.execute(_delete_statement(rule), {"batch": batch, "keep": rule.keep})
+        deleted = cur.rowcount
+    conn.commit()
+    return max(0, deleted)
+
+
+def prune(
+    conn: psycopg2.extensions.connection, rules: Sequence[PruneRule], *, batch: int = PRUNE_BATCH,
+    pause: float = PRUNE_PAUSE, should_stop: Callable[[], bool] = lambda: False,
+) -> dict[str, int]:
+    """Prune every rule until nothing expired is left (or `should_stop`); rows deleted per rule."""
+    deleted: dict[str, int] = {}
+    for rule in rules:
+        total = 0
+        while not should_stop():
+            count = prune_batch(conn, rule, batch)
+            total += count
+            if count == 0:
+                break
+            time.sleep(pause)
+        deleted[rule.name] = total
+    return deleted
+
+
+class Pruner:
+    """The planner's retention duty, on a helper thread of its own (the planner never forks)."""
+
+    def __init__(self, connect: Callable[[], psycopg2.extensions.connection], history_retention: str, *,
+                 every: float = PRUNE_EVERY, batch: int = PRUNE_BATCH, pause: float = PRUNE_PAUSE) -> None:
+        self._connect = connect
+        self.rules = rules_for(history_retention)
+        self.every, self.batch, self.pause = every, batch, pause
+        self.deleted: dict[str, int] = {}  # totals since start, for tests and logs
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn: psycopg2.extensions.connection | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="pruner", daemon=True)
+        self._thread.start()
+
+    def set_retention(self, history_retention: str) -> None:
+        """A SIGHUP changed the retention: the next round uses it (and runs now)."""
+        self.rules = rules_for(history_retention)
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self.rules:
+                try:
+                    self.run_round()
+                except Exception as exc:  # reported, never fatal: the next round tries again
+                    first = (str(exc).strip().splitlines() or [""])[0]
+                    log.warning("pruning failed: %s: %s", type(exc).__name__, first)
+                self._close()  # no idle connection between rounds ten minutes apart
+            self._wake.wait(self.every)
+            self._wake.clear()
+        self._close()
+
+    def run_round(self) -> dict[str, int]:
+        """One round under the advisory lock; {} when another process holds it."""
+        if self._conn is None:
+            conn = self._connect()
+            with conn.cursor() as cur:
+                cur.execute("SET lock_timeout = %s", (LOCK_TIMEOUT_MS,))
+                cur.execute("SET statement_timeout = %s", (STATEMENT_TIMEOUT_MS,))
+            conn.commit()
+            self._conn = conn
+        conn = self._conn
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (PRUNE_LOCK_KEY,))
+            row = cur.fetchone()
+        conn.commit()
+        if not row or not row[0]:
+            return {}  # another process of this deployment is pruning
+        try:
+            deleted = prune(conn, self.rules, batch=self.batch, pause=self.pause, should_stop=self._stop.is_set)
+        finally:
+            conn.rollback()
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_unlock(%s)", (PRUNE_LOCK_KEY,))
+            conn.commit()
+        for name, count in deleted.items():
+            self.deleted[name] = self.deleted.get(name, 0) + count
+            if count:
+                log.info("pruned %d %s rows past their retention", count, name)
+        return deleted
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg2.Error):
+                self._conn.close()
+            self._conn = None
