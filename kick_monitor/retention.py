@@ -18,9 +18,7 @@ Next rules (webhook message ids, delivered outbox rows) are one `PruneRule` each
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from .config import parse_retention
+from .duty import Duty
 
 log = logging.getLogger("kick_monitor.retention")
 
@@ -98,79 +97,37 @@ def prune(
     return deleted
 
 
-class Pruner:
-    """The planner's retention duty, on a helper thread of its own (the planner never forks)."""
+class Pruner(Duty):
+    """The planner's retention duty: one process of a deployment prunes at a time (`Duty`)."""
+
+    name = "pruner"
+    lock_key = PRUNE_LOCK_KEY
+    keep_connection = False  # rounds are ten minutes apart: no idle session in between
 
     def __init__(self, connect: Callable[[], psycopg2.extensions.connection], history_retention: str, *,
                  every: float = PRUNE_EVERY, batch: int = PRUNE_BATCH, pause: float = PRUNE_PAUSE) -> None:
-        self._connect = connect
+        super().__init__(connect)
         self.rules = rules_for(history_retention)
         self.every, self.batch, self.pause = every, batch, pause
         self.deleted: dict[str, int] = {}  # totals since start, for tests and logs
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._conn: psycopg2.extensions.connection | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="pruner", daemon=True)
-        self._thread.start()
 
     def set_retention(self, history_retention: str) -> None:
         """A SIGHUP changed the retention: the next round uses it (and runs now)."""
         self.rules = rules_for(history_retention)
-        self._wake.set()
+        self.wake()
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
+    def enabled(self) -> bool:
+        return bool(self.rules)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if self.rules:
-                try:
-                    self.run_round()
-                except Exception as exc:  # reported, never fatal: the next round tries again
-                    first = (str(exc).strip().splitlines() or [""])[0]
-                    log.warning("pruning failed: %s: %s", type(exc).__name__, first)
-                self._close()  # no idle connection between rounds ten minutes apart
-            self._wake.wait(self.every)
-            self._wake.clear()
-        self._close()
-
-    def run_round(self) -> dict[str, int]:
-        """One round under the advisory lock; {} when another process holds it."""
-        if self._conn is None:
-            conn = self._connect()
-            with conn.cursor() as cur:
-                cur.execute("SET lock_timeout = %s", (LOCK_TIMEOUT_MS,))
-                cur.execute("SET statement_timeout = %s", (STATEMENT_TIMEOUT_MS,))
-            conn.commit()
-            self._conn = conn
-        conn = self._conn
+    def prepare(self, conn: psycopg2.extensions.connection) -> None:
         with conn.cursor() as cur:
-            cur.execute("SELECT pg_try_advisory_lock(%s)", (PRUNE_LOCK_KEY,))
-            row = cur.fetchone()
-        conn.commit()
-        if not row or not row[0]:
-            return {}  # another process of this deployment is pruning
-        try:
-            deleted = prune(conn, self.rules, batch=self.batch, pause=self.pause, should_stop=self._stop.is_set)
-        finally:
-            conn.rollback()
-            with conn.cursor() as cur:
-                cur.execute("SELECT pg_advisory_unlock(%s)", (PRUNE_LOCK_KEY,))
-            conn.commit()
+            cur.execute("SET lock_timeout = %s", (LOCK_TIMEOUT_MS,))
+            cur.execute("SET statement_timeout = %s", (STATEMENT_TIMEOUT_MS,))
+
+    def round(self, conn: psycopg2.extensions.connection) -> dict[str, int]:
+        deleted = prune(conn, self.rules, batch=self.batch, pause=self.pause, should_stop=lambda: self.stopping)
         for name, count in deleted.items():
             self.deleted[name] = self.deleted.get(name, 0) + count
             if count:
                 log.info("pruned %d %s rows past their retention", count, name)
         return deleted
-
-    def _close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(psycopg2.Error):
-                self._conn.close()
-            self._conn = None

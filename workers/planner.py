@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import replace
@@ -43,6 +42,7 @@ from psycopg2 import sql
 
 from kick_monitor.assignment import AssignmentServer
 from kick_monitor.database import DatabaseUnavailable, connect
+from kick_monitor.duty import Duty
 from kick_monitor.messages import Assign, StreamerRef, Subscribe, Unsubscribe
 from kick_monitor.metric_deltas import CounterDeltas
 from kick_monitor.migrations import STREAMERS_CHANNEL
@@ -305,69 +305,36 @@ class Planner(Role):
             self.resolver.wake()
 
 
-class IdResolver:
-    """Gives streamers added by slug their ids, on a helper thread of the planner process."""
+class IdResolver(Duty):
+    """Gives streamers added by slug their ids: a duty of the planner (`kick_monitor.duty`)."""
+
+    name = "id-resolver"
+    lock_key = RESOLVE_LOCK_KEY
+    every = RESOLVE_EVERY
 
     def __init__(self, planner: Planner) -> None:
+        super().__init__(lambda: connect(planner.ctx.database_url, application_name="kick-monitor resolver"))
         self.planner = planner
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._client: Any = None
         self._replace_client = False
-        self._conn: psycopg2.extensions.connection | None = None
         self._deltas = CounterDeltas()  # the API client's running totals, exported as increments
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="id-resolver", daemon=True)
-        self._thread.start()
-
-    def wake(self) -> None:
-        self._wake.set()
 
     def settings_changed(self) -> None:
         """API settings changed on SIGHUP: the next round builds a new client with them."""
         self._replace_client = True
         self.wake()
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._round()
-            except Exception as exc:  # reported, never fatal: the next round tries again
-                log.warning("id resolution failed: %s: %s", type(exc).__name__, _first_line(exc))
-                self._close()
-            self._wake.wait(RESOLVE_EVERY)
-            self._wake.clear()
-        self._close()
-        if self._client is not None:
-            self._client.close()
-
-    def _round(self) -> None:
-        if self._conn is None:
-            self._conn = connect(self.planner.ctx.database_url, application_name="kick-monitor resolver")
-        with self._conn.cursor() as cur:
-            cur.execute("SELECT pg_try_advisory_lock(%s)", (RESOLVE_LOCK_KEY,))
-            row = cur.fetchone()
-        self._conn.commit()
-        if not row or not row[0]:
-            return  # another process of this deployment is resolving
-        try:
-            resolved = resolve_pending(self._conn, self._api(), budget=RESOLVE_BUDGET)
-        finally:
-            with self._conn.cursor() as cur:
-                cur.execute("SELECT pg_advisory_unlock(%s)", (RESOLVE_LOCK_KEY,))
-            self._conn.commit()
+    def round(self, conn: psycopg2.extensions.connection) -> int:
+        resolved = resolve_pending(conn, self._api(), budget=RESOLVE_BUDGET)
         if resolved:
             log.info("resolved ids of %d streamers", resolved)
         if self.planner.telemetry.enabled:
             self._deltas.advance_api(self.planner.telemetry, self._api().stats.snapshot())
+        return resolved
+
+    def finish(self) -> None:
+        if self._client is not None:
+            self._client.close()
 
     def _api(self) -> Any:
         """The API client; draws from the deployment's shared rate budget (kick_monitor.api_budget)."""
@@ -380,12 +347,6 @@ class IdResolver:
             if old is not None:
                 old.close()
         return self._client
-
-    def _close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(psycopg2.Error):
-                self._conn.close()
-            self._conn = None
 
 
 def _first_line(exc: BaseException) -> str:

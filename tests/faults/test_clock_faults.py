@@ -21,7 +21,7 @@ from kick_sim import Simulator
 from tests.conftest import free_port
 from tests.faults.conftest import ServiceFactory
 from tests.faults.faultkit import FaultService, assert_no_duplicates, converge, record
-from tests.service import insert_streamers, wait_until
+from tests.service import insert_streamers, query, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -59,29 +59,21 @@ def set_offset(path: Path, offset: str) -> None:
 
 def clock_skew(conn: psycopg2.extensions.connection) -> float:
     """Newest transition's recorded_at (database clock) minus its received_at (the service's clock)."""
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT extract(epoch FROM recorded_at - received_at)::float8 FROM kick_monitor.status_events"
-            " ORDER BY id DESC LIMIT 1"
-        )
-        row = cur.fetchone()
-    conn.rollback()
-    assert row is not None
-    return float(row[0])
+    return float(query(
+        conn,
+        "SELECT extract(epoch FROM recorded_at - received_at)::float8 FROM kick_monitor.status_events"
+        " ORDER BY id DESC LIMIT 1",
+    )[0][0])
 
 
 def backward_steps(conn: psycopg2.extensions.connection) -> int:
     """Transitions whose received_at is earlier than the one recorded before them (per channel)."""
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT count(*) FROM (SELECT received_at < lag(received_at) OVER"
-            " (PARTITION BY channel_id ORDER BY order_generation, order_seq, id) AS back"
-            " FROM kick_monitor.status_events) s WHERE back"
-        )
-        row = cur.fetchone()
-    conn.rollback()
-    assert row is not None
-    return int(row[0])
+    return int(query(
+        conn,
+        "SELECT count(*) FROM (SELECT received_at < lag(received_at) OVER"
+        " (PARTITION BY channel_id ORDER BY order_generation, order_seq, id) AS back"
+        " FROM kick_monitor.status_events) s WHERE back",
+    )[0][0])
 
 
 def clock_offset_metric(port: int) -> float | None:
