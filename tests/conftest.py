@@ -151,6 +151,14 @@ def clean_environment(**overrides: str | None) -> dict[str, str]:
     return child_env(overrides)
 
 
+def with_test_database(request: pytest.FixtureRequest, env: Mapping[str, str | None] | None) -> dict[str, str | None]:
+    """`env`, with this test's database as KICK_MONITOR_DATABASE_URL unless `env` names one (or None)."""
+    overrides = dict(env or {})
+    if "KICK_MONITOR_DATABASE_URL" not in overrides:
+        overrides["KICK_MONITOR_DATABASE_URL"] = request.getfixturevalue("database_url")
+    return overrides
+
+
 @pytest.fixture
 def cli(request: pytest.FixtureRequest, tmp_path: Path) -> CliRunner:
     """Run the real `kick-monitor` entry point in a subprocess against this test's database.
@@ -166,9 +174,7 @@ def cli(request: pytest.FixtureRequest, tmp_path: Path) -> CliRunner:
         cwd: Path | None = None,
         timeout: float = 60,
     ) -> CliResult:
-        overrides = dict(env or {})
-        if "KICK_MONITOR_DATABASE_URL" not in overrides:
-            overrides["KICK_MONITOR_DATABASE_URL"] = request.getfixturevalue("database_url")
+        overrides = with_test_database(request, env)
         environment = clean_environment(**overrides)
         done = subprocess.run(
             [sys.executable, "-m", "kick_monitor.cli.main", *args],
@@ -208,9 +214,7 @@ def run_main(
         cwd: Path | None = None,
         timeout: float = 60,
     ) -> CliResult:
-        overrides = dict(env or {})
-        if "KICK_MONITOR_DATABASE_URL" not in overrides:
-            overrides["KICK_MONITOR_DATABASE_URL"] = request.getfixturevalue("database_url")
+        overrides = with_test_database(request, env)
         for key in [key for key in os.environ if key.startswith("KICK_MONITOR_")]:
             monkeypatch.delenv(key)
         for key, value in overrides.items():

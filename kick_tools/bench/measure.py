@@ -239,38 +239,37 @@ class Row:
     recorded_at: float
 
 
-def fetch_history(url: str) -> list[Row]:
-    """Every status_events row in recorded order."""
+def fetch_rows(url: str, statement: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+    """Every row of a read-only query, on a connection of its own."""
     conn = psycopg2.connect(url)
     try:
         with conn.cursor() as cur:
-            cur.execute(
-                "SELECT channel_id, status, previous_status, source, event, livestream_id,"
-                " extract(epoch FROM received_at)::float8, extract(epoch FROM recorded_at)::float8"
-                " FROM kick_monitor.status_events ORDER BY order_generation, order_seq, received_at, id"
-            )
-            rows = [Row(*r) for r in cur.fetchall()]
+            cur.execute(statement, tuple(params))
+            rows = cur.fetchall()
         conn.rollback()
         return rows
     finally:
         conn.close()
+
+
+def fetch_history(url: str) -> list[Row]:
+    """Every status_events row in recorded order."""
+    return [Row(*r) for r in fetch_rows(
+        url,
+        "SELECT channel_id, status, previous_status, source, event, livestream_id,"
+        " extract(epoch FROM received_at)::float8, extract(epoch FROM recorded_at)::float8"
+        " FROM kick_monitor.status_events ORDER BY order_generation, order_seq, received_at, id",
+    )]
 
 
 def fetch_broadcasts(url: str) -> list[tuple[int | None, int | None, float, float | None]]:
     """(channel id, livestream id, started, ended) of every recorded broadcast (issue 13)."""
-    conn = psycopg2.connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT s.channel_id, b.livestream_id, extract(epoch FROM b.started_at)::float8,"
-                " extract(epoch FROM b.ended_at)::float8"
-                " FROM kick_monitor.broadcasts b JOIN kick_monitor.streamers s ON s.id = b.streamer_id"
-            )
-            rows = [(r[0], r[1], r[2], r[3]) for r in cur.fetchall()]
-        conn.rollback()
-        return rows
-    finally:
-        conn.close()
+    return [(r[0], r[1], r[2], r[3]) for r in fetch_rows(
+        url,
+        "SELECT s.channel_id, b.livestream_id, extract(epoch FROM b.started_at)::float8,"
+        " extract(epoch FROM b.ended_at)::float8"
+        " FROM kick_monitor.broadcasts b JOIN kick_monitor.streamers s ON s.id = b.streamer_id",
+    )]
 
 
 @dataclass
@@ -446,14 +445,7 @@ def judge(truth: Sequence[dict[str, Any]], rows: Sequence[Row], drop_at: float |
 
 def state_mismatches(url: str, sim_streamers: Sequence[dict[str, Any]]) -> int:
     """Streamers whose current DB status differs from the simulator's (never-flipped offline may be unknown)."""
-    conn = psycopg2.connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT channel_id, status FROM kick_monitor.streamers WHERE channel_id IS NOT NULL")
-            db = dict(cur.fetchall())
-        conn.rollback()
-    finally:
-        conn.close()
+    db = dict(fetch_rows(url, "SELECT channel_id, status FROM kick_monitor.streamers WHERE channel_id IS NOT NULL"))
     bad = 0
     for s in sim_streamers:
         want = "online" if s["live"] else "offline"
@@ -478,27 +470,12 @@ COUNT_QUERIES = {
 
 def count_rows(url: str, which: str = "all", *params: object) -> int:
     """The result of one named query of COUNT_QUERIES (a count, or 0 when NULL)."""
-    conn = psycopg2.connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(COUNT_QUERIES[which], params)
-            row = cur.fetchone()
-        conn.rollback()
-        return int(row[0]) if row and row[0] is not None else 0
-    finally:
-        conn.close()
+    rows = fetch_rows(url, COUNT_QUERIES[which], params)
+    return int(rows[0][0]) if rows and rows[0][0] is not None else 0
 
 
 def count_unknown(url: str) -> int:
-    conn = psycopg2.connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM kick_monitor.streamers WHERE status = 'unknown'")
-            row = cur.fetchone()
-        conn.rollback()
-        return int(row[0]) if row else 0
-    finally:
-        conn.close()
+    return int(fetch_rows(url, "SELECT count(*) FROM kick_monitor.streamers WHERE status = 'unknown'")[0][0])
 
 
 def wait_quiet(read: Callable[[], int], quiet: float, timeout: float) -> tuple[int, float]:

@@ -7,6 +7,7 @@ simulator does not produce. Nothing is mocked.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import logging
@@ -70,13 +71,15 @@ def healthy(sim: Simulator) -> Iterator[None]:
     sim.revoke_secret(False)
 
 
-@pytest.fixture
-def make_client(sim: Simulator) -> Iterator[ClientFactory]:
+@contextlib.contextmanager
+def api_clients(
+    sim: Simulator, client_id: str | None, secret: str | None, rate: tuple[float, int]
+) -> Iterator[ClientFactory]:
+    """A factory of real clients of `sim` (closed at the end): `make(secret=..., client_id=..., **options)`."""
     made: list[KickApiClient] = []
 
-    def make(secret: str | None = SECRET, client_id: str | None = CLIENT_ID,
-             **options: Any) -> KickApiClient:
-        options.setdefault("rate", (200.0, 50))
+    def make(secret: str | None = secret, client_id: str | None = client_id, **options: Any) -> KickApiClient:
+        options.setdefault("rate", rate)
         options.setdefault("retry", FAST)
         client = KickApiClient(
             sim.api_base_url, sim.oauth_token_url, sim.web_api_base_url, client_id,
@@ -85,9 +88,17 @@ def make_client(sim: Simulator) -> Iterator[ClientFactory]:
         made.append(client)
         return client
 
-    yield make
-    for client in made:
-        client.close()
+    try:
+        yield make
+    finally:
+        for client in made:
+            client.close()
+
+
+@pytest.fixture
+def make_client(sim: Simulator) -> Iterator[ClientFactory]:
+    with api_clients(sim, CLIENT_ID, SECRET, (200.0, 50)) as make:
+        yield make
 
 
 @pytest.fixture(scope="module")

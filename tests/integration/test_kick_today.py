@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
 from kick_monitor.kick_api import CHANNELS, LIVESTREAMS, WEB_CHANNEL, KickApiClient, Resolution
 from kick_monitor.messages import StreamerRef
 from kick_monitor.ratelimit import RetryPolicy
 from kick_monitor.reconcile import Reconciler
 from kick_sim import SimConfig, SimStreamer, Simulator
+from tests.integration.test_kick_api import api_clients
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -40,19 +39,8 @@ def healthy(sim: Simulator) -> Iterator[None]:
 
 @pytest.fixture
 def make_client(sim: Simulator) -> Iterator[ClientFactory]:
-    made: list[KickApiClient] = []
-
-    def make(**options: Any) -> KickApiClient:
-        options.setdefault("rate", (500.0, 100))
-        options.setdefault("retry", FAST)
-        client = KickApiClient(sim.api_base_url, sim.oauth_token_url, sim.web_api_base_url,
-                               sim.config.client_id, SecretStr(sim.config.client_secret), **options)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close()
+    with api_clients(sim, sim.config.client_id, sim.config.client_secret, (500.0, 100)) as make:
+        yield make
 
 
 @pytest.fixture(scope="module")
