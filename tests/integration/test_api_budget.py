@@ -25,7 +25,8 @@ from kick_monitor.ratelimit import RetryPolicy
 from kick_sim import SimConfig, SimStreamer, Simulator
 from tests.service import Service, insert_streamers, running, service_env, wait_until
 
-pytestmark = pytest.mark.timeout(120)
+# Rate measurements over tens of seconds at the simulator: `make test-slow`.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 RATE, BURST = 5.0, 2
 FAST = RetryPolicy(attempts=2, backoff_base=0.05, backoff_cap=0.1, rate_limited_retries=3, retry_after_cap=5.0)

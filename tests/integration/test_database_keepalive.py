@@ -29,6 +29,8 @@ from tests.conftest import REPO_ROOT, DatabaseFactory
 
 BOUND = 7.0  # seconds the probe watches; the shortened settings notice in about 3
 
+pytestmark = pytest.mark.slow  # waits for TCP keepalives to give up on a dead peer (~13 s): `make test-slow`
+
 
 def test_defaults_notice_a_dead_peer_within_a_minute() -> None:
     assert KEEPALIVES_IDLE + KEEPALIVES_INTERVAL * KEEPALIVES_COUNT <= 60

@@ -31,7 +31,8 @@ from tests.service import (
     wait_until,
 )
 
-pytestmark = pytest.mark.timeout(240)
+# Long end-to-end supervision scenarios (SIGSTOP, a 30 s API, a locked table): `make test-slow`.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def replaced(service: Service, shard: int, old_pid: int) -> bool:
