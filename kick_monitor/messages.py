@@ -32,7 +32,12 @@ class StatusChange:
     `streamer_id` (the streamer's row id) is the key the writer goes by; `channel_id` is
     None for a streamer monitored without Pusher. Both new fields come last, with
     defaults, so spool lines of an older release still load (streamer id 0 = look it up by
-    channel id). `occurred_at` is Kick's time of the start (online) when a source gave it.
+    channel id). `occurred_at` is Kick's time of the event when a source gave it: the start
+    for an online change, the end (a webhook's `ended_at`) for an offline one. `started_at`
+    is Kick's start of the broadcast the change is about, when the source names it (webhooks
+    carry it on the end too; issue 16): it identifies the broadcast across sources.
+    Changes from a source without an assignment (webhooks) carry generation 0; their
+    `change_id` is `webhook:{Kick-Event-Message-Id}`, so a re-delivery is the same change.
     """
 
     change_id: str
@@ -50,6 +55,7 @@ class StatusChange:
     seq: int = 0
     streamer_id: int = 0
     category: str | None = None
+    started_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
