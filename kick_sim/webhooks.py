@@ -21,6 +21,7 @@ import logging
 import random
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -130,6 +131,8 @@ class WebhookDeliverer:
         self._held: list[tuple[float, WebhookMessage]] = []  # (monotonic hold start, message)
         self._order = itertools.count()
         self._pending = 0  # messages neither finished nor given up
+        self._states: Counter[str] = Counter()  # message state -> messages in it
+        self._attempts_ok = 0
         self._in_flight = 0  # jobs taken by senders and not yet done
         self._failures: dict[str, int] = {}  # subscription id -> consecutive failed attempts
         self._threads: list[threading.Thread] = []
@@ -194,12 +197,15 @@ class WebhookDeliverer:
             self.messages.append(message)
             faults, now = self.faults, time.monotonic()
             if self._pending >= self.settings.queue_size:
+                self._states["overflow"] += 1
                 message.state = "overflow"
                 return message
             if self._rng.random() < faults.drop:
+                self._states["dropped"] += 1
                 message.state = "dropped"
                 return message
             self._pending += 1
+            self._states["pending"] += 1
             if self._rng.random() < faults.reorder:
                 self._held.append((now, message))
                 if len(self._held) >= faults.reorder_depth:
@@ -231,12 +237,10 @@ class WebhookDeliverer:
 
     def stats(self) -> dict[str, Any]:
         with self._cond:
-            states: dict[str, int] = {}
-            for message in self.messages:
-                states[message.state] = states.get(message.state, 0) + 1
             return {
-                "url": self.url, "messages": len(self.messages), "states": states, "attempts": len(self.attempts),
-                "attempts_ok": sum(1 for attempt in self.attempts if attempt.ok), "pending": self._pending,
+                "url": self.url, "messages": len(self.messages), "attempts": len(self.attempts),
+                "states": {state: count for state, count in self._states.items() if count},
+                "attempts_ok": self._attempts_ok, "pending": self._pending,
                 "queued": len(self._heap), "held": len(self._held), "unsubscribed": len(self.unsubscribed),
                 "faults": self.faults.to_json(),
             }
@@ -363,6 +367,7 @@ class WebhookDeliverer:
         )
         with self._cond:
             self.attempts.append(attempt)
+            self._attempts_ok += attempt.ok
             if counted:
                 self._settle(job, attempt)
         return reusable
@@ -390,6 +395,9 @@ class WebhookDeliverer:
             self._push(time.monotonic() + self.settings.backoff(message.attempts), message, "retry")
 
     def _finish(self, message: WebhookMessage, state: MessageState) -> None:
-        if message.state == "pending":
-            self._pending -= 1
+        if message.state != "pending":
+            return
+        self._pending -= 1
+        self._states["pending"] -= 1
+        self._states[state] += 1
         message.state = state
