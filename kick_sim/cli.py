@@ -99,6 +99,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hooks.add_argument("--webhook-unsubscribe-after", type=int, default=20,
                        help="consecutive failed attempts after which Kick drops the subscription")
     hooks.add_argument("--webhook-workers", type=int, default=4, help="sender threads")
+    hooks.add_argument("--webhook-stamp", choices=("send", "event"), default="send",
+                       help="message timestamp: first send (default) or the change's own time")
     hooks.add_argument("--webhook-delay", type=_seconds_range, default=(0.0, 0.0), metavar="LOW:HIGH",
                        help="extra delay before the first attempt, seconds (uniform)")
     hooks.add_argument("--webhook-delay-fraction", type=float, default=1.0, help="share of messages delayed")
@@ -155,7 +157,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         webhook_delivery=DeliverySettings(
             timeout=args.webhook_timeout, retry_base=args.webhook_retry_base, retry_max=args.webhook_retry_max,
             max_attempts=args.webhook_max_attempts, unsubscribe_after=args.webhook_unsubscribe_after,
-            workers=args.webhook_workers,
+            workers=args.webhook_workers, stamp=args.webhook_stamp,
         ),
         webhook_faults=WebhookFaults(
             delay=args.webhook_delay, delay_fraction=args.webhook_delay_fraction, drop=args.webhook_drop,

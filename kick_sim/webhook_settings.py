@@ -26,10 +26,16 @@ class DeliverySettings:
     unsubscribe_after: int = 20  # consecutive failed attempts of one subscription: Kick drops it
     workers: int = 4  # sender threads
     queue_size: int = 100_000  # messages waiting (delayed, held, retrying) at most
+    # Kick-Event-Message-Timestamp: when the message is first sent ("send", what Kick's docs
+    # describe), or when the change happened ("event": a delayed message then looks as old as
+    # it is late, which a receiver's max-age check may refuse). Kept for every retry either way.
+    stamp: str = "send"
 
     def __post_init__(self) -> None:
         if self.timeout <= 0 or self.retry_base < 0 or self.retry_max < self.retry_base:
             raise ValueError("webhook timeout must be > 0 and 0 <= retry_base <= retry_max")
+        if self.stamp not in ("send", "event"):
+            raise ValueError(f"webhook stamp must be send|event, got {self.stamp!r}")
         if self.max_attempts < 1 or self.unsubscribe_after < 1 or self.workers < 1 or self.queue_size < 1:
             raise ValueError("webhook max_attempts, unsubscribe_after, workers and queue_size must be >= 1")
 

@@ -331,7 +331,7 @@ class WebhookDeliverer:
             if counted:
                 message.attempts += 1
             if not message.timestamp:
-                message.timestamp = rfc3339(time.time())
+                message.timestamp = rfc3339(message.created_wall if self.settings.stamp == "event" else time.time())
             corrupt = self._rng.random() < self.faults.corrupt
             attempt_number = message.attempts
         if not message.signature:

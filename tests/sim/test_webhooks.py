@@ -243,6 +243,22 @@ def test_drop_sends_nothing_and_delay_waits(make_sim: Callable[..., Simulator], 
     assert late.arrived - message.created_wall >= 0.4 and late.json()["is_live"] is False
 
 
+def test_stamp_at_event_keeps_a_late_message_old(key_file: str, receiver: Receiver) -> None:
+    settings = DeliverySettings(timeout=2.0, stamp="event")
+    with Simulator(SimConfig(seed=6, webhook_key_file=key_file, webhook_url=receiver.url, webhook_delivery=settings,
+                             webhook_faults=WebhookFaults(delay=(1.0, 1.0)))) as sim:
+        receiver.fetch_key(sim)
+        (streamer,) = sim.create_streamers(1)
+        subscribe(sim, streamer.user_id)
+        sim.set_live(streamer.slug, True)
+        assert sim.wait_webhooks_idle(10)
+        (late,) = receiver.received()
+        message = sim.webhook_messages()[0]
+        stamped = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(message.created_wall))
+        assert late.valid and late.headers["Kick-Event-Message-Timestamp"] == stamped
+        assert late.arrived - message.created_wall >= 1.0
+
+
 def test_reorder_releases_newest_first(make_sim: Callable[..., Simulator], receiver: Receiver) -> None:
     sim = make_sim(reorder=1.0, reorder_depth=2)
     (streamer,) = sim.create_streamers(1)
