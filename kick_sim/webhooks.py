@@ -293,41 +293,33 @@ class WebhookDeliverer:
             return None
 
     def _run_sender(self) -> None:
-        connection: http.client.HTTPConnection | None = None
-        connected_to: tuple[str, int] | None = None
-        while (job := self._next_job()) is not None:
-            try:
-                target = self._target
-                if target is None:  # the URL was unset meanwhile: try again once it is back
+        client = _Client(self.settings.timeout)
+        try:
+            while (job := self._next_job()) is not None:
+                try:
+                    target = self._target
+                    if target is None:  # the URL was unset meanwhile: try again once it is back
+                        with self._cond:
+                            self._push(time.monotonic() + 1.0, job.message, job.kind)
+                        continue
+                    self._attempt(job, client, target)
+                except Exception:  # a bug here must not silently stop deliveries
+                    log.exception("webhook sender failed on message %s", job.message.message_id)
+                finally:
                     with self._cond:
-                        self._push(time.monotonic() + 1.0, job.message, job.kind)
-                    continue
-                if connected_to != target[:2] and connection is not None:
-                    connection.close()
-                    connection = None
-                if connection is None:
-                    connection = http.client.HTTPConnection(target[0], target[1], timeout=self.settings.timeout)
-                    connected_to = target[:2]
-                if not self._attempt(job, connection, target[2]):
-                    connection.close()
-                    connection = None
-            except Exception:  # a bug here must not silently stop deliveries
-                log.exception("webhook sender failed on message %s", job.message.message_id)
-            finally:
-                with self._cond:
-                    self._in_flight -= 1
-                    self._cond.notify_all()
-        if connection is not None:
-            connection.close()
+                        self._in_flight -= 1
+                        self._cond.notify_all()
+        finally:
+            client.close()
 
-    def _attempt(self, job: _Job, connection: http.client.HTTPConnection, path: str) -> bool:
-        """Send one job and record it; returns False when the connection is no longer usable."""
+    def _attempt(self, job: _Job, client: _Client, target: tuple[str, int, str]) -> None:
+        """Send one job and record it."""
         message = job.message
         counted = job.kind in ("send", "retry")
         with self._cond:
             if counted and not self.store.is_active(message.subscription_id):
                 self._finish(message, "unsubscribed")
-                return True
+                return
             if counted:
                 message.attempts += 1
             if not message.timestamp:
@@ -349,17 +341,12 @@ class WebhookDeliverer:
         started_wall, started = time.time(), time.monotonic()
         status: int | None = None
         error: str | None = None
-        reusable = True
         try:
-            connection.request("POST", path, body=message.body, headers=headers)
-            response = connection.getresponse()
-            response.read()
-            status = response.status
-            reusable = not response.will_close
+            status = client.post(target, message.body, headers)
         except TimeoutError:
-            error, reusable = "timeout", False
+            error = "timeout"
         except (OSError, http.client.HTTPException) as exc:
-            error, reusable = type(exc).__name__, False
+            error = type(exc).__name__
         attempt = DeliveryAttempt(
             message.seq, message.message_id, message.subscription_id, message.event_type,
             message.broadcaster_user_id, message.truth_seq, job.kind, attempt_number, started_wall,
@@ -370,7 +357,6 @@ class WebhookDeliverer:
             self._attempts_ok += attempt.ok
             if counted:
                 self._settle(job, attempt)
-        return reusable
 
     def _settle(self, job: _Job, attempt: DeliveryAttempt) -> None:
         """After a send/retry: done, retry later, give up, or Kick drops the subscription (lock held)."""
@@ -401,3 +387,60 @@ class WebhookDeliverer:
         self._states["pending"] -= 1
         self._states[state] += 1
         message.state = state
+
+
+class _Client:
+    """One sender thread's keep-alive connection to the receiver.
+
+    A kept-alive connection the receiver closed while idle fails on its next use through no
+    fault of the receiver; that one case is retried at once on a fresh connection instead of
+    counting as a failed delivery.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+        self._connection: http.client.HTTPConnection | None = None
+        self._peer: tuple[str, int] | None = None
+        self._used = False
+
+    def post(self, target: tuple[str, int, str], body: bytes, headers: dict[str, str]) -> int:
+        """POST and read the answer; the status, or an OSError/HTTPException/TimeoutError."""
+        host, port, path = target
+        if self._connection is None or self._peer != (host, port):
+            self._open(host, port)
+        try:
+            return self._exchange(path, body, headers)
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            if not self._used:
+                self.close()
+                raise
+            self._open(host, port)
+            try:
+                return self._exchange(path, body, headers)
+            except BaseException:
+                self.close()
+                raise
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+        self._connection, self._peer, self._used = None, None, False
+
+    def _open(self, host: str, port: int) -> None:
+        self.close()
+        self._connection = http.client.HTTPConnection(host, port, timeout=self._timeout)
+        self._peer = (host, port)
+
+    def _exchange(self, path: str, body: bytes, headers: dict[str, str]) -> int:
+        assert self._connection is not None
+        self._connection.request("POST", path, body=body, headers=headers)
+        response = self._connection.getresponse()
+        response.read()
+        if response.will_close:
+            self.close()
+        else:
+            self._used = True
+        return int(response.status)

@@ -52,7 +52,7 @@ class Delivery:
 class Receiver:
     """Records every POST; answers `answer(delivery)` (default 200) after verifying the signature."""
 
-    def __init__(self) -> None:
+    def __init__(self, idle_timeout: float | None = None) -> None:
         self.public_key: rsa.RSAPublicKey | None = None
         self.deliveries: list[Delivery] = []
         self.answer: Callable[[Delivery], int] = lambda delivery: 200
@@ -61,6 +61,7 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as the sender uses it
+            timeout = idle_timeout  # closes a connection idle this long, as servers do
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
@@ -317,6 +318,23 @@ def test_failing_receiver_gets_unsubscribed(key_file: str, receiver: Receiver) -
         assert [s.id for s in sim.event_subscriptions()] == [metadata_id]
         sim.set_live(streamer.slug, False)  # no subscription to status any more: nothing is made
         assert len(sim.webhook_messages()) == 1 and sim.webhook_messages()[0].state == "unsubscribed"
+
+
+def test_a_receiver_closing_idle_connections_costs_no_failure(key_file: str) -> None:
+    with Receiver(idle_timeout=0.2) as closing:
+        sim = start_sim(key_file, closing)
+        try:
+            (streamer,) = sim.create_streamers(1)
+            subscribe(sim, streamer.user_id)
+            sim.set_live(streamer.slug, True)
+            assert sim.wait_webhooks_idle(10)
+            time.sleep(0.5)  # the receiver has closed the kept-alive connection by now
+            sim.set_live(streamer.slug, False)
+            assert sim.wait_webhooks_idle(10)
+        finally:
+            sim.stop()
+        assert [(a.kind, a.status) for a in sim.webhook_attempts()] == [("send", 200), ("send", 200)]
+        assert len(closing.received()) == 2
 
 
 def test_replay_resends_an_old_message(make_sim: Callable[..., Simulator], receiver: Receiver) -> None:
