@@ -7,6 +7,9 @@ against the key the simulator serves at /public/v1/public-key, as a real receive
 from __future__ import annotations
 
 import base64
+import os
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from kick_sim import SimConfig, Simulator
 from kick_sim.webhook_settings import DeliverySettings, WebhookFaults
+from kick_tools.harness import child_env, sim_argv
 
 CREDENTIALS = {"grant_type": "client_credentials", "client_id": "sim-client-id", "client_secret": "sim-client-secret"}
 EVENTS = [{"name": "livestream.status.updated", "version": 1}, {"name": "livestream.metadata.updated", "version": 1}]
@@ -91,8 +95,9 @@ class Receiver:
             return False
         return True
 
-    def fetch_key(self, sim: Simulator) -> None:
-        answer = requests.get(f"{sim.api_base_url}/public/v1/public-key", timeout=5)
+    def fetch_key(self, api_base_url: str) -> None:
+        """The public key as a receiver gets it: Kick's GET /public/v1/public-key."""
+        answer = requests.get(f"{api_base_url}/public/v1/public-key", timeout=5)
         assert answer.status_code == 200, answer.text
         key = serialization.load_pem_public_key(answer.json()["data"]["public_key"].encode())
         assert isinstance(key, rsa.RSAPublicKey) and key.key_size == 2048
@@ -130,7 +135,7 @@ def start_sim(key_file: str, receiver: Receiver, **faults: Any) -> Simulator:
     )
     sim = Simulator(config)
     sim.start()
-    receiver.fetch_key(sim)
+    receiver.fetch_key(sim.api_base_url)
     return sim
 
 
@@ -248,7 +253,7 @@ def test_stamp_at_event_keeps_a_late_message_old(key_file: str, receiver: Receiv
     settings = DeliverySettings(timeout=2.0, stamp="event")
     with Simulator(SimConfig(seed=6, webhook_key_file=key_file, webhook_url=receiver.url, webhook_delivery=settings,
                              webhook_faults=WebhookFaults(delay=(1.0, 1.0)))) as sim:
-        receiver.fetch_key(sim)
+        receiver.fetch_key(sim.api_base_url)
         (streamer,) = sim.create_streamers(1)
         subscribe(sim, streamer.user_id)
         sim.set_live(streamer.slug, True)
@@ -308,7 +313,7 @@ def test_failing_receiver_gets_unsubscribed(key_file: str, receiver: Receiver) -
     settings = DeliverySettings(timeout=2.0, retry_base=0.01, retry_max=0.02, max_attempts=10, unsubscribe_after=3)
     with Simulator(SimConfig(seed=5, webhook_key_file=key_file, webhook_url=receiver.url,
                              webhook_delivery=settings)) as sim:
-        receiver.fetch_key(sim)
+        receiver.fetch_key(sim.api_base_url)
         (streamer,) = sim.create_streamers(1)
         status_id, metadata_id = subscribe(sim, streamer.user_id)
         sim.set_live(streamer.slug, True)
@@ -392,7 +397,7 @@ def test_every_flip_arrives_under_load_with_duplicates_and_reorder(key_file: str
     """1,000 subscribed streamers flipping at 200/s: each transition lands, copies share their id."""
     with Simulator(SimConfig(seed=9, webhook_key_file=key_file, webhook_url=receiver.url, webhook_delivery=FAST,
                              webhook_faults=WebhookFaults(duplicate=0.1, reorder=0.1))) as sim:
-        receiver.fetch_key(sim)
+        receiver.fetch_key(sim.api_base_url)
         streamers = sim.create_streamers(1000)
         for streamer in streamers:
             subscribe(sim, streamer.user_id, EVENTS[:1])
@@ -411,3 +416,39 @@ def test_every_flip_arrives_under_load_with_duplicates_and_reorder(key_file: str
         by_id = {m.message_id: m for m in messages}
         lag = sorted(d.arrived - by_id[d.message_id].created_wall for d in got)
         assert lag[len(lag) // 2] < 0.5, lag[len(lag) // 2]  # median, held-back ones aside
+
+
+def test_sim_process_delivers_and_reports(tmp_path: Path, receiver: Receiver) -> None:
+    """`kick-monitor sim --webhook-url ...` as its own process, driven over the control API."""
+    ready, key = tmp_path / "ready.json", tmp_path / "hook-key.pem"
+    argv = sim_argv("--ready-file", str(ready), "--webhook-url", receiver.url, "--webhook-key-file", str(key),
+                    "--webhook-duplicate", "1", "--webhook-retry-base", "0.05")
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=child_env())
+    try:
+        wait_for(lambda: ready.exists() or proc.poll() is not None, timeout=20)
+        assert proc.poll() is None, proc.communicate()
+        assert key.stat().st_mode & 0o777 == 0o600
+        urls = orjson.loads(ready.read_bytes())
+        control = urls["control_url"]
+        (streamer,) = requests.post(f"{control}/control/streamers", json={"count": 1}, timeout=5).json()["created"]
+        token = requests.post(urls["oauth_token_url"], data=CREDENTIALS, timeout=5).json()["access_token"]
+        requests.post(f"{urls['api_base_url']}/public/v1/events/subscriptions", timeout=5,
+                      json={"broadcaster_user_id": streamer["user_id"], "events": EVENTS, "method": "webhook"},
+                      headers={"Authorization": f"Bearer {token}"})
+        receiver.fetch_key(urls["api_base_url"])
+        requests.post(f"{control}/control/live", json={"slug": streamer["slug"], "live": True}, timeout=5)
+        assert requests.post(f"{control}/control/webhooks/wait", json={"timeout": 10}, timeout=15).json()["idle"]
+        got = receiver.received()
+        assert len(got) == 2 and all(d.valid for d in got) and got[0].message_id == got[1].message_id
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=10)
+
+
+def test_sim_process_refuses_a_non_loopback_webhook_url() -> None:
+    result = subprocess.run(sim_argv("--webhook-url", "http://192.0.2.7/hook"), capture_output=True, text=True,
+                            env=child_env(), timeout=30, check=False)
+    assert result.returncode == 2 and "loopback" in result.stderr and len(result.stderr.splitlines()) == 1
