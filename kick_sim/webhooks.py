@@ -216,7 +216,7 @@ class WebhookDeliverer:
                 self._push(now + delay, message, "send")
             if self._rng.random() < faults.duplicate:
                 self._push(now + self._uniform(faults.duplicate_after), message, "duplicate")
-            self._cond.notify()
+            self._cond.notify_all()  # not notify(): it could wake a wait_idle() caller instead of a sender
             return message
 
     def replay(self, message_ids: list[str] | None = None, count: int = 1) -> list[str]:
