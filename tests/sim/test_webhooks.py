@@ -7,8 +7,6 @@ against the key the simulator serves at /public/v1/public-key, as a real receive
 from __future__ import annotations
 
 import base64
-import os
-import signal
 import subprocess
 import threading
 import time
@@ -27,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from kick_sim import SimConfig, Simulator
 from kick_sim.webhook_settings import DeliverySettings, WebhookFaults
-from kick_tools.harness import child_env, sim_argv
+from kick_tools.harness import SimProcess, child_env, sim_argv
 
 CREDENTIALS = {"grant_type": "client_credentials", "client_id": "sim-client-id", "client_secret": "sim-client-secret"}
 EVENTS = [{"name": "livestream.status.updated", "version": 1}, {"name": "livestream.metadata.updated", "version": 1}]
@@ -420,32 +418,29 @@ def test_every_flip_arrives_under_load_with_duplicates_and_reorder(key_file: str
 
 def test_sim_process_delivers_and_reports(tmp_path: Path, receiver: Receiver) -> None:
     """`kick-monitor sim --webhook-url ...` as its own process, driven over the control API."""
-    ready, key = tmp_path / "ready.json", tmp_path / "hook-key.pem"
-    argv = sim_argv("--ready-file", str(ready), "--webhook-url", receiver.url, "--webhook-key-file", str(key),
-                    "--webhook-duplicate", "1", "--webhook-retry-base", "0.05")
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=child_env())
+    key = tmp_path / "hook-key.pem"
+    sim = SimProcess.start(tmp_path / "sim.log", tmp_path / "ready.json", [
+        "--webhook-url", receiver.url, "--webhook-key-file", str(key), "--webhook-duplicate", "1",
+        "--webhook-retry-base", "0.05",
+    ], timeout=30)
     try:
-        wait_for(lambda: ready.exists() or proc.poll() is not None, timeout=20)
-        assert proc.poll() is None, proc.communicate()
         assert key.stat().st_mode & 0o777 == 0o600
-        urls = orjson.loads(ready.read_bytes())
-        control = urls["control_url"]
-        (streamer,) = requests.post(f"{control}/control/streamers", json={"count": 1}, timeout=5).json()["created"]
-        token = requests.post(urls["oauth_token_url"], data=CREDENTIALS, timeout=5).json()["access_token"]
-        requests.post(f"{urls['api_base_url']}/public/v1/events/subscriptions", timeout=5,
+        (streamer,) = sim.post("/control/streamers", {"count": 1})["created"]
+        token = requests.post(sim.urls["oauth_token_url"], data=CREDENTIALS, timeout=5).json()["access_token"]
+        requests.post(f"{sim.urls['api_base_url']}/public/v1/events/subscriptions", timeout=5,
                       json={"broadcaster_user_id": streamer["user_id"], "events": EVENTS, "method": "webhook"},
                       headers={"Authorization": f"Bearer {token}"})
-        receiver.fetch_key(urls["api_base_url"])
-        requests.post(f"{control}/control/live", json={"slug": streamer["slug"], "live": True}, timeout=5)
-        assert requests.post(f"{control}/control/webhooks/wait", json={"timeout": 10}, timeout=15).json()["idle"]
+        receiver.fetch_key(sim.urls["api_base_url"])
+        sim.post("/control/live", {"slug": streamer["slug"], "live": True})
+        assert sim.post("/control/webhooks/wait", {"timeout": 10})["idle"]
         got = receiver.received()
         assert len(got) == 2 and all(d.valid for d in got) and got[0].message_id == got[1].message_id
-        os.kill(proc.pid, signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
+        (message,) = sim.get_lines("/control/webhooks/messages")
+        assert message["message_id"] == got[0].message_id and message["state"] == "delivered"
+        assert len(sim.get_lines("/control/webhooks/attempts?since=1")) == 1
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.communicate(timeout=10)
+        exit_code = sim.stop()
+    assert exit_code == 0  # SIGTERM: a clean stop
 
 
 def test_sim_process_refuses_a_non_loopback_webhook_url() -> None:
