@@ -106,8 +106,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hooks.add_argument("--webhook-delay-fraction", type=float, default=1.0, help="share of messages delayed")
     hooks.add_argument("--webhook-drop", type=float, default=0.0, help="probability a message is never sent")
     hooks.add_argument("--webhook-duplicate", type=float, default=0.0, help="probability it is sent twice")
+    hooks.add_argument("--webhook-duplicate-after", type=_seconds_range, default=(0.0, 1.0), metavar="LOW:HIGH",
+                       help="seconds after the first send a duplicate comes (default 0:1)")
     hooks.add_argument("--webhook-reorder", type=float, default=0.0,
                        help="probability it is held back and released after later ones")
+    hooks.add_argument("--webhook-reorder-depth", type=int, default=2,
+                       help="held messages are released, newest first, once this many are held")
+    hooks.add_argument("--webhook-reorder-max-hold", type=float, default=5.0,
+                       help="... or once the oldest held one waited this long, seconds")
     hooks.add_argument("--webhook-corrupt", type=float, default=0.0,
                        help="probability per attempt that the signature does not verify")
     hooks.add_argument("--webhook-replay", type=float, default=0.0,
@@ -161,7 +167,9 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         ),
         webhook_faults=WebhookFaults(
             delay=args.webhook_delay, delay_fraction=args.webhook_delay_fraction, drop=args.webhook_drop,
-            duplicate=args.webhook_duplicate, reorder=args.webhook_reorder, corrupt=args.webhook_corrupt,
+            duplicate=args.webhook_duplicate, duplicate_after=args.webhook_duplicate_after,
+            reorder=args.webhook_reorder, reorder_depth=args.webhook_reorder_depth,
+            reorder_max_hold=args.webhook_reorder_max_hold, corrupt=args.webhook_corrupt,
             replay=args.webhook_replay, replay_after=args.webhook_replay_after,
         ),
     )

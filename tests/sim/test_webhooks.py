@@ -6,6 +6,7 @@ against the key the simulator serves at /public/v1/public-key, as a real receive
 
 from __future__ import annotations
 
+import argparse
 import base64
 import subprocess
 import threading
@@ -24,6 +25,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from kick_sim import SimConfig, Simulator
+from kick_sim.cli import add_arguments, config_from_args
+from kick_sim.cli import main as cli_main
 from kick_sim.webhook_settings import DeliverySettings, WebhookFaults
 from kick_tools.harness import SimProcess, child_env, sim_argv
 
@@ -447,3 +450,28 @@ def test_sim_process_refuses_a_non_loopback_webhook_url() -> None:
     result = subprocess.run(sim_argv("--webhook-url", "http://192.0.2.7/hook"), capture_output=True, text=True,
                             env=child_env(), timeout=30, check=False)
     assert result.returncode == 2 and "loopback" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_cli_options_reach_the_config(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    config = config_from_args(parser.parse_args([
+        "--webhook-url", "http://127.0.0.1:9/x", "--webhook-delay", "2:60", "--webhook-delay-fraction", "0.5",
+        "--webhook-drop", "0.1", "--webhook-duplicate", "0.2", "--webhook-duplicate-after", "0.5",
+        "--webhook-reorder", "0.3", "--webhook-reorder-depth", "3", "--webhook-reorder-max-hold", "2",
+        "--webhook-corrupt", "0.4", "--webhook-replay", "0.5", "--webhook-replay-after", "1:2",
+        "--webhook-timeout", "3", "--webhook-retry-base", "0.5", "--webhook-retry-max", "4",
+        "--webhook-max-attempts", "5", "--webhook-unsubscribe-after", "6", "--webhook-workers", "2",
+        "--webhook-stamp", "event", "--webhook-key-file", "/tmp/k.pem", "--event-subscription-limit", "7",
+    ]))
+    assert config.webhook_url == "http://127.0.0.1:9/x" and config.webhook_key_file == "/tmp/k.pem"
+    assert config.event_subscription_limit == 7
+    assert config.webhook_faults == WebhookFaults(
+        delay=(2.0, 60.0), delay_fraction=0.5, drop=0.1, duplicate=0.2, duplicate_after=(0.5, 0.5), reorder=0.3,
+        reorder_depth=3, reorder_max_hold=2.0, corrupt=0.4, replay=0.5, replay_after=(1.0, 2.0),
+    )
+    assert config.webhook_delivery == DeliverySettings(
+        timeout=3.0, retry_base=0.5, retry_max=4.0, max_attempts=5, unsubscribe_after=6, workers=2, stamp="event"
+    )
+    assert cli_main(["--webhook-drop", "2"]) == 2
+    assert "probability" in capsys.readouterr().err
