@@ -128,6 +128,21 @@ MIRROR_BATCH_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 
+# -- webhook subscriptions (issue 16: kick_monitor/webhook_sync.py) --
+WEBHOOK_SUBSCRIPTIONS = Gauge(
+    "kick_monitor_webhook_subscriptions",
+    "Kick webhook subscriptions (streamer × event) by state, as the deployment's last sync left them",
+    ["state"], multiprocess_mode="livemax",
+)
+WEBHOOK_SYNCS = Counter(
+    "kick_monitor_webhook_sync_runs_total", "Webhook subscription sync rounds by outcome", ["outcome"]
+)
+WEBHOOK_SYNC_ERRORS = Counter(
+    "kick_monitor_webhook_sync_errors_total", "Webhook subscription sync rounds that met a problem, by kind",
+    ["kind"],
+)
+# -- end webhook subscriptions --
+
 
 def record_build_info() -> None:
     BUILD_INFO.labels(version=__version__).set(1)
