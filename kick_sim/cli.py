@@ -83,6 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     api.add_argument("--wrong-data-over", type=int, default=None,
                      help="channels requests naming more streamers than this get wrong live data")
+    api.add_argument("--event-subscription-limit", type=int, default=10_000,
+                     help="most Events API (webhook) subscriptions the app may hold (default %(default)s)")
     api.add_argument("--rate-window", type=float, default=60.0, help="rate limit window, seconds")
     out = parser.add_argument_group("output")
     out.add_argument("--truth-out", default=None, help="write every transition here (JSON lines) at shutdown")
@@ -114,6 +116,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         profile=args.profile,
         livestreams_v1=args.livestreams_v1,
         wrong_data_over=args.wrong_data_over,
+        event_subscription_limit=args.event_subscription_limit,
     )
 
 

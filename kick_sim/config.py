@@ -93,6 +93,9 @@ class SimConfig:
     # "Wrong data in big batches": a channels request naming more than this many streamers
     # gets wrong live data for some of its items (None = never).
     wrong_data_over: int | None = None
+    # Events API (issue 16): most subscriptions the app may hold ("event subscription limit
+    # reached" beyond it; Kick's are reported between 1,000 and 10,000).
+    event_subscription_limit: int = 10_000
 
     def __post_init__(self) -> None:
         if not self.app_key:
@@ -115,6 +118,8 @@ class SimConfig:
             raise ValueError(f"profile must be today|classic, got {self.profile!r}")
         if self.livestreams_v1 is not None and self.livestreams_v1 not in LIVESTREAMS_V1_MODES:
             raise ValueError(f"livestreams_v1 must be one of {LIVESTREAMS_V1_MODES}, got {self.livestreams_v1!r}")
+        if self.event_subscription_limit < 0:
+            raise ValueError("event_subscription_limit must be >= 0")
         if self.wrong_data_over is not None and self.wrong_data_over < 1:
             raise ValueError("wrong_data_over must be >= 1 or None")
         if not self.force_public_control and not is_loopback(self.host):

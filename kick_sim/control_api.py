@@ -67,6 +67,10 @@ class ControlApi:
             ("POST", "/control/revoke_secret"): self._revoke_secret,
             ("POST", "/control/rotate_secret"): self._rotate_secret,
             ("POST", "/control/token_ttl"): self._token_ttl,
+            # Events API (issue 16)
+            ("GET", "/control/event_subscriptions"): self._event_subscriptions,
+            ("POST", "/control/event_subscriptions/drop"): self._drop_event_subscriptions,
+            ("POST", "/control/event_subscriptions/limit"): self._event_subscription_limit,
         }
         self._paths = {path for _, path in self._routes}
 
@@ -219,3 +223,17 @@ class ControlApi:
         self.engine.tokens.set_ttl(float(arg(body, "seconds", NUMBER)))
         return {"token_ttl": self.engine.tokens.ttl}
 
+    async def _event_subscriptions(self, request: Request, body: dict[str, Any]) -> Any:
+        """?broadcaster_user_id=N narrows to one broadcaster; items as Kick's GET lists them."""
+        raw = request.query.get("broadcaster_user_id", [""])[0]
+        if raw and not raw.isdigit():
+            raise SimError("broadcaster_user_id must be an integer")
+        items = self.engine.event_subscriptions.list_all(int(raw) if raw else None)
+        return {"subscriptions": [item.to_json() for item in items], "limit": self.engine.event_subscriptions.limit}
+
+    async def _drop_event_subscriptions(self, request: Request, body: dict[str, Any]) -> Any:
+        return {"dropped": self.engine.drop_event_subscriptions(arg(body, "count", int))}
+
+    async def _event_subscription_limit(self, request: Request, body: dict[str, Any]) -> Any:
+        self.engine.event_subscriptions.set_limit(arg(body, "limit", int))
+        return {"limit": self.engine.event_subscriptions.limit}

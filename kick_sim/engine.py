@@ -14,6 +14,7 @@ from typing import Any
 from kick_sim.api_faults import ApiFaults
 from kick_sim.config import PUSHER_QUERY, SimConfig, url_host
 from kick_sim.control_api import ControlApi
+from kick_sim.event_subscriptions import EventSubscriptionsApi, EventSubscriptionStore
 from kick_sim.events import (
     LIVESTREAM_UPDATED,
     STOP_STREAM_BROADCAST,
@@ -54,9 +55,14 @@ class Engine:
         self.pusher = PusherServer(config, _rng(config.seed, "pusher"))
         self.tokens = TokenStore(config.client_id, config.client_secret, config.token_ttl)
         self.faults = ApiFaults(config.api_delay, config.rate_limit)
+        self.event_subscriptions = EventSubscriptionStore(
+            _rng(config.seed, "event_subscriptions"), config.event_subscription_limit
+        )
+        self._drop_rng = _rng(config.seed, "event_subscription_drops")
         self.api = KickApi(
             self.world, self.tokens, self.faults, config.max_batch,
             config.effective_livestreams_v1, config.wrong_data_over,
+            events=EventSubscriptionsApi(self.event_subscriptions, self.world),
         )
         if config.effective_web_api_blocked:  # today's Kick: kick.com/* wants a Cloudflare clearance
             self.faults.set_mode("cloudflare_403", surface="web", cloudflare_body="mixed")
@@ -137,6 +143,10 @@ class Engine:
 
         return self.pusher.push_each(build, "malformed")
 
+    def drop_event_subscriptions(self, count: int) -> list[str]:
+        """Kick removing `count` random subscriptions by itself (as after failed deliveries)."""
+        return self.event_subscriptions.drop_random(count, self._drop_rng)
+
     def stats(self) -> dict[str, Any]:
         """Counters for benchmarks and for humans watching a long run."""
         truth = self.world.truth
@@ -164,6 +174,8 @@ class Engine:
             "broadcasts": len(self.world.broadcasts),
             "tokens_issued": self.tokens.issued_total,
             "tokens_refused": self.tokens.refused_total,
+            "event_subscriptions": len(self.event_subscriptions),
+            "event_subscriptions_dropped": self.event_subscriptions.dropped_total,
         }
 
     def _toggle(self, state: StreamerState, title: str | None, send_event: bool) -> Transition:

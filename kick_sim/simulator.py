@@ -19,6 +19,7 @@ from typing import Any, Self, TypeVar
 
 from kick_sim.config import SimConfig
 from kick_sim.engine import Engine
+from kick_sim.event_subscriptions import EventSubscription
 from kick_sim.state import Broadcast, SimStreamer, Transition, export_truth
 
 T = TypeVar("T")
@@ -237,6 +238,20 @@ class Simulator:
 
     def stats(self) -> dict[str, Any]:
         return self._call(self._core.stats)
+
+    # --- Events API (issue 16) ---
+
+    def event_subscriptions(self, user_id: int | None = None) -> list[EventSubscription]:
+        """The app's webhook subscriptions (all, or one broadcaster's), oldest first."""
+        return self._call(lambda: self._core.event_subscriptions.list_all(user_id))
+
+    def drop_event_subscriptions(self, count: int) -> list[str]:
+        """Kick dropping `count` random subscriptions on its own; returns their ids."""
+        return self._call(lambda: self._core.drop_event_subscriptions(count))
+
+    def set_event_subscription_limit(self, limit: int) -> None:
+        """Most subscriptions the app may hold; more answer "event subscription limit reached"."""
+        self._call(lambda: self._core.event_subscriptions.set_limit(limit))
 
     @property
     def _core(self) -> Engine:
