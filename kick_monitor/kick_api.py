@@ -347,6 +347,18 @@ def _detail(resp: requests.Response) -> str:
     return f": {message[:200]}" if isinstance(message, str) and message.isprintable() else ""
 
 
+def _refusal(resp: requests.Response) -> str:
+    """Why Kick refused a request: `data` when it is a string (the Events API puts the reason
+    there, e.g. "event subscription limit reached"), else `message`; printable, ≤ 200 chars."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return "no reason given"
+    parts = [body.get(key) for key in ("data", "message")] if isinstance(body, dict) else []
+    text = "; ".join(part for part in parts if isinstance(part, str) and part.strip())
+    return text[:200] if text.isprintable() and text else "no reason given"
+
+
 def is_limit_message(text: str) -> bool:
     """Kick's "event subscription limit reached" (exact wording undocumented: matched loosely;
     a rate limit is something else, handled by the transport)."""
@@ -809,13 +821,12 @@ class KickApiClient:
             "events": [{"name": name, "version": version} for name, version in events],
             "method": method,
         }
-        try:
-            resp = self._official("POST", EVENT_SUBSCRIPTIONS, [], json=body, ok=(200, 201))
-        except KickApiError as exc:
-            said = str(exc).split(": ", 2)[-1]  # Kick's own message, after the path and the status
-            if type(exc) is KickApiError and is_limit_message(said):
-                raise KickSubscriptionLimitError(f"{EVENT_SUBSCRIPTIONS}: {said[:200]}") from None
-            raise
+        resp = self._official("POST", EVENT_SUBSCRIPTIONS, [], json=body, ok=(200, 201, 400, 403, 409, 422))
+        if resp.status_code >= 400:  # Kick puts the reason in `data` (a string) or `message`
+            said = _refusal(resp)
+            if is_limit_message(said):
+                raise KickSubscriptionLimitError(f"{EVENT_SUBSCRIPTIONS}: {said}")
+            raise KickApiError(f"{EVENT_SUBSCRIPTIONS}: HTTP {resp.status_code}: {said}")
         made = _parse(_CreatedAnswer, resp, EVENT_SUBSCRIPTIONS).data
         refused = [item.error for item in made if item.error and is_limit_message(item.error)]
         if refused and not any(item.subscription_id for item in made):
