@@ -22,8 +22,10 @@ Requests go through the API client, so they draw from the deployment's one rate 
 and retry like every call. "Subscription limit reached" is not retried: creating stops
 for the round, the streamers left without webhooks are recorded as `failed` with the
 reason (they stay on Pusher and reconciliation), and the caller reports it once. A run
-of refusals that are not the limit also stops the round (`MAX_REFUSALS_IN_A_ROW`): an
-API that refuses everything gets a few requests per sync, not one per streamer.
+of refusals of new subscriptions that are not the limit also stops creating until the next
+sync (`MAX_REFUSALS_IN_A_ROW`): an API that refuses everything gets a few requests per
+sync, not one per streamer. Pairs Kick refused before (an unknown broadcaster) are tried
+again once per sync, after all the others, under the same rule.
 
 The outcome is recorded per (streamer, event) in `kick_monitor.webhook_subscriptions`
 (state `subscribed` / `missing` / `failed`, the subscription id, the last error) and per
@@ -150,7 +152,7 @@ class SyncResult:
     streamers: int = 0  # streamers with a user id (each wants every managed event)
     left_without: int = 0  # streamers with at least one event not subscribed
     limit_reached: bool = False
-    complete: bool = True  # False: stopped early (Kick unavailable, refusals, time): try again soon
+    complete: bool = True  # False: stopped early (Kick unavailable, out of time): try again soon
     errors: list[str] = field(default_factory=list)  # distinct problems, first ones first
 
     @property
@@ -332,7 +334,12 @@ def _create(
     an unavailable Kick, the deadline or a stop; what is left is recorded with the reason."""
     stop_reason: Recorded | None = None
     refusals = 0
-    for streamer_id, names in plan.create.items():
+    group_of_refused = False
+    for streamer_id, names, refused_before in _creation_order(plan, recorded):
+        if refused_before and not group_of_refused:  # those refused last time: a run of their own
+            group_of_refused, refusals = True, 0
+            if stop_reason is not None and stop_reason.error and stop_reason.error.startswith("not tried: Kick"):
+                stop_reason = None
         out_of_time = deadline is not None and time.monotonic() >= deadline
         if stop_reason is None and (should_stop() or out_of_time):
             stop_reason = Recorded(None, MISSING, "not tried yet: the sync ran out of time")
@@ -367,8 +374,7 @@ def _create(
             result.note(str(exc))
             for name in names:
                 states[(streamer_id, name)] = Recorded(None, FAILED, str(exc)[:300])
-            if refusals >= MAX_REFUSALS_IN_A_ROW:
-                result.complete = False
+            if refusals >= MAX_REFUSALS_IN_A_ROW:  # Kick refuses everything new: wait for the next sync
                 stop_reason = Recorded(None, MISSING, f"not tried: Kick refused {refusals} in a row ({exc})"[:300])
             continue
         refusals = 0
@@ -388,6 +394,19 @@ def _create(
                 result.refused += 1
                 result.note(f"{name} of user {desired[streamer_id]}: {why}")
                 states[(streamer_id, name)] = Recorded(None, FAILED, why)
+
+
+def _creation_order(plan: SyncPlan, recorded: Mapping[Key, Recorded]) -> list[tuple[int, list[str], bool]]:
+    """(streamer, events, refused before) to create: new ones first, in streamer id order; those
+    Kick refused for another reason than the limit last time (e.g. an unknown broadcaster) last,
+    so a few permanent refusals can neither stop nor delay the others."""
+    fresh: list[tuple[int, list[str], bool]] = []
+    again: list[tuple[int, list[str], bool]] = []
+    for streamer_id, names in plan.create.items():
+        rows = [recorded.get((streamer_id, name)) for name in names]
+        refused = any(row is not None and row.state == FAILED and row.error != LIMIT_REASON for row in rows)
+        (again if refused else fresh).append((streamer_id, names, refused))
+    return fresh + again
 
 
 def _keep_error(before: Recorded | None, now: Recorded) -> Recorded:

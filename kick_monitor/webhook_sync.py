@@ -96,6 +96,7 @@ class WebhookSync(Duty):
         self._limit_said: int | None = None  # streamers left without webhooks when the limit was last said
         self._again_soon = False
         self.last: SyncResult | None = None  # the last round's result (tests, logs)
+        self._rounds = 0  # rounds this process ran under the lock (skipped ones included)
 
     @property
     def every(self) -> float:  # type: ignore[override]
@@ -124,12 +125,14 @@ class WebhookSync(Duty):
             cur.execute("SET statement_timeout = %s", (STATEMENT_TIMEOUT_MS,))
 
     def run_round(self) -> Any:
+        rounds = self._rounds
         result = super().run_round()
-        if result is None:  # another process syncs now: show the deployment's state anyway
+        if self._rounds == rounds:  # another process syncs now: show the deployment's state anyway
             self._export_states()
         return result
 
     def round(self, conn: psycopg2.extensions.connection) -> SyncResult | None:
+        self._rounds += 1
         settings = self._settings()
         desired = load_desired(conn)
         previous = last_run(conn)

@@ -153,6 +153,26 @@ def test_the_limit_stops_creating_says_how_many_are_left_once_and_never_storms(
     assert count_states(conn)[FAILED] == 0
 
 
+def test_refusals_stop_creating_for_the_round_and_go_last_next_time(
+    sim: Simulator, conn: psycopg2.extensions.connection, client: KickApiClient
+) -> None:
+    with conn, conn.cursor() as cur:  # user ids Kick does not know, first in id order
+        cur.executemany("INSERT INTO kick_monitor.streamers (username, kick_user_id) VALUES (%s, %s)",
+                        [(f"ghost{n}", 990_000_000 + n) for n in range(7)])
+    known = sim.create_streamers(10, prefix="known")
+    insert_streamers(conn, known)
+    start = requests_to_subscriptions(sim)
+    first = sync_subscriptions(conn, client)
+    assert requests_to_subscriptions(sim) - start == 1 + 5, "a listing and five refusals, then it stops"
+    assert (first.refused, first.subscribed, first.missing, first.failed) == (10, 0, 24, 10)
+    assert "broadcaster not found" in first.errors[0]
+    second = sync_subscriptions(conn, client)
+    assert second.subscribed == 20 and wanted_pairs(known) <= sim_pairs(sim)
+    assert second.failed == 14 and count_states(conn) == {SUBSCRIBED: 20, "missing": 0, FAILED: 14}
+    failed = [row for row in table(conn).values() if row[0] == FAILED]
+    assert all("broadcaster not found" in (error or "") for _, _, error in failed)
+
+
 def test_without_credentials_the_duty_says_so_once_and_does_nothing(
     sim: Simulator, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
