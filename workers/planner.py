@@ -25,6 +25,9 @@ but never the reaping, killing and respawning of processes.
 - Retention (`kick_monitor.retention.Pruner`): history older than `history_retention` is
   deleted in small batches on another helper thread, under an advisory lock (one pruner per
   deployment), never in the way of the writer.
+- Webhook subscriptions (`kick_monitor.webhook_sync.WebhookSync`, issue 16): a third helper
+  thread keeps Kick's event subscriptions equal to the streamer list, woken with the
+  resolver on every streamer NOTIFY; one process of a deployment at a time.
 """
 
 from __future__ import annotations
