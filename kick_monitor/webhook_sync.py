@@ -95,6 +95,7 @@ class WebhookSync(Duty):
         self._said_idle = ""  # why it is idle, said once per reason
         self._limit_said: int | None = None  # streamers left without webhooks when the limit was last said
         self._again_soon = False
+        self._failure_said = ""  # the last failure of a whole round, said once
         self.last: SyncResult | None = None  # the last round's result (tests, logs)
         self._rounds = 0  # rounds this process ran under the lock (skipped ones included)
 
@@ -157,10 +158,15 @@ class WebhookSync(Duty):
             conn.commit()
             self._telemetry.WEBHOOK_SYNCS.labels(outcome="failed").inc()
             self._telemetry.WEBHOOK_SYNC_ERRORS.labels(kind=kind).inc()
-            log.warning("webhook subscription sync failed, nothing changed: %s", exc)
+            if str(exc) != self._failure_said:  # the same failure every interval is said once
+                log.warning("webhook subscription sync failed, nothing changed: %s", exc)
+                self._failure_said = str(exc)
             return failed
         finally:
             self._advance_api_metrics()
+        if self._failure_said:
+            log.info("webhook subscription sync works again")
+            self._failure_said = ""
         self.last = result
         self._again_soon = not result.complete
         self._report(result)

@@ -173,6 +173,40 @@ def test_refusals_stop_creating_for_the_round_and_go_last_next_time(
     assert all("broadcaster not found" in (error or "") for _, _, error in failed)
 
 
+def test_kick_down_changes_nothing_is_said_once_and_retried_soon(
+    sim: Simulator, conn: psycopg2.extensions.connection, client: KickApiClient, database_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    streamers = sim.create_streamers(5, prefix="down")
+    insert_streamers(conn, streamers)
+    settings = sim_settings(sim, webhook_subscribe="on")
+    duty = WebhookSync(lambda: connect(database_url), lambda: settings, lambda: client, NullTelemetry())
+    assert duty.run_round().outcome == "ok"
+    before = table(conn)
+    sim.set_api_mode("error_500", surface="official")
+    try:
+        with caplog.at_level(logging.INFO, logger="kick_monitor.webhooks"):
+            with conn, conn.cursor() as cur:  # a changed list: the round runs
+                cur.execute("DELETE FROM kick_monitor.streamers WHERE username = %s", (streamers[0].slug,))
+            for _ in range(2):
+                failed = duty.run_round()
+                assert failed.outcome == "partial" and "HTTP 500" in failed.errors[0]
+                assert duty.every == 30.0, "retried soon, not after the interval"
+        said = [r.getMessage() for r in caplog.records
+                if r.levelno >= logging.WARNING and r.name == "kick_monitor.webhooks"]
+        assert len(said) == 1 and "failed, nothing changed" in said[0]
+    finally:
+        sim.set_api_mode(None)
+    assert table(conn) == before
+    with conn.cursor() as cur:
+        cur.execute("SELECT outcome, error FROM kick_monitor.webhook_sync")
+        outcome, error = cur.fetchone() or ("", "")
+    conn.rollback()
+    assert outcome == "partial" and "HTTP 500" in error
+    healed = duty.run_round()
+    assert healed.outcome == "ok" and healed.deleted == 2 and duty.every == 900.0
+
+
 def test_without_credentials_the_duty_says_so_once_and_does_nothing(
     sim: Simulator, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -237,6 +271,22 @@ def test_cli_sync_and_status(sim: Simulator, conn: psycopg2.extensions.connectio
 
     missing = cli("webhooks", "sync", env={"KICK_MONITOR_CLIENT_ID": None, "KICK_MONITOR_CLIENT_SECRET": None})
     assert missing.code == 2 and "need Kick API credentials" in missing.stderr
+
+
+@pytest.mark.timeout(60)
+def test_the_planner_syncs_at_start_and_when_streamers_are_removed(
+    sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, tmp_path: Path
+) -> None:
+    streamers = sim.create_streamers(20, prefix="svc")
+    insert_streamers(conn, streamers)
+    env = service_env(sim, database_url, tmp_path / "data", shard_count="1", webhook_subscribe="on",
+                      api_rate="100", api_burst="50", reconcile_interval="0", reconcile_interval_without_pusher="0")
+    service = Service(env, tmp_path / "service.log")
+    with running(service):
+        wait_until(lambda: sim_pairs(sim) == wanted_pairs(streamers), 20, what="subscribed at start")
+        remove(conn, streamers[:3])
+        wait_until(lambda: sim_pairs(sim) == wanted_pairs(streamers[3:]), 20, what="unsubscribed on NOTIFY")
+    assert sim.config.client_secret not in service.log_text()
 
 
 @pytest.mark.slow
