@@ -153,15 +153,18 @@ class SyncResult:
     left_without: int = 0  # streamers with at least one event not subscribed
     limit_reached: bool = False
     complete: bool = True  # False: stopped early (Kick unavailable, out of time): try again soon
+    listed: bool = True  # False: Kick's list could not be read: nothing was changed
     errors: list[str] = field(default_factory=list)  # distinct problems, first ones first
 
     @property
     def outcome(self) -> str:
+        if not self.listed:
+            return "failed"
         if self.limit_reached:
             return "limit_reached"
         if not self.complete:
             return "partial"
-        return "failed" if self.failed else "ok"
+        return "refused" if self.failed else "ok"
 
     def summary(self) -> str:
         parts = [f"{self.subscribed} subscribed"]

@@ -96,6 +96,7 @@ class WebhookSync(Duty):
         self._limit_said: int | None = None  # streamers left without webhooks when the limit was last said
         self._again_soon = False
         self._failure_said = ""  # the last failure of a whole round, said once
+        self._problem_said = ""  # the last problem of a round that ran, said once
         self.last: SyncResult | None = None  # the last round's result (tests, logs)
         self._rounds = 0  # rounds this process ran under the lock (skipped ones included)
 
@@ -117,7 +118,7 @@ class WebhookSync(Duty):
                     " _CLIENT_SECRET); the receiver still accepts signed deliveries")
         if idle != self._said_idle:
             if idle:
-                log.warning(idle) if wanted else log.info(idle)
+                log.log(logging.WARNING if wanted else logging.INFO, "%s", idle)
             self._said_idle = idle
         return not idle
 
@@ -140,7 +141,7 @@ class WebhookSync(Duty):
         conn.rollback()
         if previous is not None:
             age, outcome, digest = previous
-            if digest == fingerprint(desired) and outcome in ("ok", "limit_reached") \
+            if digest == fingerprint(desired) and outcome in ("ok", "limit_reached", "refused") \
                     and age < FRESH_FACTOR * settings.webhook_sync_interval:
                 self._again_soon = False
                 self._telemetry.WEBHOOK_SYNCS.labels(outcome="skipped").inc()
@@ -153,7 +154,7 @@ class WebhookSync(Duty):
             conn.rollback()
             kind = "auth" if isinstance(exc, KickAuthError) else "list"
             self._again_soon = kind != "auth"  # a refused secret waits for a SIGHUP or the interval
-            failed = SyncResult(streamers=len(desired), complete=False, errors=[str(exc)[:300]])
+            failed = SyncResult(streamers=len(desired), listed=False, errors=[str(exc)[:300]])
             record_run(conn, failed, fingerprint(desired), time.time())
             conn.commit()
             self._telemetry.WEBHOOK_SYNCS.labels(outcome="failed").inc()
@@ -196,7 +197,8 @@ class WebhookSync(Duty):
         if result.created or result.deleted or result.failed:
             log.info("webhook subscriptions synced: %s", result.summary())
         others = [e for e in result.errors if not result.limit_reached or "limit" not in e.lower()]
-        if others:
+        if others and others[0] != self._problem_said:  # the same refusal every interval is said once
+            self._problem_said = others[0]
             log.warning("webhook subscription sync: %s%s", others[0],
                         f" (and {len(others) - 1} more problems)" if len(others) > 1 else "")
 

@@ -51,7 +51,8 @@ LABELS = {
     "left as it was) \\| `skipped` (another process tree holds the sync lock)",
     "kick_monitor_webhook_subscriptions:state": "`subscribed` \\| `missing` (not made yet: new, or Kick was "
     "unavailable) \\| `failed` (Kick refused it: the subscription limit, or another reason in `webhooks status`)",
-    "kick_monitor_webhook_sync_runs:outcome": "`ok`, `limit_reached` (creating stopped for the round), `partial` "
+    "kick_monitor_webhook_sync_runs:outcome": "`ok`, `limit_reached` (creating stopped for the round), "
+    "`refused` (Kick refused some for another reason), `partial` "
     "(stopped early: Kick unavailable or out of time; retried in 30 s), `failed` (listing failed: nothing changed), "
     "`skipped` (the same list was synced lately, maybe by another process)",
     "kick_monitor_webhook_sync_errors:kind": "`limit` (subscription limit reached), `refused` (Kick refused "

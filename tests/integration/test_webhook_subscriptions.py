@@ -165,6 +165,7 @@ def test_refusals_stop_creating_for_the_round_and_go_last_next_time(
     first = sync_subscriptions(conn, client)
     assert requests_to_subscriptions(sim) - start == 1 + 5, "a listing and five refusals, then it stops"
     assert (first.refused, first.subscribed, first.missing, first.failed) == (10, 0, 24, 10)
+    assert first.outcome == "refused"
     assert "broadcaster not found" in first.errors[0]
     second = sync_subscriptions(conn, client)
     assert second.subscribed == 20 and wanted_pairs(known) <= sim_pairs(sim)
@@ -190,7 +191,7 @@ def test_kick_down_changes_nothing_is_said_once_and_retried_soon(
                 cur.execute("DELETE FROM kick_monitor.streamers WHERE username = %s", (streamers[0].slug,))
             for _ in range(2):
                 failed = duty.run_round()
-                assert failed.outcome == "partial" and "HTTP 500" in failed.errors[0]
+                assert failed.outcome == "failed" and "HTTP 500" in failed.errors[0]
                 assert duty.every == 30.0, "retried soon, not after the interval"
         said = [r.getMessage() for r in caplog.records
                 if r.levelno >= logging.WARNING and r.name == "kick_monitor.webhooks"]
@@ -202,7 +203,7 @@ def test_kick_down_changes_nothing_is_said_once_and_retried_soon(
         cur.execute("SELECT outcome, error FROM kick_monitor.webhook_sync")
         outcome, error = cur.fetchone() or ("", "")
     conn.rollback()
-    assert outcome == "partial" and "HTTP 500" in error
+    assert outcome == "failed" and "HTTP 500" in error
     healed = duty.run_round()
     assert healed.outcome == "ok" and healed.deleted == 2 and duty.every == 900.0
 
