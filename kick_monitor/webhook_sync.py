@@ -30,6 +30,7 @@ from .config import Settings
 from .duty import Duty
 from .kick_api import KickApiError, KickAuthError
 from .metric_deltas import CounterDeltas
+from .preload import release_free_memory
 from .webhook_subscriptions import (
     STATES,
     SyncResult,
@@ -175,6 +176,7 @@ class WebhookSync(Duty):
         for kind in error_kinds(result):
             self._telemetry.WEBHOOK_SYNC_ERRORS.labels(kind=kind).inc()
         self._export_states(conn)
+        release_free_memory()  # Kick's list and the plan were a burst as big as the streamer list
         return result
 
     def finish(self) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import requests
+
 from kick_monitor.config import Settings, load_settings
-from kick_monitor.kick_api import EventSubscription, is_limit_message
+from kick_monitor.kick_api import EventSubscription, _refusal, is_limit_message
 from kick_monitor.webhook_subscriptions import (
     FAILED,
     METADATA_EVENT,
@@ -120,3 +122,19 @@ def test_the_switch_follows_the_receiver_when_auto() -> None:
     if "webhook_port" in Settings.model_fields:  # the receiver's settings, once merged
         with_receiver = load_settings(environ={"KICK_MONITOR_WEBHOOK_PORT": "8443"})
         assert sync_wanted(with_receiver)[0] is True and receiver_address(with_receiver)[1] == 8443
+
+
+def answer(status: int, body: bytes) -> requests.Response:
+    resp = requests.Response()
+    resp.status_code, resp._content = status, body
+    return resp
+
+
+def test_the_reason_of_a_refusal_is_read_from_data_or_message() -> None:
+    limit = answer(400, b'{"data": "event subscription limit reached", "message": "Bad request"}')
+    assert _refusal(limit) == "event subscription limit reached; Bad request"
+    assert is_limit_message(_refusal(limit))
+    assert _refusal(answer(400, b'{"data": {}, "message": "Invalid request"}')) == "Invalid request"
+    assert _refusal(answer(400, b"<html>nope</html>")) == "no reason given"
+    assert _refusal(answer(403, rb'{"message": "bad\u001b[31m"}')) == "no reason given"
+    assert len(_refusal(answer(400, b'{"message": "' + b"x" * 500 + b'"}'))) == 200
