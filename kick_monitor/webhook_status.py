@@ -28,7 +28,8 @@ import psycopg2.extensions
 
 from .config import Settings
 from .streamers import iso_utc
-from .webhook_subscriptions import FAILED, MANAGED_EVENTS, METADATA_EVENT, STATUS_EVENT, count_states
+from .webhook_plan import FAILED, MANAGED_EVENTS, METADATA_EVENT, STATUS_EVENT
+from .webhook_store import count_states
 from .webhook_sync import receiver_address, sync_wanted
 
 NOT_RECORDED = "not recorded in the database (it changes no status); the receiver's metrics count it"

@@ -33,6 +33,8 @@ run in `kick_monitor.webhook_sync` (one row: when, outcome, the list's fingerpri
 `kick-monitor webhooks status` and the metrics. `WebhookSync` (`kick_monitor.webhook_sync`)
 runs it as a planner duty, one process of a deployment at a time.
 
+The pure rules are in `kick_monitor.webhook_plan`, the tables in `kick_monitor.webhook_store`.
+
 >>> result = sync_subscriptions(conn, client)          # client: a KickApiClient with credentials
 >>> result.summary()
 '2000 subscribed (100 created, 100 of them re-created), 100 deleted'
@@ -40,18 +42,12 @@ runs it as a planner duty, one process of a deployment at a time.
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping
 
 import psycopg2.extensions
-import psycopg2.extras
 
 from .kick_api import (
-    EventSubscription,
     KickApiClient,
     KickApiError,
     KickApiUnavailable,
@@ -59,229 +55,22 @@ from .kick_api import (
     KickSubscriptionLimitError,
     is_limit_message,
 )
-
-log = logging.getLogger("kick_monitor.webhooks")
-
-STATUS_EVENT = "livestream.status.updated"
-METADATA_EVENT = "livestream.metadata.updated"
-MANAGED_EVENTS: dict[str, int] = {STATUS_EVENT: 1, METADATA_EVENT: 1}  # name -> version
-METHOD = "webhook"
-SUBSCRIBED, MISSING, FAILED = "subscribed", "missing", "failed"
-STATES = (SUBSCRIBED, MISSING, FAILED)
-MAX_REFUSALS_IN_A_ROW = 5  # refusals other than the limit that end a round's creating
-LIMIT_REASON = "Kick's event subscription limit is reached"
-
-Key = tuple[int, str]  # (streamer id, event name)
-
-
-# ---------------------------------------------------------------- the plan (pure)
-
-
-@dataclass(frozen=True, slots=True)
-class Recorded:
-    """What the table says about one (streamer, event) after the last sync."""
-
-    subscription_id: str | None
-    state: str
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class SyncPlan:
-    """What one sync does: `create` events per streamer, `delete` subscription ids."""
-
-    present: dict[Key, str]  # wanted and listed by Kick: the subscription id
-    create: dict[int, list[str]]  # streamer id -> events to subscribe, in streamer id order
-    delete: list[str]  # subscription ids: removed streamers, other versions, duplicates
-    dropped: frozenset[Key]  # recorded as subscribed, no longer listed: Kick dropped them
-
-
-def plan_sync(
-    desired: Mapping[int, int],
-    remote: Iterable[EventSubscription],
-    recorded: Mapping[Key, Recorded] | None = None,
-    events: Mapping[str, int] = MANAGED_EVENTS,
-) -> SyncPlan:
-    """Compare what should exist (`desired`: streamer id -> Kick user id) with Kick's list."""
-    streamer_of = {user_id: streamer_id for streamer_id, user_id in desired.items()}
-    present: dict[Key, str] = {}
-    delete: list[str] = []
-    for sub in remote:
-        if sub.event not in events or (sub.method or METHOD) != METHOD:
-            continue  # not ours to manage
-        streamer_id = streamer_of.get(sub.broadcaster_user_id) if sub.broadcaster_user_id is not None else None
-        key = (streamer_id, sub.event) if streamer_id is not None else None
-        if key is None or sub.version != events[sub.event] or key in present:
-            delete.append(sub.id)
-        else:
-            present[key] = sub.id
-    create: dict[int, list[str]] = {}
-    for streamer_id in sorted(desired):
-        missing = [name for name in events if (streamer_id, name) not in present]
-        if missing:
-            create[streamer_id] = missing
-    dropped = frozenset(
-        key for key, row in (recorded or {}).items()
-        if row.state == SUBSCRIBED and key[0] in desired and key not in present
-    )
-    return SyncPlan(present, create, delete, dropped)
-
-
-def fingerprint(desired: Mapping[int, int]) -> str:
-    """A short digest of the wanted (streamer, user id) pairs: "did the list change?"."""
-    digest = hashlib.sha256()
-    for streamer_id in sorted(desired):
-        digest.update(f"{streamer_id}:{desired[streamer_id]};".encode())
-    return digest.hexdigest()[:32]
-
-
-# ---------------------------------------------------------------- the result
-
-
-@dataclass
-class SyncResult:
-    """What one sync did and left; `limit_reached` and `left_without` name the limit case."""
-
-    subscribed: int = 0  # (streamer, event) pairs subscribed after the sync
-    created: int = 0
-    recreated: int = 0  # of `created`: ones Kick had dropped on its own
-    deleted: int = 0
-    failed: int = 0  # pairs left failed (the limit, or Kick refused them)
-    refused: int = 0  # of this round's attempts: pairs Kick refused for another reason than the limit
-    missing: int = 0  # pairs not tried this round (Kick unavailable, out of time)
-    streamers: int = 0  # streamers with a user id (each wants every managed event)
-    left_without: int = 0  # streamers with at least one event not subscribed
-    limit_reached: bool = False
-    complete: bool = True  # False: stopped early (Kick unavailable, out of time): try again soon
-    listed: bool = True  # False: Kick's list could not be read: nothing was changed
-    errors: list[str] = field(default_factory=list)  # distinct problems, first ones first
-
-    @property
-    def outcome(self) -> str:
-        if not self.listed:
-            return "failed"
-        if self.limit_reached:
-            return "limit_reached"
-        if not self.complete:
-            return "partial"
-        return "refused" if self.failed else "ok"
-
-    def summary(self) -> str:
-        parts = [f"{self.subscribed} subscribed"]
-        if self.created:
-            parts[0] += f" ({self.created} created" + (
-                f", {self.recreated} of them re-created" if self.recreated else "") + ")"
-        if self.deleted:
-            parts.append(f"{self.deleted} deleted")
-        if self.failed:
-            parts.append(f"{self.failed} failed")
-        if self.missing:
-            parts.append(f"{self.missing} not yet tried")
-        return ", ".join(parts)
-
-    def limit_message(self) -> str:
-        """The one error the limit case is reported with."""
-        return (
-            f"{LIMIT_REASON}: {self.left_without} of {self.streamers} streamers are left without webhooks"
-            " (they stay on Pusher and reconciliation). Not retried before the next sync; remove streamers"
-            " or ask Kick to raise the app's limit"
-        )
-
-    def note(self, problem: str) -> None:
-        if problem not in self.errors and len(self.errors) < 5:
-            self.errors.append(problem)
-
-
-# ---------------------------------------------------------------- the database
-
-
-def load_desired(conn: psycopg2.extensions.connection) -> dict[int, int]:
-    """Streamer id -> Kick user id for every streamer with a user id (all of them are monitored)."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT id, kick_user_id FROM kick_monitor.streamers WHERE kick_user_id IS NOT NULL")
-        rows = cur.fetchall()
-    return {int(streamer_id): int(user_id) for streamer_id, user_id in rows}
-
-
-def load_recorded(conn: psycopg2.extensions.connection) -> dict[Key, Recorded]:
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT streamer_id, event, subscription_id, state, last_error FROM kick_monitor.webhook_subscriptions"
-        )
-        rows = cur.fetchall()
-    return {(int(r[0]), str(r[1])): Recorded(r[2], r[3], r[4]) for r in rows}
-
-
-def store_states(
-    conn: psycopg2.extensions.connection, desired: Mapping[int, int], states: Mapping[Key, Recorded],
-    recorded: Mapping[Key, Recorded],
-) -> None:
-    """Write the pairs whose state changed and forget streamers no longer wanted (no commit)."""
-    changed = [
-        (sid, event, desired[sid], row.subscription_id, row.state, row.error)
-        for (sid, event), row in states.items() if recorded.get((sid, event)) != row
-    ]
-    gone = sorted({sid for sid, _ in recorded if sid not in desired})
-    with conn.cursor() as cur:
-        if changed:
-            psycopg2.extras.execute_values(
-                cur,
-                "INSERT INTO kick_monitor.webhook_subscriptions AS w"
-                " (streamer_id, event, kick_user_id, subscription_id, state, last_error) VALUES %s"
-                " ON CONFLICT (streamer_id, event) DO UPDATE SET kick_user_id = excluded.kick_user_id,"
-                " subscription_id = excluded.subscription_id, state = excluded.state,"
-                " last_error = excluded.last_error, updated_at = now()",
-                changed, page_size=1000,
-            )
-        if gone:
-            cur.execute("DELETE FROM kick_monitor.webhook_subscriptions WHERE streamer_id = ANY(%s)", (gone,))
-
-
-def record_run(conn: psycopg2.extensions.connection, result: SyncResult, digest: str, started: float) -> None:
-    """The one row of `webhook_sync`: when the last sync ran, how it ended, for which list (no commit)."""
-    with conn.cursor() as cur:
-        cur.execute(
-            "INSERT INTO kick_monitor.webhook_sync AS s (id, started_at, finished_at, outcome, error, fingerprint,"
-            " created, deleted, recreated)"
-            " VALUES (1, to_timestamp(%s), clock_timestamp(), %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (id) DO UPDATE SET started_at = excluded.started_at, finished_at = excluded.finished_at,"
-            " outcome = excluded.outcome, error = excluded.error, fingerprint = excluded.fingerprint,"
-            " created = excluded.created, deleted = excluded.deleted, recreated = excluded.recreated",
-            (started, result.outcome, "; ".join(result.errors)[:1000] or None, digest,
-             result.created, result.deleted, result.recreated),
-        )
-
-
-def last_run(conn: psycopg2.extensions.connection) -> tuple[float, str, str | None] | None:
-    """(seconds since the last sync finished, its outcome, its fingerprint), or None if none ran."""
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT extract(epoch FROM clock_timestamp() - finished_at)::float8, outcome, fingerprint"
-            " FROM kick_monitor.webhook_sync WHERE id = 1"
-        )
-        row = cur.fetchone()
-    return (float(row[0]), str(row[1]), row[2]) if row else None
-
-
-def count_states(conn: psycopg2.extensions.connection) -> dict[str, int]:
-    """Pairs by state; streamers with a user id not yet in the table count as missing."""
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT w.state, count(*) FROM kick_monitor.webhook_subscriptions w"
-            " JOIN kick_monitor.streamers s ON s.id = w.streamer_id AND s.kick_user_id IS NOT NULL GROUP BY 1"
-        )
-        counts = {state: 0 for state in STATES}
-        counts.update({str(state): int(n) for state, n in cur.fetchall()})
-        cur.execute(
-            "SELECT count(*) FROM kick_monitor.streamers s WHERE s.kick_user_id IS NOT NULL"
-        )
-        row = cur.fetchone()
-    wanted = int(row[0]) * len(MANAGED_EVENTS) if row else 0
-    counts[MISSING] += max(0, wanted - sum(counts.values()))
-    return counts
-
-
-# ---------------------------------------------------------------- the sync
+from .webhook_plan import (
+    FAILED,
+    LIMIT_REASON,
+    MANAGED_EVENTS,
+    MAX_REFUSALS_IN_A_ROW,
+    METHOD,
+    MISSING,
+    SUBSCRIBED,
+    Key,
+    Recorded,
+    SyncPlan,
+    SyncResult,
+    fingerprint,
+    plan_sync,
+)
+from .webhook_store import load_desired, load_recorded, record_run, store_states
 
 
 def sync_subscriptions(
@@ -417,28 +206,3 @@ def _keep_error(before: Recorded | None, now: Recorded) -> Recorded:
     if before is not None and before.state == FAILED and now.state == MISSING:
         return Recorded(None, FAILED, before.error)
     return now
-
-
-def error_kinds(result: SyncResult) -> list[str]:
-    """Kinds of trouble a round met, for `kick_monitor_webhook_sync_errors_total`."""
-    kinds = []
-    if result.limit_reached:
-        kinds.append("limit")
-    if result.refused:
-        kinds.append("refused")
-    if not result.complete and result.missing:
-        kinds.append("incomplete")
-    return kinds
-
-
-def describe_states(counts: Mapping[str, int]) -> str:
-    return ", ".join(f"{counts.get(state, 0)} {state}" for state in STATES)
-
-
-def as_json(result: SyncResult) -> dict[str, Any]:
-    return {
-        "outcome": result.outcome, "subscribed": result.subscribed, "created": result.created,
-        "recreated": result.recreated, "deleted": result.deleted, "failed": result.failed,
-        "missing": result.missing, "streamers": result.streamers, "left_without_webhooks": result.left_without,
-        "limit_reached": result.limit_reached, "errors": result.errors,
-    }

@@ -31,17 +31,9 @@ from .duty import Duty
 from .kick_api import KickApiError, KickAuthError
 from .metric_deltas import CounterDeltas
 from .preload import release_free_memory
-from .webhook_subscriptions import (
-    STATES,
-    SyncResult,
-    count_states,
-    error_kinds,
-    fingerprint,
-    last_run,
-    load_desired,
-    record_run,
-    sync_subscriptions,
-)
+from .webhook_plan import STATES, SyncResult, error_kinds, fingerprint
+from .webhook_store import count_states, last_run, load_desired, record_run
+from .webhook_subscriptions import sync_subscriptions
 
 log = logging.getLogger("kick_monitor.webhooks")
 

@@ -22,8 +22,9 @@ from ..config import Settings
 from ..database import STATEMENT_TIMEOUT_MS, connect, database_url
 from ..kick_api import KickApiError, KickAuthError, client_from_settings
 from ..migrations import require_current
+from ..webhook_plan import METADATA_EVENT, STATUS_EVENT, as_json, describe_states
 from ..webhook_status import NOT_RECORDED, read_status
-from ..webhook_subscriptions import METADATA_EVENT, STATUS_EVENT, as_json, describe_states, sync_subscriptions
+from ..webhook_subscriptions import sync_subscriptions
 from ..webhook_sync import SYNC_LOCK_KEY, sync_wanted
 from .database_commands import APPLICATION_NAME, open_database
 from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError

@@ -21,15 +21,9 @@ from kick_monitor.database import connect
 from kick_monitor.kick_api import EVENT_SUBSCRIPTIONS, KickApiClient
 from kick_monitor.ratelimit import RetryPolicy
 from kick_monitor.telemetry import NullTelemetry
-from kick_monitor.webhook_subscriptions import (
-    FAILED,
-    LIMIT_REASON,
-    METADATA_EVENT,
-    STATUS_EVENT,
-    SUBSCRIBED,
-    count_states,
-    sync_subscriptions,
-)
+from kick_monitor.webhook_plan import FAILED, LIMIT_REASON, METADATA_EVENT, STATUS_EVENT, SUBSCRIBED
+from kick_monitor.webhook_store import count_states
+from kick_monitor.webhook_subscriptions import sync_subscriptions
 from kick_monitor.webhook_sync import WebhookSync
 from kick_sim import SimConfig, SimStreamer, Simulator
 from tests.conftest import CliRunner

@@ -6,7 +6,7 @@ import requests
 
 from kick_monitor.config import Settings, load_settings
 from kick_monitor.kick_api import EventSubscription, _refusal, is_limit_message
-from kick_monitor.webhook_subscriptions import (
+from kick_monitor.webhook_plan import (
     FAILED,
     METADATA_EVENT,
     STATUS_EVENT,
