@@ -227,6 +227,20 @@ class Settings(BaseModel):
         10.0, gt=0, le=120, description="API request timeout, seconds",
     )
 
+    # -- webhook subscriptions (issue 16, subscription sync; the receiver's WEBHOOK_* settings are its own) --
+    webhook_subscribe: Annotated[Literal["auto", "on", "off"], live(PLANNER)] = Field(
+        "auto",
+        description="keep Kick's webhook subscriptions (livestream.status.updated and .metadata.updated of every"
+        " streamer with a user id) in sync: on | off | auto = on when this host runs the webhook receiver"
+        " (webhook_port set). Needs API credentials; one process of a deployment syncs at a time",
+    )
+    webhook_sync_interval: Annotated[float, live(PLANNER)] = Field(
+        900.0, ge=30, le=86400,
+        description="seconds between subscription syncs (also at start and when streamers are added or removed):"
+        " re-creates what Kick dropped on its own",
+    )
+    # -- end webhook subscriptions --
+
     # coordinator
     heartbeat_timeout: Annotated[float, live(COORDINATOR, WRITER)] = Field(
         30.0, gt=0, le=3600, description="a worker silent this long is killed",

@@ -63,6 +63,8 @@ LIVESTREAMS = "/public/v1/livestreams"
 LIVESTREAMS_V2 = "/public/v2/livestreams"
 USERS_LIVESTREAMS = "/public/v1/users/livestreams"
 WEB_CHANNEL = "/api/v2/channels"  # metrics label; the slug is left out to bound cardinality
+EVENT_SUBSCRIPTIONS = "/public/v1/events/subscriptions"  # webhooks (Events API): list, create, delete
+DELETE_BATCH = 50  # subscription ids per DELETE (repeated `id=`): keeps the URL short
 
 
 class KickApiError(Exception):
@@ -91,6 +93,14 @@ class KickNotFoundError(KickApiError):
 
 class KickEndpointGone(KickApiError):
     """An endpoint answered 404/410 as a whole (removed upstream): stop using it."""
+
+
+class KickSubscriptionLimitError(KickApiError):
+    """Kick refused a new event subscription: the app's subscription limit is reached.
+
+    Not retried: asking again cannot succeed until subscriptions are removed or Kick
+    raises the app's limit (verified apps get more).
+    """
 
 
 # ---------------------------------------------------------------- answers, validated
@@ -195,6 +205,34 @@ class _ChannelsAnswer(_Model):
 
 class _LivestreamsAnswer(_Model):
     data: list[LiveStream]
+
+
+class EventSubscription(_Model):
+    """One item of `GET /public/v1/events/subscriptions`: a subscription of this app."""
+
+    id: str = Field(min_length=1)
+    event: str
+    version: int = 1
+    broadcaster_user_id: int | None = None
+    method: str | None = None
+
+
+class _SubscriptionsAnswer(_Model):
+    data: list[EventSubscription]
+    pagination: _Pagination | None = None
+
+
+class CreatedSubscription(_Model):
+    """One item of the answer to `POST /public/v1/events/subscriptions`: made, or why not."""
+
+    name: str | None = None
+    version: int | None = None
+    subscription_id: str | None = None
+    error: str | None = None
+
+
+class _CreatedAnswer(_Model):
+    data: list[CreatedSubscription]
 
 
 class _TokenAnswer(_Model):
@@ -307,6 +345,25 @@ def _detail(resp: requests.Response) -> str:
         return ""
     message = body.get("message") if isinstance(body, dict) else None
     return f": {message[:200]}" if isinstance(message, str) and message.isprintable() else ""
+
+
+def _refusal(resp: requests.Response) -> str:
+    """Why Kick refused a request: `data` when it is a string (the Events API puts the reason
+    there, e.g. "event subscription limit reached"), else `message`; printable, ≤ 200 chars."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return "no reason given"
+    parts = [body.get(key) for key in ("data", "message")] if isinstance(body, dict) else []
+    text = "; ".join(part for part in parts if isinstance(part, str) and part.strip())
+    return text[:200] if text.isprintable() and text else "no reason given"
+
+
+def is_limit_message(text: str) -> bool:
+    """Kick's "event subscription limit reached" (exact wording undocumented: matched loosely;
+    a rate limit is something else, handled by the transport)."""
+    lowered = text.lower()
+    return "limit" in lowered and "rate limit" not in lowered and "too many requests" not in lowered
 
 
 def _interruptible_sleep(closed: threading.Event, seconds: float) -> None:
@@ -607,20 +664,30 @@ class KickApiClient:
 
     def _official_get(self, path: str, params: list[tuple[str, str | int]]) -> requests.Response:
         """GET with the app token; on a 401 renew the token once and retry once."""
+        return self._official("GET", path, params)
+
+    def _official(self, method: str, path: str, params: list[tuple[str, str | int]], *,
+                  json: Any = None, ok: tuple[int, ...] = (200,)) -> requests.Response:
+        """A request with the app token; on a 401 renew the token once and retry once.
+
+        Answers in `ok` are returned; 401 → KickAuthError, 404/410 → KickEndpointGone,
+        anything else → KickApiError with Kick's own short message.
+        """
         if self.tokens is None:
             raise KickNoCredentialsError(f"{path} needs Kick API credentials (client id and secret)")
         url = self.api_base_url + path
+        extra: dict[str, Any] = {} if json is None else {"json": json}
         for attempt in (1, 2):
             token = self.tokens.token()
             resp = self._transport.send(
-                "GET", url, path, params=params, headers={"Authorization": f"Bearer {token}"}
+                method, url, path, params=params, headers={"Authorization": f"Bearer {token}"}, **extra
             )
             if resp.status_code != 401:
                 break
             self.tokens.invalidate(token)
             if attempt == 1:
                 log.info("Kick API %s: token refused (401), renewing it once", path)
-        if resp.status_code == 200:
+        if resp.status_code in ok:
             return resp
         if resp.status_code == 401:
             raise KickAuthError(f"{path}: Kick refused a freshly issued app token (HTTP 401)")
@@ -718,6 +785,68 @@ class KickApiClient:
             if not cursor or not answer.data:
                 break
         return found
+
+    # -- event subscriptions (webhooks)
+
+    def event_subscriptions(self, max_pages: int = 1000) -> list[EventSubscription]:
+        """Every event subscription of this app (Kick lists them per app, all broadcasters).
+
+        Kick documents no pagination for this list; a `pagination.next_cursor`, if Kick
+        ever sends one, is followed so a long list is never cut short.
+        """
+        found: list[EventSubscription] = []
+        cursor: str | None = None
+        for _ in range(max_pages):
+            params: list[tuple[str, str | int]] = [("cursor", cursor)] if cursor else []
+            answer = _parse(_SubscriptionsAnswer, self._official_get(EVENT_SUBSCRIPTIONS, params),
+                            EVENT_SUBSCRIPTIONS)
+            found.extend(answer.data)
+            cursor = answer.pagination.next_cursor if answer.pagination else None
+            if not cursor or not answer.data:
+                break
+        return found
+
+    def create_event_subscriptions(
+        self, broadcaster_user_id: int, events: Sequence[tuple[str, int]], method: str = "webhook",
+    ) -> list[CreatedSubscription]:
+        """Subscribe this app to `events` [(name, version)] of one broadcaster: one request.
+
+        Kick takes one broadcaster per request and several events in it; each event's
+        outcome comes back on its own (a `subscription_id`, or an `error`). The app's
+        subscription limit — refused as a whole or for an event — raises
+        KickSubscriptionLimitError (not retried); other refusals raise KickApiError.
+        """
+        body = {
+            "broadcaster_user_id": broadcaster_user_id,
+            "events": [{"name": name, "version": version} for name, version in events],
+            "method": method,
+        }
+        resp = self._official("POST", EVENT_SUBSCRIPTIONS, [], json=body, ok=(200, 201, 400, 403, 409, 422))
+        if resp.status_code >= 400:  # Kick puts the reason in `data` (a string) or `message`
+            said = _refusal(resp)
+            if is_limit_message(said):
+                raise KickSubscriptionLimitError(f"{EVENT_SUBSCRIPTIONS}: {said}")
+            raise KickApiError(f"{EVENT_SUBSCRIPTIONS}: HTTP {resp.status_code}: {said}")
+        made = _parse(_CreatedAnswer, resp, EVENT_SUBSCRIPTIONS).data
+        refused = [item.error for item in made if item.error and is_limit_message(item.error)]
+        if refused and not any(item.subscription_id for item in made):
+            raise KickSubscriptionLimitError(f"{EVENT_SUBSCRIPTIONS}: {refused[0][:200]}")
+        return made
+
+    def delete_event_subscriptions(self, subscription_ids: Iterable[str]) -> int:
+        """Remove these subscriptions, `DELETE_BATCH` ids a request; returns how many were asked.
+
+        An id Kick no longer has is not an error (deleting is what we wanted): Kick's 404
+        for such a request is taken as done.
+        """
+        ids = list(dict.fromkeys(subscription_ids))
+        for batch in chunks(ids, DELETE_BATCH):
+            try:
+                self._official("DELETE", EVENT_SUBSCRIPTIONS, [("id", i) for i in batch], ok=(200, 202, 204))
+            except KickEndpointGone as exc:
+                if "410" in str(exc):
+                    raise
+        return len(ids)
 
     # -- unofficial web API
 

@@ -98,6 +98,21 @@ API_RATE = Gauge(
 )
 RECONCILIATIONS = Counter("kick_monitor_reconciliations_total", "Reconciliation runs", ["shard", "outcome"])
 
+# -- webhook subscriptions (issue 16: kick_monitor/webhook_sync.py) --
+WEBHOOK_SUBSCRIPTIONS = Gauge(
+    "kick_monitor_webhook_subscriptions",
+    "Kick webhook subscriptions (streamer × event) by state, as the deployment's last sync left them",
+    ["state"], multiprocess_mode="livemax",
+)
+WEBHOOK_SYNCS = Counter(
+    "kick_monitor_webhook_sync_runs_total", "Webhook subscription sync rounds by outcome", ["outcome"]
+)
+WEBHOOK_SYNC_ERRORS = Counter(
+    "kick_monitor_webhook_sync_errors_total", "Webhook subscription sync rounds that met a problem, by kind",
+    ["kind"],
+)
+# -- end webhook subscriptions --
+
 WORKER_RESTARTS = Counter("kick_monitor_worker_restarts_total", "Child processes restarted", ["role"])
 STREAMERS = Gauge(
     "kick_monitor_streamers", "Streamers by status", ["status"], multiprocess_mode="livemax"

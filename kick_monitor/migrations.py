@@ -238,6 +238,39 @@ CREATE INDEX IF NOT EXISTS broadcasts_streamer_started ON kick_monitor.broadcast
 """
         + BACKFILL_SQL,
     ),
+    # Issue 16 (webhook subscriptions, kick_monitor/webhook_subscriptions.py). Expand-only: two
+    # new tables nothing older reads.
+    Migration(
+        6,
+        "webhook subscriptions: state per streamer and event, last sync",
+        """
+-- What the last sync left for each (streamer, event): status and metrics read it. No FK: the
+-- sync removes the rows of a removed streamer once its subscriptions are gone from Kick.
+CREATE TABLE IF NOT EXISTS kick_monitor.webhook_subscriptions (
+    streamer_id     bigint NOT NULL,
+    event           text NOT NULL,
+    kick_user_id    bigint NOT NULL,
+    subscription_id text,
+    state           text NOT NULL CONSTRAINT webhook_subscriptions_state
+                    CHECK (state IN ('subscribed', 'missing', 'failed')),
+    last_error      text,
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (streamer_id, event)
+);
+-- One row: the last sync of the deployment (whichever process ran it).
+CREATE TABLE IF NOT EXISTS kick_monitor.webhook_sync (
+    id          smallint PRIMARY KEY CONSTRAINT webhook_sync_one_row CHECK (id = 1),
+    started_at  timestamptz NOT NULL,
+    finished_at timestamptz NOT NULL,
+    outcome     text NOT NULL,
+    error       text,
+    fingerprint text,  -- digest of the (streamer, user id) list it synced
+    created     integer NOT NULL DEFAULT 0,
+    deleted     integer NOT NULL DEFAULT 0,
+    recreated   integer NOT NULL DEFAULT 0
+);
+""",
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

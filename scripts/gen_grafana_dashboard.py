@@ -116,6 +116,15 @@ ROWS: list[tuple[str, list[Panel]]] = [
             ("{{role}}", f"sum by (role) (increase(kick_monitor_worker_restarts_total{{{SEL}}}[$__rate_interval]))")],
          6),
     ]),
+    ("Webhook subscriptions (issue 16)", [
+        ("Subscriptions by state (streamer × event)", "timeseries", "short", [
+            ("{{state}}", f"max by (state) (kick_monitor_webhook_subscriptions{{{SEL}}})")], 12),
+        ("Sync rounds / h", "timeseries", "short", [
+            ("{{outcome}}",
+             f"sum by (outcome) (increase(kick_monitor_webhook_sync_runs_total{{{SEL}}}[1h]))"),
+            ("problem {{kind}}",
+             f"sum by (kind) (increase(kick_monitor_webhook_sync_errors_total{{{SEL}}}[1h]))")], 12),
+    ]),
     ("Application integration (docs/integration.md)", [
         ("Mirror lag (our commit → the application's)", "timeseries", "s", [
             ("p50", "histogram_quantile(0.5, sum by (le) "

@@ -49,6 +49,15 @@ LABELS = {
     "kick_monitor_build_info:version": "kick-monitor version",
     "kick_monitor_source_syncs:outcome": "`ok` \\| `failed` (query failed or returned a bad row: the list is "
     "left as it was) \\| `skipped` (another process tree holds the sync lock)",
+    "kick_monitor_webhook_subscriptions:state": "`subscribed` \\| `missing` (not made yet: new, or Kick was "
+    "unavailable) \\| `failed` (Kick refused it: the subscription limit, or another reason in `webhooks status`)",
+    "kick_monitor_webhook_sync_runs:outcome": "`ok`, `limit_reached` (creating stopped for the round), "
+    "`refused` (Kick refused some for another reason), `partial` "
+    "(stopped early: Kick unavailable or out of time; retried in 30 s), `failed` (listing failed: nothing changed), "
+    "`skipped` (the same list was synced lately, maybe by another process)",
+    "kick_monitor_webhook_sync_errors:kind": "`limit` (subscription limit reached), `refused` (Kick refused "
+    "subscriptions for another reason), `incomplete` (some not tried this round), `list` (listing failed), "
+    "`auth` (credentials refused)",
     "kick_monitor_mirror_failures:kind": "`lock` (the application held a lock past lock_timeout), `timeout` "
     "(statement_timeout), `constraint` (the application refused the value), `privilege`, `connection`, `error`",
 }

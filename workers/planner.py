@@ -25,6 +25,9 @@ but never the reaping, killing and respawning of processes.
 - Retention (`kick_monitor.retention.Pruner`): history older than `history_retention` is
   deleted in small batches on another helper thread, under an advisory lock (one pruner per
   deployment), never in the way of the writer.
+- Webhook subscriptions (`kick_monitor.webhook_sync.WebhookSync`, issue 16): a third helper
+  thread keeps Kick's event subscriptions equal to the streamer list, woken with the
+  resolver on every streamer NOTIFY; one process of a deployment at a time.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from kick_monitor.role import Role, RoleContext
 from kick_monitor.sharding import plan_shards
 from kick_monitor.source_sync import SourceError, sync_source
 from kick_monitor.streamers import count_by_status, load_monitorable
+from kick_monitor.webhook_sync import WebhookSync
 
 log = logging.getLogger("kick_monitor.planner")
 
@@ -91,10 +95,12 @@ class Planner(Role):
             lambda: connect(self.ctx.database_url, application_name="kick-monitor pruner"),
             self.settings.history_retention,
         )
+        self.webhook_sync = self.make_webhook_sync()  # issue 16: Kick webhook subscriptions
 
     def boot(self) -> None:
         self.resolver.start()
         self.pruner.start()
+        self.webhook_sync.start()
 
     # -- the loop ---------------------------------------------------------------------
     def step(self) -> None:
@@ -122,6 +128,7 @@ class Planner(Role):
     def finish(self) -> int:
         self.resolver.stop()
         self.pruner.stop()
+        self.webhook_sync.stop()
         self.server.close()
         self.close_database()
         return 0
@@ -132,6 +139,17 @@ class Planner(Role):
         if "history_retention" in changed:
             self.pruner.set_retention(self.settings.history_retention)
         self.resolver.settings_changed()
+        self.webhook_sync.settings_changed()
+
+    def make_webhook_sync(self) -> WebhookSync:
+        """The subscription sync duty (kick_monitor/webhook_sync.py): its own connection and API client."""
+        from kick_monitor.kick_api import client_from_settings
+
+        url = self.ctx.database_url
+        return WebhookSync(
+            lambda: connect(url, application_name="kick-monitor webhook sync"), lambda: self.settings,
+            lambda: client_from_settings(self.settings, url), self.telemetry,
+        )
 
     # -- the list and the plan -------------------------------------------------------------
     def schedule_reload(self, at: float) -> None:
@@ -303,6 +321,7 @@ class Planner(Role):
                 self.sync_due = True
             self.schedule_reload(time.monotonic() + RELOAD_DEBOUNCE)
             self.resolver.wake()
+            self.webhook_sync.wake()  # streamers added or removed: subscribe / unsubscribe them
 
 
 class IdResolver(Duty):

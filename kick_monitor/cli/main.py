@@ -34,6 +34,7 @@ from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliErro
 from .hooks import describe, load_command, require, tool_commands
 from .options import COMMON, add_settings_flags, given_settings
 from .streamer_commands import add_command, import_command, list_command, remove_command, status_command
+from .webhook_commands import add_webhook_commands  # issue 16
 
 log = logging.getLogger(__name__)
 Handler = Callable[[argparse.Namespace, Settings], int]
@@ -110,6 +111,8 @@ def build_parser() -> CliParser:
     streams.add_argument("--limit", type=int, default=100, metavar="N", help="at most N broadcasts (0: all)")
     streams.add_argument("--json", action="store_true", help="print JSON: {broadcasts: [...]}")
     _leaf(streams, streams_command)
+
+    add_webhook_commands(commands, _leaf)  # issue 16: `webhooks sync|status`
 
     for name, entry in tool_commands().items():  # parsed by the tool's own parser, imported only when used
         if name in commands.choices:
