@@ -301,7 +301,8 @@ class Settings(BaseModel):
     )
     webhook_ack_timeout: Annotated[float, live(WEBHOOK)] = Field(
         5.0, gt=0, le=60, description="seconds a delivery waits for the writer to make it durable before it is"
-        " answered 503 (Kick re-sends it)",
+        " answered 503 (Kick re-sends it); keep it above 2 s, the writer's wait before it spools while"
+        " PostgreSQL is down",
     )
     webhook_max_connections: Annotated[int, restart(WEBHOOK)] = Field(
         200, ge=1, le=10000, description="open connections the webhook receiver accepts at once",
