@@ -65,12 +65,12 @@ class KickSigner:
 
     def headers(self, delivery: Delivery, *, signature: str | None = None) -> dict[str, str]:
         stamp = rfc3339(delivery.sent_at)
+        if signature is None:
+            signature = sign(self.private_key, delivery.message_id, stamp, delivery.body)
         return {
             "Kick-Event-Message-Id": delivery.message_id,
             "Kick-Event-Subscription-Id": "01SUBSCRIPTION",
-            "Kick-Event-Signature": (
-                signature if signature is not None else sign(self.private_key, delivery.message_id, stamp, delivery.body)
-            ),
+            "Kick-Event-Signature": signature,
             "Kick-Event-Message-Timestamp": stamp,
             "Kick-Event-Type": delivery.event,
             "Kick-Event-Version": "1",

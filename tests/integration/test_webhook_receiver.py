@@ -17,8 +17,8 @@ from pathlib import Path
 import psycopg2.extensions
 import pytest
 
-from kick_tools import harness
 from kick_monitor.webhook_events import METADATA_EVENT, STATUS_EVENT
+from kick_tools import harness
 from tests.service import Service, query, running, wait_until
 from tests.webhooks import Delivery, KickSigner, post, status_body
 
@@ -48,7 +48,7 @@ def webhook_service(database_url: str, tmp_path: Path, port: int, key: Path, **s
 
 def webhook_history(conn: psycopg2.extensions.connection) -> list[tuple[str, str, int]]:
     """(change_id, status, kick user id) of every webhook history row, in commit order."""
-    return [tuple(row) for row in query(conn, (  # type: ignore[misc]
+    return [tuple(row) for row in query(conn, (
         "SELECT e.change_id, e.status, s.kick_user_id FROM kick_monitor.status_events e"
         " JOIN kick_monitor.streamers s ON s.id = e.streamer_id WHERE e.source = 'webhook' ORDER BY e.id"))]
 

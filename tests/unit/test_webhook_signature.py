@@ -12,6 +12,7 @@ from kick_monitor.webhook_signature import (
     KICK_PUBLIC_KEY_PEM,
     PublicKeyError,
     Rejected,
+    Verified,
     Verifier,
     choose_public_key,
     load_public_key,
@@ -23,7 +24,7 @@ SIGNER = KickSigner()
 
 
 def verify(delivery: Delivery, *, signer: KickSigner = SIGNER, now: float | None = None, body: bytes | None = None,
-           signature: str | None = None, max_age: float = 600) -> object:
+           signature: str | None = None, max_age: float = 600) -> Verified:
     headers = signer.headers(delivery, signature=signature)
     verifier = Verifier(load_public_key(SIGNER.public_pem), max_age=max_age)
     return verifier.verify(
@@ -36,8 +37,8 @@ def verify(delivery: Delivery, *, signer: KickSigner = SIGNER, now: float | None
 def test_a_signed_fresh_delivery_verifies() -> None:
     delivery = Delivery(STATUS_EVENT, status_body(7, True, time.time()))
     verified = verify(delivery)
-    assert getattr(verified, "message_id") == delivery.message_id
-    assert abs(getattr(verified, "sent_at") - delivery.sent_at) < 0.001
+    assert verified.message_id == delivery.message_id
+    assert abs(verified.sent_at - delivery.sent_at) < 0.001
 
 
 @pytest.mark.parametrize("case", ["other key", "body changed", "not base64", "empty"])
@@ -98,7 +99,7 @@ def test_key_sources_in_order(tmp_path: Path) -> None:
     assert "Kick's docs" in origin
     assert key.public_numbers() == load_public_key(KICK_PUBLIC_KEY_PEM).public_numbers()
     (tmp_path / "bad.pem").write_text("not a key")
-    with pytest.raises(PublicKeyError, match="KICK_MONITOR_WEBHOOK_PUBLIC_KEY=.*not a PEM public key"):
+    with pytest.raises(PublicKeyError, match=r"KICK_MONITOR_WEBHOOK_PUBLIC_KEY=.*not a PEM public key"):
         choose_public_key(tmp_path / "bad.pem", "http://127.0.0.1:9")
     with pytest.raises(PublicKeyError, match="cannot read"):
         choose_public_key(tmp_path / "missing.pem", "http://127.0.0.1:9")
