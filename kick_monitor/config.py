@@ -134,7 +134,7 @@ class Settings(BaseModel):
     client_secret: Annotated[SecretStr | None, live(WORKER, PLANNER)] = Field(
         None, description="Kick app client secret (never printed)",
     )
-    database_password: Annotated[SecretStr | None, live(WRITER, PLANNER, MIRROR)] = Field(
+    database_password: Annotated[SecretStr | None, live(WRITER, PLANNER, MIRROR, WEBHOOK)] = Field(
         None, description="PostgreSQL password, kept out of the URL (best as a credential or _FILE; never printed)"
     )
 

@@ -22,6 +22,7 @@ acknowledged it; one without an answer is re-sent by Kick, and its `change_id`
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from typing import Any
@@ -38,6 +39,7 @@ from kick_monitor.webhook_signature import PublicKeyError, Verifier, choose_publ
 
 log = logging.getLogger("kick_monitor.webhook")
 
+SWITCH_INTERVAL = 0.0005  # s; see boot()
 MAX_BODY = 64 << 10  # Kick's status and metadata bodies are < 2 KiB
 IDLE_TIMEOUT = 75.0  # seconds an idle keep-alive connection stays open
 REFRESH_EVERY = 60.0  # seconds between reloads of the streamer mapping
@@ -59,9 +61,8 @@ class WebhookReceiver(Role):
             ctx.writer_address, sender="webhook", max_unacked=MAX_UNACKED, overflow=None,
             on_acked=self.intake.acknowledged,
         )
-        database_url = ctx.database_url
-        self.directory = BroadcasterDirectory(
-            lambda: connect(database_url, application_name="kick-monitor webhook", autocommit=False),
+        self.directory = BroadcasterDirectory(  # ctx.database_url: a rotated password reaches the next connection
+            lambda: connect(self.ctx.database_url, application_name="kick-monitor webhook"),
             min_gap=MIN_REFRESH_GAP,
         )
         self.app: WebhookApp | None = None
@@ -88,6 +89,9 @@ class WebhookReceiver(Role):
             max_connections=settings.webhook_max_connections, read_timeout=settings.webhook_read_timeout,
             idle_timeout=IDLE_TIMEOUT, max_body=MAX_BODY, on_slow_client=self._count_slow_client,
         )
+        # A delivery crosses four threads (waitress I/O → handler → this loop → handler → I/O); with
+        # CPython's default 5 ms GIL switch interval each hand-over can wait that long for the GIL.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         self.http.start()
         self._refresher = threading.Thread(target=self._refresh_loop, name="webhook-directory", daemon=True)
         self._refresher.start()
