@@ -18,9 +18,10 @@ import psycopg2.extensions
 import pytest
 
 from kick_monitor.webhook_events import METADATA_EVENT, STATUS_EVENT
+from kick_sim import Simulator
 from kick_tools import harness
-from tests.service import Service, query, running, wait_until
-from tests.webhooks import Delivery, KickSigner, post, status_body
+from tests.service import Service, insert_streamers, make_service, query, running, wait_until
+from tests.webhooks import Delivery, KickSigner, metadata_body, post, status_body
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -122,6 +123,9 @@ def test_signed_deliveries_land_once_and_everything_else_is_refused_or_ignored(
     assert webhook_history(conn) == [
         (f"webhook:{live.message_id}", "online", 1001), (f"webhook:{ended.message_id}", "offline", 1001)]
     assert query(conn, "SELECT count(*) FROM kick_monitor.status_events WHERE source <> 'webhook'") == [(0,)]
+    # title and category: taken (durable) and never a history row (how they apply is the writer's rule)
+    assert deliver(signer, port, Delivery(METADATA_EVENT, metadata_body(1002, "new title", "Chess"))) == 200
+    assert len(webhook_history(conn)) == 2
     log = svc.log_text()
     assert "not one of our streamers" in log and "chat.message.sent" in log
     assert signer.private_key.private_numbers().d.to_bytes(256, "big").hex()[:32] not in log
@@ -177,9 +181,22 @@ def test_503_while_the_writer_cannot_acknowledge_then_kicks_retry_lands_once(
     assert webhook_history(conn) == [(f"webhook:{delivery.message_id}", "online", 1003)]
 
 
-def test_metadata_deliveries_are_taken(service: tuple[Service, int], signer: KickSigner) -> None:
-    """Title and category changes reach the writer (how it applies them is the writer's rule)."""
-    _, port = service
-    from tests.webhooks import metadata_body
-
-    assert deliver(signer, port, Delivery(METADATA_EVENT, metadata_body(1002, "new title", "Chess"))) == 200
+def test_pusher_off_opens_no_connection_and_reconciliation_still_runs(
+    sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, tmp_path: Path
+) -> None:
+    """KICK_MONITOR_PUSHER_URL=off (webhook-only deployments): no Pusher, every streamer reconciled."""
+    streamers = sim.create_streamers(6)
+    insert_streamers(conn, streamers)
+    sim.set_live(streamers[0].slug, True, send_event=False)
+    service = make_service(sim, database_url, tmp_path, reconcile_interval_without_pusher="2")
+    service.env["KICK_MONITOR_PUSHER_URL"] = "off"
+    with running(service):
+        wait_until(lambda: query(conn, "SELECT status FROM kick_monitor.streamers WHERE channel_id = "
+                                       f"{streamers[0].channel_id}") == [("online",)], 30, what="reconciliation")
+        sim.set_live(streamers[1].slug, True, send_event=False)
+        wait_until(lambda: query(conn, "SELECT status FROM kick_monitor.streamers WHERE channel_id = "
+                                       f"{streamers[1].channel_id}") == [("online",)], 15,
+                   what="the next round of reconciliation (every 2 s without Pusher)")
+        assert sim.connection_count() == 0 and sim.subscription_count() == 0
+        assert "Pusher is off" in service.log_text()
+        assert service.stop() == 0
