@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -84,6 +85,23 @@ class _DeadlineServer(TcpWSGIServer):
             self.slow_client_hook()
 
 
+def bind_shared(host: str, port: int) -> socket.socket:
+    """The listening socket, with SO_REUSEPORT: per-shard process trees of one host (one unit per
+    shard, the same configuration) each run a receiver on the same port and the kernel spreads the
+    connections among them (any receiver may take any delivery: the message id dedupes). Only
+    processes of the same user can share it. OSError (port taken by someone else) fails the boot."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class HttpServer:
     """Binds at construction (errors surface at boot); `serve()` in a thread; `close()` to stop."""
 
@@ -91,15 +109,20 @@ class HttpServer:
         self, app: WsgiApp, host: str, port: int, *, threads: int, max_connections: int,
         read_timeout: float, idle_timeout: float, max_body: int, on_slow_client: Callable[[], None] | None = None,
     ) -> None:
+        sock = bind_shared(host, port)
         adj = Adjustments(
-            host=host, port=port, threads=threads, connection_limit=max_connections,
+            sockets=[sock], threads=threads, connection_limit=max_connections,
             channel_timeout=max(1, int(idle_timeout)), cleanup_interval=CHECK_EVERY,
-            max_request_body_size=max_body, max_request_header_size=MAX_HEADER_BYTES,
+            max_request_body_size=max_body + 1,  # waitress refuses a body of exactly its limit
+            max_request_header_size=MAX_HEADER_BYTES,
             asyncore_use_poll=True,  # no FD_SETSIZE limit on descriptors
             ident="kick-monitor", expose_tracebacks=False, clear_untrusted_proxy_headers=True,
         )
         self._map: dict[int, Any] = {}
-        self.server = _DeadlineServer(app, map=self._map, adj=adj)
+        self.server = _DeadlineServer(
+            app, map=self._map, _sock=sock, adj=adj, bind_socket=False,
+            sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname()),
+        )
         self.server.read_timeout = read_timeout
         if on_slow_client is not None:
             self.server.slow_client_hook = on_slow_client

@@ -75,7 +75,9 @@ class WebhookReceiver(Role):
     def boot(self) -> None:
         settings = self.settings
         try:
-            key, origin = choose_public_key(settings.webhook_public_key, settings.api_base_url, settings.api_timeout)
+            key, origin = choose_public_key(  # bounded well inside the heartbeat timeout
+                settings.webhook_public_key, settings.api_base_url, min(settings.api_timeout, 5.0)
+            )
         except PublicKeyError as exc:
             raise RoleFatal(EX_USAGE, str(exc)) from None
         self.directory.refresh()  # a database down now is retried on the first unknown user id
