@@ -132,7 +132,7 @@ MIRROR_BATCH_SECONDS = Histogram(
 WEBHOOK_DELAY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 WEBHOOK_DELIVERIES = Counter(
     "kick_monitor_webhook_deliveries_total",
-    "Webhook deliveries by event type (other = not used or unverified) and outcome: accepted, duplicate,"
+    "Webhook deliveries by event type (other = a type we do not use) and outcome: accepted, duplicate,"
     " bad_signature, stale, unknown_broadcaster, unknown_type, invalid, unavailable (503), slow_client",
     ["event", "outcome"],
 )

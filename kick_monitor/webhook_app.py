@@ -41,7 +41,8 @@ class WebhookApp:
 
     def __init__(
         self, verifier: Verifier, directory: BroadcasterDirectory, submit: Submit, *, path: str,
-        ack_timeout: float, telemetry: Any, clock: Callable[[], float] = time.time,
+        ack_timeout: float, telemetry: Any, is_duplicate: Callable[[str], bool] = lambda change_id: False,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.verifier = verifier
         self.directory = directory
@@ -50,7 +51,7 @@ class WebhookApp:
         self.ack_timeout = ack_timeout
         self.telemetry = telemetry
         self.clock = clock
-        self.is_duplicate: Callable[[str], bool] = lambda change_id: False
+        self.is_duplicate = is_duplicate  # a change id the writer acknowledged before (Intake.is_recent)
         self._told: set[tuple[str, object]] = set()  # (kind, value) already logged
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

@@ -53,7 +53,7 @@ LABELS = {
     "(statement_timeout), `constraint` (the application refused the value), `privilege`, `connection`, `error`",
     # issue 16: the webhook receiver
     "kick_monitor_webhook_deliveries:event": "`livestream.status.updated` \\| `livestream.metadata.updated` \\| "
-    "`other` (a type we do not use, or a delivery refused before its type could be trusted)",
+    "`other` (a type we do not use); for a refused delivery, the type its (unsigned) header claims",
     "kick_monitor_webhook_deliveries:outcome": "`accepted` (durable in the writer), `duplicate` (a re-delivery of one "
     "acknowledged before), `bad_signature`, `stale` (replay: too old or from the future), `unknown_broadcaster`, "
     "`unknown_type`, `invalid` (signed but malformed: ignored), `unavailable` (503: the writer did not acknowledge "

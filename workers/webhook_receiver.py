@@ -84,8 +84,8 @@ class WebhookReceiver(Role):
         self.app = WebhookApp(
             Verifier(key, settings.webhook_max_age), self.directory, self.intake.submit,
             path=settings.webhook_path, ack_timeout=settings.webhook_ack_timeout, telemetry=self.telemetry,
+            is_duplicate=self.intake.is_recent,
         )
-        self.app.is_duplicate = self.intake.is_recent
         self.http = HttpServer(
             self.app, settings.webhook_host, settings.webhook_port, threads=settings.webhook_threads,
             max_connections=settings.webhook_max_connections, read_timeout=settings.webhook_read_timeout,

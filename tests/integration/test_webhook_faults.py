@@ -95,19 +95,22 @@ def test_writer_sigkilled_during_deliveries_every_retry_lands_once(
     with running(service):
         wait_until(lambda: healthy(port), 20, what="the webhook receiver")
         kick = Kick(signer, port)
+        killed: list[int] = []
 
         def kill_writer_twice() -> None:
             for _ in range(2):
                 time.sleep(1.0)
                 writer = service.writer_pid()
-                if writer is not None:
+                if writer is not None and writer not in killed:
                     os.kill(writer, signal.SIGKILL)
+                    killed.append(writer)
 
         killer = threading.Thread(target=kill_writer_twice)
         killer.start()
         taken = kick.deliver_all(deliveries, rate=100.0)
         killer.join()
         assert all(taken), f"{taken.count(False)} deliveries never answered 200"
+        assert len(killed) == 2 and service.writer_pid() not in killed, "the writer was not killed twice"
         assert service.stop() == 0
     assert_exactly_once(conn, deliveries)
 

@@ -69,8 +69,9 @@ def signer() -> KickSigner:
 def service(
     database_url: str, tmp_path: Path, free_port: object, signer: KickSigner, streamers: dict[int, str]
 ) -> Iterator[tuple[Service, int]]:
-    port = free_port()  # type: ignore[operator]
-    svc = webhook_service(database_url, tmp_path, port, signer.write_public_key(tmp_path / "kick.pem"))
+    port, metrics_port = free_port(), free_port()  # type: ignore[operator]
+    svc = webhook_service(database_url, tmp_path, port, signer.write_public_key(tmp_path / "kick.pem"),
+                          metrics_port=str(metrics_port))
     with running(svc):
         wait_until(lambda: healthy(port), 20, what="the webhook receiver")
         yield svc, port
@@ -85,6 +86,17 @@ def healthy(port: int) -> bool:
         return conn.getresponse().status == 200
     except OSError:
         return False
+
+
+def deliveries_counted(metrics_port: int) -> dict[tuple[str, str], int]:
+    """kick_monitor_webhook_deliveries_total by (event, outcome), from the service's scrape endpoint."""
+    import re
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    pattern = re.compile(r'^kick_monitor_webhook_deliveries_total\{event="([^"]+)",outcome="([^"]+)"\} (\S+)$', re.M)
+    return {(event, outcome): int(float(value)) for event, outcome, value in pattern.findall(text)}
 
 
 def deliver(signer: KickSigner, port: int, delivery: Delivery, **kwargs: str) -> int:
@@ -128,6 +140,13 @@ def test_signed_deliveries_land_once_and_everything_else_is_refused_or_ignored(
     assert len(webhook_history(conn)) == 2
     log = svc.log_text()
     assert "not one of our streamers" in log and "chat.message.sent" in log
+    counted = deliveries_counted(int(svc.env["KICK_MONITOR_METRICS_PORT"]))
+    assert counted == {
+        ("livestream.status.updated", "accepted"): 2, ("livestream.status.updated", "duplicate"): 1,
+        ("livestream.status.updated", "bad_signature"): 2, ("livestream.status.updated", "stale"): 1,
+        ("livestream.status.updated", "invalid"): 1, ("livestream.status.updated", "unknown_broadcaster"): 1,
+        ("other", "unknown_type"): 1, ("livestream.metadata.updated", "accepted"): 1,
+    }
     assert signer.private_key.private_numbers().d.to_bytes(256, "big").hex()[:32] not in log
 
 
