@@ -7,7 +7,7 @@ keeps failing an event for a day):
 | signature missing or wrong | 401, nothing recorded | `bad_signature` |
 | timestamp older than `max_age` or ahead by more than the skew (replay) | 401 | `stale` |
 | body over 64 KiB | 413 (waitress, before us) | — |
-| event type we do not use | 200, logged once per type | `unknown_type` |
+| event type we do not use, or a version other than 1 | 200, logged once per type | `unknown_type` |
 | message id acknowledged before (re-delivery) | 200 at once | `duplicate` |
 | signed but not the JSON its type says | 200, ignored, logged (a re-sent broken body stays broken) | `invalid` |
 | broadcaster user id not among our streamers | 200, logged once per user id | `unknown_broadcaster` |
@@ -32,6 +32,7 @@ log = logging.getLogger("kick_monitor.webhook")
 
 MAX_REMEMBERED = 10_000  # unknown types / user ids logged once each, up to this many
 RETRY_AFTER = "5"
+SUBSCRIBED_VERSION = "1"  # the event version the subscriptions ask for
 
 Submit = Callable[[StatusChange, float], "bool | None"]
 
@@ -85,6 +86,11 @@ class WebhookApp:
         self.telemetry.WEBHOOK_VERIFY_SECONDS.observe(time.perf_counter() - started)
         if event not in KNOWN_EVENTS:
             self.tell_once("type", event[:100], "webhook event type %r is not used; answered 200 and ignored")
+            return self.count(label, "unknown_type", "200 OK", "ignored")
+        version = environ.get("HTTP_KICK_EVENT_VERSION", SUBSCRIBED_VERSION)
+        if version != SUBSCRIBED_VERSION:  # another shape than the one we parse: never misread it
+            self.tell_once("version", f"{event} v{version[:20]}", "webhook %s is not the version we subscribe to;"
+                           " answered 200 and ignored")
             return self.count(label, "unknown_type", "200 OK", "ignored")
         change_id = f"webhook:{verified.message_id}"
         if self.is_duplicate(change_id):
