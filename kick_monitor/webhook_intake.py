@@ -9,6 +9,11 @@ the writer connection (`ChangeSender`); it calls `take()` to collect what was qu
 A message id the writer has acknowledged is remembered (`recent`, bounded): Kick's
 re-delivery of it is answered at once ("duplicate"), without a round trip. Forgetting one
 is harmless: it is sent again and the writer's `ON CONFLICT (change_id)` absorbs it.
+
+A change is handed to the writer once while it is in flight (sent, not yet acknowledged):
+Kick's retries of a delivery that timed out (writer restarting) wait for the same copy
+instead of piling up more, and `max_in_flight` bounds them, so the sender (which keeps
+every unacknowledged change until the writer takes it) never has to drop one.
 """
 
 from __future__ import annotations
@@ -32,8 +37,10 @@ class _Waiter:
 class Intake:
     """See the module docstring. `max_waiting` bounds the deliveries waiting for the writer."""
 
-    def __init__(self, max_waiting: int = 1000, recent: int = RECENT_IDS) -> None:
+    def __init__(self, max_waiting: int = 1000, recent: int = RECENT_IDS, max_in_flight: int = 50_000) -> None:
         self.max_waiting = max_waiting
+        self.max_in_flight = max_in_flight
+        self._in_flight: set[str] = set()
         self._recent_cap = recent
         self._lock = threading.Lock()
         self._queued: list[StatusChange] = []
@@ -54,16 +61,20 @@ class Intake:
             return change_id in self._recent
 
     def submit(self, change: StatusChange, timeout: float) -> bool | None:
-        """HTTP thread: True once durable, False if not within `timeout`, None if too many wait already."""
+        """HTTP thread: True once durable, False if not within `timeout`, None if too many wait or are in flight."""
         waiter = _Waiter()
         with self._lock:
             if change.change_id in self._recent:
                 return True
             if self.waiting >= self.max_waiting:
                 return None
+            if change.change_id not in self._in_flight:
+                if len(self._in_flight) >= self.max_in_flight:
+                    return None
+                self._in_flight.add(change.change_id)
+                self._queued.append(change)
             self._waiters.setdefault(change.change_id, []).append(waiter)
             self._waiting += 1
-            self._queued.append(change)
         with contextlib.suppress(BlockingIOError):
             os.write(self._wake_write, b"x")
         if waiter.done.wait(timeout):
@@ -90,6 +101,7 @@ class Intake:
         """Loop (ack callback): these are durable; release whoever waits for them."""
         with self._lock:
             for change in changes:
+                self._in_flight.discard(change.change_id)
                 self._recent[change.change_id] = None
                 self._recent.move_to_end(change.change_id)
                 for waiter in self._waiters.pop(change.change_id, ()):

@@ -44,7 +44,7 @@ MAX_BODY = 64 << 10  # Kick's status and metadata bodies are < 2 KiB
 IDLE_TIMEOUT = 75.0  # seconds an idle keep-alive connection stays open
 REFRESH_EVERY = 60.0  # seconds between reloads of the streamer mapping
 MIN_REFRESH_GAP = 2.0  # an unknown user id reloads it at most this often
-MAX_UNACKED = 50_000  # changes kept for the writer; beyond, the oldest are dropped (they were answered 503)
+MAX_UNACKED = 50_000  # changes in flight to the writer; beyond, deliveries get 503 (the sender never drops)
 REPORT_EVERY = 1.0
 
 
@@ -56,7 +56,7 @@ class WebhookReceiver(Role):
     def __init__(self, ctx: RoleContext) -> None:
         super().__init__(ctx)
         settings = self.settings
-        self.intake = Intake(max_waiting=max(64, settings.webhook_threads * 4))
+        self.intake = Intake(max_waiting=max(64, settings.webhook_threads * 4), max_in_flight=MAX_UNACKED)
         self.sender = ChangeSender(
             ctx.writer_address, sender="webhook", max_unacked=MAX_UNACKED, overflow=None,
             on_acked=self.intake.acknowledged,

@@ -70,11 +70,23 @@ def test_concurrent_copies_of_one_message_are_all_released() -> None:
     subs = [submit_in_thread(intake, change("c"), timeout=5) for _ in range(3)]
     time.sleep(0.1)
     taken = intake.take()
-    assert len(taken) == 3  # each copy is sent; the writer's change_id makes them one row
-    intake.acknowledged(tuple(taken[:1]))
+    assert len(taken) == 1  # one copy goes to the writer; the others wait for its acknowledgement
+    intake.acknowledged(tuple(taken))
     for sub in subs:
         sub.join(2)
         assert sub.result == [True]
+    intake.close()
+
+
+def test_a_retry_of_a_delivery_still_in_flight_is_not_sent_again() -> None:
+    intake = Intake(max_in_flight=1)
+    assert intake.submit(change("e"), timeout=0.05) is False  # the writer is restarting: no ack in time
+    assert len(intake.take()) == 1
+    assert intake.submit(change("e"), timeout=0.05) is False  # Kick's retry: waits for the copy in flight
+    assert intake.take() == []
+    assert intake.submit(change("f"), timeout=0.05) is None  # in-flight bound reached: 503 at once
+    intake.acknowledged((change("e"),))
+    assert intake.submit(change("e"), timeout=0.05) is True
     intake.close()
 
 
