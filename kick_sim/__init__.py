@@ -15,10 +15,14 @@ In-process (tests)::
 As a process (benchmarks, the demo, any other client): `python -m kick_sim.cli --streamers 1000
 --ready-file ready.json` (also `kick-monitor sim`) writes its URLs to the ready file and is driven
 over its control API (`/control/...`); SIGTERM stops it.
+
+Kick's Events API too (issue 16): the subscription API, `/public/v1/public-key`, and signed
+webhook deliveries of every change to a loopback URL, with faults; see docs/simulator-webhooks.md.
 """
 
 from kick_sim.config import SimConfig
 from kick_sim.simulator import Simulator
 from kick_sim.state import Broadcast, SimStreamer, Transition
+from kick_sim.webhook_settings import DeliverySettings, WebhookFaults
 
-__all__ = ["Broadcast", "SimConfig", "SimStreamer", "Simulator", "Transition"]
+__all__ = ["Broadcast", "DeliverySettings", "SimConfig", "SimStreamer", "Simulator", "Transition", "WebhookFaults"]

@@ -22,6 +22,7 @@ from kick_sim.config import (
 )
 from kick_sim.engine import Engine
 from kick_sim.state import SimError, export_truth
+from kick_sim.webhook_settings import DeliverySettings, WebhookFaults, parse_range_text
 
 # What `kick-monitor sim` shows and passes (entry point kick_monitor.commands: sim = kick_sim.cli).
 HELP = "run the local Kick simulator (Pusher server + API)"
@@ -83,11 +84,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     api.add_argument("--wrong-data-over", type=int, default=None,
                      help="channels requests naming more streamers than this get wrong live data")
+    api.add_argument("--event-subscription-limit", type=int, default=10_000,
+                     help="most Events API (webhook) subscriptions the app may hold (default %(default)s)")
     api.add_argument("--rate-window", type=float, default=60.0, help="rate limit window, seconds")
+    hooks = parser.add_argument_group("Events API webhooks (issue 16)")
+    hooks.add_argument("--webhook-url", default=None,
+                       help="deliver webhooks here (http:// on loopback; also POST /control/webhooks/url)")
+    hooks.add_argument("--webhook-key-file", default=None,
+                       help="signing key (PEM, RSA): loaded if it exists, else generated and written there (0600)")
+    hooks.add_argument("--webhook-timeout", type=float, default=10.0, help="seconds per delivery attempt")
+    hooks.add_argument("--webhook-retry-base", type=float, default=1.0, help="first retry after this; doubles")
+    hooks.add_argument("--webhook-retry-max", type=float, default=60.0, help="longest wait between attempts")
+    hooks.add_argument("--webhook-max-attempts", type=int, default=10, help="attempts per message, then given up")
+    hooks.add_argument("--webhook-unsubscribe-after", type=int, default=20,
+                       help="consecutive failed attempts after which Kick drops the subscription")
+    hooks.add_argument("--webhook-workers", type=int, default=4, help="sender threads")
+    hooks.add_argument("--webhook-stamp", choices=("send", "event"), default="send",
+                       help="message timestamp: first send (default) or the change's own time")
+    hooks.add_argument("--webhook-delay", type=_seconds_range, default=(0.0, 0.0), metavar="LOW:HIGH",
+                       help="extra delay before the first attempt, seconds (uniform)")
+    hooks.add_argument("--webhook-delay-fraction", type=float, default=1.0, help="share of messages delayed")
+    hooks.add_argument("--webhook-drop", type=float, default=0.0, help="probability a message is never sent")
+    hooks.add_argument("--webhook-duplicate", type=float, default=0.0, help="probability it is sent twice")
+    hooks.add_argument("--webhook-duplicate-after", type=_seconds_range, default=(0.0, 1.0), metavar="LOW:HIGH",
+                       help="seconds after the first send a duplicate comes (default 0:1)")
+    hooks.add_argument("--webhook-reorder", type=float, default=0.0,
+                       help="probability it is held back and released after later ones")
+    hooks.add_argument("--webhook-reorder-depth", type=int, default=2,
+                       help="held messages are released, newest first, once this many are held")
+    hooks.add_argument("--webhook-reorder-max-hold", type=float, default=5.0,
+                       help="... or once the oldest held one waited this long, seconds")
+    hooks.add_argument("--webhook-corrupt", type=float, default=0.0,
+                       help="probability per attempt that the signature does not verify")
+    hooks.add_argument("--webhook-replay", type=float, default=0.0,
+                       help="probability a delivered message is re-sent unchanged later (--webhook-replay-after)")
+    hooks.add_argument("--webhook-replay-after", type=_seconds_range, default=(30.0, 60.0), metavar="LOW:HIGH",
+                       help="seconds after delivery a replay comes (default 30:60)")
     out = parser.add_argument_group("output")
     out.add_argument("--truth-out", default=None, help="write every transition here (JSON lines) at shutdown")
     out.add_argument("--ready-file", default=None, help="write a JSON file with all URLs once listening")
     out.add_argument("--log-level", default="WARNING", help="logging level (default %(default)s)")
+
+
+def _seconds_range(text: str) -> tuple[float, float]:
+    try:
+        return parse_range_text(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
@@ -114,6 +157,21 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         profile=args.profile,
         livestreams_v1=args.livestreams_v1,
         wrong_data_over=args.wrong_data_over,
+        event_subscription_limit=args.event_subscription_limit,
+        webhook_key_file=args.webhook_key_file,
+        webhook_url=args.webhook_url,
+        webhook_delivery=DeliverySettings(
+            timeout=args.webhook_timeout, retry_base=args.webhook_retry_base, retry_max=args.webhook_retry_max,
+            max_attempts=args.webhook_max_attempts, unsubscribe_after=args.webhook_unsubscribe_after,
+            workers=args.webhook_workers, stamp=args.webhook_stamp,
+        ),
+        webhook_faults=WebhookFaults(
+            delay=args.webhook_delay, delay_fraction=args.webhook_delay_fraction, drop=args.webhook_drop,
+            duplicate=args.webhook_duplicate, duplicate_after=args.webhook_duplicate_after,
+            reorder=args.webhook_reorder, reorder_depth=args.webhook_reorder_depth,
+            reorder_max_hold=args.webhook_reorder_max_hold, corrupt=args.webhook_corrupt,
+            replay=args.webhook_replay, replay_after=args.webhook_replay_after,
+        ),
     )
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from kick_sim.data import CAPTURED_FRAMES
+from kick_sim.webhook_settings import DeliverySettings, WebhookFaults
 
 LifecycleChannels = Literal["dot", "underscore", "both"]
 SubscriptionErrorStyle = Literal["subscription_error", "pusher_error"]
@@ -47,6 +49,17 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def check_url(url: str) -> tuple[str, int, str]:
+    """(host, port, path) of an http:// URL on loopback; ValueError with one clear line otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"webhook URL must be http://HOST[:PORT]/PATH on loopback, got {url!r}")
+    if not is_loopback(parts.hostname):
+        raise ValueError(f"webhook URL must point at loopback (127.0.0.1, ::1, localhost), got {parts.hostname!r}")
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return parts.hostname, parts.port or 80, path
 
 
 def url_host(host: str) -> str:
@@ -93,6 +106,16 @@ class SimConfig:
     # "Wrong data in big batches": a channels request naming more than this many streamers
     # gets wrong live data for some of its items (None = never).
     wrong_data_over: int | None = None
+    # Events API (issue 16): most subscriptions the app may hold ("event subscription limit
+    # reached" beyond it; Kick's are reported between 1,000 and 10,000).
+    event_subscription_limit: int = 10_000
+    # The webhook signing key (PEM, RSA): loaded if the file exists, else generated at first
+    # use and written there (0600); None = generated, held in memory only.
+    webhook_key_file: str | None = None
+    # Where webhooks are delivered (http:// on loopback); None = no deliveries until set at runtime.
+    webhook_url: str | None = None
+    webhook_delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    webhook_faults: WebhookFaults = field(default_factory=WebhookFaults)
 
     def __post_init__(self) -> None:
         if not self.app_key:
@@ -115,6 +138,10 @@ class SimConfig:
             raise ValueError(f"profile must be today|classic, got {self.profile!r}")
         if self.livestreams_v1 is not None and self.livestreams_v1 not in LIVESTREAMS_V1_MODES:
             raise ValueError(f"livestreams_v1 must be one of {LIVESTREAMS_V1_MODES}, got {self.livestreams_v1!r}")
+        if self.webhook_url is not None:
+            check_url(self.webhook_url)
+        if self.event_subscription_limit < 0:
+            raise ValueError("event_subscription_limit must be >= 0")
         if self.wrong_data_over is not None and self.wrong_data_over < 1:
             raise ValueError("wrong_data_over must be >= 1 or None")
         if not self.force_public_control and not is_loopback(self.host):

@@ -11,8 +11,11 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from kick_sim.http_server import Request, Response, json_response
 from kick_sim.state import SimError, truth_jsonl
+from kick_sim.webhook_settings import WebhookFaults
 
 if TYPE_CHECKING:
     from kick_sim.engine import Engine
@@ -67,6 +70,18 @@ class ControlApi:
             ("POST", "/control/revoke_secret"): self._revoke_secret,
             ("POST", "/control/rotate_secret"): self._rotate_secret,
             ("POST", "/control/token_ttl"): self._token_ttl,
+            # Events API (issue 16)
+            ("GET", "/control/event_subscriptions"): self._event_subscriptions,
+            ("POST", "/control/event_subscriptions/drop"): self._drop_event_subscriptions,
+            ("POST", "/control/event_subscriptions/limit"): self._event_subscription_limit,
+            ("POST", "/control/webhooks/sign"): self._sign,
+            ("POST", "/control/webhooks/url"): self._webhook_url,
+            ("POST", "/control/webhooks/faults"): self._webhook_faults,
+            ("GET", "/control/webhooks/messages"): self._webhook_messages,
+            ("GET", "/control/webhooks/attempts"): self._webhook_attempts,
+            ("GET", "/control/webhooks/stats"): self._webhook_stats,
+            ("POST", "/control/webhooks/replay"): self._webhook_replay,
+            ("POST", "/control/webhooks/wait"): self._webhook_wait,
         }
         self._paths = {path for _, path in self._routes}
 
@@ -219,3 +234,70 @@ class ControlApi:
         self.engine.tokens.set_ttl(float(arg(body, "seconds", NUMBER)))
         return {"token_ttl": self.engine.tokens.ttl}
 
+    async def _event_subscriptions(self, request: Request, body: dict[str, Any]) -> Any:
+        """?broadcaster_user_id=N narrows to one broadcaster; items as Kick's GET lists them."""
+        raw = request.query.get("broadcaster_user_id", [""])[0]
+        if raw and not raw.isdigit():
+            raise SimError("broadcaster_user_id must be an integer")
+        items = self.engine.event_subscriptions.list_all(int(raw) if raw else None)
+        return {"subscriptions": [item.to_json() for item in items], "limit": self.engine.event_subscriptions.limit}
+
+    async def _drop_event_subscriptions(self, request: Request, body: dict[str, Any]) -> Any:
+        return {"dropped": self.engine.drop_event_subscriptions(arg(body, "count", int))}
+
+    async def _event_subscription_limit(self, request: Request, body: dict[str, Any]) -> Any:
+        self.engine.event_subscriptions.set_limit(arg(body, "limit", int))
+        return {"limit": self.engine.event_subscriptions.limit}
+
+    async def _sign(self, request: Request, body: dict[str, Any]) -> Any:
+        """Kick-Event-Signature for {message_id, timestamp, body} (body a string, sent as UTF-8)."""
+        payload = arg(body, "body", str).encode()
+        signature = await asyncio.to_thread(  # RSA signing (and a first key generation) off the loop
+            self.engine.signer.sign, arg(body, "message_id", str), arg(body, "timestamp", str), payload
+        )
+        return {"signature": signature}
+
+    async def _webhook_url(self, request: Request, body: dict[str, Any]) -> Any:
+        url = arg(body, "url", str, None)
+        if url is not None:
+            await asyncio.to_thread(lambda: self.engine.signer.private_key)
+        self.engine.webhooks.set_url(url)
+        return {"url": self.engine.webhooks.url}
+
+    async def _webhook_faults(self, request: Request, body: dict[str, Any]) -> Any:
+        """Changes only the knobs named; {"reset": true} first restores all defaults."""
+        changes = dict(body)
+        base = WebhookFaults() if changes.pop("reset", False) is True else self.engine.webhooks.faults
+        faults = base.updated(changes)
+        self.engine.webhooks.set_faults(faults)
+        return faults.to_json()
+
+    async def _webhook_messages(self, request: Request, body: dict[str, Any]) -> Any:
+        """JSON lines, one per message; ?since=N skips the first N."""
+        messages = self.engine.webhooks.snapshot_messages(_since(request))
+        return Response(200, b"".join(orjson.dumps(m.to_json()) + b"\n" for m in messages), "application/x-ndjson")
+
+    async def _webhook_attempts(self, request: Request, body: dict[str, Any]) -> Any:
+        """JSON lines, one per attempt; ?since=N skips the first N."""
+        attempts = self.engine.webhooks.snapshot_attempts(_since(request))
+        return Response(200, b"".join(orjson.dumps(a.to_json()) + b"\n" for a in attempts), "application/x-ndjson")
+
+    async def _webhook_stats(self, request: Request, body: dict[str, Any]) -> Any:
+        return {**self.engine.webhooks.stats(), "unsubscribed_ids": list(self.engine.webhooks.unsubscribed)}
+
+    async def _webhook_replay(self, request: Request, body: dict[str, Any]) -> Any:
+        ids = arg(body, "message_ids", list, None)
+        if ids is not None and not all(isinstance(i, str) for i in ids):
+            raise SimError("'message_ids' must be a list of strings")
+        return {"replayed": self.engine.webhooks.replay(ids, arg(body, "count", int, 1))}
+
+    async def _webhook_wait(self, request: Request, body: dict[str, Any]) -> Any:
+        timeout = float(arg(body, "timeout", NUMBER, 30.0))
+        return {"idle": await asyncio.to_thread(self.engine.webhooks.wait_idle, timeout)}
+
+
+def _since(request: Request) -> int:
+    since = request.query.get("since", ["0"])[0]
+    if not since.isdigit():
+        raise SimError("since must be a non-negative integer")
+    return int(since)

@@ -6,6 +6,7 @@ control HTTP API (out-of-process) are two thin front ends over these same method
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Callable
@@ -14,6 +15,12 @@ from typing import Any
 from kick_sim.api_faults import ApiFaults
 from kick_sim.config import PUSHER_QUERY, SimConfig, url_host
 from kick_sim.control_api import ControlApi
+from kick_sim.event_subscriptions import (
+    METADATA_UPDATED,
+    STATUS_UPDATED,
+    EventSubscriptionsApi,
+    EventSubscriptionStore,
+)
 from kick_sim.events import (
     LIVESTREAM_UPDATED,
     STOP_STREAM_BROADCAST,
@@ -38,6 +45,9 @@ from kick_sim.state import (
     World,
 )
 from kick_sim.tokens import TokenStore
+from kick_sim.webhook_payloads import metadata_updated_body, status_updated_body
+from kick_sim.webhook_signing import WebhookSigner
+from kick_sim.webhooks import WebhookDeliverer
 
 
 def _rng(seed: int | None, stream: str) -> random.Random:
@@ -54,9 +64,20 @@ class Engine:
         self.pusher = PusherServer(config, _rng(config.seed, "pusher"))
         self.tokens = TokenStore(config.client_id, config.client_secret, config.token_ttl)
         self.faults = ApiFaults(config.api_delay, config.rate_limit)
+        self.event_subscriptions = EventSubscriptionStore(
+            _rng(config.seed, "event_subscriptions"), config.event_subscription_limit
+        )
+        self._drop_rng = _rng(config.seed, "event_subscription_drops")
+        self.signer = WebhookSigner(config.webhook_key_file)
+        self.webhooks = WebhookDeliverer(
+            self.event_subscriptions, self.signer, _rng(config.seed, "webhooks"),
+            config.webhook_delivery, config.webhook_faults,
+        )
         self.api = KickApi(
             self.world, self.tokens, self.faults, config.max_batch,
             config.effective_livestreams_v1, config.wrong_data_over,
+            events=EventSubscriptionsApi(self.event_subscriptions, self.world),
+            public_key_pem=self.signer.public_key_pem,
         )
         if config.effective_web_api_blocked:  # today's Kick: kick.com/* wants a Cloudflare clearance
             self.faults.set_mode("cloudflare_403", surface="web", cloudflare_body="mixed")
@@ -68,7 +89,10 @@ class Engine:
         self._control_server = HttpServer(ControlApi(self).handle, config.host, config.control_port, "control")
 
     async def start(self) -> None:
-        """Bind every port; noise starts if configured."""
+        """Bind every port; noise starts if configured; the signing key is made before any delivery."""
+        if self.config.webhook_url is not None:
+            await asyncio.to_thread(lambda: self.signer.private_key)
+            self.webhooks.set_url(self.config.webhook_url)
         await self.pusher.start()
         await self._api_server.start()
         await self._control_server.start()
@@ -81,6 +105,7 @@ class Engine:
         await self.pusher.stop()
         await self._api_server.stop()
         await self._control_server.stop()
+        await asyncio.to_thread(self.webhooks.stop)
 
     def urls(self) -> dict[str, str]:
         """Where each part listens, for clients and for --ready-file."""
@@ -137,6 +162,10 @@ class Engine:
 
         return self.pusher.push_each(build, "malformed")
 
+    def drop_event_subscriptions(self, count: int) -> list[str]:
+        """Kick removing `count` random subscriptions by itself (as after failed deliveries)."""
+        return self.event_subscriptions.drop_random(count, self._drop_rng)
+
     def stats(self) -> dict[str, Any]:
         """Counters for benchmarks and for humans watching a long run."""
         truth = self.world.truth
@@ -164,6 +193,9 @@ class Engine:
             "broadcasts": len(self.world.broadcasts),
             "tokens_issued": self.tokens.issued_total,
             "tokens_refused": self.tokens.refused_total,
+            "event_subscriptions": len(self.event_subscriptions),
+            "event_subscriptions_dropped": self.event_subscriptions.dropped_total,
+            "webhooks": self.webhooks.stats(),
         }
 
     def _toggle(self, state: StreamerState, title: str | None, send_event: bool) -> Transition:
@@ -190,7 +222,18 @@ class Engine:
             data = payload(state)
             for channel in channels:
                 recipients += self.pusher.publish(channel, encode_frame(event, data, channel), "lifecycle")
-        return self.world.record(state, previous_status, event, sent, recipients, channels)
+        transition = self.world.record(state, previous_status, event, sent, recipients, channels)
+        self._queue_webhook(state, event, transition.seq)
+        return transition
+
+    def _queue_webhook(self, state: StreamerState, event: str, truth_seq: int) -> None:
+        """The Events API side of a change: sent whether or not Pusher carried it (its own path)."""
+        user_id = state.streamer.user_id
+        if event == LIVESTREAM_UPDATED:
+            if self.event_subscriptions.find(user_id, METADATA_UPDATED) is not None:
+                self.webhooks.enqueue(user_id, METADATA_UPDATED, metadata_updated_body(state), truth_seq)
+        elif self.event_subscriptions.find(user_id, STATUS_UPDATED) is not None:
+            self.webhooks.enqueue(user_id, STATUS_UPDATED, status_updated_body(state), truth_seq)
 
     def _publish_noise(self, channel: str, frame: bytes) -> int:
         return self.pusher.publish(channel, frame, "noise")

@@ -12,15 +12,18 @@ frame, so a monitor that reconciles via REST can be graded on it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import re
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from kick_sim.api_faults import ApiFaults
+from kick_sim.event_subscriptions import SUBSCRIPTIONS_PATH, EventSubscriptionsApi
 from kick_sim.events import (
     CATEGORY,
     LEGACY_CATEGORY,
@@ -42,6 +45,7 @@ V2_MAX_LIMIT = 1000
 USERS_LIVESTREAMS_MAX = 100
 # RFC 9745 Deprecation header: "@" + the epoch seconds of Kick's changelog entry (2026-06-23).
 DEPRECATION_HEADER = {"Deprecation": "@1782172800"}
+PUBLIC_KEY_PATH = "/public/v1/public-key"
 REQUEST_LOG_SIZE = 200_000  # arrival times kept for rate measurements
 
 
@@ -87,8 +91,11 @@ class KickApi:
     def __init__(
         self, world: World, tokens: TokenStore, faults: ApiFaults, max_batch: int,
         livestreams_v1: str = "ok", wrong_data_over: int | None = None,
+        events: EventSubscriptionsApi | None = None, public_key_pem: Callable[[], str] | None = None,
     ) -> None:
         self.world = world
+        self.events = events  # the Events API subscriptions (None: 404 like any unknown path)
+        self.public_key_pem = public_key_pem  # the webhook signing key's public half, PEM
         self.tokens = tokens
         self.faults = faults
         self.max_batch = max_batch
@@ -126,6 +133,8 @@ class KickApi:
         if surface != "oauth":
             self.paths["/api/v2/channels" if surface == "web" else request.path.rstrip("/")] += 1
         response = await self.faults.intercept(surface)
+        if response is None and request.path.rstrip("/") == PUBLIC_KEY_PATH and self.public_key_pem is not None:
+            response = await self._public_key(request)
         if response is None:
             response = self._route(surface, request)
         self.requests[f"{surface} {response.status}"] += 1
@@ -136,6 +145,11 @@ class KickApi:
             if request.method != "POST":
                 return _api_error(405, "Method Not Allowed")
             return self._token(request)
+        path = request.path.rstrip("/")
+        if surface == "official" and path == SUBSCRIPTIONS_PATH and self.events is not None:
+            if not self._authorized(request):
+                return json_response(401, UNAUTHORIZED)
+            return self.events.handle(request)
         if request.method != "GET":
             return _api_error(405, "Method Not Allowed")
         if surface == "web":
@@ -143,9 +157,8 @@ class KickApi:
             return self._v2_channel(match.group(1)) if match else _api_error(404, "Not Found")
         if not self._authorized(request):
             return json_response(401, UNAUTHORIZED)
-        if request.path.rstrip("/") == "/public/v1/channels":
+        if path == "/public/v1/channels":
             return self._channels(request)
-        path = request.path.rstrip("/")
         if path == "/public/v1/livestreams":
             return self._livestreams(request)
         if path == "/public/v2/livestreams":
@@ -165,6 +178,17 @@ class KickApi:
             return json_response(401, {"error": "invalid_client", "error_description": "Client authentication failed"})
         token, expires_in = issued
         return json_response(200, {"access_token": token, "token_type": "Bearer", "expires_in": expires_in})
+
+    async def _public_key(self, request: Request) -> Response:
+        """Kick's `GET /public/v1/public-key`: {"data": {"public_key": PEM}}; no token needed.
+
+        Off the loop: the first call may generate the key pair (~0.1 s of CPU).
+        """
+        if request.method != "GET":
+            return _api_error(405, "Method Not Allowed")
+        assert self.public_key_pem is not None
+        pem = await asyncio.to_thread(self.public_key_pem)
+        return json_response(200, {"data": {"public_key": pem}, "message": "OK"})
 
     def _authorized(self, request: Request) -> bool:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")

@@ -23,7 +23,7 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 8 * 1024 * 1024
 KEEP_ALIVE_SECONDS = 30.0
 REASONS = {
-    200: "OK", 100: "Continue", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+    200: "OK", 204: "No Content", 100: "Continue", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
     404: "Not Found", 405: "Method Not Allowed", 411: "Length Required", 413: "Payload Too Large",
     429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
     501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",

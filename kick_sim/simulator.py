@@ -14,12 +14,17 @@ import asyncio
 import os
 import threading
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from kick_sim.config import SimConfig
 from kick_sim.engine import Engine
+from kick_sim.event_subscriptions import EventSubscription
 from kick_sim.state import Broadcast, SimStreamer, Transition, export_truth
+from kick_sim.webhook_settings import WebhookFaults
+from kick_sim.webhook_signing import WebhookSigner
+from kick_sim.webhooks import DeliveryAttempt, WebhookMessage
 
 T = TypeVar("T")
 CALL_TIMEOUT = 120.0
@@ -237,6 +242,58 @@ class Simulator:
 
     def stats(self) -> dict[str, Any]:
         return self._call(self._core.stats)
+
+    # --- Events API (issue 16) ---
+
+    def event_subscriptions(self, user_id: int | None = None) -> list[EventSubscription]:
+        """The app's webhook subscriptions (all, or one broadcaster's), oldest first."""
+        return self._call(lambda: self._core.event_subscriptions.list_all(user_id))
+
+    def drop_event_subscriptions(self, count: int) -> list[str]:
+        """Kick dropping `count` random subscriptions on its own; returns their ids."""
+        return self._call(lambda: self._core.drop_event_subscriptions(count))
+
+    @property
+    def webhook_signer(self) -> WebhookSigner:
+        """The key the simulator signs deliveries with (thread-safe): `.sign(id, ts, body)`,
+        `.public_key_pem()`, `.private_key_pem()`, for tests that forge deliveries of their own."""
+        return self._core.signer
+
+    def set_event_subscription_limit(self, limit: int) -> None:
+        """Most subscriptions the app may hold; more answer "event subscription limit reached"."""
+        self._call(lambda: self._core.event_subscriptions.set_limit(limit))
+
+    def set_webhook_url(self, url: str | None) -> None:
+        """Deliver webhooks to `url` (http:// on loopback) from now on; None stops making them."""
+        self._core.signer.private_key  # noqa: B018 - make the key here, not on the first sender
+        self._core.webhooks.set_url(url)
+
+    def set_webhook_faults(self, faults: WebhookFaults | None = None, **changes: Any) -> WebhookFaults:
+        """Replace the faults (`faults`), or change some (`drop=0.1, delay=(2, 60)`); returns them."""
+        deliverer = self._core.webhooks
+        updated = (faults or deliverer.faults).updated(changes) if changes else (faults or WebhookFaults())
+        deliverer.set_faults(updated)
+        return updated
+
+    def webhook_messages(self, since: int = 0) -> list[WebhookMessage]:
+        """Every message made (one per event per subscription), in order, as copies."""
+        return [replace(message) for message in self._core.webhooks.snapshot_messages(since)]
+
+    def webhook_attempts(self, since: int = 0) -> list[DeliveryAttempt]:
+        """Every POST tried (sends, retries, duplicates, replays) with its outcome, in order."""
+        return self._core.webhooks.snapshot_attempts(since)
+
+    def webhook_unsubscribed(self) -> list[str]:
+        """Subscription ids Kick dropped on its own after failed deliveries."""
+        return list(self._core.webhooks.unsubscribed)
+
+    def replay_webhooks(self, message_ids: list[str] | None = None, count: int = 1) -> list[str]:
+        """Re-send delivered messages now, unchanged (old timestamp and signature)."""
+        return self._core.webhooks.replay(message_ids, count)
+
+    def wait_webhooks_idle(self, timeout: float | None = 30.0) -> bool:
+        """Block until no message is queued, held back, retrying or in flight; False on timeout."""
+        return self._core.webhooks.wait_idle(timeout)
 
     @property
     def _core(self) -> Engine:

@@ -328,6 +328,12 @@ class SimProcess:
         response.raise_for_status()
         return response.json()
 
+    def get_lines(self, path: str, timeout: float = 60.0) -> list[Any]:
+        """A JSON-lines answer (/control/truth, /control/webhooks/messages|attempts), one object per line."""
+        response = self.http.get(f"{self.urls['control_url']}{path}", timeout=timeout)
+        response.raise_for_status()
+        return [json.loads(line) for line in response.content.splitlines() if line.strip()]
+
     def post(self, path: str, body: dict[str, Any] | None = None, timeout: float = 60.0) -> Any:
         response = self.http.post(f"{self.urls['control_url']}{path}", json=body or {}, timeout=timeout)
         if response.status_code != 200:
