@@ -6,6 +6,11 @@ every `refresh_every` seconds on its own connection. A user id it does not know 
 one reload at once (a streamer added a moment ago), at most one per `min_gap` seconds, so
 a flood of deliveries for strangers costs one query per gap, not one per delivery.
 
+`DirectoryFollower` (a thread) keeps it current: it LISTENs on `kick_monitor_streamers` (the
+trigger fires when a streamer is added or removed or its user id changes) and reloads a
+moment after a notification, every `refresh_every` seconds, and after each reconnect of its
+LISTEN connection (notifications sent while it was down are gone).
+
 Thread-safe: the HTTP threads look up and refresh; one lock serialises the database.
 While the database is down the last good mapping keeps serving; only a receiver that never
 loaded one answers `DirectoryUnavailable` (the delivery gets 503 and Kick retries).
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +29,7 @@ import psycopg2
 import psycopg2.extensions
 
 from .database import DatabaseUnavailable
+from .migrations import STREAMERS_CHANNEL
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +105,89 @@ class BroadcasterDirectory:
         return True
 
     def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg2.Error):
+                self._conn.close()
+        self._conn = None
+
+
+DEBOUNCE = 0.05  # s: a bulk import sends one notification per row; reload once after the burst
+
+
+class DirectoryFollower(threading.Thread):
+    """Reloads `directory` on streamer-list notifications and every `refresh_every` seconds."""
+
+    def __init__(
+        self, directory: BroadcasterDirectory, connect: Callable[[], psycopg2.extensions.connection],
+        refresh_every: float = 60.0, retry_every: float = 5.0,
+    ) -> None:
+        super().__init__(name="webhook-directory", daemon=True)
+        self.directory = directory
+        self._connect = connect
+        self.refresh_every = refresh_every
+        self.retry_every = retry_every
+        self.stopping = threading.Event()
+        self._conn: psycopg2.extensions.connection | None = None
+
+    def run(self) -> None:
+        next_full = time.monotonic() + self.refresh_every
+        while not self.stopping.is_set():
+            try:
+                if self._conn is None and not self._listen():
+                    self.stopping.wait(self.retry_every)
+                    continue
+                if self._notified(min(1.0, max(0.0, next_full - time.monotonic()))):
+                    self.stopping.wait(DEBOUNCE)
+                    self._drain()
+                    self.directory.refresh()
+                if time.monotonic() >= next_full:
+                    next_full = time.monotonic() + self.refresh_every
+                    self.directory.refresh()
+            except Exception:  # never let the thread die: the next turn tries again
+                log.exception("streamer mapping follower error")
+                self._close()
+                self.stopping.wait(self.retry_every)
+        self._close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _listen(self) -> bool:
+        try:
+            conn = self._connect()
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(f"LISTEN {STREAMERS_CHANNEL}")
+        except (psycopg2.Error, DatabaseUnavailable) as exc:
+            log.debug("cannot LISTEN for streamer changes: %s", str(exc).strip().splitlines()[0] if str(exc) else exc)
+            return False
+        self._conn = conn
+        self.directory.refresh()  # what changed while nobody listened
+        return True
+
+    def _notified(self, timeout: float) -> bool:
+        assert self._conn is not None
+        readable, _, _ = select.select([self._conn], [], [], timeout)
+        if not readable:
+            return False
+        try:
+            self._conn.poll()
+        except psycopg2.Error as exc:
+            log.warning("lost the LISTEN connection for streamer changes (%s)", str(exc).strip().splitlines()[0])
+            self._close()
+            return False
+        return self._drain()
+
+    def _drain(self) -> bool:
+        if self._conn is None:
+            return False
+        with contextlib.suppress(psycopg2.Error):
+            self._conn.poll()
+        got = bool(self._conn.notifies)
+        self._conn.notifies.clear()
+        return got
+
+    def _close(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(psycopg2.Error):
                 self._conn.close()

@@ -11,8 +11,9 @@ behind a load balancer are fine: the message id dedupes). Three parts, each its 
   hand-off as a shard worker (`ChangeSender`, no overflow spool: the receiver's own disk is
   not durable for Kick's purposes, Kick's re-sending is). What the HTTP threads queued goes
   out as one batch per loop turn; each acknowledgement releases the threads waiting for it;
-- a helper thread reloading the user id → streamer mapping every `REFRESH_EVERY` seconds
-  (an unknown user id also reloads it at once, rate-limited).
+- a helper thread (`DirectoryFollower`) reloading the user id → streamer mapping when the
+  streamer list changes (LISTEN) and every `REFRESH_EVERY` seconds (an unknown user id also
+  reloads it at once, rate-limited).
 
 Killed at any moment, nothing is lost: a delivery is answered 200 only after the writer
 acknowledged it; one without an answer is re-sent by Kick, and its `change_id`
@@ -23,11 +24,10 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 import time
 from typing import Any
 
-from kick_monitor.broadcaster_directory import BroadcasterDirectory
+from kick_monitor.broadcaster_directory import BroadcasterDirectory, DirectoryFollower
 from kick_monitor.database import connect
 from kick_monitor.exitcodes import EX_OK, EX_USAGE
 from kick_monitor.handoff import ChangeSender
@@ -67,8 +67,7 @@ class WebhookReceiver(Role):
         )
         self.app: WebhookApp | None = None
         self.http: HttpServer | None = None
-        self._stop_refresh = threading.Event()
-        self._refresher: threading.Thread | None = None
+        self.follower: DirectoryFollower | None = None
         self._next_report = 0.0
 
     # -- the role ------------------------------------------------------------------------
@@ -95,8 +94,11 @@ class WebhookReceiver(Role):
         # CPython's default 5 ms GIL switch interval each hand-over can wait that long for the GIL.
         sys.setswitchinterval(SWITCH_INTERVAL)
         self.http.start()
-        self._refresher = threading.Thread(target=self._refresh_loop, name="webhook-directory", daemon=True)
-        self._refresher.start()
+        self.follower = DirectoryFollower(
+            self.directory, lambda: connect(self.ctx.database_url, application_name="kick-monitor webhook listen"),
+            refresh_every=REFRESH_EVERY,
+        )
+        self.follower.start()
         now = time.time()
         for event in ("livestream.status.updated", "livestream.metadata.updated"):
             self.telemetry.WEBHOOK_LAST_DELIVERY.labels(event=event).set(now)
@@ -143,7 +145,8 @@ class WebhookReceiver(Role):
             wlist = [fd] if fd is not None and self.sender.wants_write else []
             readable, writable = self.wait(rlist, wlist, min(0.1, self.sender.next_timeout(now)))
             self.pass_on(readable, writable)
-        self._stop_refresh.set()
+        if self.follower is not None:
+            self.follower.stop()
         if self.http is not None:
             self.http.close()
         self.sender.close()
@@ -161,12 +164,5 @@ class WebhookReceiver(Role):
             self.app.ack_timeout = self.settings.webhook_ack_timeout
 
     # -- helpers -----------------------------------------------------------------------------
-    def _refresh_loop(self) -> None:
-        while not self._stop_refresh.wait(REFRESH_EVERY):
-            try:
-                self.directory.refresh()
-            except Exception:  # never let the thread die: the next round tries again
-                log.exception("streamer mapping reload failed")
-
     def _count_slow_client(self) -> None:
         self.telemetry.WEBHOOK_DELIVERIES.labels(event="other", outcome="slow_client").inc()

@@ -180,6 +180,19 @@ def test_a_slow_loris_client_is_cut_off_while_others_are_served(
     assert {user for _, _, user in webhook_history(conn)} == {1002, 1003}
 
 
+def test_a_streamer_added_while_running_is_known_at_once(
+    service: tuple[Service, int], signer: KickSigner, conn: psycopg2.extensions.connection
+) -> None:
+    """The receiver follows the streamer list by LISTEN: no wait for the rate-limited reload on a miss."""
+    _, port = service
+    assert deliver(signer, port, Delivery(STATUS_EVENT, status_body(5555, True, time.time()))) == 200  # ignored
+    harness.insert_streamers(conn, [("echo", 5555 + 5000, 5555, 9555)])  # just after that miss reloaded the list
+    time.sleep(0.3)
+    late = Delivery(STATUS_EVENT, status_body(5555, True, time.time()))
+    assert deliver(signer, port, late) == 200
+    assert webhook_history(conn) == [(f"webhook:{late.message_id}", "online", 5555)]
+
+
 def test_503_while_the_writer_cannot_acknowledge_then_kicks_retry_lands_once(
     service: tuple[Service, int], signer: KickSigner, conn: psycopg2.extensions.connection
 ) -> None:
