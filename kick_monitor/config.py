@@ -26,6 +26,7 @@ KICK_PUSHER_URL = (
     "wss://ws-us2.pusher.com/app/32cbd69e4b950bf97679?protocol=7&client=js&version=8.4.0&flash=false"
 )
 SECRET_MASK = "**********"
+PUSHER_OFF = "off"  # KICK_MONITOR_PUSHER_URL=off: no Pusher connections (webhook-only deployments, issue 16)
 CHANNEL_PATTERN = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 if TYPE_CHECKING:
@@ -75,7 +76,8 @@ def parse_retention(text: str) -> float | None:
 # -- reload policy: what a SIGHUP does with a changed value, declared on each field -------------
 COORDINATOR, WRITER, PLANNER, WORKER, EXPORTER = "coordinator", "writer", "planner", "worker", "exporter"
 MIRROR = "mirror"
-ROLES = (COORDINATOR, WRITER, PLANNER, WORKER, EXPORTER, MIRROR)
+WEBHOOK = "webhook"  # issue 16: the webhook receiver role
+ROLES = (COORDINATOR, WRITER, PLANNER, WORKER, EXPORTER, MIRROR, WEBHOOK)
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,8 @@ class Settings(BaseModel):
     )
     data_dir: Annotated[Path, SERVICE] = Field(Path("./var"), description="embedded database, spool and runtime files")
     pusher_url: Annotated[str, restart(WORKER)] = Field(
-        KICK_PUSHER_URL, description="Kick's Pusher websocket URL (app key included)",
+        KICK_PUSHER_URL, description="Kick's Pusher websocket URL (app key included); off = no Pusher"
+        " (webhooks and reconciliation only: every streamer is reconciled every reconcile_interval_without_pusher)",
     )
     api_base_url: Annotated[str, live(WORKER, PLANNER)] = Field(
         "https://api.kick.com", description="Kick's official API",
@@ -131,7 +134,7 @@ class Settings(BaseModel):
     client_secret: Annotated[SecretStr | None, live(WORKER, PLANNER)] = Field(
         None, description="Kick app client secret (never printed)",
     )
-    database_password: Annotated[SecretStr | None, live(WRITER, PLANNER, MIRROR)] = Field(
+    database_password: Annotated[SecretStr | None, live(WRITER, PLANNER, MIRROR, WEBHOOK)] = Field(
         None, description="PostgreSQL password, kept out of the URL (best as a credential or _FILE; never printed)"
     )
 
@@ -291,6 +294,48 @@ class Settings(BaseModel):
         " planner prunes older rows in small batches, one process of a deployment at a time",
     )
 
+    # -- issue 16: the webhook receiver (workers/webhook_receiver.py) -------------------------------
+    webhook_port: Annotated[int, SERVICE] = Field(
+        0, ge=0, le=65535, description="port of the webhook receiver (Kick's Events API); 0 = off",
+    )
+    webhook_host: Annotated[str, restart(WEBHOOK)] = Field(
+        "127.0.0.1",
+        description="webhook receiver bind address (loopback: production puts a TLS reverse proxy in front)",
+    )
+    webhook_path: Annotated[str, restart(WEBHOOK)] = Field(
+        "/webhooks/kick", description="URL path Kick posts deliveries to (GET /healthz is served beside it)",
+    )
+    webhook_public_key: Annotated[Path | None, restart(WEBHOOK)] = Field(
+        None, description="PEM file with the key webhook signatures are verified with; unset = fetched from"
+        " api_base_url/public/v1/public-key at start, else the key Kick publishes (shipped)",
+    )
+    webhook_max_age: Annotated[float, live(WEBHOOK)] = Field(
+        600.0, ge=10, le=86400, description="seconds after Kick-Event-Message-Timestamp a delivery is still taken;"
+        " older ones are refused as replays (401)",
+    )
+    webhook_ack_timeout: Annotated[float, live(WEBHOOK)] = Field(
+        5.0, gt=0, le=60, description="seconds a delivery waits for the writer to make it durable before it is"
+        " answered 503 (Kick re-sends it); keep it above 2 s, the writer's wait before it spools while"
+        " PostgreSQL is down",
+    )
+    webhook_max_connections: Annotated[int, restart(WEBHOOK)] = Field(
+        200, ge=1, le=10000, description="open connections the webhook receiver accepts at once",
+    )
+    webhook_threads: Annotated[int, restart(WEBHOOK)] = Field(
+        16, ge=1, le=256, description="deliveries handled at once (each waits for the writer's acknowledgement)",
+    )
+    webhook_read_timeout: Annotated[float, restart(WEBHOOK)] = Field(
+        10.0, gt=0, le=300, description="seconds a client has to send a whole request (headers and body) from"
+        " its first byte; slower ones are disconnected (slow-loris)",
+    )
+
+    @field_validator("webhook_path")
+    @classmethod
+    def _webhook_path(cls, value: str) -> str:
+        if not value.startswith("/") or value == "/healthz" or any(c.isspace() for c in value):
+            raise ValueError("must be a URL path starting with / (not /healthz), without spaces")
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
@@ -307,6 +352,8 @@ class Settings(BaseModel):
     @field_validator("pusher_url")
     @classmethod
     def _pusher_url(cls, value: str) -> str:
+        if value.strip().lower() == PUSHER_OFF:
+            return PUSHER_OFF
         return _check_url(value, ("ws", "wss"), "pusher_url")
 
     @field_validator("api_base_url", "oauth_token_url", "web_api_base_url")
@@ -314,7 +361,7 @@ class Settings(BaseModel):
     def _http_url(cls, value: str) -> str:
         return _check_url(value, ("http", "https"), "url").rstrip("/")
 
-    @field_validator("client_id", "metrics_host")
+    @field_validator("client_id", "metrics_host", "webhook_host")
     @classmethod
     def _not_blank(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():

@@ -78,8 +78,10 @@ class ChangeSender(Link):
         max_unacked: int = 500_000,
         overflow: Spool | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_acked: Callable[[tuple[StatusChange, ...]], None] | None = None,
     ) -> None:
         super().__init__(address)
+        self.on_acked = on_acked  # told of each in-memory batch the writer made durable (webhook receiver)
         self.sender = sender
         self.max_unacked = max_unacked
         self.overflow = overflow
@@ -225,8 +227,11 @@ class ChangeSender(Link):
         if self.disk:
             return
         while self._queued_memory and self.memory[0].seq <= seq:
-            self.memory_changes -= self.memory.popleft().count
+            item = self.memory.popleft()
+            self.memory_changes -= item.count
             self._queued_memory -= 1
+            if self.on_acked is not None:
+                self.on_acked(item.changes)
 
     def _forget_spilled(self, item: _Unacked) -> None:
         assert self.overflow is not None and item.path is not None

@@ -143,6 +143,33 @@ MIRROR_BATCH_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 
+# -- issue 16: the webhook receiver ------------------------------------------------------------
+WEBHOOK_DELAY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+WEBHOOK_DELIVERIES = Counter(
+    "kick_monitor_webhook_deliveries_total",
+    "Webhook deliveries by event type (other = a type we do not use) and outcome: accepted, duplicate,"
+    " bad_signature, stale, unknown_broadcaster, unknown_type, invalid, unavailable (503), slow_client",
+    ["event", "outcome"],
+)
+WEBHOOK_VERIFY_SECONDS = Histogram(
+    "kick_monitor_webhook_verify_seconds", "Signature and timestamp check of one delivery",
+    buckets=(0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01),
+)
+WEBHOOK_DELAY_SECONDS = Histogram(
+    "kick_monitor_webhook_delay_seconds",
+    "From Kick's Kick-Event-Message-Timestamp to the writer's acknowledgement (Kick's lag + ours)",
+    ["event"], buckets=WEBHOOK_DELAY_BUCKETS,
+)
+WEBHOOK_LAST_DELIVERY = Gauge(
+    "kick_monitor_webhook_last_delivery_timestamp_seconds",
+    "When the receiver last accepted a delivery (set to its start time at start)", ["event"],
+    multiprocess_mode="livemax",
+)
+WEBHOOK_WAITING = Gauge(
+    "kick_monitor_webhook_waiting_deliveries", "Deliveries waiting for the writer's acknowledgement",
+    multiprocess_mode="livemax",
+)
+
 
 def record_build_info() -> None:
     BUILD_INFO.labels(version=__version__).set(1)

@@ -144,6 +144,23 @@ ROWS: list[tuple[str, list[Panel]]] = [
             ("syncs {{outcome}} / h",
              f"sum by (outcome) (rate(kick_monitor_source_syncs_total{{{SEL}}}[$__rate_interval])) * 3600")], 8),
     ]),
+    # issue 16: the webhook receiver
+    ("Webhooks (Kick's Events API)", [
+        ("Deliveries / min by outcome", "timeseries", "short", [
+            ("{{event}} {{outcome}}",
+             f"sum by (event, outcome) (rate(kick_monitor_webhook_deliveries_total{{{SEL}}}[$__rate_interval])) * 60"),
+            ("waiting for the writer", f"max(kick_monitor_webhook_waiting_deliveries{{{SEL}}})")], 8),
+        ("Kick's delay (message timestamp → durable) and verification", "timeseries", "s", [
+            ("delay p50", "histogram_quantile(0.5, sum by (le) "
+                          f"(rate(kick_monitor_webhook_delay_seconds_bucket{{{SEL}}}[$__rate_interval])))"),
+            ("delay p99", "histogram_quantile(0.99, sum by (le) "
+                          f"(rate(kick_monitor_webhook_delay_seconds_bucket{{{SEL}}}[$__rate_interval])))"),
+            ("verify p99", "histogram_quantile(0.99, sum by (le) "
+                           f"(rate(kick_monitor_webhook_verify_seconds_bucket{{{SEL}}}[$__rate_interval])))")], 8),
+        ("Since the last accepted delivery", "timeseries", "s", [
+            ("{{event}}", f"time() - max by (event) (kick_monitor_webhook_last_delivery_timestamp_seconds{{{SEL}}})")],
+         8),
+    ]),
 ]
 
 

@@ -60,6 +60,16 @@ LABELS = {
     "`auth` (credentials refused)",
     "kick_monitor_mirror_failures:kind": "`lock` (the application held a lock past lock_timeout), `timeout` "
     "(statement_timeout), `constraint` (the application refused the value), `privilege`, `connection`, `error`",
+    # issue 16: the webhook receiver
+    "kick_monitor_webhook_deliveries:event": "`livestream.status.updated` \\| `livestream.metadata.updated` \\| "
+    "`other` (a type we do not use); for a refused delivery, the type its (unsigned) header claims",
+    "kick_monitor_webhook_deliveries:outcome": "`accepted` (durable in the writer), `duplicate` (a re-delivery of one "
+    "acknowledged before), `bad_signature`, `stale` (replay: too old or from the future), `unknown_broadcaster`, "
+    "`unknown_type`, `invalid` (signed but malformed: ignored), `unavailable` (503: the writer did not acknowledge "
+    "in time), `slow_client` (disconnected: request not complete within webhook_read_timeout)",
+    "kick_monitor_webhook_delay_seconds:event": "`livestream.status.updated` \\| `livestream.metadata.updated`",
+    "kick_monitor_webhook_last_delivery_timestamp_seconds:event": "`livestream.status.updated` \\| "
+    "`livestream.metadata.updated`",
 }
 
 TYPE_ORDER = {"counter": 0, "gauge": 1, "histogram": 2}

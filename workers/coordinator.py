@@ -61,6 +61,7 @@ from .exporter import Exporter
 from .mirror import StatusMirror
 from .planner import Planner
 from .shard_worker import ShardWorker
+from .webhook_receiver import WebhookReceiver
 from .writer import BatchWriter
 
 log = logging.getLogger("kick_monitor.coordinator")
@@ -75,7 +76,9 @@ FATAL_EXIT_CODES = (EX_CONFIG, EX_USAGE)  # a restart cannot fix these: stop the
 ROLE_CLASSES: dict[str, type[Role]] = {
     "writer": BatchWriter, "planner": Planner, "exporter": Exporter, "worker": ShardWorker,
     "mirror": StatusMirror,  # only with status_mirror set (plan_children)
+    "webhook": WebhookReceiver,  # issue 16: only with webhook_port set (plan_children)
 }
+PRODUCERS = ("worker", "webhook")  # issue 16: roles that hand changes to the writer; they stop before it
 ESSENTIAL = ("writer", "planner")  # the service cannot work without them
 
 
@@ -163,6 +166,8 @@ class Supervisor:
             kinds.append(("exporter", None))
         if settings.status_mirror:
             kinds.append(("mirror", None))
+        if settings.webhook_port:  # issue 16
+            kinds.append(("webhook", None))
         kinds += [("worker", shard) for shard in plan.shards]
         return [
             Child(kind if shard is None else f"worker-{shard}", kind, slot, shard)
@@ -484,7 +489,7 @@ class Supervisor:
             log.info("%s: stopping gracefully (again to stop at once)", why)
             sd_notify("STOPPING=1")
             self.stopping = "warm"
-            self.enter_phase("workers", self.settings.drain_timeout, ("worker", "planner"), signal.SIGTERM)
+            self.enter_phase("workers", self.settings.drain_timeout, (*PRODUCERS, "planner"), signal.SIGTERM)
         elif self.stopping == "warm" and why.startswith("SIG"):
             log.warning("%s again: stopping at once", why)
             self.stopping = "cold"
@@ -500,7 +505,7 @@ class Supervisor:
     def advance_shutdown(self) -> None:
         """Warm stop in order: workers drain to the writer, the writer commits, then the rest."""
         now = self.clock()
-        phase_kinds = {"workers": ("worker",), "writer": ("writer",), "rest": tuple(ROLE_CLASSES), "cold": ()}
+        phase_kinds = {"workers": PRODUCERS, "writer": ("writer",), "rest": tuple(ROLE_CLASSES), "cold": ()}
         waiting = [c for c in self.children if c.pid is not None and c.kind in phase_kinds[self.stop_phase]]
         if self.stop_phase == "cold":
             waiting = [c for c in self.children if c.pid is not None]

@@ -27,7 +27,7 @@ from dataclasses import replace
 from typing import Any
 
 from kick_monitor.assignment import AssignmentClient
-from kick_monitor.config import Settings
+from kick_monitor.config import PUSHER_OFF, Settings
 from kick_monitor.events import LIFECYCLE_EVENTS, EventStats, StatusTracker, TitleUpdate, channel_names
 from kick_monitor.exitcodes import EX_CONFIG
 from kick_monitor.handoff import ChangeSender, overflow_spool
@@ -164,6 +164,11 @@ class ShardWorker(Role):
             app_events=LIFECYCLE_EVENTS,  # chat and goal noise is dropped before decoding `data`
             event_stats=self.stats,
         )
+        # issue 16: pusher_url=off (webhook-only deployments): the session is closed for good, so it
+        # never connects; every streamer counts as unwatched and is reconciled on that interval.
+        self.pusher_off = settings.pusher_url == PUSHER_OFF
+        if self.pusher_off:
+            self.session.close()
         self.reconciliation = Reconciliation(settings, shard, ctx.database_url)
         # Channels whose status we took from the database rather than saw ourselves: the
         # writer may still hold older changes for them (a spool from before a restart), so
@@ -183,8 +188,13 @@ class ShardWorker(Role):
     # -- the role ------------------------------------------------------------------------
     def boot(self) -> None:
         self.schedule_unwatched(time.monotonic())  # those need no Pusher connection to be watched
+        if self.pusher_off:
+            self.next_reconcile_unwatched = time.monotonic() + 1.0
         if not self.reconciliation.enabled:
             log.info("no Kick API credentials: running Pusher-only, without reconciliation")
+        if self.pusher_off:
+            log.info("Pusher is off (pusher_url=off): every streamer is reconciled every %ss",
+                     self.settings.reconcile_interval_without_pusher)
 
     def reconfigure(self, changed: set[str]) -> None:
         if changed & API_SETTINGS:
@@ -289,7 +299,9 @@ class ShardWorker(Role):
     def start_unwatched_reconcile(self, now: float) -> None:
         """Reconcile only the streamers Pusher cannot tell us about (no channel id)."""
         self.schedule_unwatched(now)
-        unwatched = tuple(ref for ref in self.refs.values() if ref.channel_id is None)
+        if self.pusher_off and not self.refs:
+            self.next_reconcile_unwatched = now + 1.0  # no Pusher connect to start from: once the shard arrives
+        unwatched = tuple(ref for ref in self.refs.values() if ref.channel_id is None or self.pusher_off)
         if unwatched and not self.reconciliation.start(unwatched) and self.reconciliation.running():
             self.unwatched_again = True
 

@@ -33,7 +33,7 @@ from kick_tools.bench.harness import BenchDatabase, temporary_workdir
 
 HELP = "run a benchmark scenario"
 TAKES_SETTINGS = True
-ALL = ("S1", "S2", "S3", "S4", "W", "CW", "CC", "CP", "M")
+ALL = ("S1", "S2", "S3", "S4", "W", "CW", "CC", "CP", "M", "WH")
 EXTRA = ("SOAK",)  # not in `all`: it runs for half an hour or more
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -149,6 +149,7 @@ def run_scenario(name: str, ctx: scenarios.BenchContext, machine: dict[str, Any]
         "S2": lambda c, m, o: pipeline(scenarios.S2, c, m, o),
         "S4": lambda c, m, o: pipeline(scenarios.S4, c, m, o),
         "S3": scale, "M": memory, "SOAK": soak, "W": writer, "CW": writer_compare, "CC": clients, "CP": polling,
+        "WH": webhooks,  # issue 16
     }
     return builders[name](ctx, machine, out)
 
@@ -198,6 +199,28 @@ def pipeline(base: scenarios.PipelineScenario, ctx: scenarios.BenchContext, mach
                   bars={"p50": [r["latency_ms"].get("p50") for r in runs],
                         "p99": [r["latency_ms"].get("p99") for r in runs],
                         "max": [r["latency_ms"].get("max") for r in runs]}, bar_unit="ms")
+
+
+def webhooks(ctx: scenarios.BenchContext, machine: dict[str, Any], out: Path) -> list[Path]:
+    """Issue 16: the webhook receiver (kick_tools/bench/webhooks.py)."""
+    from kick_tools.bench import webhooks as wh
+
+    load = wh.WebhookLoad().scaled(ctx)
+    result = base_result("WH", "webhook receiver: signed delivery → commit, deliveries/s of one receiver", machine,
+                         vars(load), ctx.quick)
+    runs, errors = repeat(ctx, "WH", lambda i: wh.run_webhooks(ctx, i))
+    notes = [
+        "`kick-monitor run` webhook-only (Pusher off); signed go-live deliveries on keep-alive loopback connections,"
+        f" {load.rate:.0f}/s for {load.duration:.0f} s from 4 clients, then {load.burst:,} flat out from"
+        f" {load.connections} clients. Every delivery is another streamer's transition (one history row).",
+        "latency = status_events.recorded_at − the client's send time (signed delivery → commit); answer = send →"
+        " 200 at the client (the 200 comes only after the writer's acknowledgement). max_rate = answered /"
+        " elapsed in the flat-out phase; receiver CPU from /proc (HTTP, verify, parse, hand-off).",
+        "verify_us = one RSA-2048 PKCS#1 v1.5 / SHA-256 verification plus the timestamp check, in the bench process.",
+    ]
+    return finish(result, runs, errors, wh.summarize_webhooks(runs), wh.WH_TARGETS, notes, out,
+                  series={"delivery→commit": [r["_latencies"] for r in runs]},
+                  bars={"deliveries/s": [r["max_rate"] for r in runs]}, bar_unit="deliveries/s")
 
 
 def scale(ctx: scenarios.BenchContext, machine: dict[str, Any], out: Path) -> list[Path]:

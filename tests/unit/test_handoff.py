@@ -112,6 +112,23 @@ def test_an_ack_forgets_only_up_to_its_seq(address: str, listener: socket.socket
     sender.close()
 
 
+def test_on_acked_names_exactly_the_changes_made_durable(address: str, listener: socket.socket, clock: Clock) -> None:
+    """The webhook receiver answers 200 from this callback: it must name only acknowledged changes."""
+    durable: list[StatusChange] = []
+    sender = connected_sender(address, clock, on_acked=lambda batch: durable.extend(batch))
+    writer = Writer(listener)
+    sender.send(changes(0, 2))
+    sender.send(changes(2, 3))
+    (conn_id, first), _ = writer.read()
+    writer.receiver.acknowledge({conn_id: first.seq})
+    sender.service(clock(), readable=True)
+    assert durable == changes(0, 2)
+    writer.ack_all()
+    sender.service(clock(), readable=True)
+    assert durable == changes(0, 3)
+    sender.close()
+
+
 def test_writer_dies_before_ack_sender_resends_every_unacked_batch_oldest_first(
     address: str, listener: socket.socket, clock: Clock
 ) -> None:
