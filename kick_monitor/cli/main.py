@@ -32,6 +32,7 @@ from .database_commands import migrate_command
 from .dry_run import dry_run
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError
 from .hooks import describe, load_command, require, tool_commands
+from .notify_commands import add_notify_commands  # notifier (issue 19)
 from .options import COMMON, add_settings_flags, given_settings
 from .streamer_commands import add_command, import_command, list_command, remove_command, status_command
 
@@ -110,6 +111,10 @@ def build_parser() -> CliParser:
     streams.add_argument("--limit", type=int, default=100, metavar="N", help="at most N broadcasts (0: all)")
     streams.add_argument("--json", action="store_true", help="print JSON: {broadcasts: [...]}")
     _leaf(streams, streams_command)
+
+    # notifier (issue 19)
+    add_notify_commands(commands.add_parser("notify", help="go-live notifications: Discord, Slack, JSON webhooks"),
+                        _leaf)
 
     for name, entry in tool_commands().items():  # parsed by the tool's own parser, imported only when used
         if name in commands.choices:
