@@ -105,7 +105,7 @@ def test_go_lives_and_ends_are_announced_once_and_a_flap_once(
         wait_until(lambda: announced(chat, "offline")[flapper] == 1, 20, what="the flapper's end")
         time.sleep(1.0)
         scrape = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-        titles = " ".join(open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+        titles = " ".join(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
                           for pid in [service.pid, *service.children()] if alive(pid))
         listed = cli("notify", "list")  # type: ignore[operator]
     assert set(announced(chat).values()) == {1}, announced(chat)
@@ -121,3 +121,137 @@ def test_go_lives_and_ends_are_announced_once_and_a_flap_once(
         assert token not in text, f"the webhook token appears in {where}"
     skipped = query(conn, "SELECT event, last_error FROM kick_monitor.notify_deliveries WHERE state = 'skipped'")
     assert sorted(e for e, _ in skipped) == ["live", "offline"] and all("flap" in why for _, why in skipped)
+
+
+# -- slow: 100 streamers, latency, kills, an outage, a 429 storm -------------------------------------
+JSON_HOOK = "json"
+
+
+def json_received(chat: ChatEndpoint) -> Counter[tuple[int, str]]:
+    """(broadcast id, event) -> times the JSON target received it (2xx)."""
+    return Counter((m.body["broadcast"]["id"], m.body["event"]) for m in chat.delivered(JSON_HOOK))
+
+
+def rows(conn: psycopg2.extensions.connection, target_id: int) -> dict[tuple[int, str], str]:
+    return {(b, e): s for b, e, s in query(
+        conn, f"SELECT broadcast_id, event, state FROM kick_monitor.notify_deliveries WHERE target_id = {target_id}")}
+
+
+@pytest.mark.slow
+def test_hundred_streamers_latency_kills_and_an_outage_never_announce_twice(
+    sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, chat: ChatEndpoint, tmp_path: Path,
+) -> None:
+    from tests.faults.faultkit import admin_connection, database_name, set_connections_allowed, terminate
+
+    streamers = setup(sim, conn, chat, 100)  # the Discord target, on both
+    json_target = add_target(conn, chat.url(JSON_HOOK), kind="json", on="both")
+    service = make_service(sim, database_url, tmp_path, notify_regrace="1")
+    with running(service):
+        service.wait_children(1)
+        wait_until(lambda: notifier_pid(service) is not None, 20, what="the notifier")
+        wait_until(lambda: sim.subscription_count() >= 100, 30, what="subscriptions")
+        time.sleep(1.0)
+        # 1. latency at a steady rate: 100 go-lives over 5 s, then 100 ends
+        sent = {}
+        for s in streamers:
+            sent[s.slug] = sim.set_live(s.slug, True).sent_wall
+            time.sleep(0.05)
+        wait_until(lambda: len(announced(chat)) == 100, 30, what="100 go-live announcements")
+        arrivals = live_arrivals(chat)
+        end_to_end = [arrivals[slug].at - at for slug, at in sent.items()]
+        committed = [x for (x,) in query(conn, "SELECT extract(epoch FROM sent_at - origin_at)::float8"
+                                               " FROM kick_monitor.notify_deliveries d JOIN kick_monitor.notify_targets"
+                                               " t ON t.id = d.target_id WHERE t.kind = 'discord' AND event = 'live'")]
+        for s in streamers:
+            sim.set_live(s.slug, False)
+            time.sleep(0.01)
+        wait_until(lambda: len(announced(chat, "offline")) == 100, 30, what="100 offline announcements")
+        assert set(announced(chat).values()) == {1} and set(announced(chat, "offline").values()) == {1}
+        print(f"\n100 go-lives: Kick event sent → Discord received p50 {sorted(end_to_end)[50] * 1000:.0f} ms,"
+              f" p99 {p99(end_to_end) * 1000:.0f} ms; committed → sent p99 {p99(committed) * 1000:.0f} ms")
+        assert p99(end_to_end) < 1.0
+
+        # 2. traffic with kills: the notifier 10 times, the whole tree 3 times, the database away 30 s
+        chat.misbehave(HOOK, delay=0.05)  # requests in flight a good part of the time: kills land mid-send
+        chat.misbehave(JSON_HOOK, delay=0.05)
+        sim.start_flipping(rate=8.0, duration=75.0)
+        kills = 0
+        for _ in range(10):
+            time.sleep(random.uniform(1.0, 2.0))
+            pid = notifier_pid(service)
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                kills += 1
+            wait_until(lambda old=pid: notifier_pid(service) not in (None, old), 20,  # type: ignore[misc]
+                       what="the notifier back")
+        for _ in range(3):
+            time.sleep(random.uniform(1.0, 2.0))
+            service.kill_leftovers()  # SIGKILL to the whole process group
+            kills += 1
+            wait_until(lambda: not alive(service.pid), 10, what="the tree gone")
+            service.start()
+            wait_until(lambda: notifier_pid(service) is not None, 30, what="the notifier after a restart")
+        admin = admin_connection(database_url)
+        try:
+            dbname = database_name(conn)
+            conn.close()
+            set_connections_allowed(admin, dbname, False)
+            terminate(admin, dbname)
+            time.sleep(30.0)
+            set_connections_allowed(admin, dbname, True)
+        finally:
+            admin.close()
+        conn = psycopg2.connect(database_url)
+        assert sim.wait_flipping_done(timeout=90)
+        time.sleep(2.0)
+
+        def settled() -> bool:
+            return query(conn, "SELECT count(*) FROM kick_monitor.notify_deliveries"
+                               " WHERE state IN ('pending', 'sending')") == [(0,)]
+
+        wait_until(settled, 60, what="the outbox empty")
+    received = json_received(chat)
+    states = rows(conn, json_target.id)
+    conn.close()
+    assert max(received.values()) == 1, [k for k, n in received.items() if n > 1]  # never twice
+    sent_rows = {k for k, s in states.items() if s == "sent"}
+    uncertain = {k for k, s in states.items() if s == "uncertain"}
+    assert sent_rows <= set(received), "recorded sent but never received"
+    assert set(received) <= sent_rows | uncertain, "received but recorded neither sent nor uncertain"
+    assert not {k for k, s in states.items() if s == "failed"}
+    assert len(uncertain) <= kills, (len(uncertain), kills)
+    print(f"kills {kills}: {len(sent_rows)} sent, {len(uncertain)} uncertain"
+          f" ({len(uncertain & set(received))} of them delivered), "
+          f"{sum(1 for s in states.values() if s == 'skipped')} skipped (flap guard, late)")
+    assert len(sent_rows) > 100
+
+
+@pytest.mark.slow
+def test_a_429_storm_loses_nothing_sends_nothing_twice_and_a_slow_target_delays_no_other(
+    sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, chat: ChatEndpoint, tmp_path: Path,
+) -> None:
+    streamers = setup(sim, conn, chat, 30, on="live")
+    add_target(conn, chat.url("slow"), kind="slack")
+    add_target(conn, chat.url("fast"), kind="slack")
+    chat.misbehave(HOOK, limit=5, window=1.0)  # Discord's bucket shape: 5 per second, 429 beyond
+    chat.misbehave("slow", delay=2.0)
+    service = make_service(sim, database_url, tmp_path)
+    with running(service):
+        service.wait_children(1)
+        wait_until(lambda: notifier_pid(service) is not None, 20, what="the notifier")
+        wait_until(lambda: sim.subscription_count() >= 30, 30, what="subscriptions")
+        time.sleep(1.0)
+        started = time.time()
+        for s in streamers:
+            sim.set_live(s.slug, True)
+        wait_until(lambda: len(chat.delivered("fast")) == 30, 10, what="the fast target's 30")
+        fast_done = max(m.at for m in chat.delivered("fast")) - started
+        wait_until(lambda: len(announced(chat)) == 30, 60, what="30 announcements through the 429 storm")
+        time.sleep(1.0)
+    assert fast_done < 2.0, f"the fast target waited for the slow one ({fast_done:.1f} s)"
+    assert set(announced(chat).values()) == {1}
+    limited = [m for m in chat.requests(HOOK) if m.status == 429]
+    assert limited, "the storm happened"
+    assert chat.early == 0, f"{chat.early} requests came back before their Retry-After"
+    print(f"\n429 storm: 30 delivered once, {len(limited)} answers 429, Retry-After honoured;"
+          f" fast target done in {fast_done:.2f} s beside a 2 s-per-request one")

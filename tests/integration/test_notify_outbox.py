@@ -148,7 +148,7 @@ def test_a_restart_after_the_grace_is_a_new_announcement(conn: psycopg2.extensio
     xqc = streamer(conn, "xqc")
     add_target(conn, URL, on="both")
     targets = load_targets(conn)
-    b1 = broadcast(conn, xqc, now() - timedelta(seconds=500), now() - timedelta(seconds=400))
+    broadcast(conn, xqc, now() - timedelta(seconds=500), now() - timedelta(seconds=400))
     discover(conn, targets, Policy(600.0, "was_live", 300.0), low=cursor, all_ends=True)
     b2 = broadcast(conn, xqc, now())
     discover(conn, targets, POLICY, low=cursor, ids=[b2])

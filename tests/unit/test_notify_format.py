@@ -40,7 +40,7 @@ def test_templates_with_known_fields_are_accepted(template: str) -> None:
     ("x" * 2000, "longer than"),
 ])
 def test_bad_templates_are_refused_with_one_line(template: str, says: str) -> None:
-    with pytest.raises(TemplateError, match=".*") as info:
+    with pytest.raises(TemplateError) as info:
         check_template(template)
     assert says in str(info.value) and "\n" not in str(info.value)
 
