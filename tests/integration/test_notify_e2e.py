@@ -82,7 +82,7 @@ def test_go_lives_and_ends_are_announced_once_and_a_flap_once(
 ) -> None:
     streamers = setup(sim, conn, chat, 8)
     port = free_port()
-    service = make_service(sim, database_url, tmp_path, metrics_port=str(port))
+    service = make_service(sim, database_url, tmp_path, metrics_port=str(port), notify_regrace="1")
     with running(service):
         service.wait_children(1)
         wait_until(lambda: notifier_pid(service) is not None, 20, what="the notifier")
@@ -95,11 +95,11 @@ def test_go_lives_and_ends_are_announced_once_and_a_flap_once(
         flapper = streamers[0].slug
         sim.set_live(flapper, False)
         time.sleep(0.3)
-        sim.set_live(flapper, True)  # back within the 2 s grace: no offline, no second go-live
+        sim.set_live(flapper, True)  # back within the 1 s grace: no offline, no second go-live
         for s in streamers[1:]:
             sim.set_live(s.slug, False)
         wait_until(lambda: len(announced(chat, "offline")) == 7, 20, what="7 offline announcements")
-        time.sleep(3.0)  # past the grace of the flap
+        time.sleep(2.0)  # past the grace of the flap
         assert announced(chat, "offline")[flapper] == 0
         sim.set_live(flapper, False)
         wait_until(lambda: announced(chat, "offline")[flapper] == 1, 20, what="the flapper's end")
