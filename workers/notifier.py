@@ -57,6 +57,7 @@ ENDS_EVERY = 5.0  # seconds: every open broadcast checked for its end
 STANDBY_RETRY = 2.0
 RETRY_MIN, RETRY_MAX = 0.5, 30.0
 STOP_WAIT = 5.0  # seconds a warm stop waits for requests in flight
+GATHER = 0.01  # seconds: notifications arriving this close together are handled in one round
 
 
 class Notifier(Role):
@@ -81,6 +82,7 @@ class Notifier(Role):
         self.max_seen = 0
         self.next_sweep = 0.0
         self.next_ends = 0.0
+        self.next_round = 0.0  # notified broadcasts wait at most GATHER to be handled together
         self.next_due: float | None = None
         self.retry_database_at = 0.0
         self.delay = RETRY_MIN
@@ -119,6 +121,8 @@ class Notifier(Role):
 
     def timeout(self, now: float) -> float:
         due = [self.next_sweep, self.retry_database_at if self.conn is None else now + SWEEP_EVERY]
+        if self.hot:
+            due.append(self.next_round)
         if self.next_due is not None and self.next_due > now:
             due.append(self.next_due)  # one already due waits for its target's lane, pause or the sweep
         due += [at for target_id, at in self.paused.items() if target_id not in self.pool.busy and at > now]
@@ -131,8 +135,9 @@ class Notifier(Role):
             self.reload_targets()
         sweep = now >= self.next_sweep
         ends = now >= self.next_ends
-        if self.hot or sweep:
+        if (self.hot and now >= self.next_round) or sweep:
             ids, self.hot = self.hot, set()
+            self.next_round = now + GATHER
             found = discover(self.conn, list(self.targets.values()), self.policy, low=self.cursor, ids=ids,
                              all_ends=ends)
             self.advance_cursor(now, found.max_id)
