@@ -274,7 +274,7 @@ CLAIM = """
 SELECT DISTINCT ON (d.target_id) d.id, d.target_id, d.event, d.attempts, d.origin_at, d.late,
        b.id, COALESCE(s.username, 'streamer-' || b.streamer_id), COALESCE(b.last_title, b.start_title), b.category,
        CASE WHEN d.event = 'offline' THEN COALESCE(n.session_started_at, b.started_at) ELSE b.started_at END,
-       b.ended_at
+       b.ended_at, now()
 FROM kick_monitor.notify_deliveries d
 JOIN kick_monitor.broadcasts b ON b.id = d.broadcast_id
 LEFT JOIN kick_monitor.streamers s ON s.id = b.streamer_id
@@ -284,26 +284,48 @@ ORDER BY d.target_id, d.due_at, d.id
 """
 
 
-def claim(conn: psycopg2.extensions.connection, target_ids: Sequence[int]) -> list[Claimed]:
-    """The next due delivery of each of these targets, marked `sending` and committed."""
+def claim(
+    conn: psycopg2.extensions.connection, target_ids: Sequence[int], policy: Policy | None = None
+) -> tuple[list[Claimed], list[int]]:
+    """The next due delivery of each of these targets, marked `sending` and committed; and the targets
+    of those that went stale while they waited (a go-live whose broadcast ended, or older than `max_age`, after
+    a long retry or a disabled target: skipped, or sent as "was live", as `policy.late` says)."""
     if not target_ids:
-        return []
+        return [], []
+    claimed: list[Claimed] = []
+    stale: list[tuple[int, int]] = []  # (delivery id, target id)
     with conn, conn.cursor() as cur:
         cur.execute(CLAIM, (list(target_ids),))
         rows = cur.fetchall()
         if not rows:
-            return []
-        cur.execute(
-            """UPDATE kick_monitor.notify_deliveries SET state = 'sending', attempts = attempts + 1, updated_at = now()
-               WHERE id = ANY(%s) AND state = 'pending'""",
-            ([row[0] for row in rows],),
-        )
-    claimed = []
-    for did, target_id, event, attempts, origin_at, late, bid, slug, title, category, started_at, ended_at in rows:
-        announcement = Announcement(event, slug, title, category, started_at,
-                                    ended_at if event == "offline" or late else None, late, bid)
-        claimed.append(Claimed(did, target_id, event, attempts + 1, origin_at, announcement))
-    return claimed
+            return [], []
+        for did, target_id, event, attempts, origin_at, late, bid, slug, title, category, started_at, ended_at, \
+                now in rows:
+            if event == "live" and not late and policy is not None and (
+                    ended_at is not None or (now - started_at).total_seconds() > policy.max_age):
+                if policy.late == "skip":
+                    stale.append((did, target_id))
+                    continue
+                late = True
+            announcement = Announcement(event, slug, title, category, started_at,
+                                        ended_at if event == "offline" or late else None, late, bid)
+            claimed.append(Claimed(did, target_id, event, attempts + 1, origin_at, announcement))
+        if stale:
+            cur.execute(
+                """UPDATE kick_monitor.notify_deliveries SET state = 'skipped', updated_at = now(),
+                       last_error = 'late: the broadcast ended or aged past notify_max_age before it could be sent'
+                   WHERE id = ANY(%s) AND state = 'pending'""",
+                ([did for did, _ in stale],),
+            )
+        if claimed:
+            cur.execute(
+                """UPDATE kick_monitor.notify_deliveries
+                   SET state = 'sending', attempts = attempts + 1, updated_at = now(),
+                       late = late OR id = ANY(%s)
+                   WHERE id = ANY(%s) AND state = 'pending'""",
+                ([c.id for c in claimed if c.announcement.late], [c.id for c in claimed]),
+            )
+    return claimed, [target_id for _, target_id in stale]
 
 
 def record(conn: psycopg2.extensions.connection, results: Sequence[tuple[int, int, Outcome]]) -> None:
@@ -339,12 +361,15 @@ def record(conn: psycopg2.extensions.connection, results: Sequence[tuple[int, in
 
 
 def outbox_depth(conn: psycopg2.extensions.connection) -> tuple[int, int, float | None]:
-    """(pending and due, pending and waiting, seconds until the next one is due)."""
+    """(pending and due, pending and waiting, seconds until the next one is due), of enabled targets
+    (a disabled target's deliveries wait for `notify enable`; its own alert says so)."""
     with conn.cursor() as cur:
         cur.execute(
-            """SELECT count(*) FILTER (WHERE due_at <= now()), count(*) FILTER (WHERE due_at > now()),
-                      EXTRACT(EPOCH FROM min(due_at) - now())::float8
-               FROM kick_monitor.notify_deliveries WHERE state = 'pending'"""
+            """SELECT count(*) FILTER (WHERE d.due_at <= now()), count(*) FILTER (WHERE d.due_at > now()),
+                      EXTRACT(EPOCH FROM min(d.due_at) - now())::float8
+               FROM kick_monitor.notify_deliveries d
+               JOIN kick_monitor.notify_targets t ON t.id = d.target_id AND t.enabled
+               WHERE d.state = 'pending'"""
         )
         row = cur.fetchone()
     conn.rollback()

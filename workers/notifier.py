@@ -222,7 +222,11 @@ class Notifier(Role):
         """Hand each idle target its next due delivery (marked `sending` first, in its own commit)."""
         assert self.conn is not None
         idle = self.idle_targets(now)
-        for claimed in claim(self.conn, idle):
+        claimed_now, stale = claim(self.conn, idle, self.policy)
+        for target_id in stale:
+            self.telemetry.NOTIFY_DELIVERIES.labels(kind=self.targets[target_id].kind, outcome="skipped").inc()
+            self.wanted = True  # those targets are still idle: their next delivery in the next turn
+        for claimed in claimed_now:
             target = self.targets[claimed.target_id]
             template = target.template if claimed.event == "live" else target.offline_template
             body = render_body(target.kind, claimed.announcement, template)

@@ -88,7 +88,7 @@ def test_claim_marks_sending_in_its_own_commit_and_record_finishes(
     broadcast(conn, streamer(conn, "xqc"), now())
     broadcast(conn, streamer(conn, "other"), now())
     discover(conn, load_targets(conn), POLICY, low=cursor)
-    (claimed,) = claim(conn, [target.id])  # one per target at a time
+    (claimed,), _ = claim(conn, [target.id])  # one per target at a time
     assert claimed.announcement.username == "xqc" and claimed.announcement.category == "IRL"
     other = psycopg2.connect(database_url)  # another session sees `sending` committed
     try:
@@ -99,7 +99,7 @@ def test_claim_marks_sending_in_its_own_commit_and_record_finishes(
     record(conn, [(claimed.id, target.id, Outcome("sent", 204))])
     assert query(conn, f"SELECT state, attempts, sent_at IS NOT NULL FROM kick_monitor.notify_deliveries"
                        f" WHERE id = {claimed.id}") == [("sent", 1, True)]
-    (second,) = claim(conn, [target.id])
+    (second,), _ = claim(conn, [target.id])
     assert second.announcement.username == "other"
 
 
@@ -121,7 +121,7 @@ def test_was_live_mode_sends_one_late_message(conn: psycopg2.extensions.connecti
     discover(conn, load_targets(conn), Policy(600.0, "was_live", 300.0), low=cursor, all_ends=True)
     assert query(conn, "SELECT event, state, late FROM kick_monitor.notify_deliveries ORDER BY event") == [
         ("live", "pending", True), ("offline", "skipped", False)]
-    (claimed,) = claim(conn, [1])
+    (claimed,), _ = claim(conn, [1])
     assert claimed.announcement.late and claimed.announcement.ended_at is not None
     assert ended
 
@@ -161,10 +161,10 @@ def test_sending_found_at_start_becomes_uncertain_and_is_never_claimed(
     target = add_target(conn, URL)
     broadcast(conn, streamer(conn, "xqc"), now())
     discover(conn, load_targets(conn), POLICY, low=cursor)
-    (claimed,) = claim(conn, [target.id])
+    (claimed,), _ = claim(conn, [target.id])
     # the notifier is killed here, between marking and recording; the next one starts:
     assert recover(conn) == [(claimed.id, "discord")]
-    assert claim(conn, [target.id]) == []
+    assert claim(conn, [target.id]) == ([], [])
     assert deliveries(conn)[0][3] == "uncertain"
     assert dict(list_targets(conn)[0].counts) == {"uncertain": 1}
     record(conn, [(claimed.id, target.id, Outcome("sent", 204))])  # the dead one's answer, learnt later: the truth
@@ -178,13 +178,23 @@ def test_a_retry_waits_its_retry_after_and_a_404_disables_the_target(
     xqc = streamer(conn, "xqc")
     broadcast(conn, xqc, now())
     discover(conn, load_targets(conn), POLICY, low=cursor)
-    (first,) = claim(conn, [target.id])
+    (first,), _ = claim(conn, [target.id])
     record(conn, [(first.id, target.id, Outcome("retry", 429, 30.0, "HTTP 429 (rate limited)", rate_limited=True))])
-    assert claim(conn, [target.id]) == []  # not before its Retry-After
+    assert claim(conn, [target.id]) == ([], [])  # not before its Retry-After
     with conn, conn.cursor() as cur:
         cur.execute("UPDATE kick_monitor.notify_deliveries SET due_at = now()")
-    (again,) = claim(conn, [target.id])
+    (again,), _ = claim(conn, [target.id])
     assert again.id == first.id and again.attempts == 2
+    with conn, conn.cursor() as cur:  # meanwhile the stream ended: a go-live is no longer news
+        cur.execute("UPDATE kick_monitor.notify_deliveries SET state = 'pending', due_at = now()")
+        cur.execute("UPDATE kick_monitor.broadcasts SET ended_at = now()")
+    assert claim(conn, [target.id], POLICY) == ([], [target.id])
+    assert query(conn, "SELECT state, last_error LIKE 'late:%' FROM kick_monitor.notify_deliveries") == [
+        ("skipped", True)]
+    with conn, conn.cursor() as cur:
+        cur.execute("UPDATE kick_monitor.notify_deliveries SET state = 'pending'")
+    (again,), _ = claim(conn, [target.id], Policy(600.0, "was_live", 300.0))
+    assert again.announcement.late and again.announcement.ended_at is not None
     record(conn, [(again.id, target.id, Outcome("gone", 404, 0.0, "HTTP 404: the webhook was deleted or revoked"))])
     (shown,) = list_targets(conn)
     assert not shown.enabled and "404" in (shown.disabled_reason or "") and "notify enable" in (shown.disabled_reason
