@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import psycopg2.extensions
 import pytest
 
-from kick_monitor.config import Settings
+from kick_monitor.config import load_settings
 from kick_monitor.notify_targets import add_target
 from kick_monitor.role import standalone_context
 from kick_sim.chat_endpoint import ChatEndpoint
@@ -28,7 +28,7 @@ def chat() -> Iterator[ChatEndpoint]:
 
 
 def role(database_url: str) -> Notifier:
-    ctx, keep = standalone_context("notifier", Settings(), database_url)
+    ctx, keep = standalone_context("notifier", load_settings(environ={}), database_url)
     notifier = Notifier(ctx)
     notifier._keep = keep  # type: ignore[attr-defined]  # the supervisor's end: closing it means "gone"
     return notifier

@@ -49,7 +49,7 @@ def end(conn: psycopg2.extensions.connection, broadcast_id: int, at: datetime) -
 
 
 def deliveries(conn: psycopg2.extensions.connection) -> list[tuple[int, int, str, str]]:
-    return [tuple(r) for r in query(conn, "SELECT broadcast_id, target_id, event, state"  # type: ignore[misc]
+    return [tuple(r) for r in query(conn, "SELECT broadcast_id, target_id, event, state"
                                            " FROM kick_monitor.notify_deliveries ORDER BY id")]
 
 
