@@ -62,7 +62,7 @@ class ChatEndpoint:
         self._behaviour: dict[str, Behaviour] = {}
         self._tokens: dict[str, str] = {}
         self.early = 0  # requests that ignored a Retry-After
-        self.server = ThreadingHTTPServer((host, port), _handler(self))
+        self.server = _QuietServer((host, port), _handler(self))
         self.server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -153,6 +153,16 @@ class ChatEndpoint:
                 payload = b'{"message": "Internal Server Error"}'
             self._received.append(Received(hook, body, time.time(), status))
             return status, headers, payload, b.delay
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client killed mid-request (the tests SIGKILL senders) is not an error worth a traceback."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
 
 def _handler(endpoint: ChatEndpoint) -> type[BaseHTTPRequestHandler]:
