@@ -45,6 +45,8 @@ from .notify_sender import Outcome
 from .notify_targets import Target
 
 CURSOR_LAG = 35.0  # seconds; longer than the writer's longest statement (30 s statement_timeout)
+ROUND_STARTS = 500  # new broadcasts handled per round: a backlog after a long outage never makes one long step
+ROUND_ENDS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,7 @@ LEFT JOIN kick_monitor.notify_broadcasts pn ON pn.broadcast_id = p.id
 WHERE (b.id > %(low)s OR b.id = ANY(%(ids)s))
   AND NOT EXISTS (SELECT 1 FROM kick_monitor.notify_broadcasts n WHERE n.broadcast_id = b.id)
 ORDER BY b.id
+LIMIT %(limit)s
 """
 
 ENDED_BROADCASTS = """
@@ -125,6 +128,7 @@ JOIN kick_monitor.broadcasts b ON b.id = n.broadcast_id
 LEFT JOIN kick_monitor.streamers s ON s.id = b.streamer_id
 WHERE n.ended_at IS NULL AND b.ended_at IS NOT NULL AND (%(all)s OR n.broadcast_id = ANY(%(ids)s))
 ORDER BY b.ended_at
+LIMIT %(limit)s
 """
 
 
@@ -134,6 +138,7 @@ class Found:
 
     max_id: int = 0
     created: dict[tuple[str, str], int] | None = None  # (kind, state) -> deliveries
+    more: bool = False  # a round limit was reached: run another round at once
 
     def count(self, kind: str, state: str) -> None:
         if self.created is None:
@@ -156,13 +161,17 @@ def discover(
     with conn, conn.cursor() as cur:
         # ends first: a start in the same round may be the flap guard's restart of one of them
         if all_ends or wanted:
-            cur.execute(ENDED_BROADCASTS, {"all": all_ends, "ids": wanted})
-            for row in cur.fetchall():
+            cur.execute(ENDED_BROADCASTS, {"all": all_ends, "ids": wanted, "limit": ROUND_ENDS})
+            ended = cur.fetchall()
+            for row in ended:
                 handle_end(cur, row, targets, policy, found)
-        cur.execute(NEW_BROADCASTS, {"low": low, "ids": wanted})
-        for row in cur.fetchall():
+            found.more = len(ended) >= ROUND_ENDS
+        cur.execute(NEW_BROADCASTS, {"low": low, "ids": wanted, "limit": ROUND_STARTS})
+        started = cur.fetchall()
+        for row in started:
             handle_start(cur, row, targets, policy, found)
             found.max_id = max(found.max_id, row[0])
+        found.more = found.more or len(started) >= ROUND_STARTS
     return found
 
 

@@ -57,6 +57,7 @@ ENDS_EVERY = 5.0  # seconds: every open broadcast checked for its end
 STANDBY_RETRY = 2.0
 RETRY_MIN, RETRY_MAX = 0.5, 30.0
 STOP_WAIT = 5.0  # seconds a warm stop waits for requests in flight
+STATEMENT_TIMEOUT_MS = 10_000  # well under the heartbeat timeout: a stuck query costs a reconnect, not a kill
 GATHER = 0.01  # seconds: notifications arriving this close together are handled in one round
 
 
@@ -148,6 +149,9 @@ class Notifier(Role):
                     self.wanted = True
             if ends:
                 self.next_ends = now + ENDS_EVERY
+            if found.more:  # a backlog: the next round at once (the heartbeat beats in between)
+                self.next_sweep = self.next_ends = now
+                sweep = False
         if self.wanted or sweep or (self.next_due is not None and now >= self.next_due):
             self.wanted = False
             self.dispatch(now)
@@ -289,7 +293,8 @@ class Notifier(Role):
     # -- database ----------------------------------------------------------------------------
     def open_database(self, now: float) -> None:
         try:
-            conn = connect(self.ctx.database_url, application_name=f"kick-monitor notifier {self.ctx.tree}")
+            conn = connect(self.ctx.database_url, application_name=f"kick-monitor notifier {self.ctx.tree}",
+                           statement_timeout_ms=STATEMENT_TIMEOUT_MS)
             if not take_lock(conn):
                 conn.close()
                 if not self.standby:

@@ -221,3 +221,20 @@ def test_a_late_lower_id_is_found_by_the_sweep(conn: psycopg2.extensions.connect
                        VALUES (%s, %s, now(), 'pusher')""", (early_id, early))
     discover(conn, targets, POLICY, low=cursor)  # the sweep: from the cursor, not from the max seen
     assert {d[0] for d in deliveries(conn)} == {early_id, later}
+
+
+def test_a_backlog_is_handled_in_bounded_rounds(conn: psycopg2.extensions.connection, cursor: int) -> None:
+    """After a long outage thousands of broadcasts wait: each round takes a bounded share (heartbeats go on)."""
+    from kick_monitor.notify_outbox import ROUND_STARTS
+
+    add_target(conn, URL)
+    with conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO kick_monitor.streamers (username) SELECT 'b' || g FROM generate_series(1, %s) g",
+                    (ROUND_STARTS + 20,))
+        cur.execute("INSERT INTO kick_monitor.broadcasts (streamer_id, started_at, start_source)"
+                    " SELECT id, now(), 'pusher' FROM kick_monitor.streamers")
+    targets = load_targets(conn)
+    first = discover(conn, targets, POLICY, low=cursor, all_ends=True)
+    assert first.more and len(deliveries(conn)) == ROUND_STARTS
+    second = discover(conn, targets, POLICY, low=cursor, all_ends=True)
+    assert not second.more and len(deliveries(conn)) == ROUND_STARTS + 20
