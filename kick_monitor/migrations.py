@@ -296,6 +296,8 @@ CREATE TABLE IF NOT EXISTS kick_monitor.notify_deliveries (
 );
 CREATE INDEX IF NOT EXISTS notify_deliveries_due ON kick_monitor.notify_deliveries (due_at)
     WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS notify_deliveries_next ON kick_monitor.notify_deliveries (target_id, due_at, id)
+    WHERE state = 'pending';  -- each target's next delivery: one probe, whatever the backlog
 CREATE INDEX IF NOT EXISTS notify_deliveries_target ON kick_monitor.notify_deliveries (target_id, state);
 
 -- Where the notifier's scan of new broadcasts starts (ids below it are all handled).

@@ -47,6 +47,7 @@ from .notify_targets import Target
 CURSOR_LAG = 35.0  # seconds; longer than the writer's longest statement (30 s statement_timeout)
 ROUND_STARTS = 500  # new broadcasts handled per round: a backlog after a long outage never makes one long step
 ROUND_ENDS = 1000
+NO_RANGE = 1 << 62  # `low` for a round driven by notifications alone: only the ids named, no range scan
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +158,7 @@ def discover(
 ) -> Found:
     """Handle new starts (above `low` or in `ids`) and ends (of `ids`, or every open one), one transaction."""
     wanted = sorted(set(ids))
-    found = Found(max_id=low)
+    found = Found()
     with conn, conn.cursor() as cur:
         # ends first: a start in the same round may be the flap guard's restart of one of them
         if all_ends or wanted:
@@ -279,17 +280,21 @@ def _ago(later: datetime, earlier: datetime) -> str:
 
 
 # -- claiming and recording -------------------------------------------------------------------
+# One index probe per target (notify_deliveries_next), whatever the backlog.
 CLAIM = """
-SELECT DISTINCT ON (d.target_id) d.id, d.target_id, d.event, d.attempts, d.origin_at, d.late,
+SELECT d.id, d.target_id, d.event, d.attempts, d.origin_at, d.late,
        b.id, COALESCE(s.username, 'streamer-' || b.streamer_id), COALESCE(b.last_title, b.start_title), b.category,
        CASE WHEN d.event = 'offline' THEN COALESCE(n.session_started_at, b.started_at) ELSE b.started_at END,
        b.ended_at, now()
-FROM kick_monitor.notify_deliveries d
+FROM unnest(%s::integer[]) AS t(id)
+CROSS JOIN LATERAL (
+    SELECT x.* FROM kick_monitor.notify_deliveries x
+    WHERE x.target_id = t.id AND x.state = 'pending' AND x.due_at <= now()
+    ORDER BY x.due_at, x.id LIMIT 1
+) d
 JOIN kick_monitor.broadcasts b ON b.id = d.broadcast_id
 LEFT JOIN kick_monitor.streamers s ON s.id = b.streamer_id
 LEFT JOIN kick_monitor.notify_broadcasts n ON n.broadcast_id = b.id
-WHERE d.state = 'pending' AND d.due_at <= now() AND d.target_id = ANY(%s)
-ORDER BY d.target_id, d.due_at, d.id
 """
 
 
@@ -384,6 +389,16 @@ def outbox_depth(conn: psycopg2.extensions.connection) -> tuple[int, int, float 
     conn.rollback()
     assert row is not None
     return int(row[0]), int(row[1]), row[2]
+
+
+def next_due_in(conn: psycopg2.extensions.connection) -> float | None:
+    """Seconds until the earliest pending delivery is due (negative: overdue), None if none."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT EXTRACT(EPOCH FROM min(due_at) - now())::float8 FROM kick_monitor.notify_deliveries"
+                    " WHERE state = 'pending'")
+        row = cur.fetchone()
+    conn.rollback()
+    return None if row is None or row[0] is None else float(row[0])
 
 
 def count_states(conn: psycopg2.extensions.connection) -> dict[str, int]:

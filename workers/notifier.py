@@ -36,10 +36,12 @@ from kick_monitor.migrations import NOTIFY_TARGETS_CHANNEL, STATUS_CHANNEL
 from kick_monitor.notify_format import render_body
 from kick_monitor.notify_outbox import (
     CURSOR_LAG,
+    NO_RANGE,
     Policy,
     claim,
     discover,
     load_cursor,
+    next_due_in,
     outbox_depth,
     record,
     recover,
@@ -139,8 +141,9 @@ class Notifier(Role):
         if (self.hot and now >= self.next_round) or sweep:
             ids, self.hot = self.hot, set()
             self.next_round = now + GATHER
-            found = discover(self.conn, list(self.targets.values()), self.policy, low=self.cursor, ids=ids,
-                             all_ends=ends)
+            # the range above the cursor (commits of lower ids that came late) only in the sweep
+            found = discover(self.conn, list(self.targets.values()), self.policy,
+                             low=self.cursor if sweep else NO_RANGE, ids=ids, all_ends=ends)
             self.advance_cursor(now, found.max_id)
             for (kind, state), count in (found.created or {}).items():
                 if state == "skipped":
@@ -236,7 +239,7 @@ class Notifier(Role):
             body = render_body(target.kind, claimed.announcement, template)
             self.pool.submit(Job(claimed.target_id, self.urls[claimed.target_id], body, claimed.attempts,
                                  (claimed.id, claimed.event, claimed.origin_at)))
-        _due, _waiting, next_in = outbox_depth(self.conn)
+        next_in = next_due_in(self.conn)
         self.next_due = None if next_in is None else now + max(0.0, next_in)
 
     def write_outcomes(self) -> None:
