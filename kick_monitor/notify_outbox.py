@@ -298,27 +298,55 @@ LEFT JOIN kick_monitor.notify_broadcasts n ON n.broadcast_id = b.id
 """
 
 
+STALE_REASON = "late: the broadcast ended or aged past notify_max_age before it could be sent"
+
+
 def claim(
     conn: psycopg2.extensions.connection, target_ids: Sequence[int], policy: Policy | None = None
 ) -> tuple[list[Claimed], list[int]]:
-    """The next due delivery of each of these targets, marked `sending` and committed; and the targets
-    of those that went stale while they waited (a go-live whose broadcast ended, or older than `max_age`, after
-    a long retry or a disabled target: skipped, or sent as "was live", as `policy.late` says)."""
-    if not target_ids:
-        return [], []
-    claimed: list[Claimed] = []
-    stale: list[tuple[int, int]] = []  # (delivery id, target id)
+    """The next due delivery of each of these targets, marked `sending` and committed; see `claim_in`."""
     with conn, conn.cursor() as cur:
-        cur.execute(CLAIM, (list(target_ids),))
-        rows = cur.fetchall()
-        if not rows:
-            return [], []
+        return claim_in(cur, target_ids, policy)
+
+
+def record(conn: psycopg2.extensions.connection, results: Sequence[tuple[int, int, Outcome]]) -> None:
+    """Write what each post did: (delivery id, target id, outcome); one transaction."""
+    if results:
+        with conn, conn.cursor() as cur:
+            record_in(cur, results)
+
+
+def record_and_claim(
+    conn: psycopg2.extensions.connection, results: Sequence[tuple[int, int, Outcome]], target_ids: Sequence[int],
+    policy: Policy | None = None,
+) -> tuple[list[Claimed], list[int]]:
+    """Both in one commit: a target's outcome and its next delivery cost one round of commits, not two."""
+    with conn, conn.cursor() as cur:
+        record_in(cur, results)
+        return claim_in(cur, target_ids, policy)
+
+
+def claim_in(cur: Any, target_ids: Sequence[int], policy: Policy | None) -> tuple[list[Claimed], list[int]]:
+    """The next due delivery of each target, marked `sending` (committed by the caller before any request);
+    and one target id per delivery that went stale while it waited — a go-live whose broadcast ended or
+    aged past `max_age` (long retries, a disabled target enabled again): skipped (the next one is taken
+    in its place), or sent as "was live", as `policy.late` says."""
+    claimed: list[Claimed] = []
+    stale_targets: list[int] = []
+    wanted = list(target_ids)
+    for _ in range(50):  # a backlog of stale ones is skipped in the same transaction, up to a bound
+        if not wanted:
+            break
+        cur.execute(CLAIM, (wanted,))
+        stale: list[int] = []
+        again: list[int] = []
         for did, target_id, event, attempts, origin_at, late, bid, slug, title, category, started_at, ended_at, \
-                now in rows:
+                now in cur.fetchall():
             if event == "live" and not late and policy is not None and (
                     ended_at is not None or (now - started_at).total_seconds() > policy.max_age):
                 if policy.late == "skip":
-                    stale.append((did, target_id))
+                    stale.append(did)
+                    again.append(target_id)
                     continue
                 late = True
             announcement = Announcement(event, slug, title, category, started_at,
@@ -326,52 +354,48 @@ def claim(
             claimed.append(Claimed(did, target_id, event, attempts + 1, origin_at, announcement))
         if stale:
             cur.execute(
-                """UPDATE kick_monitor.notify_deliveries SET state = 'skipped', updated_at = now(),
-                       last_error = 'late: the broadcast ended or aged past notify_max_age before it could be sent'
+                """UPDATE kick_monitor.notify_deliveries SET state = 'skipped', updated_at = now(), last_error = %s
                    WHERE id = ANY(%s) AND state = 'pending'""",
-                ([did for did, _ in stale],),
+                (STALE_REASON, stale),
             )
-        if claimed:
-            cur.execute(
-                """UPDATE kick_monitor.notify_deliveries
-                   SET state = 'sending', attempts = attempts + 1, updated_at = now(),
-                       late = late OR id = ANY(%s)
-                   WHERE id = ANY(%s) AND state = 'pending'""",
-                ([c.id for c in claimed if c.announcement.late], [c.id for c in claimed]),
-            )
-    return claimed, [target_id for _, target_id in stale]
+        stale_targets += again
+        wanted = again
+    if claimed:
+        cur.execute(
+            """UPDATE kick_monitor.notify_deliveries
+               SET state = 'sending', attempts = attempts + 1, updated_at = now(), late = late OR id = ANY(%s)
+               WHERE id = ANY(%s) AND state = 'pending'""",
+            ([c.id for c in claimed if c.announcement.late], [c.id for c in claimed]),
+        )
+    return claimed, stale_targets
 
 
-def record(conn: psycopg2.extensions.connection, results: Sequence[tuple[int, int, Outcome]]) -> None:
-    """Write what each post did: (delivery id, target id, outcome); one transaction."""
-    if not results:
-        return
-    with conn, conn.cursor() as cur:
-        for delivery_id, target_id, outcome in results:
-            if outcome.verdict == "retry":
-                cur.execute(
-                    """UPDATE kick_monitor.notify_deliveries
-                       SET state = 'pending', due_at = now() + make_interval(secs => %s), last_error = %s,
-                           updated_at = now()
-                       WHERE id = %s AND state IN ('sending', 'uncertain')""",
-                    (outcome.retry_after, outcome.detail, delivery_id),
-                )
-                continue
-            state = {"sent": "sent", "gone": "failed", "failed": "failed"}.get(outcome.verdict, "uncertain")
+def record_in(cur: Any, results: Sequence[tuple[int, int, Outcome]]) -> None:
+    for delivery_id, target_id, outcome in results:
+        if outcome.verdict == "retry":
             cur.execute(
                 """UPDATE kick_monitor.notify_deliveries
-                   SET state = %s, sent_at = CASE WHEN %s = 'sent' THEN now() END, last_error = %s, updated_at = now()
+                   SET state = 'pending', due_at = now() + make_interval(secs => %s), last_error = %s,
+                       updated_at = now()
                    WHERE id = %s AND state IN ('sending', 'uncertain')""",
-                (state, state, None if state == "sent" else outcome.detail, delivery_id),
+                (outcome.retry_after, outcome.detail, delivery_id),
             )
-            if outcome.verdict == "gone":
-                cur.execute(
-                    """UPDATE kick_monitor.notify_targets SET enabled = false,
-                           disabled_reason = %s || ' at ' || to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI')
-                               || ' UTC; `kick-monitor notify enable ' || id || '` after fixing it'
-                       WHERE id = %s AND enabled""",
-                    (outcome.detail, target_id),
-                )
+            continue
+        state = {"sent": "sent", "gone": "failed", "failed": "failed"}.get(outcome.verdict, "uncertain")
+        cur.execute(
+            """UPDATE kick_monitor.notify_deliveries
+               SET state = %s, sent_at = CASE WHEN %s = 'sent' THEN now() END, last_error = %s, updated_at = now()
+               WHERE id = %s AND state IN ('sending', 'uncertain')""",
+            (state, state, None if state == "sent" else outcome.detail, delivery_id),
+        )
+        if outcome.verdict == "gone":
+            cur.execute(
+                """UPDATE kick_monitor.notify_targets SET enabled = false,
+                       disabled_reason = %s || ' at ' || to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI')
+                           || ' UTC; `kick-monitor notify enable ' || id || '` after fixing it'
+                   WHERE id = %s AND enabled""",
+                (outcome.detail, target_id),
+            )
 
 
 def outbox_depth(conn: psycopg2.extensions.connection) -> tuple[int, int, float | None]:

@@ -38,12 +38,12 @@ from kick_monitor.notify_outbox import (
     CURSOR_LAG,
     NO_RANGE,
     Policy,
-    claim,
     discover,
     load_cursor,
     next_due_in,
     outbox_depth,
     record,
+    record_and_claim,
     recover,
     save_cursor,
 )
@@ -133,7 +133,6 @@ class Notifier(Role):
 
     def work(self, now: float) -> None:
         assert self.conn is not None
-        self.write_outcomes()
         if self.targets_changed:
             self.reload_targets()
         sweep = now >= self.next_sweep
@@ -155,7 +154,11 @@ class Notifier(Role):
             if found.more:  # a backlog: the next round at once (the heartbeat beats in between)
                 self.next_sweep = self.next_ends = now
                 sweep = False
-        if self.wanted or sweep or (self.next_due is not None and now >= self.next_due):
+        for target_id, until in list(self.paused.items()):
+            if until <= now:  # its bucket allows again
+                del self.paused[target_id]
+                self.wanted = True
+        if self.wanted or self.unrecorded or sweep or (self.next_due is not None and now >= self.next_due):
             self.wanted = False
             self.dispatch(now)
         if sweep:
@@ -226,44 +229,55 @@ class Notifier(Role):
         ]
 
     def dispatch(self, now: float) -> None:
-        """Hand each idle target its next due delivery (marked `sending` first, in its own commit)."""
+        """Record what came back and hand each idle target its next due delivery, in one commit that
+        lands before any of those requests starts (`sending` is durable first)."""
         assert self.conn is not None
-        idle = self.idle_targets(now)
-        claimed_now, stale = claim(self.conn, idle, self.policy)
+        results = self.unrecorded
+        for _, target_id, outcome in results:
+            self.pause(target_id, outcome, now)  # before choosing who is idle
+            if outcome.verdict == "gone":
+                self.urls.pop(target_id, None)
+        claimed_now, stale = record_and_claim(
+            self.conn, [(token[0], target_id, outcome) for token, target_id, outcome in results],
+            self.idle_targets(now), self.policy,
+        )
+        self.unrecorded = []
+        for token, target_id, outcome in results:
+            self.account(token, target_id, outcome)
         for target_id in stale:
             self.telemetry.NOTIFY_DELIVERIES.labels(kind=self.targets[target_id].kind, outcome="skipped").inc()
-            self.wanted = True  # those targets are still idle: their next delivery in the next turn
         for claimed in claimed_now:
             target = self.targets[claimed.target_id]
             template = target.template if claimed.event == "live" else target.offline_template
             body = render_body(target.kind, claimed.announcement, template)
             self.pool.submit(Job(claimed.target_id, self.urls[claimed.target_id], body, claimed.attempts,
                                  (claimed.id, claimed.event, claimed.origin_at)))
-        next_in = next_due_in(self.conn)
-        self.next_due = None if next_in is None else now + max(0.0, next_in)
 
     def write_outcomes(self) -> None:
-        """Record what came back; on a database error they stay for the next attempt."""
+        """Record what came back (no new claims); on a database error they stay for the next attempt."""
         if not self.unrecorded:
             return
         assert self.conn is not None
-        results = [(token[0], target_id, outcome) for token, target_id, outcome in self.unrecorded]
-        record(self.conn, results)
+        record(self.conn, [(token[0], target_id, outcome) for token, target_id, outcome in self.unrecorded])
         now = time.monotonic()
         for token, target_id, outcome in self.unrecorded:
-            self.account(token, target_id, outcome, now)
+            self.pause(target_id, outcome, now)
+            self.account(token, target_id, outcome)
         self.unrecorded = []
 
-    def account(self, token: tuple[int, str, datetime], target_id: int, outcome: Outcome, now: float) -> None:
-        """Metrics, pauses and log lines for one recorded outcome."""
+    def pause(self, target_id: int, outcome: Outcome, now: float) -> None:
+        """A 429's Retry-After, or an empty Discord bucket: that webhook waits, the others do not."""
+        if outcome.retry_after > 0 and (outcome.rate_limited or outcome.verdict == "sent"):
+            self.paused[target_id] = now + outcome.retry_after
+
+    def account(self, token: tuple[int, str, datetime], target_id: int, outcome: Outcome) -> None:
+        """Metrics and log lines for one recorded outcome."""
         _delivery_id, event, origin_at = token
         target = self.targets.get(target_id)
         kind = target.kind if target is not None else "unknown"
         label = "rate_limited" if outcome.rate_limited else {"retry": "retried", "gone": "failed"}.get(
             outcome.verdict, outcome.verdict)
         self.telemetry.NOTIFY_DELIVERIES.labels(kind=kind, outcome=label).inc()
-        if outcome.retry_after > 0 and (outcome.rate_limited or outcome.verdict == "sent"):
-            self.paused[target_id] = now + outcome.retry_after  # the webhook's bucket: wait it out
         if outcome.verdict == "sent":
             latency = max(0.0, outcome.sent_at - origin_at.astimezone(UTC).timestamp())
             self.telemetry.NOTIFY_LATENCY.labels(kind=kind, event=event).observe(latency)
@@ -274,7 +288,10 @@ class Notifier(Role):
             log.warning("notify target %d: %s delivery %s: %s", target_id, event, outcome.verdict, outcome.detail)
 
     def measure(self) -> None:
+        """The outbox gauges, and when the next deferred delivery (retry, offline after its grace) is due."""
         assert self.conn is not None
+        next_in = next_due_in(self.conn)
+        self.next_due = None if next_in is None else time.monotonic() + max(0.0, next_in)
         due, waiting, _ = outbox_depth(self.conn)
         self.telemetry.NOTIFY_OUTBOX.labels(state="due").set(due)
         self.telemetry.NOTIFY_OUTBOX.labels(state="waiting").set(waiting)
