@@ -139,10 +139,10 @@ S1 = PipelineScenario(
     noise_rate=1000.0,
     targets=(Target("p99 ≤ 50 ms", "latency_p99_ms", 50.0), Target("zero lost", "lost", 0.0)),
 )
-# notifier (issue 19): S1 with the notifier announcing every go-live to a (fake, local) Discord.
+# notifier (issue 19): S1's load, and 20 Discord servers (targets) announcing 5 streamers each.
 N = PipelineScenario(
-    "N", "notify: S1 with a Discord target for every streamer's go-live (fake Discord, issue 19)", 1000, 4, 200.0,
-    60.0, noise_rate=1000.0, notify=True,
+    "N", "notify: S1 with 20 Discord targets, 5 streamers each, announced on a fake Discord (issue 19)", 1000, 4,
+    200.0, 60.0, noise_rate=1000.0, notify=True,
     targets=(Target("p99 ≤ 50 ms", "latency_p99_ms", 50.0), Target("zero lost", "lost", 0.0),
              Target("go-live committed → sent p99 ≤ 1 s", "notify_p99_ms", 1000.0),
              Target("no go-live announced twice", "notify_duplicates", 0.0)),
@@ -256,11 +256,13 @@ def run_pipeline(sc: PipelineScenario, ctx: BenchContext, index: int) -> dict[st
     result: dict[str, Any] = {"run": index + 1, "load_before": measure.loadavg()}
     with Stack() as stack:
         settings = {"broadcast_match_tolerance": "0.5"}
-        chat = start_chat(stack, url, settings) if sc.notify else None  # notifier (issue 19)
+        chat = start_chat(stack, settings) if sc.notify else None  # notifier (issue 19)
         # The simulator's broadcasts last seconds and every source gives the same whole-second start:
         # two starts of one streamer are told apart at 0.5 s (Kick's real offsets are unknown: 60 s default).
         sim, service, start = start_pipeline(ctx, stack, run_dir, url, streamers=sc.streamers, shards=sc.shards,
                                               seed=index + 1, noise=sc.noise_rate > 0, settings=settings)
+        if chat is not None:
+            add_notify_targets(url, chat, [s["slug"] for s in sim.streamers()])
         result.update(start)
         sampler = measure.RoleSampler(pipeline_discover(service, sim, ctx.db), interval=0.5).start()
         stack.push(sampler)
@@ -324,17 +326,28 @@ def run_pipeline(sc: PipelineScenario, ctx: BenchContext, index: int) -> dict[st
 
 
 # -- notifier (issue 19) --------------------------------------------------------------------
-def start_chat(stack: Stack, url: str, settings: dict[str, str]) -> Any:
-    """A fake Discord on loopback and one target for every streamer's go-live, before the service starts."""
+NOTIFY_TARGETS, NOTIFY_PER_TARGET = 20, 5
+
+
+def start_chat(stack: Stack, settings: dict[str, str]) -> Any:
+    """A fake Discord on loopback; the notifier on (its targets are added once the streamers exist)."""
     from kick_sim.chat_endpoint import ChatEndpoint
 
     chat = stack.push(ChatEndpoint().start())
-    with psycopg2.connect(url) as conn, conn.cursor() as cur:
-        cur.execute("INSERT INTO kick_monitor.notify_targets (kind, url) VALUES ('discord', %s)", (chat.url("bench"),))
-    conn.close()
     # the simulator's broadcasts last seconds: no flap guard, or nearly every go-live would be one session
     settings.update(notify="on", notify_regrace="0")
     return chat
+
+
+def add_notify_targets(url: str, chat: Any, slugs: list[str]) -> None:
+    """NOTIFY_TARGETS Discord webhooks, NOTIFY_PER_TARGET streamers each (a busy server's worth, not a
+    webhook flooded beyond Discord's own 5 requests per 2 s)."""
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        for index in range(NOTIFY_TARGETS):
+            mine = slugs[index * NOTIFY_PER_TARGET:(index + 1) * NOTIFY_PER_TARGET]
+            cur.execute("INSERT INTO kick_monitor.notify_targets (kind, url, streamers) VALUES ('discord', %s, %s)",
+                        (chat.url(f"bench{index}"), mine))
+    conn.close()
 
 
 def judge_notifications(url: str, chat: Any, timeout: float = 60.0) -> dict[str, Any]:
@@ -356,7 +369,7 @@ def judge_notifications(url: str, chat: Any, timeout: float = 60.0) -> dict[str,
         latencies = [float(r[0]) for r in cur.fetchall()]
     conn.close()
     seen: dict[tuple[str, str], int] = {}
-    for message in chat.delivered("bench"):
+    for message in chat.delivered():
         embed = message.body["embeds"][0]
         key = (embed["url"], embed["timestamp"])
         seen[key] = seen.get(key, 0) + 1
