@@ -117,6 +117,7 @@ LEFT JOIN LATERAL (
 ) p ON true
 LEFT JOIN kick_monitor.notify_broadcasts pn ON pn.broadcast_id = p.id
 WHERE (b.id > %(low)s OR b.id = ANY(%(ids)s))
+  AND (%(every)s OR s.username = ANY(%(slugs)s))  -- only streamers some target announces
   AND NOT EXISTS (SELECT 1 FROM kick_monitor.notify_broadcasts n WHERE n.broadcast_id = b.id)
 ORDER BY b.id
 LIMIT %(limit)s
@@ -155,8 +156,12 @@ def discover(
     low: int,
     ids: Iterable[int] = (),
     all_ends: bool = False,
+    slugs: Sequence[str] | None = None,
 ) -> Found:
-    """Handle new starts (above `low` or in `ids`) and ends (of `ids`, or every open one), one transaction."""
+    """Handle new starts (above `low` or in `ids`) and ends (of `ids`, or every open one), one transaction.
+
+    `slugs`: the streamers some target announces (None: every streamer); broadcasts of others are
+    not followed at all (a target added later announces what starts after it was added)."""
     wanted = sorted(set(ids))
     found = Found()
     with conn, conn.cursor() as cur:
@@ -167,7 +172,8 @@ def discover(
             for row in ended:
                 handle_end(cur, row, targets, policy, found)
             found.more = len(ended) >= ROUND_ENDS
-        cur.execute(NEW_BROADCASTS, {"low": low, "ids": wanted, "limit": ROUND_STARTS})
+        cur.execute(NEW_BROADCASTS, {"low": low, "ids": wanted, "limit": ROUND_STARTS, "every": slugs is None,
+                                     "slugs": list(slugs or ())})
         started = cur.fetchall()
         for row in started:
             handle_start(cur, row, targets, policy, found)

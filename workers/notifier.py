@@ -60,7 +60,7 @@ STANDBY_RETRY = 2.0
 RETRY_MIN, RETRY_MAX = 0.5, 30.0
 STOP_WAIT = 5.0  # seconds a warm stop waits for requests in flight
 STATEMENT_TIMEOUT_MS = 10_000  # well under the heartbeat timeout: a stuck query costs a reconnect, not a kill
-GATHER = 0.01  # seconds: notifications arriving this close together are handled in one round
+GATHER = 0.05  # seconds: notifications arriving this close together are handled in one round
 
 
 class Notifier(Role):
@@ -79,6 +79,7 @@ class Notifier(Role):
         self.paused: dict[int, float] = {}  # target id -> monotonic time its bucket allows again
         self.unrecorded: list[tuple[Any, int, Outcome]] = []  # (token, target, outcome): not recorded yet
         self.hot: set[int] = set()  # broadcast ids named by notifications
+        self.slugs: set[str] | None = None  # streamers some target announces; None: every streamer
         self.targets_changed = True
         self.cursor = 0
         self.seen: list[tuple[float, int]] = []  # (monotonic, max id seen): the cursor lags CURSOR_LAG
@@ -142,7 +143,8 @@ class Notifier(Role):
             self.next_round = now + GATHER
             # the range above the cursor (commits of lower ids that came late) only in the sweep
             found = discover(self.conn, list(self.targets.values()), self.policy,
-                             low=self.cursor if sweep else NO_RANGE, ids=ids, all_ends=ends)
+                             low=self.cursor if sweep else NO_RANGE, ids=ids, all_ends=ends,
+                             slugs=None if self.slugs is None else sorted(self.slugs))
             self.advance_cursor(now, found.max_id)
             for (kind, state), count in (found.created or {}).items():
                 if state == "skipped":
@@ -190,8 +192,8 @@ class Notifier(Role):
             if notify.channel == NOTIFY_TARGETS_CHANNEL:
                 self.targets_changed = True
                 continue
-            broadcast_id = _broadcast_id(notify.payload)
-            if broadcast_id is not None:
+            broadcast_id, slug = _broadcast(notify.payload)
+            if broadcast_id is not None and (self.slugs is None or slug in self.slugs):
                 self.hot.add(broadcast_id)
         self.listen_conn.notifies.clear()
 
@@ -214,7 +216,10 @@ class Notifier(Role):
             for secret in url_secrets(url):
                 register_secret(secret)
             self.urls[target.id] = url
-        enabled = sum(t.enabled for t in self.targets.values())
+        wanting = [t for t in self.targets.values() if t.enabled]
+        self.slugs = None if any(t.streamers is None for t in wanting) else {
+            slug for t in wanting for slug in t.streamers or ()}
+        enabled = len(wanting)
         self.telemetry.NOTIFY_TARGETS.labels(state="enabled").set(enabled)
         self.telemetry.NOTIFY_TARGETS.labels(state="disabled").set(len(self.targets) - enabled)
 
@@ -376,15 +381,16 @@ def take_lock(conn: psycopg2.extensions.connection) -> bool:
     return bool(row and row[0])
 
 
-def _broadcast_id(payload: str) -> int | None:
-    """The broadcast id of a kick_monitor_status notification (JSON), None if absent or unreadable."""
+def _broadcast(payload: str) -> tuple[int | None, str | None]:
+    """The broadcast id and slug of a kick_monitor_status notification (JSON); None if absent or unreadable."""
     import orjson
 
     try:
-        value = orjson.loads(payload).get("broadcast_id")
+        found = orjson.loads(payload)
+        value, slug = found.get("broadcast_id"), found.get("username")
     except (orjson.JSONDecodeError, AttributeError):
-        return None
-    return value if isinstance(value, int) else None
+        return None, None
+    return (value if isinstance(value, int) else None), (slug if isinstance(slug, str) else None)
 
 
 def _first_line(exc: BaseException) -> str:

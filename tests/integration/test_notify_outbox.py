@@ -238,3 +238,11 @@ def test_a_backlog_is_handled_in_bounded_rounds(conn: psycopg2.extensions.connec
     assert first.more and len(deliveries(conn)) == ROUND_STARTS
     second = discover(conn, targets, POLICY, low=cursor, all_ends=True)
     assert not second.more and len(deliveries(conn)) == ROUND_STARTS + 20
+
+
+def test_streamers_no_target_announces_are_not_followed(conn: psycopg2.extensions.connection, cursor: int) -> None:
+    add_target(conn, URL, streamers=["xqc"], on="both")
+    wanted, other = broadcast(conn, streamer(conn, "xqc"), now()), broadcast(conn, streamer(conn, "other"), now())
+    discover(conn, load_targets(conn), POLICY, low=cursor, ids=[wanted, other], slugs=["xqc"])
+    assert query(conn, "SELECT broadcast_id FROM kick_monitor.notify_broadcasts") == [(wanted,)]
+    assert [d[0] for d in deliveries(conn)] == [wanted]
