@@ -261,3 +261,57 @@ def test_a_429_storm_loses_nothing_sends_nothing_twice_and_a_slow_target_delays_
     assert chat.early == 0, f"{chat.early} requests came back before their Retry-After"
     print(f"\n429 storm: 30 delivered once, {len(limited)} answers 429, Retry-After honoured;"
           f" fast target done in {fast_done:.2f} s beside a 2 s-per-request one")
+
+
+@pytest.mark.slow
+def test_with_two_process_trees_exactly_one_dispatches_and_the_other_takes_over(
+    sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, chat: ChatEndpoint, tmp_path: Path,
+) -> None:
+    """Per-shard units (or hosts): both trees run a notifier, one holds the dispatch lock; SIGKILL its whole
+    tree and the other announces from then on — every broadcast once, none twice."""
+    streamers = sim.create_streamers(20, prefix="tt")
+    insert_streamers(conn, streamers)
+    json_target = add_target(conn, chat.url(JSON_HOOK), kind="json")
+    trees = [
+        Service(service_env(sim, database_url, tmp_path / "data", shard_count="2", shard_index=str(index),
+                            notify="on", notify_regrace="0"), tmp_path / f"tree-{index}.log")
+        for index in (0, 1)
+    ]
+
+    def dispatching() -> list[str]:
+        return [name for (name,) in query(conn, "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a"
+                                                " ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted"
+                                                f" AND l.objid = {0x4B4D4E54}")]
+
+    with running(trees[0]), running(trees[1]):
+        for tree in trees:
+            wait_until(lambda tree=tree: notifier_pid(tree) is not None, 30,  # type: ignore[misc]
+                       what="both notifiers")
+        wait_until(lambda: sim.subscription_count() >= 20, 30, what="subscriptions")
+        wait_until(lambda: len(dispatching()) == 1, 20, what="one dispatcher")
+        time.sleep(2.5)  # the other has tried (and stands by)
+        assert len(dispatching()) == 1
+        for s in streamers:
+            sim.set_live(s.slug, True)
+        wait_until(lambda: len(json_received(chat)) == 20, 20, what="20 go-lives")
+        active = 0 if dispatching()[0].endswith("shard-0") else 1
+        trees[active].kill_leftovers()  # SIGKILL to that whole tree
+        wait_until(lambda: dispatching() == [f"kick-monitor notifier shard-{1 - active}"], 20,
+                   what="the other tree takes over")
+        trees[active].start()  # back (its shard's streamers are watched again); its notifier stands by
+        wait_until(lambda: notifier_pid(trees[active]) is not None, 30, what="the returning tree's notifier")
+        wait_until(lambda: sim.subscription_count() >= 20, 30, what="subscriptions again")
+        time.sleep(2.5)
+        assert dispatching() == [f"kick-monitor notifier shard-{1 - active}"]
+        for s in streamers:
+            sim.set_live(s.slug, False)
+        time.sleep(1.0)
+        for s in streamers:
+            sim.set_live(s.slug, True)  # 20 new broadcasts
+        wait_until(lambda: len(json_received(chat)) == 40, 30, what="20 more go-lives after the takeover")
+        time.sleep(1.0)
+    received = json_received(chat)
+    assert max(received.values()) == 1, "announced twice"
+    states = rows(conn, json_target.id)
+    assert {k for k, s in states.items() if s == "sent"} <= set(received)
+    assert set(received) <= {k for k, s in states.items() if s in ("sent", "uncertain")}
