@@ -77,7 +77,8 @@ def parse_retention(text: str) -> float | None:
 COORDINATOR, WRITER, PLANNER, WORKER, EXPORTER = "coordinator", "writer", "planner", "worker", "exporter"
 MIRROR = "mirror"
 WEBHOOK = "webhook"  # issue 16: the webhook receiver role
-ROLES = (COORDINATOR, WRITER, PLANNER, WORKER, EXPORTER, MIRROR, WEBHOOK)
+NOTIFIER = "notifier"  # notifier (issue 19)
+ROLES = (COORDINATOR, WRITER, PLANNER, WORKER, EXPORTER, MIRROR, WEBHOOK, NOTIFIER)
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ class Settings(BaseModel):
     client_secret: Annotated[SecretStr | None, live(WORKER, PLANNER)] = Field(
         None, description="Kick app client secret (never printed)",
     )
-    database_password: Annotated[SecretStr | None, live(WRITER, PLANNER, MIRROR, WEBHOOK)] = Field(
+    database_password: Annotated[SecretStr | None, live(WRITER, PLANNER, MIRROR, WEBHOOK, NOTIFIER)] = Field(
         None, description="PostgreSQL password, kept out of the URL (best as a credential or _FILE; never printed)"
     )
 
@@ -335,6 +336,30 @@ class Settings(BaseModel):
         if not value.startswith("/") or value == "/healthz" or any(c.isspace() for c in value):
             raise ValueError("must be a URL path starting with / (not /healthz), without spaces")
         return value
+    # -- notifier (issue 19): go-live notifications (docs/notifications.md) -------------------
+    notify: Annotated[Literal["auto", "on", "off"], SERVICE] = Field(
+        "auto", description="the notifier role: auto = runs when at least one `kick-monitor notify` target exists"
+        " at start (a first target added later takes a restart); on = always (idles cheaply); off = never",
+    )
+    notify_max_age: Annotated[float, live(NOTIFIER)] = Field(
+        600.0, ge=0, le=86400, description="seconds: a broadcast found later than this after its start (or already"
+        " ended) is not announced as live now; see notify_late",
+    )
+    notify_late: Annotated[Literal["skip", "was_live"], live(NOTIFIER)] = Field(
+        "skip", description="what a late-found broadcast gets: skip = nothing (recorded as skipped), was_live ="
+        " one \"was live\" message",
+    )
+    notify_regrace: Annotated[float, live(NOTIFIER)] = Field(
+        300.0, ge=0, le=3600, description="flap guard, seconds: a broadcast that ends and the next that starts within"
+        " this are announced once; offline announcements wait this long",
+    )
+    notify_timeout: Annotated[float, live(NOTIFIER)] = Field(
+        10.0, gt=0, le=120, description="seconds for one webhook request (an answer not read in time: uncertain)",
+    )
+    notify_concurrency: Annotated[int, restart(NOTIFIER)] = Field(
+        8, ge=1, le=64, description="targets sent to at once (one request in flight per target at most)",
+    )
+    # -- end notifier --------------------------------------------------------------------------
 
     @field_validator("database_url")
     @classmethod

@@ -173,3 +173,30 @@ WEBHOOK_WAITING = Gauge(
 
 def record_build_info() -> None:
     BUILD_INFO.labels(version=__version__).set(1)
+
+
+# -- notifier (issue 19) ---------------------------------------------------------------------
+NOTIFY_DELIVERIES = Counter(
+    "kick_monitor_notify_deliveries_total",
+    "Notification attempts by target kind and outcome: sent, retried (5xx, network), rate_limited (429),"
+    " failed, uncertain (maybe delivered, never re-sent), skipped (late, flap guard)",
+    ["kind", "outcome"],
+)
+NOTIFY_LATENCY = Histogram(
+    "kick_monitor_notify_delivery_latency_seconds",
+    "From the broadcast's commit (offline: from the end of the flap grace) to the webhook's answer",
+    ["kind", "event"], buckets=LATENCY_BUCKETS,
+)
+NOTIFY_OUTBOX = Gauge(
+    "kick_monitor_notify_outbox",
+    "Deliveries not done: due (should go now), waiting (offline grace, retry back-off), sending",
+    ["state"], multiprocess_mode="livemax",
+)
+NOTIFY_TARGETS = Gauge(
+    "kick_monitor_notify_targets", "Notification targets by state (disabled: the webhook answered 404)",
+    ["state"], multiprocess_mode="livemax",
+)
+NOTIFY_ACTIVE = Gauge(
+    "kick_monitor_notify_active", "1 while this process tree's notifier dispatches (one per deployment)",
+    multiprocess_mode="livemax",
+)

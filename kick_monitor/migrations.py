@@ -16,6 +16,7 @@ SCHEMA = "kick_monitor"
 ADVISORY_LOCK_KEY = 0x4B49434B  # "KICK"
 STATUS_CHANNEL = "kick_monitor_status"
 STREAMERS_CHANNEL = "kick_monitor_streamers"
+NOTIFY_TARGETS_CHANNEL = "kick_monitor_notify_targets"  # notifier: targets changed
 
 
 @dataclass(frozen=True)
@@ -271,6 +272,86 @@ CREATE TABLE IF NOT EXISTS kick_monitor.webhook_sync (
 );
 """,
     ),
+    # -- notifier (issue 19): go-live notifications ------------------------------------------
+    # Expand-only: new tables only the notifier and `kick-monitor notify` read. The writer's
+    # statement is untouched: the notifier follows the broadcasts table (a cursor of its own).
+    Migration(
+        7,
+        "go-live notifications: targets, deliveries, the notifier's cursor",
+        """
+CREATE TABLE IF NOT EXISTS kick_monitor.notify_targets (
+    id               serial PRIMARY KEY,
+    kind             text NOT NULL CONSTRAINT notify_targets_kind CHECK (kind IN ('discord', 'slack', 'json')),
+    url              text,     -- the webhook URL: a credential, masked in every output; NULL with url_file
+    url_file         text,     -- or the path of a secret file holding it (read when used)
+    streamers        text[],   -- slugs; NULL = every streamer
+    on_live          boolean NOT NULL DEFAULT true,
+    on_offline       boolean NOT NULL DEFAULT false,
+    template         text,     -- the go-live text, with {username} {title} {category} {url} {started_at} {duration}
+    offline_template text,
+    enabled          boolean NOT NULL DEFAULT true,
+    disabled_reason  text,     -- why the notifier disabled it (the webhook answered 404: deleted)
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT notify_targets_one_url CHECK ((url IS NULL) <> (url_file IS NULL))
+);
+
+-- The notifier's durable view of the broadcasts it has handled: a start once, an end once.
+-- Open rows (ended_at NULL) are what the sweep checks for ends: at most the live streamers.
+CREATE TABLE IF NOT EXISTS kick_monitor.notify_broadcasts (
+    broadcast_id       bigint PRIMARY KEY,
+    streamer_id        bigint NOT NULL,
+    session_started_at timestamptz NOT NULL,  -- the start of the first broadcast of a flap chain
+    continues          bigint,                -- the broadcast this one continues (ended and restarted in the grace)
+    ended_at           timestamptz,           -- set once the end is handled
+    handled_at         timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS notify_broadcasts_open ON kick_monitor.notify_broadcasts (broadcast_id)
+    WHERE ended_at IS NULL;
+
+-- One row per (broadcast, target, event): the outbox. pending -> sending (committed before the
+-- HTTP call) -> sent | failed | uncertain (found sending after a crash: never sent again);
+-- skipped = deliberately not sent (late discovery, flap guard), with the reason in last_error.
+CREATE TABLE IF NOT EXISTS kick_monitor.notify_deliveries (
+    id           bigserial PRIMARY KEY,
+    broadcast_id bigint NOT NULL,
+    target_id    integer NOT NULL REFERENCES kick_monitor.notify_targets (id) ON DELETE CASCADE,
+    event        text NOT NULL CONSTRAINT notify_deliveries_event CHECK (event IN ('live', 'offline')),
+    state        text NOT NULL DEFAULT 'pending' CONSTRAINT notify_deliveries_state
+                 CHECK (state IN ('pending', 'sending', 'sent', 'failed', 'uncertain', 'skipped')),
+    late         boolean NOT NULL DEFAULT false,  -- sent as "was live": found after NOTIFY_MAX_AGE
+    attempts     integer NOT NULL DEFAULT 0,
+    due_at       timestamptz NOT NULL,            -- the next attempt
+    origin_at    timestamptz NOT NULL,            -- when the event was committed (or became due): latency origin
+    sent_at      timestamptz,
+    last_error   text,
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT notify_deliveries_once UNIQUE (broadcast_id, target_id, event)
+);
+CREATE INDEX IF NOT EXISTS notify_deliveries_due ON kick_monitor.notify_deliveries (due_at)
+    WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS notify_deliveries_next ON kick_monitor.notify_deliveries (target_id, due_at, id)
+    WHERE state = 'pending';  -- each target's next delivery: one probe, whatever the backlog
+CREATE INDEX IF NOT EXISTS notify_deliveries_target ON kick_monitor.notify_deliveries (target_id, state);
+
+-- Where the notifier's scan of new broadcasts starts (ids below it are all handled).
+CREATE TABLE IF NOT EXISTS kick_monitor.notify_cursor (
+    one          boolean PRIMARY KEY DEFAULT true CONSTRAINT notify_cursor_one CHECK (one),
+    broadcast_id bigint NOT NULL
+);
+
+-- A target added, changed or removed wakes the notifier (it re-reads the targets).
+CREATE OR REPLACE FUNCTION kick_monitor.notify_targets_changed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('kick_monitor_notify_targets', TG_OP);
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS notify_targets_changed ON kick_monitor.notify_targets;
+CREATE TRIGGER notify_targets_changed AFTER INSERT OR UPDATE OR DELETE ON kick_monitor.notify_targets
+    FOR EACH STATEMENT EXECUTE FUNCTION kick_monitor.notify_targets_changed();
+""",
+    ),
+    # -- end notifier --------------------------------------------------------------------------
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -161,6 +161,22 @@ ROWS: list[tuple[str, list[Panel]]] = [
             ("{{event}}", f"time() - max by (event) (kick_monitor_webhook_last_delivery_timestamp_seconds{{{SEL}}})")],
          8),
     ]),
+    # notifier (issue 19)
+    ("Go-live notifications (docs/notifications.md)", [
+        ("Announcement latency (commit → webhook answer)", "timeseries", "s", [
+            ("p50 {{kind}} {{event}}", "histogram_quantile(0.5, sum by (le, kind, event) "
+             f"(rate(kick_monitor_notify_delivery_latency_seconds_bucket{{{SEL}}}[$__rate_interval])))"),
+            ("p99 {{kind}} {{event}}", "histogram_quantile(0.99, sum by (le, kind, event) "
+             f"(rate(kick_monitor_notify_delivery_latency_seconds_bucket{{{SEL}}}[$__rate_interval])))")], 8),
+        ("Deliveries / min", "timeseries", "short", [
+            ("{{kind}} {{outcome}}",
+             f"sum by (kind, outcome) (rate(kick_monitor_notify_deliveries_total{{{SEL}}}[$__rate_interval])) * 60")],
+         8),
+        ("Outbox, targets, dispatching", "timeseries", "short", [
+            ("outbox {{state}}", f"max by (state) (kick_monitor_notify_outbox{{{SEL}}})"),
+            ("targets {{state}}", f"max by (state) (kick_monitor_notify_targets{{{SEL}}})"),
+            ("dispatching trees", f"sum(kick_monitor_notify_active{{{SEL}}})")], 8),
+    ]),
 ]
 
 

@@ -70,6 +70,15 @@ LABELS = {
     "kick_monitor_webhook_delay_seconds:event": "`livestream.status.updated` \\| `livestream.metadata.updated`",
     "kick_monitor_webhook_last_delivery_timestamp_seconds:event": "`livestream.status.updated` \\| "
     "`livestream.metadata.updated`",
+    # notifier (issue 19)
+    "kind": "notification target kind: `discord` \\| `slack` \\| `json`",
+    "kick_monitor_notify_deliveries:outcome": "`sent`, `retried` (5xx, connection refused), `rate_limited` (429: "
+    "waits its Retry-After), `failed` (4xx, 404: target disabled), `uncertain` (maybe delivered, never re-sent), "
+    "`skipped` (late discovery, flap guard)",
+    "kick_monitor_notify_delivery_latency_seconds:event": "`live` \\| `offline`",
+    "kick_monitor_notify_outbox:state": "`due` (should be sent now: grows when a target or the notifier is stuck), "
+    "`waiting` (offline grace, retry back-off), `sending` (requests in flight)",
+    "kick_monitor_notify_targets:state": "`enabled` \\| `disabled` (the webhook answered 404)",
 }
 
 TYPE_ORDER = {"counter": 0, "gauge": 1, "histogram": 2}

@@ -28,6 +28,7 @@ When the coordinator is SIGKILLed, every child gets SIGTERM from the kernel
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import logging
@@ -59,6 +60,7 @@ from kick_monitor.telemetry import load_telemetry
 
 from .exporter import Exporter
 from .mirror import StatusMirror
+from .notifier import Notifier  # notifier (issue 19)
 from .planner import Planner
 from .shard_worker import ShardWorker
 from .webhook_receiver import WebhookReceiver
@@ -77,6 +79,7 @@ ROLE_CLASSES: dict[str, type[Role]] = {
     "writer": BatchWriter, "planner": Planner, "exporter": Exporter, "worker": ShardWorker,
     "mirror": StatusMirror,  # only with status_mirror set (plan_children)
     "webhook": WebhookReceiver,  # issue 16: only with webhook_port set (plan_children)
+    "notifier": Notifier,  # notifier (issue 19): only when plan.notifier (plan_children)
 }
 PRODUCERS = ("worker", "webhook")  # issue 16: roles that hand changes to the writer; they stop before it
 ESSENTIAL = ("writer", "planner")  # the service cannot work without them
@@ -89,6 +92,7 @@ class TreePlan:
     tree: str
     shard_count: int
     shards: tuple[int, ...]
+    notifier: bool = False  # notifier (issue 19): notify=on, or auto with a target at start
 
     @classmethod
     def for_settings(cls, settings: Settings, subscribable: int) -> TreePlan:
@@ -168,6 +172,8 @@ class Supervisor:
             kinds.append(("mirror", None))
         if settings.webhook_port:  # issue 16
             kinds.append(("webhook", None))
+        if plan.notifier:  # notifier (issue 19)
+            kinds.append(("notifier", None))
         kinds += [("worker", shard) for shard in plan.shards]
         return [
             Child(kind if shard is None else f"worker-{shard}", kind, slot, shard)
@@ -517,7 +523,8 @@ class Supervisor:
         if self.stop_phase == "workers":
             self.enter_phase("writer", self.settings.drain_timeout, ("writer",), signal.SIGTERM)
         elif self.stop_phase == "writer":
-            self.enter_phase("rest", LAST_ROLES_STOP_SECONDS, ("planner", "exporter", "mirror"), signal.SIGTERM)
+            self.enter_phase("rest", LAST_ROLES_STOP_SECONDS, ("planner", "exporter", "mirror", "notifier"),
+                             signal.SIGTERM)
         elif waiting:
             self.phase_deadline = now + 1.0  # SIGKILLed just now: give reaping a moment
         else:
@@ -611,9 +618,10 @@ def run_service(settings: Settings, reload_settings: Callable[[], Settings] | No
                 require_current(conn)
                 check_integration(settings, conn)  # source synced, mirror dry-run, or exit 2
                 subscribable = count_subscribable(conn)
+                notifier = wants_notifier(settings, conn)  # notifier (issue 19)
             finally:
                 conn.close()
-            plan = TreePlan.for_settings(settings, subscribable)
+            plan = dataclasses.replace(TreePlan.for_settings(settings, subscribable), notifier=notifier)
             return Supervisor(settings, url, plan, reload_settings).run()
     except IntegrationError as exc:
         log.error("%s", exc)
@@ -621,6 +629,21 @@ def run_service(settings: Settings, reload_settings: Callable[[], Settings] | No
     except (DatabaseUnavailable, SchemaError, ValueError, RuntimeError) as exc:
         log.error("%s", exc)
         return EX_USAGE if isinstance(exc, (SchemaError, ValueError)) else EX_FAILURE
+
+
+# -- notifier (issue 19) ---------------------------------------------------------------------------
+def wants_notifier(settings: Settings, conn: Any) -> bool:
+    """notify=on: always; off: never; auto: when a target exists now (a first one added later: restart)."""
+    if settings.notify != "auto":
+        return settings.notify == "on"
+    with conn.cursor() as cur:
+        cur.execute("SELECT EXISTS (SELECT 1 FROM kick_monitor.notify_targets)")
+        row = cur.fetchone()
+    conn.rollback()
+    found = bool(row and row[0])
+    if found:
+        log.info("notify targets found: the notifier runs")
+    return found
 
 
 # -- the application's source and mirror are checked before anything forks --------------

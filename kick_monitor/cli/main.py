@@ -32,6 +32,7 @@ from .database_commands import migrate_command
 from .dry_run import dry_run
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError
 from .hooks import describe, load_command, require, tool_commands
+from .notify_commands import add_notify_commands  # notifier (issue 19)
 from .options import COMMON, add_settings_flags, given_settings
 from .streamer_commands import add_command, import_command, list_command, remove_command, status_command
 from .webhook_commands import add_webhook_commands  # issue 16
@@ -113,6 +114,9 @@ def build_parser() -> CliParser:
     _leaf(streams, streams_command)
 
     add_webhook_commands(commands, _leaf)  # issue 16: `webhooks sync|status`
+    # notifier (issue 19)
+    add_notify_commands(commands.add_parser("notify", help="go-live notifications: Discord, Slack, JSON webhooks"),
+                        _leaf)
 
     for name, entry in tool_commands().items():  # parsed by the tool's own parser, imported only when used
         if name in commands.choices:

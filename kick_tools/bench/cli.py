@@ -33,7 +33,7 @@ from kick_tools.bench.harness import BenchDatabase, temporary_workdir
 
 HELP = "run a benchmark scenario"
 TAKES_SETTINGS = True
-ALL = ("S1", "S2", "S3", "S4", "W", "CW", "CC", "CP", "M", "WH")
+ALL = ("S1", "S2", "S3", "S4", "W", "CW", "CC", "CP", "M", "WH", "N")  # WH: webhooks (16), N: notifier (19)
 EXTRA = ("SOAK",)  # not in `all`: it runs for half an hour or more
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -148,6 +148,7 @@ def run_scenario(name: str, ctx: scenarios.BenchContext, machine: dict[str, Any]
         "S1": lambda c, m, o: pipeline(scenarios.S1, c, m, o),
         "S2": lambda c, m, o: pipeline(scenarios.S2, c, m, o),
         "S4": lambda c, m, o: pipeline(scenarios.S4, c, m, o),
+        "N": lambda c, m, o: pipeline(scenarios.N, c, m, o),  # notifier (issue 19)
         "S3": scale, "M": memory, "SOAK": soak, "W": writer, "CW": writer_compare, "CC": clients, "CP": polling,
         "WH": webhooks,  # issue 16
     }

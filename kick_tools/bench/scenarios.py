@@ -17,6 +17,7 @@ captured frames that arrive on the channels the monitor subscribes (GoalProgress
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import statistics
@@ -118,6 +119,7 @@ class PipelineScenario:
     noise_rate: float = 0.0
     drop_at: float | None = None
     targets: tuple[Target, ...] = ()
+    notify: bool = False  # notifier (issue 19): a Discord target for every streamer, on a fake Discord
 
 
 def scaled(sc: PipelineScenario, ctx: BenchContext) -> PipelineScenario:
@@ -136,6 +138,14 @@ S1 = PipelineScenario(
     "S1", "seed: 1,000 streamers, 4 shards, 200 changes/s, channel noise on", 1000, 4, 200.0, 60.0,
     noise_rate=1000.0,
     targets=(Target("p99 ≤ 50 ms", "latency_p99_ms", 50.0), Target("zero lost", "lost", 0.0)),
+)
+# notifier (issue 19): S1's load, and 20 Discord servers (targets) announcing 5 streamers each.
+N = PipelineScenario(
+    "N", "notify: S1 with 20 Discord targets, 5 streamers each, announced on a fake Discord (issue 19)", 1000, 4,
+    200.0, 60.0, noise_rate=1000.0, notify=True,
+    targets=(Target("p99 ≤ 50 ms", "latency_p99_ms", 50.0), Target("zero lost", "lost", 0.0),
+             Target("go-live committed → sent p99 ≤ 1 s", "notify_p99_ms", 1000.0),
+             Target("no go-live announced twice", "notify_duplicates", 0.0)),
 )
 S2 = PipelineScenario(
     "S2", "busy: 10,000 streamers, 8 shards, 2,000 changes/s in bursts of 100", 10_000, 8, 2000.0, 60.0,
@@ -245,11 +255,14 @@ def run_pipeline(sc: PipelineScenario, ctx: BenchContext, index: int) -> dict[st
     url = ctx.db.fresh(f"bench_{sc.name.lower()}_{index}", template=template)
     result: dict[str, Any] = {"run": index + 1, "load_before": measure.loadavg()}
     with Stack() as stack:
+        settings = {"broadcast_match_tolerance": "0.5"}
+        chat = start_chat(stack, settings) if sc.notify else None  # notifier (issue 19)
         # The simulator's broadcasts last seconds and every source gives the same whole-second start:
         # two starts of one streamer are told apart at 0.5 s (Kick's real offsets are unknown: 60 s default).
         sim, service, start = start_pipeline(ctx, stack, run_dir, url, streamers=sc.streamers, shards=sc.shards,
-                                              seed=index + 1, noise=sc.noise_rate > 0,
-                                              settings={"broadcast_match_tolerance": "0.5"})
+                                              seed=index + 1, noise=sc.noise_rate > 0, settings=settings)
+        if chat is not None:
+            add_notify_targets(url, chat, [s["slug"] for s in sim.streamers()])
         result.update(start)
         sampler = measure.RoleSampler(pipeline_discover(service, sim, ctx.db), interval=0.5).start()
         stack.push(sampler)
@@ -305,8 +318,63 @@ def run_pipeline(sc: PipelineScenario, ctx: BenchContext, index: int) -> dict[st
         result["_receive"] = verdict.receive_ms
         result["_read_to_commit"] = verdict.commit_ms
         result["_repair"] = verdict.repair_ms
+        if chat is not None:  # notifier (issue 19)
+            result["notify"] = judge_notifications(url, chat)
+            result["_notify"] = result["notify"].pop("_latencies")
         result["service_exit"] = service.stop()
     return result
+
+
+# -- notifier (issue 19) --------------------------------------------------------------------
+NOTIFY_TARGETS, NOTIFY_PER_TARGET = 20, 5
+
+
+def start_chat(stack: Stack, settings: dict[str, str]) -> Any:
+    """A fake Discord on loopback; the notifier on (its targets are added once the streamers exist)."""
+    from kick_sim.chat_endpoint import ChatEndpoint
+
+    chat = stack.push(ChatEndpoint().start())
+    # the simulator's broadcasts last seconds: no flap guard, or nearly every go-live would be one session
+    settings.update(notify="on", notify_regrace="0")
+    return chat
+
+
+def add_notify_targets(url: str, chat: Any, slugs: list[str]) -> None:
+    """NOTIFY_TARGETS Discord webhooks, NOTIFY_PER_TARGET streamers each (a busy server's worth, not a
+    webhook flooded beyond Discord's own 5 requests per 2 s)."""
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        for index in range(NOTIFY_TARGETS):
+            mine = slugs[index * NOTIFY_PER_TARGET:(index + 1) * NOTIFY_PER_TARGET]
+            cur.execute("INSERT INTO kick_monitor.notify_targets (kind, url, streamers) VALUES ('discord', %s, %s)",
+                        (chat.url(f"bench{index}"), mine))
+    conn.close()
+
+
+def judge_notifications(url: str, chat: Any, timeout: float = 60.0) -> dict[str, Any]:
+    """Go-live deliveries: committed → answer recorded (ms), sent, skipped, duplicates at the endpoint."""
+    def pending() -> int:
+        with psycopg2.connect(url) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM kick_monitor.notify_deliveries WHERE state IN ('pending', 'sending')")
+            row = cur.fetchone()
+        conn.close()
+        return int(row[0]) if row else 0
+
+    with contextlib.suppress(HarnessError):
+        wait_until(lambda: pending() == 0, timeout=timeout, interval=0.2, what="the outbox empty")
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT state, count(*) FROM kick_monitor.notify_deliveries GROUP BY state")
+        states = dict(cur.fetchall())
+        cur.execute("SELECT 1000 * extract(epoch FROM sent_at - origin_at)::float8 FROM kick_monitor.notify_deliveries"
+                    " WHERE state = 'sent' AND event = 'live'")
+        latencies = [float(r[0]) for r in cur.fetchall()]
+    conn.close()
+    seen: dict[tuple[str, str], int] = {}
+    for message in chat.delivered():
+        embed = message.body["embeds"][0]
+        key = (embed["url"], embed["timestamp"])
+        seen[key] = seen.get(key, 0) + 1
+    return {"states": states, "latency_ms": measure.latency_summary(latencies),
+            "duplicates": sum(n - 1 for n in seen.values()), "received": len(seen), "_latencies": latencies}
 
 
 def drop_and_watch(sim: SimProcess, url: str, sc: PipelineScenario, flip_started: float) -> dict[str, Any]:
@@ -383,6 +451,11 @@ def summarize_pipeline(runs: list[dict[str, Any]]) -> dict[str, Any]:
         summary[f"peak_rss_mb_{role}"] = measure.spread(
             r.get("memory_mb", {}).get(role, {}).get("hwm_max_process") for r in runs)
     summary["broadcasts_missing"] = pick(lambda r: r["broadcasts"]["missing"])
+    if any("notify" in run for run in runs):  # notifier (issue 19)
+        summary["notify_p50_ms"] = pick(lambda r: r["notify"]["latency_ms"]["p50"])
+        summary["notify_p99_ms"] = pick(lambda r: r["notify"]["latency_ms"]["p99"])
+        summary["notify_sent"] = pick(lambda r: r["notify"]["states"].get("sent", 0))
+        summary["notify_duplicates"] = pick(lambda r: r["notify"]["duplicates"])
     if any("drop" in run for run in runs):
         summary["resubscribed_s"] = pick(lambda r: r["drop"]["resubscribed_s"])
         summary["reconciled_s"] = pick(lambda r: r["drop"]["reconciled_s"])

@@ -52,8 +52,12 @@ def test_fresh_database_gets_every_migration(make_database: DatabaseFactory) -> 
         assert require_current(conn) == LATEST_VERSION
     finally:
         conn.close()
-    assert kick_tables(url) == ["api_budget", "broadcasts", "schema_migrations", "status_events", "streamers",
-                               "webhook_subscriptions", "webhook_sync"]
+    assert kick_tables(url) == [
+        "api_budget", "broadcasts",
+        "notify_broadcasts", "notify_cursor", "notify_deliveries", "notify_targets",  # notifier (issue 19)
+        "schema_migrations", "status_events", "streamers",
+        "webhook_subscriptions", "webhook_sync",  # issue 16
+    ]
 
 
 def test_rerun_is_a_no_op(database_url: str) -> None:
@@ -91,8 +95,12 @@ def test_foreign_tables_are_untouched(make_database: DatabaseFactory) -> None:
         ("x", None),
     ]
     assert query(url, "SELECT version FROM public.schema_migrations") == [("20240101_theirs",)]
-    assert kick_tables(url) == ["api_budget", "broadcasts", "schema_migrations", "status_events", "streamers",
-                               "webhook_subscriptions", "webhook_sync"]
+    assert kick_tables(url) == [
+        "api_budget", "broadcasts",
+        "notify_broadcasts", "notify_cursor", "notify_deliveries", "notify_targets",  # notifier (issue 19)
+        "schema_migrations", "status_events", "streamers",
+        "webhook_subscriptions", "webhook_sync",  # issue 16
+    ]
 
 
 def test_two_migrations_at_once_apply_each_version_once(make_database: DatabaseFactory) -> None:
