@@ -131,3 +131,20 @@ MIRROR_BATCH_SECONDS = Histogram(
 
 def record_build_info() -> None:
     BUILD_INFO.labels(version=__version__).set(1)
+
+# --- issue 17 (cluster): shard leases of this node (kick_monitor/lease_keeper.py) ---
+CLUSTER_LEASES = Gauge(
+    "kick_monitor_cluster_leases_held", "Shard leases this node holds", multiprocess_mode="livemax",
+)
+CLUSTER_HANDOVERS = Counter(
+    "kick_monitor_cluster_handovers_total",
+    "Shard lease events of this node: claimed, released (handed over), lost (taken by another node while"
+    " this one ran), lapsed (not renewed in time: paused or cut off; stopped listening)",
+    ["event"],
+)
+CLUSTER_UNOWNED_SECONDS = Gauge(
+    "kick_monitor_cluster_shard_unowned_seconds",
+    "How long the longest-unowned shard of the deployment has been without an owner (0: every shard owned)",
+    multiprocess_mode="livemax",
+)
+# --- end issue 17 ---
