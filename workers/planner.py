@@ -25,6 +25,10 @@ but never the reaping, killing and respawning of processes.
 - Retention (`kick_monitor.retention.Pruner`): history older than `history_retention` is
   deleted in small batches on another helper thread, under an advisory lock (one pruner per
   deployment), never in the way of the writer.
+- Shard leases (issue 17, `kick_monitor.lease_keeper`): a worker gets its shard's streamers
+  only while this node holds the shard's lease; a lost or given-back lease unsubscribes the
+  worker at once, a claimed one hands the shard over after a fresh reload (statuses as the
+  previous owner left them) under a fresh assignment generation.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from psycopg2 import sql
 from kick_monitor.assignment import AssignmentServer
 from kick_monitor.database import DatabaseUnavailable, connect
 from kick_monitor.duty import Duty
+from kick_monitor.lease_keeper import LeaseKeeper
+from kick_monitor.leases import Node
 from kick_monitor.messages import Assign, StreamerRef, Subscribe, Unsubscribe
 from kick_monitor.metric_deltas import CounterDeltas
 from kick_monitor.migrations import STREAMERS_CHANNEL
@@ -87,12 +93,24 @@ class Planner(Role):
         self.sync_due = self.settings.streamers_source is not None  # sync the source at the next reload
         self.source_problem = ""  # the last source failure reported (reported again only when it changes)
         self.resolver = IdResolver(self)
+        # --- issue 17 (cluster): this node's shard leases ---
+        from kick_monitor import __version__
+
+        self.planned: dict[int, dict[int, StreamerRef]] = {}  # the last load's plan, leased or not
+        self.leased: dict[int, int] = {}  # shard -> lease epoch the workers were set up for
+        node = Node.this("all" if ctx.tree == "all" else str(ctx.shards[0]), __version__, coordinator_pid=self.ppid)
+        self.leases = LeaseKeeper(
+            lambda: connect(ctx.database_url, application_name=f"kick-monitor leases {node.name}"),
+            node, ctx.shards, ctx.shard_count, self.settings.lease_ttl, self.telemetry,
+        )
+        # --- end issue 17 ---
         self.pruner = Pruner(
             lambda: connect(self.ctx.database_url, application_name="kick-monitor pruner"),
             self.settings.history_retention,
         )
 
     def boot(self) -> None:
+        self.leases.start()
         self.resolver.start()
         self.pruner.start()
 
@@ -115,11 +133,13 @@ class Planner(Role):
                 self.schedule_reload(now)
         if now >= self.next_full_reload:
             self.schedule_reload(now)
+        self.follow_leases(now)
         if self.reload_at is not None and now >= self.reload_at:
             self.reload(now)
         self.answer_hellos()
 
     def finish(self) -> int:
+        self.leases.stop()  # clean stop: our shards are free for other nodes at once
         self.resolver.stop()
         self.pruner.stop()
         self.server.close()
@@ -164,10 +184,36 @@ class Planner(Role):
         for status, count in counts.items():
             self.telemetry.STREAMERS.labels(status=status).set(count)
         planned = plan_shards(streamers, self.ctx.shard_count)
+        self.planned = {shard: {ref.streamer_id: ref for ref in planned.get(shard, [])} for shard in self.plan}
         for shard in self.plan:
-            self.update_shard(shard, {ref.streamer_id: ref for ref in planned.get(shard, [])})
+            self.update_shard(shard, self.wanted(shard))
         del streamers, planned
         release_free_memory()  # the list read from the database was a burst as big as the plan
+
+    # -- shard leases (issue 17) ------------------------------------------------------------
+    def wanted(self, shard: int) -> dict[int, StreamerRef]:
+        """The shard's streamers while this node holds its lease; nothing otherwise."""
+        return dict(self.planned.get(shard, {})) if shard in self.leased else {}
+
+    def follow_leases(self, now: float) -> None:
+        """Unsubscribe a shard whose lease ended at once; take over a claimed one after a fresh load.
+
+        A new epoch is a new hand-over even for a shard we held before (we lapsed and claimed
+        it again): its worker starts over with a fresh generation and fresh statuses.
+        """
+        current = self.leases.current(now)
+        for shard in self.plan:
+            epoch = current.get(shard)
+            if self.leased.get(shard) == epoch:
+                continue
+            if shard in self.leased:
+                del self.leased[shard]
+                self.update_shard(shard, {})
+                log.info("shard %d: lease ended, stopped listening", shard, extra={"shard": shard})
+            if epoch is not None:
+                self.leased[shard] = epoch
+                self.schedule_reload(now)  # statuses as fresh as the database has them, then Subscribe
+                log.info("shard %d: lease claimed (epoch %d)", shard, epoch, extra={"shard": shard})
 
     def sync_source(self) -> None:
         """Make the list equal to the application's source; on a bad source keep the list as it is."""

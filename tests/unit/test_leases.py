@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from itertools import pairwise
 
 import psycopg2
 import psycopg2.extensions
@@ -167,7 +168,7 @@ def test_a_joining_node_gets_its_share_one_shard_at_a_time(plan4: psycopg2.exten
             assert not set(held_a) & set(held_b)
             moves.append(len(held_b))
         assert sorted(a.current(time.monotonic())) == [0, 1] and sorted(b.current(time.monotonic())) == [2, 3]
-        assert all(later - earlier in (0, 1) for earlier, later in zip([0, *moves], moves))  # one at a time
+        assert all(later - earlier in (0, 1) for earlier, later in pairwise([0, *moves]))  # one at a time
     finally:
         a.stop()
         b.stop()
