@@ -1,0 +1,159 @@
+"""Several nodes, one monitor (issue 17): real `kick-monitor run` trees sharing one PostgreSQL.
+
+Each node is a whole process tree with its own data dir, against one simulator. "Exactly
+one subscriber per channel" is counted at the simulator's Pusher server: the number of
+(connection, channel) pairs equals the number of channels subscribed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import psycopg2.extensions
+import pytest
+
+from kick_sim import Simulator
+from tests.service import (
+    Service,
+    history_errors,
+    insert_streamers,
+    mismatches,
+    query,
+    service_env,
+    settle,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+TTL = 4.0  # short leases keep the test short; the mechanism is the same at 15 s
+SHARDS = 3
+
+
+def node(sim: Simulator, url: str, tmp_path: Path, index: int, **settings: str) -> Service:
+    settings = {"shard_count": str(SHARDS), "lease_ttl": str(TTL), **settings}
+    return Service(service_env(sim, url, tmp_path / f"node{index}", **settings), tmp_path / f"node{index}.log")
+
+
+@contextlib.contextmanager
+def cluster(nodes: list[Service]) -> Iterator[list[Service]]:
+    try:
+        for service in nodes:
+            service.start()
+        yield nodes
+    finally:
+        for service in nodes:
+            if service.process is None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(service.pid, signal.SIGCONT)
+            if service.proc is not None and service.proc.poll() is None:
+                service.stop()
+            else:
+                service.kill_leftovers()
+
+
+def one_subscriber_each(sim: Simulator, channels: int) -> bool:
+    """Every channel subscribed, and by exactly one connection."""
+    return sim.subscription_count() == len(sim.subscribed_channels()) == channels
+
+
+def owners(conn: psycopg2.extensions.connection) -> dict[int, str | None]:
+    return dict(query(conn, "SELECT shard, CASE WHEN expires_at > now() THEN owner END FROM kick_monitor.shard_leases"))
+
+
+def duplicate_transitions(conn: psycopg2.extensions.connection) -> list[tuple[object, ...]]:
+    """Two history rows of one streamer in a row with the same status: a duplicate or a backward step."""
+    return query(conn, """
+        SELECT streamer_id, status, n FROM (
+            SELECT streamer_id, status, lag(status) OVER w AS before, count(*) OVER (PARTITION BY streamer_id) AS n
+            FROM kick_monitor.status_events
+            WHERE NOT (previous_status = 'unknown' AND status = 'offline')
+            WINDOW w AS (PARTITION BY streamer_id ORDER BY order_generation, order_seq, received_at, id)) t
+        WHERE status = before""")
+
+
+def flip(sim: Simulator, seconds: float = 3.0, rate: float = 40.0) -> None:
+    sim.start_flipping(rate=rate, duration=seconds)
+    assert sim.wait_flipping_done(timeout=60)
+
+
+def test_three_nodes_share_the_shards_and_survive_kill_pause_and_stop(
+    sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, tmp_path: Path,
+) -> None:
+    streamers = sim.create_streamers(150)
+    insert_streamers(conn, streamers)
+    channels = 2 * len(streamers)  # channel.{id} and channel_{id}
+    nodes = [node(sim, database_url, tmp_path, i) for i in range(3)]
+    with cluster(nodes):
+        wait_until(lambda: one_subscriber_each(sim, channels), 60, interval=0.1, what="one subscriber per channel")
+        wait_until(lambda: len(set(owners(conn).values()) - {None}) == 3, 30, what="one shard per node")
+        flip(sim)
+        settle(sim, conn, timeout=30)
+
+        # kill -9 of a whole tree: its shard is taken over within 30 s, and state equals truth
+        victim = nodes[0]
+        os.killpg(victim.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        flip(sim, seconds=2.0)
+        wait_until(lambda: one_subscriber_each(sim, channels) and None not in owners(conn).values(), 30,
+                   interval=0.1, what="the killed node's shard subscribed by another")
+        print(f"\ntaken over {time.monotonic() - killed_at:.1f}s after kill -9")
+        settle(sim, conn, timeout=40)
+
+        # SIGSTOP past the TTL, then SIGCONT: its shard moved; nothing stale is recorded
+        paused = nodes[1]
+        os.killpg(paused.pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: paused_shards_moved(conn, paused), 30, interval=0.2, what="the paused node's shards moved")
+            flip(sim, seconds=2.0)
+            wait_until(lambda: one_subscriber_each(sim, channels), 30, interval=0.1, what="the others subscribe")
+        finally:
+            os.killpg(paused.pid, signal.SIGCONT)
+        flip(sim, seconds=2.0)
+        settle(sim, conn, timeout=40)
+        assert duplicate_transitions(conn) == []
+
+        # clean stop: its shards are handed over at once (well within a TTL)
+        leaving = nodes[2]
+        assert leaving.stop() == 0
+        stopped_at = time.monotonic()
+        wait_until(lambda: one_subscriber_each(sim, channels) and None not in owners(conn).values(), TTL,
+                   interval=0.1, what="hand-over after a clean stop")
+        print(f"handed over {time.monotonic() - stopped_at:.1f}s after a clean stop")
+        flip(sim, seconds=2.0)
+        settle(sim, conn, timeout=30)
+    assert history_errors(sim, conn) == [] and mismatches(sim, conn) == []
+    assert duplicate_transitions(conn) == []
+
+
+def paused_shards_moved(conn: psycopg2.extensions.connection, paused: Service) -> bool:
+    names = {owner for owner in owners(conn).values() if owner is not None}
+    return None not in owners(conn).values() and not any(name.endswith(f":{paused.pid}") for name in names)
+
+
+def test_three_trees_on_one_database_record_a_go_live_offline_pair_once(
+    sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, tmp_path: Path,
+) -> None:
+    """The issue's report: three trees, every channel had 3 subscribers, a pair left 3 rows."""
+    streamers = sim.create_streamers(20)
+    insert_streamers(conn, streamers)
+    nodes = [node(sim, database_url, tmp_path, i, shard_count="1") for i in range(3)]
+    with cluster(nodes):
+        wait_until(lambda: one_subscriber_each(sim, 2 * len(streamers)), 60, interval=0.1,
+                   what="one subscriber per channel")
+        time.sleep(1.0)  # every tree has settled on who listens
+        assert one_subscriber_each(sim, 2 * len(streamers))
+        sim.set_live(streamers[0].slug, True)
+        time.sleep(1.0)
+        sim.set_live(streamers[0].slug, False)
+        settle(sim, conn)
+        rows = query(conn, f"SELECT status FROM kick_monitor.status_events WHERE channel_id = {streamers[0].channel_id}"
+                           " AND NOT (previous_status = 'unknown' AND status = 'offline') ORDER BY id")
+        assert rows == [("online",), ("offline",)]
