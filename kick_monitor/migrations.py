@@ -276,6 +276,13 @@ CREATE TABLE IF NOT EXISTS kick_monitor.shard_plan (
     version     bigint NOT NULL DEFAULT 1,
     changed_at  timestamptz NOT NULL DEFAULT now()
 );
+-- Who did each duty's last round (kick_monitor/duty.py): `kick-monitor cluster status`.
+CREATE TABLE IF NOT EXISTS kick_monitor.duty_holders (
+    name          text PRIMARY KEY,
+    node          text NOT NULL,
+    lock_key      bigint NOT NULL,
+    round_started timestamptz NOT NULL DEFAULT now()
+);
 -- Which code can run on the schema: see Migration.oldest_code.
 ALTER TABLE kick_monitor.schema_migrations ADD COLUMN IF NOT EXISTS oldest_code integer;
 """,
