@@ -298,3 +298,52 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True  # someone else's process: alive
     return True
+
+
+def read_status(conn: psycopg2.extensions.connection, soon: float) -> dict[str, Any]:
+    """Nodes, shards, duties and leases expiring within `soon` seconds, as `cluster status` shows them.
+
+    Streamers per shard are counted with the deployment's plan (`sharding.plan_shards`).
+    """
+    from .sharding import plan_shards
+    from .streamers import load_monitorable
+
+    def rows(statement: str, *params: Any) -> list[dict[str, Any]]:
+        with conn.cursor() as cur:
+            cur.execute(statement, params)
+            names = [d[0] for d in cur.description or ()]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    nodes = rows(
+        """SELECT name, host, pid, version, shards, started_at, renewed_at,
+                  extract(epoch FROM now() - renewed_at)::float8 AS renewed_seconds_ago
+           FROM kick_monitor.cluster_nodes ORDER BY name""")
+    plan = rows("SELECT shard_count, version, changed_at FROM kick_monitor.shard_plan")
+    shards = rows(
+        """SELECT shard, owner, epoch, expires_at, claimed_at,
+                  extract(epoch FROM expires_at - now())::float8 AS expires_in,
+                  CASE WHEN owner IS NULL OR expires_at < now()
+                       THEN extract(epoch FROM now() - COALESCE(free_since, expires_at))::float8 END AS unowned_for
+           FROM kick_monitor.shard_leases ORDER BY shard""")
+    duties = rows(
+        """SELECT d.name, d.node, d.round_started, a.application_name AS holding_session
+           FROM kick_monitor.duty_holders d
+           LEFT JOIN pg_locks l ON l.locktype = 'advisory' AND l.granted
+                AND l.classid = (d.lock_key >> 32)::oid AND l.objid = (d.lock_key & 4294967295)::oid
+                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+           LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+           ORDER BY d.name""")
+    count = int(plan[0]["shard_count"]) if plan else 0
+    per_shard: dict[int, int] = {}
+    if count:
+        for index, members in plan_shards(load_monitorable(conn), count).items():
+            per_shard[index] = len(members)
+    conn.rollback()
+    for shard in shards:
+        shard["streamers"] = per_shard.get(shard["shard"], 0)
+        shard["state"] = "unowned" if shard["unowned_for"] is not None else "owned"
+        if shard["state"] == "unowned":
+            shard["owner"] = None
+    expiring = [s for s in shards if s["state"] == "owned" and s["expires_in"] is not None and s["expires_in"] < soon]
+    return {"plan": plan[0] if plan else None, "nodes": nodes, "shards": shards, "duties": duties,
+            "expiring": [{"shard": s["shard"], "owner": s["owner"], "expires_in": s["expires_in"]} for s in expiring]}
