@@ -36,6 +36,7 @@ WANTED_ALERTS = {
     "KickMonitorNoFrames", "KickMonitorReconnectStorm", "KickMonitorSpoolGrowing", "KickMonitorDatabaseDown",
     "KickMonitorCommitLatencyHigh", "KickMonitorFrameToCommitSlow", "KickMonitorUnresolvedStreamers",
     "KickMonitorHandoffSpilling", "KickMonitorHandoffDropping",
+    "KickMonitorShardUnowned", "KickMonitorNodeLostLeases",  # issue 17 (cluster)
 }
 
 
