@@ -54,7 +54,7 @@ def test_fresh_database_gets_every_migration(make_database: DatabaseFactory) -> 
     finally:
         conn.close()
     assert kick_tables(url) == [
-        "api_budget", "broadcasts", "cluster_nodes", "schema_migrations", "shard_leases", "shard_plan",
+        "api_budget", "broadcasts", "cluster_nodes", "duty_holders", "schema_migrations", "shard_leases", "shard_plan",
         "status_events", "streamers",
     ]
 
@@ -95,7 +95,7 @@ def test_foreign_tables_are_untouched(make_database: DatabaseFactory) -> None:
     ]
     assert query(url, "SELECT version FROM public.schema_migrations") == [("20240101_theirs",)]
     assert kick_tables(url) == [
-        "api_budget", "broadcasts", "cluster_nodes", "schema_migrations", "shard_leases", "shard_plan",
+        "api_budget", "broadcasts", "cluster_nodes", "duty_holders", "schema_migrations", "shard_leases", "shard_plan",
         "status_events", "streamers",
     ]
 
