@@ -141,7 +141,8 @@ ROWS: list[tuple[str, list[Panel]]] = [
             ("{{instance}}", f"max by (instance) (kick_monitor_cluster_leases_held{{{SEL}}})")], 8),
         ("Lease hand-overs / h", "timeseries", "short", [
             ("{{event}} {{instance}}",
-             f"sum by (event, instance) (rate(kick_monitor_cluster_handovers_total{{{SEL}}}[$__rate_interval])) * 3600")],
+             "sum by (event, instance) "
+             f"(rate(kick_monitor_cluster_handovers_total{{{SEL}}}[$__rate_interval])) * 3600")],
          8),
         ("Longest-unowned shard", "timeseries", "s", [
             ("unowned", f"max(kick_monitor_cluster_shard_unowned_seconds{{{SEL}}})")], 8),
