@@ -152,6 +152,29 @@ def test_three_nodes_share_the_shards_and_survive_kill_pause_and_stop(
         flip(sim, seconds=2.0)
         state_settles(sim, conn)
         wait_until(lambda: not history_errors_since(sim, conn, before), 20, what="every later flip recorded")
+
+        # a node joins: it gets its share one shard at a time (sampled every 100 ms: never two subscribers)
+        joining = node(sim, database_url, tmp_path, 3)
+        nodes.append(joining.start())
+        unowned_since: dict[int, float] = {}
+        longest = 0.0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            assert sim.subscription_count() == len(sim.subscribed_channels()), "a channel with two subscribers"
+            for shard, owner in owners(conn).items():
+                if owner is None:
+                    longest = max(longest, now - unowned_since.setdefault(shard, now))
+                else:
+                    unowned_since.pop(shard, None)
+            joined = any(name.endswith(f":{joining.pid}") for name in owners(conn).values() if name)
+            if joined and one_subscriber_each(sim, channels):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the joining node got no shard")
+        assert longest < 5.0, f"a shard was unowned for {longest:.1f}s"
+        print(f"joined; longest unowned {longest:.1f}s")
     assert mismatches(sim, conn) == []
     assert duplicate_transitions(conn) == []
 
