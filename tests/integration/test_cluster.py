@@ -18,6 +18,9 @@ import psycopg2
 import psycopg2.extensions
 import pytest
 
+from kick_monitor.database import connect
+from kick_monitor.embedded_pg import EmbeddedPostgres
+from kick_monitor.migrations import migrate
 from kick_sim import Simulator
 from tests.service import (
     Service,
@@ -63,6 +66,12 @@ def cluster(nodes: list[Service]) -> Iterator[list[Service]]:
 def one_subscriber_each(sim: Simulator, channels: int) -> bool:
     """Every channel subscribed, and by exactly one connection."""
     return sim.subscription_count() == len(sim.subscribed_channels()) == channels
+
+
+def doubled_now(sim: Simulator) -> int:
+    """Channels with a second subscriber at this instant (0 when a change raced the two reads)."""
+    total, distinct = sim.subscription_count(), len(sim.subscribed_channels())
+    return total - distinct if total > distinct and sim.subscription_count() == total else 0
 
 
 def owners(conn: psycopg2.extensions.connection) -> dict[int, str | None]:
@@ -161,7 +170,7 @@ def test_three_nodes_share_the_shards_and_survive_kill_pause_and_stop(
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             now = time.monotonic()
-            assert sim.subscription_count() == len(sim.subscribed_channels()), "a channel with two subscribers"
+            assert doubled_now(sim) == 0, "a channel with two subscribers"
             for shard, owner in owners(conn).items():
                 if owner is None:
                     longest = max(longest, now - unowned_since.setdefault(shard, now))
@@ -203,3 +212,49 @@ def test_three_trees_on_one_database_record_a_go_live_offline_pair_once(
         rows = query(conn, f"SELECT status FROM kick_monitor.status_events WHERE channel_id = {streamers[0].channel_id}"
                            " AND NOT (previous_status = 'unknown' AND status = 'offline') ORDER BY id")
         assert rows == [("online",), ("offline",)]
+
+
+def test_postgres_down_longer_than_the_ttl_under_three_nodes(
+    sim: Simulator, tmp_path: Path, server_tmp_path: Path,
+) -> None:
+    """Nobody can claim while the database is down: nodes stop listening when their leases lapse,
+    never two subscribers at any sampled instant, and afterwards state equals truth, no duplicate."""
+    pg = EmbeddedPostgres(server_tmp_path / "own-pg")
+    url = pg.start()
+    conn = connect(url)
+    try:
+        migrate(conn)
+        streamers = sim.create_streamers(90)
+        insert_streamers(conn, streamers)
+        channels = 2 * len(streamers)
+        nodes = [node(sim, url, tmp_path, i) for i in range(3)]
+        with cluster(nodes):
+            wait_until(lambda: one_subscriber_each(sim, channels), 60, interval=0.1, what="one subscriber per channel")
+            sim.start_flipping(rate=20.0, duration=35.0)
+            doubled: list[int] = []
+
+            def sample(seconds: float) -> int:
+                """Samples every 100 ms; returns the fewest subscriptions seen."""
+                end, fewest = time.monotonic() + seconds, channels
+                while time.monotonic() < end:
+                    if extra := doubled_now(sim):
+                        doubled.append(extra)
+                    fewest = min(fewest, sim.subscription_count())
+                    time.sleep(0.1)
+                return fewest
+
+            sample(3.0)
+            conn.close()
+            pg.stop()
+            assert sample(3 * TTL) == 0  # longer than the TTL: every node's leases lapsed, nobody listens
+            pg.restart_after_stop()
+            conn = connect(url)
+            sample(8.0)
+            assert sim.wait_flipping_done(timeout=60)
+            wait_until(lambda: one_subscriber_each(sim, channels), 30, interval=0.1, what="shards claimed again")
+            state_settles(sim, conn, timeout=40)
+            assert doubled == [], f"channels with two subscribers at {len(doubled)} samples"
+            assert duplicate_transitions(conn) == []
+    finally:
+        conn.close()
+        pg.stop(force=True)
