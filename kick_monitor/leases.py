@@ -32,6 +32,7 @@ from typing import Any
 
 import psycopg2.extensions
 
+LEASES_CHANNEL = "kick_monitor_leases"  # NOTIFY when shards become free: other nodes claim at once
 
 @dataclass(frozen=True)
 class Node:
@@ -209,6 +210,7 @@ def release(conn: psycopg2.extensions.connection, node: Node, held: Mapping[int,
                WHERE l.shard = h.shard AND l.epoch = h.epoch AND l.owner = %s""",
             (list(held), [held[s] for s in held], node.name),
         )
+        cur.execute("SELECT pg_notify(%s, 'released')", (LEASES_CHANNEL,))
     conn.commit()
 
 
@@ -288,6 +290,7 @@ def _forget(cur: Any, names: list[str]) -> None:
         (names,),
     )
     cur.execute("DELETE FROM kick_monitor.cluster_nodes WHERE name = ANY(%s)", (names,))
+    cur.execute("SELECT pg_notify(%s, 'released')", (LEASES_CHANNEL,))
 
 
 def _alive(pid: int) -> bool:

@@ -215,3 +215,21 @@ def test_a_second_tree_for_the_same_shard_waits(plan4: psycopg2.extensions.conne
         assert second.current(time.monotonic()) == {2: 2}
     finally:
         second.stop()
+
+
+def test_shards_freed_by_a_clean_stop_are_claimed_at_once_not_at_the_next_round(
+    plan4: psycopg2.extensions.connection, database_url: str,
+) -> None:
+    a, b = keeper(database_url, "a"), keeper(database_url, "b")  # TTL 15 s: rounds every 3 s
+    try:
+        a.tick(time.monotonic())
+        b.start()
+        time.sleep(0.5)  # b's first round: nothing free
+        assert b.current(time.monotonic()) == {}
+        a.stop()  # frees every shard and NOTIFYs
+        stopped = time.monotonic()
+        while not b.current(time.monotonic()) and time.monotonic() - stopped < 1.5:
+            time.sleep(0.02)
+        assert sorted(b.current(time.monotonic())) == [0, 1, 2, 3], "claimed on the NOTIFY, before b's next round"
+    finally:
+        b.stop()
