@@ -83,11 +83,7 @@ def register(conn: psycopg2.extensions.connection, node: Node) -> None:
                                                 renewed_at = now()""",
             (node.name, node.host, node.pid, node.version, node.shards),
         )
-        cur.execute("SELECT name, pid FROM kick_monitor.cluster_nodes WHERE host = %s AND name <> %s",
-                    (node.host, node.name))
-        dead = [name for name, pid in cur.fetchall() if not _alive(pid)]
-        if dead:
-            _forget(cur, dead)
+        _forget_dead_neighbours(cur, node)
     conn.commit()
 
 
@@ -107,6 +103,7 @@ def agree_shard_count(conn: psycopg2.extensions.connection, proposed: int, node:
     """
     with conn.cursor() as cur:
         cur.execute("LOCK TABLE kick_monitor.shard_plan IN EXCLUSIVE MODE")  # one re-plan at a time
+        _forget_dead_neighbours(cur, node)  # a crashed predecessor on this host is not "another node"
         cur.execute("SELECT shard_count FROM kick_monitor.shard_plan")
         row = cur.fetchone()
         cur.execute(
@@ -281,6 +278,14 @@ def fair_share(members: Membership, me: str, holding: int) -> tuple[int, int]:
     if holding < ceiling and not hungry:
         return min(ceiling - holding, members.free), 0
     return 0, 0
+
+
+def _forget_dead_neighbours(cur: Any, node: Node) -> None:
+    cur.execute("SELECT name, pid FROM kick_monitor.cluster_nodes WHERE host = %s AND name <> %s",
+                (node.host, node.name))
+    dead = [name for name, pid in cur.fetchall() if not _alive(pid)]
+    if dead:
+        _forget(cur, dead)
 
 
 def _forget(cur: Any, names: list[str]) -> None:
