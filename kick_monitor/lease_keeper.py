@@ -75,6 +75,7 @@ class LeaseKeeper:
         os.set_blocking(self._wake_write, False)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.settled = threading.Event()  # the first round is over (claimed, or failed): leases are known
         self.oldest_free = 0.0  # seconds the longest-free shard has been free (for metrics)
 
     # -- the planner's side ---------------------------------------------------------------
@@ -114,6 +115,7 @@ class LeaseKeeper:
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 log.warning("shard leases not renewed: %s", first)
                 self._close()
+            self.settled.set()
             self._sleep(self.renew_every)
 
     def _sleep(self, seconds: float) -> None:

@@ -271,6 +271,8 @@ class Planner(Role):
         """
         if not self.hellos or self.loaded_at == float("-inf"):
             return
+        if not self.leases.settled.is_set():
+            return  # a respawned planner answers once it knows its leases, not with an empty list first
         if self.reload_at is not None and not self.reload_failed:
             return  # a reload is due first
         for conn_id, shard in self.hellos:
