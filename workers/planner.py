@@ -187,6 +187,8 @@ class Planner(Role):
         self.planned = {shard: {ref.streamer_id: ref for ref in planned.get(shard, [])} for shard in self.plan}
         for shard in self.plan:
             self.update_shard(shard, self.wanted(shard))
+            if shard in self.leased:
+                self.planned[shard] = self.plan[shard]  # one copy of the refs (memory), not the load's too
         del streamers, planned
         release_free_memory()  # the list read from the database was a burst as big as the plan
 

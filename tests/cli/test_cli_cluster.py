@@ -24,7 +24,7 @@ def test_cluster_status_shows_nodes_shards_duties_and_expiring_leases(
         cur.execute("INSERT INTO kick_monitor.duty_holders (name, node, lock_key) VALUES ('id-resolver', 'a:1', 1)")
     db_conn.commit()
     leases.claim(db_conn, a, [0, 1], want=2, ttl=15.0)
-    leases.claim(db_conn, b, [2], want=1, ttl=1.0)  # about to expire
+    held_b = leases.claim(db_conn, b, [2], want=1, ttl=4.8)  # about to expire: the default TTL / 3 is 5 s
 
     code, out, err = cli("cluster", "status", "--json")
     assert code == 0, err
@@ -37,6 +37,7 @@ def test_cluster_status_shows_nodes_shards_duties_and_expiring_leases(
     assert [(d["name"], d["node"], d["holding_session"]) for d in status["duties"]] == [("id-resolver", "a:1", None)]
     assert [lease["shard"] for lease in status["expiring"]] == [2]
 
+    leases.renew(db_conn, b, held_b, ttl=4.8)
     code, out, err = cli("cluster", "status")
     assert code == 0, err
     assert "NODES" in out and "host-b" in out and "id-resolver" in out
