@@ -287,3 +287,23 @@ def test_rolling_restart_of_three_nodes_under_load(
         print(f"\nrolling restart: {len(status_transitions(sim.truth()))} transitions, {len(lost)} channels"
               f" whose history differs from the truth: {lost[:3]}")
         assert not lost
+
+
+def test_a_second_tree_for_the_same_shard_waits_then_takes_over(
+    sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, tmp_path: Path,
+) -> None:
+    """Per-shard units (`--shard-index`): a tree started by mistake for a running shard does not double-write."""
+    streamers = sim.create_streamers(20)
+    insert_streamers(conn, streamers)
+    channels = 2 * len(streamers)
+    first, second = (node(sim, database_url, tmp_path, i, shard_count="1", shard_index="0") for i in range(2))
+    with cluster([first]):
+        wait_until(lambda: one_subscriber_each(sim, channels), 60, interval=0.1, what="the first tree subscribes")
+        with cluster([second]):
+            second.wait_children(1)
+            time.sleep(2 * TTL / 5 + 1.0)  # the second tree's keeper has had rounds
+            assert one_subscriber_each(sim, channels), "the second tree waits"
+            assert first.stop() == 0
+            wait_until(lambda: one_subscriber_each(sim, channels), 10, interval=0.1, what="the second tree takes over")
+            sim.set_live(streamers[0].slug, True)
+            wait_until(lambda: not mismatches(sim, conn), 20, what="the second tree records")
