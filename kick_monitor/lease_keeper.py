@@ -90,17 +90,19 @@ class LeaseKeeper:
         self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Clean stop: every lease freed at once (the workers stop with us) and the node row gone."""
+    def stop(self, release: bool = True) -> None:
+        """Stop renewing. `release`: the tree stops, every lease freed at once and the node row gone;
+        otherwise (only the planner restarts, the workers keep listening) the next planner renews them."""
         self._stop.set()
         with contextlib.suppress(OSError):
             os.write(self._wake_write, b"x")
         if self._thread is not None:
             self._thread.join(timeout=3.0)
-        with contextlib.suppress(Exception):
-            conn = self._conn or self._open()
-            leases.deregister(conn, self.node)
-            log.info("released %d shard leases", len(self._held))
+        if release:
+            with contextlib.suppress(Exception):
+                conn = self._conn or self._open()
+                leases.deregister(conn, self.node)
+                log.info("released %d shard leases", len(self._held))
         self._close()
         for fd in (self._wake_read, self._wake_write):
             with contextlib.suppress(OSError):

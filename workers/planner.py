@@ -70,6 +70,7 @@ RETRY_MIN, RETRY_MAX = 0.5, 10.0
 RESOLVE_BUDGET = 20.0  # seconds of Kick API lookups per round (5,000 slugs at 25 a request ≈ 200 requests)
 RESOLVE_EVERY = 30.0  # seconds between rounds when nothing wakes the resolver
 RESOLVE_LOCK_KEY = 0x4B4D5245  # advisory lock: one resolver per deployment at a time
+WORKERS_GONE_WAIT = 5.0  # at stop: how long the planner waits for its workers before freeing the leases
 
 
 class Planner(Role):
@@ -139,7 +140,10 @@ class Planner(Role):
         self.answer_hellos()
 
     def finish(self) -> int:
-        self.leases.stop()  # clean stop: our shards are free for other nodes at once
+        # Clean stop of the tree: free the leases once our workers (and their Pusher subscriptions)
+        # are gone, so the next owner never overlaps them. Workers still connected after the wait:
+        # only the planner restarts; the leases stay for the next planner.
+        self.leases.stop(release=self.wait_for_workers(min(self.settings.drain_timeout, WORKERS_GONE_WAIT)))
         self.resolver.stop()
         self.pruner.stop()
         self.server.close()
@@ -193,6 +197,15 @@ class Planner(Role):
         release_free_memory()  # the list read from the database was a burst as big as the plan
 
     # -- shard leases (issue 17) ------------------------------------------------------------
+    def wait_for_workers(self, seconds: float) -> bool:
+        """Serve the assignment socket until every worker has disconnected; False if some stayed."""
+        deadline = time.monotonic() + seconds
+        while self.server.connected_shards() and time.monotonic() < deadline:
+            self.beat()
+            readable, writable = self.wait(self.server.filenos(), self.server.writers(), 0.05)
+            self.server.serve(readable, writable)
+        return not self.server.connected_shards()
+
     def wanted(self, shard: int) -> dict[int, StreamerRef]:
         """The shard's streamers while this node holds its lease; nothing otherwise."""
         return dict(self.planned.get(shard, {})) if shard in self.leased else {}
