@@ -76,6 +76,8 @@ class LeaseKeeper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.settled = threading.Event()  # the first round is over (claimed, or failed): leases are known
+        self.worker_states: dict[int, tuple[bool, int]] = {}  # set by the planner: shard -> (connected, watching)
+        self._recorded: dict[int, tuple[bool, int]] = {}
         self.oldest_free = 0.0  # seconds the longest-free shard has been free (for metrics)
 
     # -- the planner's side ---------------------------------------------------------------
@@ -169,10 +171,16 @@ class LeaseKeeper:
         if want:
             free = [s for s in self.candidates if s not in kept]
             claimed = leases.claim(conn, self.node, free, want, self.ttl)
+            for shard in claimed:
+                self._recorded.pop(shard, None)  # the claim cleared what the previous owner's worker said
             if claimed:
                 log.info("claimed shards %s", sorted(claimed))
                 self._count("claimed", len(claimed))
             kept.update(claimed)
+        states = {s: state for s, state in dict(self.worker_states).items() if s in kept}
+        if states != self._recorded:
+            leases.record_workers(conn, self.node, states)
+            self._recorded = states
         with self._lock:
             self._held = kept
             self._valid_until = started + self.ttl - VALIDITY_MARGIN

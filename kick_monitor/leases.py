@@ -151,6 +151,7 @@ def claim(
         cur.execute(
             """UPDATE kick_monitor.shard_leases l
                SET owner = %(node)s, epoch = l.epoch + 1, claimed_at = now(), free_since = NULL,
+                   pusher_connected = NULL, watching = NULL,
                    expires_at = now() + make_interval(secs => %(ttl)s)
                WHERE l.shard IN (
                    SELECT shard FROM kick_monitor.shard_leases
@@ -208,6 +209,22 @@ def release(conn: psycopg2.extensions.connection, node: Node, held: Mapping[int,
             (list(held), [held[s] for s in held], node.name),
         )
         cur.execute("SELECT pg_notify(%s, 'released')", (LEASES_CHANNEL,))
+    conn.commit()
+
+
+def record_workers(
+    conn: psycopg2.extensions.connection, node: Node, states: Mapping[int, tuple[bool, int]],
+) -> None:
+    """Store what the owner's workers last said (Pusher connected, streamers watched) with their leases."""
+    if not states:
+        return
+    with conn.cursor() as cur:
+        cur.execute(
+            """UPDATE kick_monitor.shard_leases l SET pusher_connected = s.connected, watching = s.watching
+               FROM unnest(%s::int[], %s::boolean[], %s::int[]) AS s(shard, connected, watching)
+               WHERE l.shard = s.shard AND l.owner = %s""",
+            (list(states), [states[k][0] for k in states], [states[k][1] for k in states], node.name),
+        )
     conn.commit()
 
 
@@ -328,7 +345,7 @@ def read_status(conn: psycopg2.extensions.connection, soon: float) -> dict[str, 
            FROM kick_monitor.cluster_nodes ORDER BY name""")
     plan = rows("SELECT shard_count, version, changed_at FROM kick_monitor.shard_plan")
     shards = rows(
-        """SELECT shard, owner, epoch, expires_at, claimed_at,
+        """SELECT shard, owner, epoch, expires_at, claimed_at, pusher_connected, watching,
                   extract(epoch FROM expires_at - now())::float8 AS expires_in,
                   CASE WHEN owner IS NULL OR expires_at < now()
                        THEN extract(epoch FROM now() - COALESCE(free_since, expires_at))::float8 END AS unowned_for

@@ -267,7 +267,9 @@ CREATE TABLE IF NOT EXISTS kick_monitor.shard_leases (
     epoch      bigint NOT NULL DEFAULT 0,
     expires_at timestamptz NOT NULL DEFAULT '-infinity',
     claimed_at timestamptz,
-    free_since timestamptz DEFAULT now()  -- when it last became free (alerts: unowned too long)
+    free_since timestamptz DEFAULT now(),  -- when it last became free (alerts: unowned too long)
+    pusher_connected boolean,             -- the owner's worker, as it last told its planner
+    watching   integer                    -- streamers that worker watches
 );
 -- The shard plan the nodes agree on (one row).
 CREATE TABLE IF NOT EXISTS kick_monitor.shard_plan (

@@ -135,6 +135,7 @@ class Planner(Role):
         if now >= self.next_full_reload:
             self.schedule_reload(now)
         self.follow_leases(now)
+        self.leases.worker_states = {s: (w.connected, w.watching) for s, w in self.server.states.items()}
         if self.reload_at is not None and now >= self.reload_at:
             self.reload(now)
         self.answer_hellos()

@@ -32,10 +32,10 @@ def cluster_status_command(args: argparse.Namespace, settings: Settings) -> int:
     )) if status["nodes"] else "none running")
     print("\nSHARDS")
     print("\n".join(render_table(
-        ["SHARD", "OWNER", "EPOCH", "STREAMERS", "STATE", "EXPIRES IN"],
+        ["SHARD", "OWNER", "EPOCH", "STREAMERS", "STATE", "PUSHER", "EXPIRES IN"],
         [[str(s["shard"]), s["owner"] or "-", str(s["epoch"]), str(s["streamers"]),
           s["state"] if s["unowned_for"] is None else f"unowned for {s['unowned_for']:.0f} s",
-          "-" if s["state"] != "owned" else f"{s['expires_in']:.1f} s"]
+          _connection(s), "-" if s["state"] != "owned" else f"{s['expires_in']:.1f} s"]
          for s in status["shards"]],
     )))
     print("\nDUTIES")
@@ -48,6 +48,13 @@ def cluster_status_command(args: argparse.Namespace, settings: Settings) -> int:
         print(f"\nwarning: the lease of shard {lease['shard']} ({lease['owner']}) expires in"
               f" {lease['expires_in']:.1f} s without renewal")
     return EXIT_OK
+
+
+def _connection(shard: dict[str, Any]) -> str:
+    """The owner's worker as it last told its planner: Pusher connected, streamers it watches."""
+    if shard["state"] != "owned" or shard["pusher_connected"] is None:
+        return "-"
+    return f"{'connected' if shard['pusher_connected'] else 'DISCONNECTED'}, watching {shard['watching']}"
 
 
 def _json_value(value: Any) -> str:

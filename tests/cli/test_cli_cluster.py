@@ -25,6 +25,7 @@ def test_cluster_status_shows_nodes_shards_duties_and_expiring_leases(
     db_conn.commit()
     leases.claim(db_conn, a, [0, 1], want=2, ttl=15.0)
     held_b = leases.claim(db_conn, b, [2], want=1, ttl=4.8)  # about to expire: the default TTL / 3 is 5 s
+    leases.record_workers(db_conn, a, {0: (True, 11), 1: (False, 9)})
 
     code, out, err = cli("cluster", "status", "--json")
     assert code == 0, err
@@ -34,6 +35,7 @@ def test_cluster_status_shows_nodes_shards_duties_and_expiring_leases(
     shards = [(s["shard"], s["owner"], s["epoch"]) for s in status["shards"]]
     assert shards == [(0, "a:1", 1), (1, "a:1", 1), (2, "b:2", 1)]
     assert sum(s["streamers"] for s in status["shards"]) == 30
+    assert [(s["pusher_connected"], s["watching"]) for s in status["shards"]] == [(True, 11), (False, 9), (None, None)]
     assert [(d["name"], d["node"], d["holding_session"]) for d in status["duties"]] == [("id-resolver", "a:1", None)]
     assert [lease["shard"] for lease in status["expiring"]] == [2]
 
@@ -41,4 +43,5 @@ def test_cluster_status_shows_nodes_shards_duties_and_expiring_leases(
     code, out, err = cli("cluster", "status")
     assert code == 0, err
     assert "NODES" in out and "host-b" in out and "id-resolver" in out
+    assert "connected, watching 11" in out and "DISCONNECTED, watching 9" in out
     assert "the lease of shard 2 (b:2) expires in" in out

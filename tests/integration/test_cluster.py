@@ -19,6 +19,7 @@ import psycopg2
 import psycopg2.extensions
 import pytest
 
+from kick_monitor import leases
 from kick_monitor.database import connect
 from kick_monitor.embedded_pg import EmbeddedPostgres
 from kick_monitor.migrations import migrate
@@ -75,6 +76,13 @@ def doubled_now(sim: Simulator) -> int:
     return total - distinct if total > distinct and sim.subscription_count() == total else 0
 
 
+def workers_reported(conn: psycopg2.extensions.connection) -> tuple[int, int]:
+    """(shards whose owner's worker says it is connected, streamers those workers watch), per cluster status."""
+    shards = leases.read_status(conn, 5.0)["shards"]
+    connected = [s for s in shards if s["state"] == "owned" and s["pusher_connected"]]
+    return len(connected), sum(s["watching"] or 0 for s in connected)
+
+
 def owners(conn: psycopg2.extensions.connection) -> dict[int, str | None]:
     return dict(query(conn, "SELECT shard, CASE WHEN expires_at > now() THEN owner END FROM kick_monitor.shard_leases"))
 
@@ -120,6 +128,8 @@ def test_three_nodes_share_the_shards_and_survive_kill_pause_and_stop(
     with cluster(nodes):
         wait_until(lambda: one_subscriber_each(sim, channels), 60, interval=0.1, what="one subscriber per channel")
         wait_until(lambda: len(set(owners(conn).values()) - {None}) == 3, 30, what="one shard per node")
+        wait_until(lambda: workers_reported(conn) == (SHARDS, len(streamers)), 10,
+                   what="cluster status: every owner's worker connected, every streamer watched")
         flip(sim)
         settle(sim, conn, timeout=30)
 
