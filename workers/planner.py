@@ -121,6 +121,10 @@ class Planner(Role):
         timeout = 0.5
         if self.reload_at is not None:
             timeout = max(0.0, min(timeout, self.reload_at - now))
+        # the first load waits for the first lease round (one load, not one before and one after it)
+        first_load_waits = self.loaded_at == float("-inf") and not self.leases.settled.is_set()
+        if first_load_waits:
+            timeout = max(timeout, 0.01)
         rlist: list[Any] = self.server.filenos()
         if self.listen_conn is not None:
             rlist.append(self.listen_conn)
@@ -136,7 +140,7 @@ class Planner(Role):
             self.schedule_reload(now)
         self.follow_leases(now)
         self.leases.worker_states = {s: (w.connected, w.watching) for s, w in self.server.states.items()}
-        if self.reload_at is not None and now >= self.reload_at:
+        if self.reload_at is not None and now >= self.reload_at and not first_load_waits:
             self.reload(now)
         self.answer_hellos()
 
@@ -228,8 +232,11 @@ class Planner(Role):
                 log.info("shard %d: lease ended, stopped listening", shard, extra={"shard": shard})
             if epoch is not None:
                 self.leased[shard] = epoch
-                self.schedule_reload(now)  # statuses as fresh as the database has them, then Subscribe
                 log.info("shard %d: lease claimed (epoch %d)", shard, epoch, extra={"shard": shard})
+                if now - self.loaded_at > FRESH_FOR_HELLO:
+                    self.schedule_reload(now)  # statuses as fresh as the database has them, then Subscribe
+                else:
+                    self.update_shard(shard, self.wanted(shard))
 
     def sync_source(self) -> None:
         """Make the list equal to the application's source; on a bad source keep the list as it is."""
