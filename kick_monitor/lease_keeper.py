@@ -35,6 +35,7 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extensions
+from psycopg2 import sql
 
 from . import leases
 
@@ -208,7 +209,7 @@ class LeaseKeeper:
         with conn.cursor() as cur:
             cur.execute("SET statement_timeout = %s", (STATEMENT_TIMEOUT_MS,))
             cur.execute("SET lock_timeout = %s", (STATEMENT_TIMEOUT_MS // 2,))
-            cur.execute(f"LISTEN {leases.LEASES_CHANNEL}")
+            cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(leases.LEASES_CHANNEL)))
         conn.commit()
         leases.register(conn, self.node)
         self._conn = conn

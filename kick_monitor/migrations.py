@@ -398,9 +398,12 @@ def _oldest_code_beyond(conn: psycopg2.extensions.connection, known: int) -> int
             " AND table_name = 'schema_migrations' AND column_name = 'oldest_code'"
         )
         has_column = cur.fetchone() is not None
-        column = "COALESCE(oldest_code, version)" if has_column else "version"
-        cur.execute(f"SELECT COALESCE(max({column}), 0) FROM kick_monitor.schema_migrations WHERE version > %s",
-                    (known,))
+        if has_column:
+            cur.execute("SELECT COALESCE(max(COALESCE(oldest_code, version)), 0) FROM kick_monitor.schema_migrations"
+                        " WHERE version > %s", (known,))
+        else:
+            cur.execute("SELECT COALESCE(max(version), 0) FROM kick_monitor.schema_migrations WHERE version > %s",
+                        (known,))
         row = cur.fetchone()
     conn.rollback()
     return int(row[0]) if row else 0
