@@ -22,7 +22,7 @@ import socket
 from collections.abc import Iterable
 
 from .framing import FramedSocket, Link, ProtocolError, dial
-from .messages import Assign, Hello, Subscribe, Unsubscribe
+from .messages import Assign, Hello, Subscribe, Unsubscribe, WorkerState
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,15 @@ class AssignmentClient(Link):
     def __init__(self, address: str, shard: int) -> None:
         super().__init__(address)
         self.shard = shard
+        self.state: WorkerState | None = None  # the last one told; told again after a reconnection
+
+    def tell_state(self, state: WorkerState) -> None:
+        """Queue the worker's state for the planner if it changed (sent with the next flush)."""
+        if state == self.state:
+            return
+        self.state = state
+        if self._channel is not None:
+            self._channel.queue(state)
 
     def service(self, now: float, readable: bool = False) -> list[PlannerMessage]:
         """Connect when due, flush, read; never raises (a broken link is retried)."""
@@ -63,6 +72,8 @@ class AssignmentClient(Link):
             self._retry_at = now + RECONNECT_DELAY
             return
         self._channel.queue(Hello(self.shard))
+        if self.state is not None:
+            self._channel.queue(self.state)
         with contextlib.suppress(OSError):
             self._channel.flush()
 
@@ -77,6 +88,7 @@ class AssignmentServer:
         self._shard_of: dict[int, int] = {}
         self._by_fd: dict[int, int] = {}
         self._ids = itertools.count(1)
+        self.states: dict[int, WorkerState] = {}  # by shard: what its worker last told (issue 17)
 
     def filenos(self) -> list[int]:
         return [self.listener.fileno(), *self._by_fd]
@@ -105,6 +117,8 @@ class AssignmentServer:
                     if isinstance(message, Hello):
                         self._shard_of[conn_id] = message.shard
                         hellos.append((conn_id, message.shard))
+                    elif isinstance(message, WorkerState):
+                        self.states[message.shard] = message
             except (OSError, ConnectionError, ProtocolError, pickle.UnpicklingError, EOFError) as exc:
                 self._close(conn_id, str(exc))
         return hellos

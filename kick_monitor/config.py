@@ -255,6 +255,13 @@ class Settings(BaseModel):
     drain_timeout: Annotated[float, live(COORDINATOR, WORKER)] = Field(
         20.0, gt=0, le=600, description="graceful stop bound, seconds",
     )
+    # --- issue 17 (cluster) ---
+    lease_ttl: Annotated[float, restart(PLANNER)] = Field(
+        15.0, ge=2, le=300,
+        description="seconds a node's shard lease lasts without renewal (renewed every ttl/5); after it another"
+        " node may take the shard over",
+    )
+    # --- end issue 17 ---
 
     # integration with an application's own tables (docs/integration.md)
     streamers_source: Annotated[str | None, restart(PLANNER)] = Field(

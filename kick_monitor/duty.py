@@ -9,6 +9,15 @@ lets an error kill its thread: it is logged and the next round tries again.
 
 Threads are safe here because duties live in roles that never fork (the planner).
 
+Across nodes (issue 17) the advisory lock is what makes a duty run on one node at a time,
+and it moves on failover by itself: a dead holder's session ends with its process. A holder
+that is *paused* (SIGSTOP, a frozen VM) or cut off would keep its session, and the lock,
+for ever — so during a round the session carries `idle_session_timeout` and
+`idle_in_transaction_session_timeout` (`ROUND_IDLE_LIMIT`): PostgreSQL ends a holder that
+stopped talking, the lock is free, another node's next round takes it, and the woken holder's
+next statement fails instead of writing. Between rounds (no lock held) the limits are off.
+Each round records its node in `kick_monitor.duty_holders` for `kick-monitor cluster status`.
+
 >>> class Tidy(Duty):
 ...     name, lock_key, every = "tidy", 0x4B4D0001, 60.0
 ...     def round(self, conn): ...
@@ -27,6 +36,8 @@ import psycopg2
 import psycopg2.extensions
 
 log = logging.getLogger(__name__)
+
+ROUND_IDLE_LIMIT_MS = 60_000  # a holder silent this long mid-round loses its session (and the lock)
 
 
 class Duty:
@@ -90,12 +101,32 @@ class Duty:
         if not row or not row[0]:
             return None  # another process of this deployment does it now
         try:
+            self._begin_round(conn)
             return self.round(conn)
         finally:
             conn.rollback()
             with conn.cursor() as cur:
                 cur.execute("SELECT pg_advisory_unlock(%s)", (self.lock_key,))
+                if conn.server_version >= 140000:
+                    cur.execute("SET idle_session_timeout = 0")
+                cur.execute("SET idle_in_transaction_session_timeout = 0")
             conn.commit()
+
+    def _begin_round(self, conn: psycopg2.extensions.connection) -> None:
+        """Bound how long a paused holder keeps the lock, and say which node holds it."""
+        from .leases import node_name
+
+        with conn.cursor() as cur:
+            if conn.server_version >= 140000:  # idle_session_timeout is PostgreSQL 14+
+                cur.execute("SET idle_session_timeout = %s", (ROUND_IDLE_LIMIT_MS,))
+            cur.execute("SET idle_in_transaction_session_timeout = %s", (ROUND_IDLE_LIMIT_MS,))
+            cur.execute(
+                """INSERT INTO kick_monitor.duty_holders (name, node, lock_key) VALUES (%s, %s, %s)
+                   ON CONFLICT (name) DO UPDATE SET node = EXCLUDED.node, lock_key = EXCLUDED.lock_key,
+                                                    round_started = now()""",
+                (self.name, node_name(), self.lock_key),
+            )
+        conn.commit()
 
     def _run(self) -> None:
         while not self._stop.is_set():

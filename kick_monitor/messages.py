@@ -107,6 +107,17 @@ class Hello:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerState:
+    """Worker → planner when it changes (issue 17): Pusher connection up, streamers watched.
+
+    The planner records it with the shard's lease for `kick-monitor cluster status`."""
+
+    shard: int
+    connected: bool
+    watching: int
+
+
+@dataclass(frozen=True, slots=True)
 class Assign:
     """Planner → worker: the whole shard; replaces whatever the worker watched before."""
 

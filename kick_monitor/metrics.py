@@ -200,3 +200,19 @@ NOTIFY_ACTIVE = Gauge(
     "kick_monitor_notify_active", "1 while this process tree's notifier dispatches (one per deployment)",
     multiprocess_mode="livemax",
 )
+# --- issue 17 (cluster): shard leases of this node (kick_monitor/lease_keeper.py) ---
+CLUSTER_LEASES = Gauge(
+    "kick_monitor_cluster_leases_held", "Shard leases this node holds", multiprocess_mode="livemax",
+)
+CLUSTER_HANDOVERS = Counter(
+    "kick_monitor_cluster_handovers_total",
+    "Shard lease events of this node: claimed, released (handed over), lost (taken by another node while"
+    " this one ran), lapsed (not renewed in time: paused or cut off; stopped listening)",
+    ["event"],
+)
+CLUSTER_UNOWNED_SECONDS = Gauge(
+    "kick_monitor_cluster_shard_unowned_seconds",
+    "How long the longest-unowned shard of the deployment has been without an owner (0: every shard owned)",
+    multiprocess_mode="livemax",
+)
+# --- end issue 17 ---

@@ -24,6 +24,11 @@ class Migration:
     version: int
     name: str
     sql: str
+    # The oldest code that can run on this schema, named by the newest migration that code
+    # knows (its LATEST_VERSION). None: only code that knows this migration. An expand-only
+    # migration names the migration before it, so nodes of the previous release keep running
+    # during a rolling upgrade (issue 17; `require_compatible`).
+    oldest_code: int | None = None
 
 
 # One broadcast per online transition of the history, ended by the next transition (an
@@ -242,7 +247,7 @@ CREATE INDEX IF NOT EXISTS broadcasts_streamer_started ON kick_monitor.broadcast
     # Issue 16 (webhook subscriptions, kick_monitor/webhook_subscriptions.py). Expand-only: two
     # new tables nothing older reads.
     Migration(
-        6,
+        5,
         "webhook subscriptions: state per streamer and event, last sync",
         """
 -- What the last sync left for each (streamer, event): status and metrics read it. No FK: the
@@ -271,12 +276,13 @@ CREATE TABLE IF NOT EXISTS kick_monitor.webhook_sync (
     recreated   integer NOT NULL DEFAULT 0
 );
 """,
+        oldest_code=4,  # expand-only: code of schema 4 runs on it (rolling upgrade, issue 17)
     ),
     # -- notifier (issue 19): go-live notifications ------------------------------------------
     # Expand-only: new tables only the notifier and `kick-monitor notify` read. The writer's
     # statement is untouched: the notifier follows the broadcasts table (a cursor of its own).
     Migration(
-        7,
+        6,
         "go-live notifications: targets, deliveries, the notifier's cursor",
         """
 CREATE TABLE IF NOT EXISTS kick_monitor.notify_targets (
@@ -350,8 +356,57 @@ DROP TRIGGER IF EXISTS notify_targets_changed ON kick_monitor.notify_targets;
 CREATE TRIGGER notify_targets_changed AFTER INSERT OR UPDATE OR DELETE ON kick_monitor.notify_targets
     FOR EACH STATEMENT EXECUTE FUNCTION kick_monitor.notify_targets_changed();
 """,
+        oldest_code=4,  # expand-only: code of schema 4 runs on it (rolling upgrade, issue 17)
     ),
     # -- end notifier --------------------------------------------------------------------------
+    # --- issue 17 (cluster): nodes, shard leases, the agreed shard plan, schema compatibility ---
+    # Expand-only: new tables and one nullable column; a node of the previous release never
+    # reads them and keeps running beside a node that applied this (oldest_code).
+    Migration(
+        7,
+        "cluster: nodes, shard leases, shard plan, schema compatibility",
+        """
+-- Each process tree (`kick-monitor run`) of the deployment, renewed every few seconds.
+CREATE TABLE IF NOT EXISTS kick_monitor.cluster_nodes (
+    name       text PRIMARY KEY,          -- host:coordinator pid
+    host       text NOT NULL,
+    pid        integer NOT NULL,
+    version    text NOT NULL,
+    shards     text NOT NULL,             -- 'all' or the one shard it runs ('3')
+    started_at timestamptz NOT NULL DEFAULT now(),
+    renewed_at timestamptz NOT NULL DEFAULT now()
+);
+-- One row per shard of the plan; owner NULL = free. epoch grows at every claim.
+CREATE TABLE IF NOT EXISTS kick_monitor.shard_leases (
+    shard      integer PRIMARY KEY,
+    owner      text,
+    epoch      bigint NOT NULL DEFAULT 0,
+    expires_at timestamptz NOT NULL DEFAULT '-infinity',
+    claimed_at timestamptz,
+    free_since timestamptz DEFAULT now(),  -- when it last became free (alerts: unowned too long)
+    pusher_connected boolean,             -- the owner's worker, as it last told its planner
+    watching   integer                    -- streamers that worker watches
+);
+-- The shard plan the nodes agree on (one row).
+CREATE TABLE IF NOT EXISTS kick_monitor.shard_plan (
+    id          boolean PRIMARY KEY DEFAULT true CHECK (id),
+    shard_count integer NOT NULL CHECK (shard_count > 0),
+    version     bigint NOT NULL DEFAULT 1,
+    changed_at  timestamptz NOT NULL DEFAULT now()
+);
+-- Who did each duty's last round (kick_monitor/duty.py): `kick-monitor cluster status`.
+CREATE TABLE IF NOT EXISTS kick_monitor.duty_holders (
+    name          text PRIMARY KEY,
+    node          text NOT NULL,
+    lock_key      bigint NOT NULL,
+    round_started timestamptz NOT NULL DEFAULT now()
+);
+-- Which code can run on the schema: see Migration.oldest_code.
+ALTER TABLE kick_monitor.schema_migrations ADD COLUMN IF NOT EXISTS oldest_code integer;
+""",
+        oldest_code=4,
+    ),
+    # --- end issue 17 ---
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
@@ -394,6 +449,7 @@ def migrate(conn: psycopg2.extensions.connection) -> list[Migration]:
                 "INSERT INTO kick_monitor.schema_migrations (version, name) VALUES (%s, %s)",
                 (migration.version, migration.name),
             )
+            record_oldest_code(cur)
             applied.append(migration)
     return applied
 
@@ -404,14 +460,66 @@ def backfill_broadcasts(conn: psycopg2.extensions.connection) -> None:
         cur.execute(BACKFILL_SQL)
 
 
-def require_current(conn: psycopg2.extensions.connection) -> int:
-    """Raise SchemaError unless the schema is exactly the version this program knows."""
+def record_oldest_code(cur: psycopg2.extensions.cursor) -> None:
+    """Write every known migration's `oldest_code` (once the column exists: migration 7)."""
+    cur.execute(
+        "SELECT 1 FROM information_schema.columns WHERE table_schema = 'kick_monitor'"
+        " AND table_name = 'schema_migrations' AND column_name = 'oldest_code'"
+    )
+    if cur.fetchone() is None:
+        return
+    for migration in MIGRATIONS:
+        oldest = migration.version if migration.oldest_code is None else migration.oldest_code
+        cur.execute(
+            "UPDATE kick_monitor.schema_migrations SET oldest_code = %s WHERE version = %s AND oldest_code IS NULL",
+            (oldest, migration.version),
+        )
+
+
+def require_compatible(conn: psycopg2.extensions.connection, known: int = LATEST_VERSION) -> int:
+    """Raise SchemaError unless code that knows migrations up to `known` can run on this schema.
+
+    Older schema: refused (run `db migrate`). Newer schema: accepted when every migration
+    beyond `known` says code of `known` can run on it (`oldest_code`, written by the newer
+    release): a node of the previous release keeps running in a rolling upgrade.
+    """
     version = current_version(conn)
-    conn.rollback()
     if version == 0:
+        conn.rollback()
         raise SchemaError("database has no kick-monitor schema; run `kick-monitor db migrate`")
-    if version < LATEST_VERSION:
-        raise SchemaError(f"schema version {version} is older than {LATEST_VERSION}; run `kick-monitor db migrate`")
-    if version > LATEST_VERSION:
-        raise SchemaError(f"schema version {version} is newer than this program ({LATEST_VERSION}); upgrade it")
+    if version < known:
+        conn.rollback()
+        raise SchemaError(f"schema version {version} is older than {known}; run `kick-monitor db migrate`")
+    if version > known:
+        needs = _oldest_code_beyond(conn, known)
+        if needs > known:
+            raise SchemaError(
+                f"schema version {version} is newer than this program ({known}) and needs code of schema {needs}"
+                " or newer; upgrade it"
+            )
+    conn.rollback()
     return version
+
+
+def require_current(conn: psycopg2.extensions.connection) -> int:
+    """The start-up check: this program can run on the schema (`require_compatible`)."""
+    return require_compatible(conn)
+
+
+def _oldest_code_beyond(conn: psycopg2.extensions.connection, known: int) -> int:
+    """The highest `oldest_code` among migrations newer than `known` (their own version if unknown)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = 'kick_monitor'"
+            " AND table_name = 'schema_migrations' AND column_name = 'oldest_code'"
+        )
+        has_column = cur.fetchone() is not None
+        if has_column:
+            cur.execute("SELECT COALESCE(max(COALESCE(oldest_code, version)), 0) FROM kick_monitor.schema_migrations"
+                        " WHERE version > %s", (known,))
+        else:
+            cur.execute("SELECT COALESCE(max(version), 0) FROM kick_monitor.schema_migrations WHERE version > %s",
+                        (known,))
+        row = cur.fetchone()
+    conn.rollback()
+    return int(row[0]) if row else 0

@@ -177,6 +177,19 @@ ROWS: list[tuple[str, list[Panel]]] = [
             ("targets {{state}}", f"max by (state) (kick_monitor_notify_targets{{{SEL}}})"),
             ("dispatching trees", f"sum(kick_monitor_notify_active{{{SEL}}})")], 8),
     ]),
+    # --- issue 17 (cluster) ---
+    ("Cluster", [
+        ("Shard leases per node", "timeseries", "short", [
+            ("{{instance}}", f"max by (instance) (kick_monitor_cluster_leases_held{{{SEL}}})")], 8),
+        ("Lease hand-overs / h", "timeseries", "short", [
+            ("{{event}} {{instance}}",
+             "sum by (event, instance) "
+             f"(rate(kick_monitor_cluster_handovers_total{{{SEL}}}[$__rate_interval])) * 3600")],
+         8),
+        ("Longest-unowned shard", "timeseries", "s", [
+            ("unowned", f"max(kick_monitor_cluster_shard_unowned_seconds{{{SEL}}})")], 8),
+    ]),
+    # --- end issue 17 ---
 ]
 
 

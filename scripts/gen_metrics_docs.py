@@ -26,6 +26,8 @@ OUTPUT = REPO / "docs" / "metrics.md"
 # What each label's values are, by "metric:label" first, then by "label".
 LABELS = {
     "shard": "shard index, `0` … `N-1`",
+    "kick_monitor_cluster_handovers:event": "`claimed` \\| `released` (handed over) \\| `lost` (taken by another "
+    "node) \\| `lapsed` (not renewed within the TTL: paused or cut off)",  # issue 17
     "kick_monitor_frames_received:event": "lifecycle event name (`App\\Events\\StreamerIsLive`, "
     "`App\\Events\\StopStreamBroadcast`, …) or `other` (chat, goals: dropped unparsed)",
     "kick_monitor_parse_errors:kind": "`oversize`, `bad_json`, `invalid_utf8`, `bad_frame`, `bad_data_json`, "

@@ -619,9 +619,10 @@ def run_service(settings: Settings, reload_settings: Callable[[], Settings] | No
                 check_integration(settings, conn)  # source synced, mirror dry-run, or exit 2
                 subscribable = count_subscribable(conn)
                 notifier = wants_notifier(settings, conn)  # notifier (issue 19)
+                plan = agree_cluster_plan(conn, settings, TreePlan.for_settings(settings, subscribable))  # issue 17
             finally:
                 conn.close()
-            plan = dataclasses.replace(TreePlan.for_settings(settings, subscribable), notifier=notifier)
+            plan = dataclasses.replace(plan, notifier=notifier)
             return Supervisor(settings, url, plan, reload_settings).run()
     except IntegrationError as exc:
         log.error("%s", exc)
@@ -644,6 +645,29 @@ def wants_notifier(settings: Settings, conn: Any) -> bool:
     if found:
         log.info("notify targets found: the notifier runs")
     return found
+
+
+# --- issue 17 (cluster): the shard count every node of the deployment uses --------------
+def agree_cluster_plan(conn: Any, settings: Settings, plan: TreePlan) -> TreePlan:
+    """The plan's shard count as the deployment agreed it in PostgreSQL (`leases.agree_shard_count`).
+
+    Alone, a node's own count becomes the plan (as before the cluster); beside running
+    nodes it adopts theirs — a per-shard unit configured otherwise stops with exit 2.
+    """
+    from kick_monitor import __version__, leases
+
+    node = leases.Node.this("all" if settings.shard_index is None else str(settings.shard_index), __version__)
+    count = leases.agree_shard_count(conn, plan.shard_count, node, settings.lease_ttl)
+    if count == plan.shard_count:
+        return plan
+    if settings.shard_index is not None:
+        raise ValueError(
+            f"the running nodes use {count} shards, this unit KICK_MONITOR_SHARD_COUNT={plan.shard_count}:"
+            " configure the same count everywhere"
+        )
+    log.warning("running the deployment's %d shards (configured or computed here: %d)", count, plan.shard_count)
+    return TreePlan(plan.tree, count, tuple(range(count)))
+# --- end issue 17 ---
 
 
 # -- the application's source and mirror are checked before anything forks --------------

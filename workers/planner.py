@@ -28,6 +28,10 @@ but never the reaping, killing and respawning of processes.
 - Webhook subscriptions (`kick_monitor.webhook_sync.WebhookSync`, issue 16): a third helper
   thread keeps Kick's event subscriptions equal to the streamer list, woken with the
   resolver on every streamer NOTIFY; one process of a deployment at a time.
+- Shard leases (issue 17, `kick_monitor.lease_keeper`): a worker gets its shard's streamers
+  only while this node holds the shard's lease; a lost or given-back lease unsubscribes the
+  worker at once, a claimed one hands the shard over after a fresh reload (statuses as the
+  previous owner left them) under a fresh assignment generation.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ from psycopg2 import sql
 from kick_monitor.assignment import AssignmentServer
 from kick_monitor.database import DatabaseUnavailable, connect
 from kick_monitor.duty import Duty
+from kick_monitor.lease_keeper import LeaseKeeper
+from kick_monitor.leases import Node
 from kick_monitor.messages import Assign, StreamerRef, Subscribe, Unsubscribe
 from kick_monitor.metric_deltas import CounterDeltas
 from kick_monitor.migrations import STREAMERS_CHANNEL
@@ -68,6 +74,7 @@ RETRY_MIN, RETRY_MAX = 0.5, 10.0
 RESOLVE_BUDGET = 20.0  # seconds of Kick API lookups per round (5,000 slugs at 25 a request ≈ 200 requests)
 RESOLVE_EVERY = 30.0  # seconds between rounds when nothing wakes the resolver
 RESOLVE_LOCK_KEY = 0x4B4D5245  # advisory lock: one resolver per deployment at a time
+WORKERS_GONE_WAIT = 5.0  # at stop: how long the planner waits for its workers before freeing the leases
 
 
 class Planner(Role):
@@ -91,6 +98,17 @@ class Planner(Role):
         self.sync_due = self.settings.streamers_source is not None  # sync the source at the next reload
         self.source_problem = ""  # the last source failure reported (reported again only when it changes)
         self.resolver = IdResolver(self)
+        # --- issue 17 (cluster): this node's shard leases ---
+        from kick_monitor import __version__
+
+        self.planned: dict[int, dict[int, StreamerRef]] = {}  # the last load's plan, leased or not
+        self.leased: dict[int, int] = {}  # shard -> lease epoch the workers were set up for
+        node = Node.this("all" if ctx.tree == "all" else str(ctx.shards[0]), __version__, coordinator_pid=self.ppid)
+        self.leases = LeaseKeeper(
+            lambda: connect(ctx.database_url, application_name=f"kick-monitor leases {node.name}"),
+            node, ctx.shards, ctx.shard_count, self.settings.lease_ttl, self.telemetry,
+        )
+        # --- end issue 17 ---
         self.pruner = Pruner(
             lambda: connect(self.ctx.database_url, application_name="kick-monitor pruner"),
             self.settings.history_retention,
@@ -98,6 +116,7 @@ class Planner(Role):
         self.webhook_sync = self.make_webhook_sync()  # issue 16: Kick webhook subscriptions
 
     def boot(self) -> None:
+        self.leases.start()
         self.resolver.start()
         self.pruner.start()
         self.webhook_sync.start()
@@ -108,6 +127,10 @@ class Planner(Role):
         timeout = 0.5
         if self.reload_at is not None:
             timeout = max(0.0, min(timeout, self.reload_at - now))
+        # the first load waits for the first lease round (one load, not one before and one after it)
+        first_load_waits = self.loaded_at == float("-inf") and not self.leases.settled.is_set()
+        if first_load_waits:
+            timeout = max(timeout, 0.01)
         rlist: list[Any] = self.server.filenos()
         if self.listen_conn is not None:
             rlist.append(self.listen_conn)
@@ -121,11 +144,17 @@ class Planner(Role):
                 self.schedule_reload(now)
         if now >= self.next_full_reload:
             self.schedule_reload(now)
-        if self.reload_at is not None and now >= self.reload_at:
+        self.follow_leases(now)
+        self.leases.worker_states = {s: (w.connected, w.watching) for s, w in self.server.states.items()}
+        if self.reload_at is not None and now >= self.reload_at and not first_load_waits:
             self.reload(now)
         self.answer_hellos()
 
     def finish(self) -> int:
+        # Clean stop of the tree: free the leases once our workers (and their Pusher subscriptions)
+        # are gone, so the next owner never overlaps them. Workers still connected after the wait:
+        # only the planner restarts; the leases stay for the next planner.
+        self.leases.stop(release=self.wait_for_workers(min(self.settings.drain_timeout, WORKERS_GONE_WAIT)))
         self.resolver.stop()
         self.pruner.stop()
         self.webhook_sync.stop()
@@ -182,10 +211,50 @@ class Planner(Role):
         for status, count in counts.items():
             self.telemetry.STREAMERS.labels(status=status).set(count)
         planned = plan_shards(streamers, self.ctx.shard_count)
+        self.planned = {shard: {ref.streamer_id: ref for ref in planned.get(shard, [])} for shard in self.plan}
         for shard in self.plan:
-            self.update_shard(shard, {ref.streamer_id: ref for ref in planned.get(shard, [])})
+            self.update_shard(shard, self.wanted(shard))
+            if shard in self.leased:
+                self.planned[shard] = self.plan[shard]  # one copy of the refs (memory), not the load's too
         del streamers, planned
         release_free_memory()  # the list read from the database was a burst as big as the plan
+
+    # -- shard leases (issue 17) ------------------------------------------------------------
+    def wait_for_workers(self, seconds: float) -> bool:
+        """Serve the assignment socket until every worker has disconnected; False if some stayed."""
+        deadline = time.monotonic() + seconds
+        while self.server.connected_shards() and time.monotonic() < deadline:
+            self.beat()
+            readable, writable = self.wait(self.server.filenos(), self.server.writers(), 0.05)
+            self.server.serve(readable, writable)
+        return not self.server.connected_shards()
+
+    def wanted(self, shard: int) -> dict[int, StreamerRef]:
+        """The shard's streamers while this node holds its lease; nothing otherwise."""
+        return dict(self.planned.get(shard, {})) if shard in self.leased else {}
+
+    def follow_leases(self, now: float) -> None:
+        """Unsubscribe a shard whose lease ended at once; take over a claimed one after a fresh load.
+
+        A new epoch is a new hand-over even for a shard we held before (we lapsed and claimed
+        it again): its worker starts over with a fresh generation and fresh statuses.
+        """
+        current = self.leases.current(now)
+        for shard in self.plan:
+            epoch = current.get(shard)
+            if self.leased.get(shard) == epoch:
+                continue
+            if shard in self.leased:
+                del self.leased[shard]
+                self.update_shard(shard, {})
+                log.info("shard %d: lease ended, stopped listening", shard, extra={"shard": shard})
+            if epoch is not None:
+                self.leased[shard] = epoch
+                log.info("shard %d: lease claimed (epoch %d)", shard, epoch, extra={"shard": shard})
+                if now - self.loaded_at > FRESH_FOR_HELLO:
+                    self.schedule_reload(now)  # statuses as fresh as the database has them, then Subscribe
+                else:
+                    self.update_shard(shard, self.wanted(shard))
 
     def sync_source(self) -> None:
         """Make the list equal to the application's source; on a bad source keep the list as it is."""
@@ -243,6 +312,8 @@ class Planner(Role):
         """
         if not self.hellos or self.loaded_at == float("-inf"):
             return
+        if not self.leases.settled.is_set():
+            return  # a respawned planner answers once it knows its leases, not with an empty list first
         if self.reload_at is not None and not self.reload_failed:
             return  # a reload is due first
         for conn_id, shard in self.hellos:

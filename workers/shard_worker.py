@@ -32,7 +32,7 @@ from kick_monitor.events import LIFECYCLE_EVENTS, EventStats, StatusTracker, Tit
 from kick_monitor.exitcodes import EX_CONFIG
 from kick_monitor.handoff import ChangeSender, overflow_spool
 from kick_monitor.live_status import diff_by_streamer, live_status_by_streamer
-from kick_monitor.messages import Assign, StatusChange, StreamerRef, Subscribe, Unsubscribe
+from kick_monitor.messages import Assign, StatusChange, StreamerRef, Subscribe, Unsubscribe, WorkerState
 from kick_monitor.metric_deltas import CounterDeltas
 from kick_monitor.preload import release_free_memory
 from kick_monitor.pusher import PusherFatalError, PusherSession
@@ -456,6 +456,7 @@ class ShardWorker(Role):
 
     def report(self) -> None:
         """Gauges and running totals, once a second."""
+        self.assignments.tell_state(WorkerState(self.shard, bool(self.session.connected), len(self.refs)))
         m = self.telemetry
         if not m.enabled:
             return

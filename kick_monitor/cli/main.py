@@ -28,6 +28,7 @@ from ..logsetup import configure_logging, redact, register_secret, register_url_
 from ..migrations import SchemaError
 from ..streamers import StreamerError
 from .broadcast_commands import streams_command
+from .cluster_commands import cluster_status_command
 from .database_commands import migrate_command
 from .dry_run import dry_run
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError
@@ -117,6 +118,14 @@ def build_parser() -> CliParser:
     # notifier (issue 19)
     add_notify_commands(commands.add_parser("notify", help="go-live notifications: Discord, Slack, JSON webhooks"),
                         _leaf)
+    # --- issue 17 (cluster) ---
+    cluster = commands.add_parser("cluster", help="nodes, shard leases and duties of the deployment").add_subparsers(
+        dest="cluster_command", metavar="COMMAND", required=True
+    )
+    cluster_status = cluster.add_parser("status", help="nodes, shards (owner, epoch, streamers), duties, leases")
+    cluster_status.add_argument("--json", action="store_true", help="print JSON: {plan, nodes, shards, duties, ...}")
+    _leaf(cluster_status, cluster_status_command)
+    # --- end issue 17 ---
 
     for name, entry in tool_commands().items():  # parsed by the tool's own parser, imported only when used
         if name in commands.choices:

@@ -37,6 +37,7 @@ WANTED_ALERTS = {
     "KickMonitorCommitLatencyHigh", "KickMonitorFrameToCommitSlow", "KickMonitorUnresolvedStreamers",
     "KickMonitorHandoffSpilling", "KickMonitorHandoffDropping",
     "KickMonitorWebhooksSilent", "KickMonitorWebhooksUnavailable",  # issue 16
+    "KickMonitorShardUnowned", "KickMonitorNodeLostLeases",  # issue 17 (cluster)
 }
 
 

@@ -15,6 +15,7 @@ from kick_monitor.migrations import (
     SchemaError,
     current_version,
     migrate,
+    require_compatible,
     require_current,
 )
 from tests.conftest import DatabaseFactory
@@ -53,9 +54,9 @@ def test_fresh_database_gets_every_migration(make_database: DatabaseFactory) -> 
     finally:
         conn.close()
     assert kick_tables(url) == [
-        "api_budget", "broadcasts",
+        "api_budget", "broadcasts", "cluster_nodes", "duty_holders",  # issue 17 (cluster)
         "notify_broadcasts", "notify_cursor", "notify_deliveries", "notify_targets",  # notifier (issue 19)
-        "schema_migrations", "status_events", "streamers",
+        "schema_migrations", "shard_leases", "shard_plan", "status_events", "streamers",
         "webhook_subscriptions", "webhook_sync",  # issue 16
     ]
 
@@ -96,9 +97,9 @@ def test_foreign_tables_are_untouched(make_database: DatabaseFactory) -> None:
     ]
     assert query(url, "SELECT version FROM public.schema_migrations") == [("20240101_theirs",)]
     assert kick_tables(url) == [
-        "api_budget", "broadcasts",
+        "api_budget", "broadcasts", "cluster_nodes", "duty_holders",  # issue 17 (cluster)
         "notify_broadcasts", "notify_cursor", "notify_deliveries", "notify_targets",  # notifier (issue 19)
-        "schema_migrations", "status_events", "streamers",
+        "schema_migrations", "shard_leases", "shard_plan", "status_events", "streamers",
         "webhook_subscriptions", "webhook_sync",  # issue 16
     ]
 
@@ -142,6 +143,40 @@ def test_newer_schema_is_refused(database_url: str) -> None:
             require_current(conn)
     finally:
         conn.close()
+
+
+def test_expand_only_newer_schema_keeps_older_code_running(database_url: str) -> None:
+    """Rolling upgrade: a newer release applied an expand-only migration; the old node stays up."""
+    conn = psycopg2.connect(database_url)
+    try:
+        # code of the release before the cluster migration (expand-only) runs on the schema after it
+        cluster = next(m for m in MIGRATIONS if m.name.startswith("cluster:"))
+        assert cluster.oldest_code is not None and cluster.oldest_code < cluster.version
+        if all(m.oldest_code is not None and m.oldest_code <= cluster.oldest_code
+               for m in MIGRATIONS if m.version > cluster.oldest_code):
+            assert require_compatible(conn, known=cluster.oldest_code) == LATEST_VERSION
+        with conn, conn.cursor() as cur:  # the next release adds an expand-only migration
+            cur.execute(
+                "INSERT INTO kick_monitor.schema_migrations (version, name, oldest_code) VALUES (%s, 'expand', %s)",
+                (LATEST_VERSION + 1, LATEST_VERSION),
+            )
+        assert require_current(conn) == LATEST_VERSION + 1
+        with conn, conn.cursor() as cur:  # a contracting migration names only itself
+            cur.execute(
+                "INSERT INTO kick_monitor.schema_migrations (version, name, oldest_code) VALUES (%s, 'contract', %s)",
+                (LATEST_VERSION + 2, LATEST_VERSION + 2),
+            )
+        with pytest.raises(SchemaError, match=f"needs code of schema {LATEST_VERSION + 2}"):
+            require_current(conn)
+        with pytest.raises(SchemaError, match="older than"):
+            require_compatible(conn, known=LATEST_VERSION + 3)
+    finally:
+        conn.close()
+
+
+def test_every_migration_records_the_oldest_code_it_admits(database_url: str) -> None:
+    rows = dict(query(database_url, "SELECT version, oldest_code FROM kick_monitor.schema_migrations"))
+    assert rows == {m.version: m.version if m.oldest_code is None else m.oldest_code for m in MIGRATIONS}
 
 
 def test_slug_constraint_is_the_last_line_of_defence(db_conn: psycopg2.extensions.connection) -> None:

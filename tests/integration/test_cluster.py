@@ -1,0 +1,334 @@
+"""Several nodes, one monitor (issue 17): real `kick-monitor run` trees sharing one PostgreSQL.
+
+Each node is a whole process tree with its own data dir, against one simulator. "Exactly
+one subscriber per channel" is counted at the simulator's Pusher server: the number of
+(connection, channel) pairs equals the number of channels subscribed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import psycopg2
+import psycopg2.extensions
+import pytest
+
+from kick_monitor import leases
+from kick_monitor.database import connect
+from kick_monitor.embedded_pg import EmbeddedPostgres
+from kick_monitor.migrations import migrate
+from kick_sim import Simulator
+from tests.service import (
+    Service,
+    history,
+    insert_streamers,
+    mismatches,
+    query,
+    service_env,
+    settle,
+    status_transitions,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+TTL = 4.0  # short leases keep the test short; the mechanism is the same at 15 s
+SHARDS = 3
+
+
+def node(sim: Simulator, url: str, tmp_path: Path, index: int, **settings: str) -> Service:
+    settings = {"shard_count": str(SHARDS), "lease_ttl": str(TTL), "reconcile_interval": "5", **settings}
+    return Service(service_env(sim, url, tmp_path / f"node{index}", **settings), tmp_path / f"node{index}.log")
+
+
+@contextlib.contextmanager
+def cluster(nodes: list[Service]) -> Iterator[list[Service]]:
+    try:
+        for service in nodes:
+            service.start()
+        yield nodes
+    finally:
+        for service in nodes:
+            if service.process is None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(service.pid, signal.SIGCONT)
+            if service.proc is not None and service.proc.poll() is None:
+                service.stop()
+            else:
+                service.kill_leftovers()
+
+
+def one_subscriber_each(sim: Simulator, channels: int) -> bool:
+    """Every channel subscribed, and by exactly one connection."""
+    return sim.subscription_count() == len(sim.subscribed_channels()) == channels
+
+
+def doubled_now(sim: Simulator) -> int:
+    """Channels with a second subscriber at this instant (0 when a change raced the two reads)."""
+    total, distinct = sim.subscription_count(), len(sim.subscribed_channels())
+    return total - distinct if total > distinct and sim.subscription_count() == total else 0
+
+
+def workers_reported(conn: psycopg2.extensions.connection) -> tuple[int, int]:
+    """(shards whose owner's worker says it is connected, streamers those workers watch), per cluster status."""
+    shards = leases.read_status(conn, 5.0)["shards"]
+    connected = [s for s in shards if s["state"] == "owned" and s["pusher_connected"]]
+    return len(connected), sum(s["watching"] or 0 for s in connected)
+
+
+def owners(conn: psycopg2.extensions.connection) -> dict[int, str | None]:
+    return dict(query(conn, "SELECT shard, CASE WHEN expires_at > now() THEN owner END FROM kick_monitor.shard_leases"))
+
+
+def duplicate_transitions(conn: psycopg2.extensions.connection) -> list[tuple[object, ...]]:
+    """Two history rows of one streamer in a row with the same status: a duplicate or a backward step."""
+    return query(conn, """
+        SELECT streamer_id, status, n FROM (
+            SELECT streamer_id, status, lag(status) OVER w AS before, count(*) OVER (PARTITION BY streamer_id) AS n
+            FROM kick_monitor.status_events
+            WHERE NOT (previous_status = 'unknown' AND status = 'offline')
+            WINDOW w AS (PARTITION BY streamer_id ORDER BY order_generation, order_seq, received_at, id)) t
+        WHERE status = before""")
+
+
+def state_settles(sim: Simulator, conn: psycopg2.extensions.connection, timeout: float = 30.0) -> None:
+    """State equals truth (history may lack flips made while a shard had no owner: nobody saw them)."""
+    wait_until(lambda: not mismatches(sim, conn), timeout, interval=0.2, what="state equal to truth")
+
+
+def history_errors_since(sim: Simulator, conn: psycopg2.extensions.connection, before: int) -> list[str]:
+    """Channels whose transitions after truth index `before` are not the end of their recorded history."""
+    later: dict[int, list[str]] = {}
+    for t in status_transitions(sim.truth()[before:]):
+        later.setdefault(t.channel_id, []).append(t.status)
+    recorded = history(conn)
+    return [f"channel {channel}: truth ends {want}, recorded {recorded.get(channel)}"
+            for channel, want in later.items() if recorded.get(channel, [])[-len(want):] != want]
+
+
+def flip(sim: Simulator, seconds: float = 3.0, rate: float = 40.0) -> None:
+    sim.start_flipping(rate=rate, duration=seconds)
+    assert sim.wait_flipping_done(timeout=60)
+
+
+def test_three_nodes_share_the_shards_and_survive_kill_pause_and_stop(
+    sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, tmp_path: Path,
+) -> None:
+    streamers = sim.create_streamers(150)
+    insert_streamers(conn, streamers)
+    channels = 2 * len(streamers)  # channel.{id} and channel_{id}
+    nodes = [node(sim, database_url, tmp_path, i) for i in range(3)]
+    with cluster(nodes):
+        wait_until(lambda: one_subscriber_each(sim, channels), 60, interval=0.1, what="one subscriber per channel")
+        wait_until(lambda: len(set(owners(conn).values()) - {None}) == 3, 30, what="one shard per node")
+        wait_until(lambda: workers_reported(conn) == (SHARDS, len(streamers)), 10,
+                   what="cluster status: every owner's worker connected, every streamer watched")
+        flip(sim)
+        settle(sim, conn, timeout=30)
+
+        # kill -9 of a whole tree: its shard is taken over within 30 s, and state equals truth
+        victim = nodes[0]
+        os.killpg(victim.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        flip(sim, seconds=2.0)
+        wait_until(lambda: one_subscriber_each(sim, channels) and None not in owners(conn).values(), 30,
+                   interval=0.1, what="the killed node's shard subscribed by another")
+        print(f"\ntaken over {time.monotonic() - killed_at:.1f}s after kill -9")
+        state_settles(sim, conn)
+        assert duplicate_transitions(conn) == []
+
+        # SIGSTOP past the TTL, then SIGCONT: its shard moved; nothing stale is recorded
+        paused = nodes[1]
+        os.killpg(paused.pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: paused_shards_moved(conn, paused), 30, interval=0.2, what="its shards moved")
+            # the frozen node's connection stays open at the server; the new owner's comes on top
+            wait_until(lambda: sim.subscription_count() > channels, 30, interval=0.1, what="the new owner subscribes")
+            flip(sim, seconds=2.0)
+        finally:
+            os.killpg(paused.pid, signal.SIGCONT)
+        resumed_at = time.monotonic()
+        wait_until(lambda: one_subscriber_each(sim, channels), 5, interval=0.05, what="the woken node unsubscribes")
+        print(f"woken node unsubscribed within {time.monotonic() - resumed_at:.2f}s")
+        flip(sim, seconds=2.0)
+        state_settles(sim, conn)
+        assert duplicate_transitions(conn) == []
+
+        # clean stop: its shards are handed over at once (well within a TTL)
+        leaving = nodes[2]
+        assert leaving.stop() == 0
+        stopped_at = time.monotonic()
+        wait_until(lambda: one_subscriber_each(sim, channels) and None not in owners(conn).values(), TTL,
+                   interval=0.1, what="hand-over after a clean stop")
+        print(f"handed over {time.monotonic() - stopped_at:.1f}s after a clean stop")
+        before = len(sim.truth())
+        flip(sim, seconds=2.0)
+        state_settles(sim, conn)
+        wait_until(lambda: not history_errors_since(sim, conn, before), 20, what="every later flip recorded")
+
+        # a node joins: it gets its share one shard at a time (sampled every 100 ms: never two subscribers)
+        joining = node(sim, database_url, tmp_path, 3)
+        nodes.append(joining.start())
+        unowned_since: dict[int, float] = {}
+        longest = 0.0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            assert doubled_now(sim) == 0, "a channel with two subscribers"
+            for shard, owner in owners(conn).items():
+                if owner is None:
+                    longest = max(longest, now - unowned_since.setdefault(shard, now))
+                else:
+                    unowned_since.pop(shard, None)
+            joined = any(name.endswith(f":{joining.pid}") for name in owners(conn).values() if name)
+            if joined and one_subscriber_each(sim, channels):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the joining node got no shard")
+        assert longest < 5.0, f"a shard was unowned for {longest:.1f}s"
+        print(f"joined; longest unowned {longest:.1f}s")
+    assert mismatches(sim, conn) == []
+    assert duplicate_transitions(conn) == []
+
+
+def is_subsequence(part: list[str], whole: list[str]) -> bool:
+    remaining = iter(whole)
+    return all(any(item == candidate for candidate in remaining) for item in part)
+
+
+def holds_a_shard(conn: psycopg2.extensions.connection, service: Service) -> bool:
+    return any(owner.endswith(f":{service.pid}") for owner in owners(conn).values() if owner)
+
+
+def paused_shards_moved(conn: psycopg2.extensions.connection, paused: Service) -> bool:
+    names = {owner for owner in owners(conn).values() if owner is not None}
+    return None not in owners(conn).values() and not any(name.endswith(f":{paused.pid}") for name in names)
+
+
+def test_three_trees_on_one_database_record_a_go_live_offline_pair_once(
+    sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, tmp_path: Path,
+) -> None:
+    """The issue's report: three trees, every channel had 3 subscribers, a pair left 3 rows."""
+    streamers = sim.create_streamers(20)
+    insert_streamers(conn, streamers)
+    nodes = [node(sim, database_url, tmp_path, i, shard_count="1") for i in range(3)]
+    with cluster(nodes):
+        wait_until(lambda: one_subscriber_each(sim, 2 * len(streamers)), 60, interval=0.1,
+                   what="one subscriber per channel")
+        time.sleep(1.0)  # every tree has settled on who listens
+        assert one_subscriber_each(sim, 2 * len(streamers))
+        sim.set_live(streamers[0].slug, True)
+        time.sleep(1.0)
+        sim.set_live(streamers[0].slug, False)
+        settle(sim, conn)
+        rows = query(conn, f"SELECT status FROM kick_monitor.status_events WHERE channel_id = {streamers[0].channel_id}"
+                           " AND NOT (previous_status = 'unknown' AND status = 'offline') ORDER BY id")
+        assert rows == [("online",), ("offline",)]
+
+
+def test_postgres_down_longer_than_the_ttl_under_three_nodes(
+    sim: Simulator, tmp_path: Path, server_tmp_path: Path,
+) -> None:
+    """Nobody can claim while the database is down: nodes stop listening when their leases lapse,
+    never two subscribers at any sampled instant, and afterwards state equals truth, no duplicate."""
+    pg = EmbeddedPostgres(server_tmp_path / "own-pg")
+    url = pg.start()
+    conn = connect(url)
+    try:
+        migrate(conn)
+        streamers = sim.create_streamers(90)
+        insert_streamers(conn, streamers)
+        channels = 2 * len(streamers)
+        nodes = [node(sim, url, tmp_path, i) for i in range(3)]
+        with cluster(nodes):
+            wait_until(lambda: one_subscriber_each(sim, channels), 60, interval=0.1, what="one subscriber per channel")
+            sim.start_flipping(rate=20.0, duration=35.0)
+            doubled: list[int] = []
+
+            def sample(seconds: float) -> int:
+                """Samples every 100 ms; returns the fewest subscriptions seen."""
+                end, fewest = time.monotonic() + seconds, channels
+                while time.monotonic() < end:
+                    if extra := doubled_now(sim):
+                        doubled.append(extra)
+                    fewest = min(fewest, sim.subscription_count())
+                    time.sleep(0.1)
+                return fewest
+
+            sample(3.0)
+            conn.close()
+            pg.stop()
+            assert sample(3 * TTL) == 0  # longer than the TTL: every node's leases lapsed, nobody listens
+            pg.restart_after_stop()
+            conn = connect(url)
+            sample(8.0)
+            assert sim.wait_flipping_done(timeout=60)
+            wait_until(lambda: one_subscriber_each(sim, channels), 30, interval=0.1, what="shards claimed again")
+            state_settles(sim, conn, timeout=40)
+            assert doubled == [], f"channels with two subscribers at {len(doubled)} samples"
+            assert duplicate_transitions(conn) == []
+    finally:
+        conn.close()
+        pg.stop(force=True)
+
+
+def test_rolling_restart_of_three_nodes_under_load(
+    sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, tmp_path: Path,
+) -> None:
+    """One node at a time: clean stop (its shards move at once), start again, wait for its share."""
+    streamers = sim.create_streamers(90)
+    insert_streamers(conn, streamers)
+    channels = 2 * len(streamers)
+    nodes = [node(sim, database_url, tmp_path, i) for i in range(3)]
+    with cluster(nodes):
+        wait_until(lambda: one_subscriber_each(sim, channels), 60, interval=0.1, what="one subscriber per channel")
+        wait_until(lambda: len(set(owners(conn).values()) - {None}) == 3, 30, what="one shard per node")
+        sim.start_flipping(rate=10.0, duration=45.0)
+        for i in range(3):
+            assert nodes[i].stop() == 0
+            nodes[i] = node(sim, database_url, tmp_path, i).start()
+            wait_until(partial(holds_a_shard, conn, nodes[i]), 30, interval=0.1,
+                       what="the restarted node holds its share")
+            wait_until(lambda: one_subscriber_each(sim, channels), 30, interval=0.1, what="one subscriber each")
+        assert sim.wait_flipping_done(timeout=90)
+        state_settles(sim, conn)
+        assert duplicate_transitions(conn) == []
+        transitions = status_transitions(sim.truth())
+        truth: dict[int, list[str]] = {}
+        for t in transitions:
+            truth.setdefault(t.channel_id, []).append(t.status)
+        recorded = history(conn)
+        invented = [c for c, got in recorded.items() if not is_subsequence(got, truth.get(c, []))]
+        missed = sum(len(truth[c]) - len(recorded.get(c, [])) for c in truth)
+        print(f"\nrolling restart: {len(transitions)} transitions, {missed} missed (a pair inside a hand-over gap,"
+              f" seen by nobody), channels with a transition that did not happen: {invented}")
+        assert invented == []
+        assert missed <= len(transitions) // 100
+
+
+def test_a_second_tree_for_the_same_shard_waits_then_takes_over(
+    sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, tmp_path: Path,
+) -> None:
+    """Per-shard units (`--shard-index`): a tree started by mistake for a running shard does not double-write."""
+    streamers = sim.create_streamers(20)
+    insert_streamers(conn, streamers)
+    channels = 2 * len(streamers)
+    first, second = (node(sim, database_url, tmp_path, i, shard_count="1", shard_index="0") for i in range(2))
+    with cluster([first]):
+        wait_until(lambda: one_subscriber_each(sim, channels), 60, interval=0.1, what="the first tree subscribes")
+        with cluster([second]):
+            second.wait_children(1)
+            time.sleep(2 * TTL / 5 + 1.0)  # the second tree's keeper has had rounds
+            assert one_subscriber_each(sim, channels), "the second tree waits"
+            assert first.stop() == 0
+            wait_until(lambda: one_subscriber_each(sim, channels), 10, interval=0.1, what="the second tree takes over")
+            sim.set_live(streamers[0].slug, True)
+            wait_until(lambda: not mismatches(sim, conn), 20, what="the second tree records")
