@@ -1,0 +1,467 @@
+"""Deciding what one batch of status changes does, in Python, before anything is written (issue 18).
+
+The writer sees every change, so it orders each streamer's changes by `(generation, seq,
+received_at, change_id)` here and works out — from the streamer rows it read (locked) at the
+start of the transaction — which changes are newer than the row, which are transitions, which
+broadcasts they start, touch or end (inferred ones included), which history rows to add and
+the row's final state. PostgreSQL then only runs simple set-based writes (kick_monitor.status_store):
+the window functions, sorts and per-change CTE steps this replaces cost it ~40 µs a change.
+
+The rules are those of docs/architecture.md ("Ordering of changes"):
+- "newer wins" by `(generation, seq)`; `received_at` breaks ties between changes without an
+  order (0/0: spooled by an older release); an equal or older change is dropped;
+- a change's previous status/livestream/start is the one before it in that order (the row's for
+  the first), so online→offline in one batch is two history rows;
+- online while online about another broadcast (another livestream id, or a start later than the
+  known one by more than the tolerance) is the inferred end of the open one plus a new one (S4);
+  an end naming a broadcast nobody saw start is its inferred start (plus the inferred end of
+  the open one);
+- webhook changes (issue 16) carry no generation: they are placed by the broadcast their
+  `started_at` names (see `_plan_webhook`), never by `(generation, seq)`, and never lower the
+  row's order.
+Broadcast rows are described as spans (`Span`); placing a span on a row (by Pusher's livestream id
+or its start within the tolerance) happens in SQL, where the existing rows are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from .messages import StatusChange
+
+SOURCES = ("pusher", "api", "webhook")
+METADATA_EVENT = "livestream.metadata.updated"
+INFERRED_EVENTS = {"ended": "inferred_end", "started": "inferred_start"}
+
+
+def micros(seconds: float | None) -> int | None:
+    """Epoch seconds as PostgreSQL stores them (whole microseconds), for exact comparisons."""
+    return None if seconds is None else round(seconds * 1_000_000)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamerRow:
+    """The streamer row as read (and locked) at the start of the batch's transaction.
+
+    `last_*` describe its latest broadcast by start (None: it has none).
+    """
+
+    id: int
+    username: str
+    channel_id: int | None
+    status: str
+    generation: int
+    seq: int
+    last_event_us: int | None
+    livestream_id: int | None
+    last_livestream_id: int | None
+    started_at: float | None
+    broadcast_id: int | None
+    last_id: int | None = None
+    last_started_at: float | None = None
+    last_ended: bool | None = None
+    last_has_livestream: bool | None = None
+
+
+@dataclass(slots=True)
+class Span:
+    """What a batch says about one broadcast; `key` is unique in the batch.
+
+    Placed in SQL: `fixed_id` is the row it is (the open or last broadcast), else, if `match`,
+    the streamer's latest broadcast with the same livestream id (both known) or a start within
+    the tolerance; else a new row if `insert`, else nothing is written.
+    """
+
+    key: int
+    streamer_id: int
+    fixed_id: int | None
+    match: bool
+    insert: bool
+    started_at: float | None = None
+    start_source: str | None = None
+    start_title: str | None = None
+    start_inferred: bool | None = None
+    last_title: str | None = None
+    category: str | None = None
+    livestream_id: int | None = None
+    ended_at: float | None = None
+    end_source: str | None = None
+    end_inferred: bool | None = None
+    start_seen: dict[str, float] = field(default_factory=dict)
+    end_seen: dict[str, float] = field(default_factory=dict)
+
+    def start(self, at: float | None, source: str, title: str | None, inferred: bool) -> None:
+        if self.start_source is None:
+            self.started_at, self.start_source, self.start_title = at, source, title
+        self.start_inferred = bool(self.start_inferred) or inferred
+
+    def touch(self, change: StatusChange, *, seen: bool = True) -> None:
+        """A report that the broadcast is on (its start or a confirmation): title, category, first seen."""
+        if change.title is not None:
+            self.last_title = change.title
+        if change.category is not None:
+            self.category = change.category
+        if seen:
+            _first(self.start_seen, change.source, change.received_at)
+
+    def end(self, at: float | None, source: str, inferred: bool, received_at: float) -> None:
+        if self.end_source is None:
+            self.ended_at, self.end_source, self.end_inferred = at, source, inferred
+        _first(self.end_seen, source, received_at)
+
+    def name(self, livestream_id: int | None) -> None:
+        if self.livestream_id is None and livestream_id is not None:
+            self.livestream_id = livestream_id
+
+
+def _first(seen: dict[str, float], source: str, at: float) -> None:
+    if source not in seen or at < seen[source]:
+        seen[source] = at
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    """One `status_events` row; `span` is the key of the broadcast it belongs to (None: none)."""
+
+    change_id: str
+    streamer_id: int
+    username: str
+    channel_id: int | None
+    status: str
+    previous_status: str
+    source: str
+    event: str
+    livestream_id: int | None
+    title: str | None
+    occurred_at: float | None
+    received_at: float
+    generation: int
+    seq: int
+    inferred: bool
+    span: int | None
+
+
+@dataclass(slots=True)
+class RowUpdate:
+    """The streamer row after the batch. `broadcast` is a span key, None (offline) or KEEP
+    (the open broadcast stays); `started_at` likewise with `keep_started`. None times keep the
+    row's (`changed_at`, `event_at`); `online_at` only ever moves forward (SQL GREATEST)."""
+
+    streamer_id: int
+    status: str
+    livestream_id: int | None
+    last_livestream_id: int | None
+    title: str | None
+    broadcast: int | None
+    keep_broadcast: bool
+    started_at: float | None
+    keep_started: bool
+    changed_at: float | None
+    online_at: float | None
+    event_at: float | None
+    generation: int
+    seq: int
+
+
+@dataclass(slots=True)
+class Plan:
+    """Everything one batch writes."""
+
+    spans: list[Span] = field(default_factory=list)
+    history: list[HistoryRow] = field(default_factory=list)
+    rows: list[RowUpdate] = field(default_factory=list)
+
+
+def order_key(change: StatusChange) -> tuple[int, int, int, str]:
+    return (change.generation, change.seq, micros(change.received_at) or 0, change.change_id)
+
+
+def is_newer(change: StatusChange, row: StreamerRow) -> bool:
+    """"Newer wins": `(generation, seq, received_at)` against the row's (never a wall clock alone)."""
+    if (change.generation, change.seq) != (row.generation, row.seq):
+        return (change.generation, change.seq) > (row.generation, row.seq)
+    received = micros(change.received_at) or 0
+    return row.last_event_us is None or received > row.last_event_us
+
+
+def plan_batch(
+    changes: Iterable[StatusChange], rows: dict[int, StreamerRow], tolerance: float
+) -> Plan:
+    """Plan a batch: `changes` keyed by `streamer_id` (resolved), `rows` by id; unknown ids are dropped."""
+    by_streamer: dict[int, list[StatusChange]] = {}
+    for change in changes:
+        if change.streamer_id in rows:
+            by_streamer.setdefault(change.streamer_id, []).append(change)
+    plan = Plan()
+    for streamer_id in sorted(by_streamer):
+        _StreamerPlanner(rows[streamer_id], tolerance, plan).run(by_streamer[streamer_id])
+    return plan
+
+
+def _at(change: StatusChange) -> float:
+    return change.occurred_at if change.occurred_at is not None else change.received_at
+
+
+class _StreamerPlanner:
+    """One streamer's changes, in order, against its row: the running state of the SQL it replaces."""
+
+    def __init__(self, row: StreamerRow, tolerance: float, plan: Plan) -> None:
+        self.row, self.tolerance, self.plan = row, tolerance, plan
+        self.status = row.status
+        self.previous_livestream = row.livestream_id if row.status == "online" else row.last_livestream_id
+        self.previous_started = row.started_at
+        self.segment = self._new_span(row.broadcast_id, match=False, insert=False)
+        self.first_segment = self.segment
+        self.moved = False  # a later segment than the row's open broadcast exists
+        self.newest: StatusChange | None = None
+        self.changed_at: float | None = None
+        self.online_at: float | None = None
+        self.title: str | None = None
+        self.livestream_id = row.livestream_id
+        self.last_livestream_id = row.last_livestream_id
+        self.broadcast_started: float | None = row.started_at
+        self.last_side: Span | None = None  # the row's last (ended) broadcast, when a webhook names it
+
+    # -- spans and history -----------------------------------------------------------------
+    def _new_span(self, fixed_id: int | None, *, match: bool, insert: bool) -> Span:
+        span = Span(len(self.plan.spans), self.row.id, fixed_id, match, insert)
+        self.plan.spans.append(span)
+        return span
+
+    def _history(
+        self, change: StatusChange, span: Span | None, *, status: str, previous: str, inferred: str | None = None,
+        livestream_id: int | None = None, occurred_at: float | None = None, order: tuple[int, int] | None = None,
+    ) -> None:
+        """`inferred`: None for the change itself, else "ended"/"started" (a transition no source
+        reported, with `livestream_id`/`occurred_at` of its own). `order`: the (generation, seq)
+        the row is stamped with when not the change's own."""
+        generation, seq = (change.generation, change.seq) if order is None else order
+        self.plan.history.append(HistoryRow(
+            change.change_id if inferred is None else f"{change.change_id}:{inferred}",
+            self.row.id, self.row.username, change.channel_id, status, previous, change.source,
+            change.event if inferred is None else INFERRED_EVENTS[inferred],
+            change.livestream_id if inferred is None else livestream_id,
+            change.title if inferred is None else None,
+            change.occurred_at if inferred is None else occurred_at,
+            change.received_at, generation, seq, inferred is not None,
+            None if span is None else span.key,
+        ))
+
+    def _open_segment(self) -> Span:
+        self.segment = self._new_span(None, match=True, insert=True)
+        self.moved = True
+        return self.segment
+
+    def _changed(self, change: StatusChange) -> None:
+        self.changed_at = change.received_at if self.changed_at is None else max(self.changed_at, change.received_at)
+
+    def _seen_online(self, change: StatusChange) -> None:
+        self.online_at = change.received_at if self.online_at is None else max(self.online_at, change.received_at)
+
+    # -- the ordered changes of workers --------------------------------------------------------
+    def run(self, changes: list[StatusChange]) -> None:
+        ordered = sorted((c for c in changes if c.source != "webhook" and is_newer(c, self.row)), key=order_key)
+        for change in ordered:
+            self._apply(change)
+        if ordered:
+            self.newest = ordered[-1]
+            self._settle(ordered[-1])
+        webhooks = [c for c in changes if c.source == "webhook"]
+        webhooks.sort(key=lambda c: (c.started_at or c.occurred_at or 0.0, c.status == "offline", c.received_at))
+        for change in webhooks:
+            self._apply_webhook(change)
+        if ordered or webhooks:
+            self.plan.rows.append(self._row_update())
+
+    def _apply(self, change: StatusChange) -> None:
+        previous, previous_livestream = self.status, self.previous_livestream
+        online, offline = change.status == "online", change.status == "offline"
+        is_transition = change.status != previous
+        new_broadcast = False
+        if online and previous == "online":
+            if change.livestream_id is not None and previous_livestream is not None:
+                new_broadcast = change.livestream_id != previous_livestream
+            elif change.occurred_at is not None and self.previous_started is not None:
+                new_broadcast = change.occurred_at > self.previous_started + self.tolerance
+        unseen = False
+        if offline and change.livestream_id is not None:
+            if previous_livestream is not None:
+                unseen = change.livestream_id != previous_livestream
+            elif previous != "online":
+                unseen = not (self.row.last_id is not None and not self.row.last_has_livestream)
+        at = _at(change)
+        if is_transition or new_broadcast or unseen:
+            self._changed(change)
+        if online:
+            self._seen_online(change)
+        if new_broadcast or (unseen and previous == "online"):  # the open broadcast's end, implied
+            self.segment.end(at, change.source, True, change.received_at)
+            self._history(change, self.segment, status="offline", previous="online", inferred="ended",
+                          livestream_id=previous_livestream, occurred_at=at,
+                          order=(change.generation, change.seq - 2))
+        if (is_transition and online) or new_broadcast or unseen:
+            span = self._open_segment()
+            span.start(at, change.source, change.title, unseen)
+            if unseen:
+                span.name(change.livestream_id)
+                self._history(change, span, status="online", previous="offline", inferred="started",
+                              livestream_id=change.livestream_id, order=(change.generation, change.seq - 1))
+            else:
+                span.touch(change)
+                span.name(change.livestream_id)
+                self._history(change, span, status="online",
+                              previous="offline" if new_broadcast else previous)
+        elif online:  # the same broadcast again: title, sources
+            self.segment.touch(change)
+            self.segment.name(change.livestream_id)
+        if (is_transition and offline) or unseen:
+            self.segment.end(at, change.source, False, change.received_at)
+            self.segment.name(change.livestream_id)
+            self._history(change, self.segment, status="offline", previous="online" if unseen else previous)
+        elif offline and not is_transition:
+            pass
+        # what the next change compares with
+        self.status = change.status
+        self.previous_livestream = change.livestream_id
+        if online and change.occurred_at is not None:
+            self.previous_started = (
+                change.occurred_at if self.previous_started is None else max(self.previous_started, change.occurred_at)
+            )
+
+    def _settle(self, newest: StatusChange) -> None:
+        """The row's broadcast columns after the ordered changes (what the SQL it replaces set)."""
+        last = self.segment
+        if newest.status != "online":
+            self.livestream_id = None
+        elif self.moved:
+            self.livestream_id = last.livestream_id if last.livestream_id is not None else newest.livestream_id
+        elif newest.livestream_id is not None:
+            self.livestream_id = newest.livestream_id
+        if newest.livestream_id is not None:
+            self.last_livestream_id = newest.livestream_id
+        elif self.moved and last.livestream_id is not None:
+            self.last_livestream_id = last.livestream_id
+        if newest.status == "online" and newest.title is not None:
+            self.title = newest.title
+        self.status = newest.status
+        if self.moved:
+            self.broadcast_started = last.started_at
+
+    def _row_update(self) -> RowUpdate:
+        online = self.status == "online"
+        newest = self.newest
+        return RowUpdate(
+            self.row.id, self.status, self.livestream_id if online else None, self.last_livestream_id, self.title,
+            self.segment.key if online and self.moved else None, online and not self.moved,
+            self.broadcast_started if online and self.moved else None, online and not self.moved,
+            self.changed_at, self.online_at, None if newest is None else newest.received_at,
+            self.row.generation if newest is None else newest.generation,
+            self.row.seq if newest is None else newest.seq,
+        )
+
+    # -- webhooks (issue 16) ---------------------------------------------------------------
+    @property
+    def order(self) -> tuple[int, int]:
+        """The row's (generation, seq) now: what a webhook's history rows are stamped with."""
+        newest = self.newest
+        return (self.row.generation, self.row.seq) if newest is None else (newest.generation, newest.seq)
+
+    def _current(self) -> tuple[Span, float | None, bool] | None:
+        """The row's broadcast now (its span, start, whether open); None if no broadcast is known."""
+        if self.status == "online":
+            return self.segment, (self.segment.started_at if self.moved else self.broadcast_started), True
+        if self.moved:
+            return self.segment, self.segment.started_at, False
+        if self.first_segment.end_source is not None:  # the row's open broadcast ended in this batch
+            return self.first_segment, self.row.started_at, False
+        if self.row.last_id is None:
+            return None
+        if self.last_side is None:
+            self.last_side = self._new_span(self.row.last_id, match=False, insert=False)
+        return self.last_side, self.row.last_started_at, not self.row.last_ended
+
+    def _relation(self, started: float | None, current_start: float | None) -> str:
+        if started is None or current_start is None:
+            return "same"
+        if abs(started - current_start) <= self.tolerance:
+            return "same"
+        return "later" if started > current_start else "earlier"
+
+    def _apply_webhook(self, change: StatusChange) -> None:
+        """Kick's webhook, placed by the broadcast its `started_at` names (docs/architecture.md,
+        "Across sources"): about a later broadcast than the row's, it applies (a new one; an end
+        of one nobody saw start is its inferred start too); about the row's, online while online
+        touches it, an end ends it, a start of an ended one only records its seen time; about an
+        earlier one, only its seen times (and its end if never seen). The row's (generation, seq)
+        stays, so a worker's later frames compare as before.
+        """
+        if change.status not in ("online", "offline"):
+            if change.event == METADATA_EVENT and self.status == "online":
+                self.segment.touch(change, seen=False)
+                if change.title is not None:
+                    self.title = change.title
+            return
+        online = change.status == "online"
+        started = change.started_at if change.started_at is not None else (change.occurred_at if online else None)
+        current = self._current()
+        if current is None:
+            self._webhook_later(change, started, None)
+            return
+        span, current_start, is_open = current
+        relation = self._relation(started, current_start)
+        if relation == "later":
+            self._webhook_later(change, started, span)
+        elif relation == "same" and online:
+            if is_open and self.status == "online":
+                span.touch(change)
+                self._seen_online(change)
+                if change.title is not None:
+                    self.title = change.title
+            else:
+                _first(span.start_seen, change.source, change.received_at)
+        elif relation == "same":
+            span.end(_at(change), change.source, False, change.received_at)  # its time only if never seen
+            if self.status == "online":
+                self._changed(change)
+                self._history(change, span, status="offline", previous="online", order=self.order)
+                self.status, self.livestream_id = "offline", None
+        else:  # an earlier broadcast: its seen times; one nobody saw at all is recorded as such
+            side = self._new_span(None, match=True, insert=not online)
+            side.start(started, change.source, None, True)
+            if online:
+                _first(side.start_seen, change.source, change.received_at)
+            else:
+                side.end(_at(change), change.source, False, change.received_at)
+
+    def _webhook_later(self, change: StatusChange, started: float | None, span: Span | None) -> None:
+        """A webhook about a broadcast that started after the row's: a new broadcast."""
+        online = change.status == "online"
+        start_at = started if started is not None else _at(change)
+        self._changed(change)
+        if self.status == "online" and span is not None:  # the open broadcast ended unseen
+            span.end(start_at, change.source, True, change.received_at)
+            self._history(change, span, status="offline", previous="online", inferred="ended",
+                          livestream_id=self.livestream_id, occurred_at=start_at, order=self.order)
+        new = self._open_segment()
+        new.start(start_at, change.source, change.title, not online)
+        if online:
+            new.touch(change)
+            self._history(change, new, status="online", previous="offline" if span is not None else self.status,
+                          order=self.order)
+            self._seen_online(change)
+            self.status, self.livestream_id, self.broadcast_started = "online", None, start_at
+            if change.title is not None:
+                self.title = change.title
+            return
+        self._history(change, new, status="online", previous="offline", inferred="started", order=self.order)
+        new.end(_at(change), change.source, False, change.received_at)
+        self._history(change, new, status="offline", previous="online", order=self.order)
+        self.status, self.livestream_id = "offline", None
+
+
+def affected_ids(changes: Sequence[StatusChange]) -> tuple[list[int], list[int]]:
+    """Row ids to read, and channel ids of changes spooled by an older release (no row id)."""
+    ids = sorted({c.streamer_id for c in changes if c.streamer_id})
+    channels = sorted({c.channel_id for c in changes if not c.streamer_id and c.channel_id is not None})
+    return ids, channels
