@@ -25,7 +25,7 @@ or its start within the tolerance) happens in SQL, where the existing rows are.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .messages import StatusChange
@@ -62,6 +62,7 @@ class StreamerRow:
     last_started_at: float | None = None
     last_ended: bool | None = None
     last_has_livestream: bool | None = None
+    last_read: bool = True  # False: the latest broadcast was not read (`last_*` say nothing)
 
 
 @dataclass(slots=True)
@@ -88,8 +89,8 @@ class Span:
     ended_at: float | None = None
     end_source: str | None = None
     end_inferred: bool | None = None
-    start_seen: dict[str, float] = field(default_factory=dict)
-    end_seen: dict[str, float] = field(default_factory=dict)
+    start_seen: dict[str, float] | None = None  # each source's first report (received_at)
+    end_seen: dict[str, float] | None = None
 
     def start(self, at: float | None, source: str, title: str | None, inferred: bool) -> None:
         if self.start_source is None:
@@ -103,74 +104,53 @@ class Span:
         if change.category is not None:
             self.category = change.category
         if seen:
-            _first(self.start_seen, change.source, change.received_at)
+            self.seen_start(change.source, change.received_at)
+
+    def seen_start(self, source: str, at: float) -> None:
+        if self.start_seen is None:
+            self.start_seen = {source: at}
+        elif at < self.start_seen.get(source, at + 1):
+            self.start_seen[source] = at
 
     def end(self, at: float | None, source: str, inferred: bool, received_at: float) -> None:
         if self.end_source is None:
             self.ended_at, self.end_source, self.end_inferred = at, source, inferred
-        _first(self.end_seen, source, received_at)
+        if self.end_seen is None:
+            self.end_seen = {source: received_at}
+        elif received_at < self.end_seen.get(source, received_at + 1):
+            self.end_seen[source] = received_at
 
     def name(self, livestream_id: int | None) -> None:
         if self.livestream_id is None and livestream_id is not None:
             self.livestream_id = livestream_id
 
 
-def _first(seen: dict[str, float], source: str, at: float) -> None:
-    if source not in seen or at < seen[source]:
-        seen[source] = at
+Record = dict[str, object]
+"""A row to write, as the write statement reads it (kick_monitor.status_store): short keys, and
+no key for a NULL (json_to_recordset reads a missing key as NULL; every key costs parsing).
+
+History rows (`status_events`): i change_id, d streamer_id, c channel_id, s status, p previous_status,
+o source, e event, l livestream_id, t title, a occurred_at, r received_at, g/q order_generation/seq,
+f inferred, k the key of the span (broadcast) it belongs to.
+Row updates (`streamers`): d id, s status, l livestream_id, ll last_livestream_id, t title (online: the
+new one, absent keeps it), k the span key of its open broadcast, kb keep the open broadcast, st its
+start, ks keep the start, ch last_status_change, so last_seen_online, ev last_event_at (absent: keep),
+g/q order_generation/seq.
+"""
 
 
-@dataclass(frozen=True, slots=True)
-class HistoryRow:
-    """One `status_events` row; `span` is the key of the broadcast it belongs to (None: none)."""
-
-    change_id: str
-    streamer_id: int
-    username: str
-    channel_id: int | None
-    status: str
-    previous_status: str
-    source: str
-    event: str
-    livestream_id: int | None
-    title: str | None
-    occurred_at: float | None
-    received_at: float
-    generation: int
-    seq: int
-    inferred: bool
-    span: int | None
-
-
-@dataclass(slots=True)
-class RowUpdate:
-    """The streamer row after the batch. `broadcast` is a span key, None (offline) or KEEP
-    (the open broadcast stays); `started_at` likewise with `keep_started`. None times keep the
-    row's (`changed_at`, `event_at`); `online_at` only ever moves forward (SQL GREATEST)."""
-
-    streamer_id: int
-    status: str
-    livestream_id: int | None
-    last_livestream_id: int | None
-    title: str | None
-    broadcast: int | None
-    keep_broadcast: bool
-    started_at: float | None
-    keep_started: bool
-    changed_at: float | None
-    online_at: float | None
-    event_at: float | None
-    generation: int
-    seq: int
+def compact(record: Mapping[str, object]) -> Record:
+    return {key: value for key, value in record.items() if value is not None}
 
 
 @dataclass(slots=True)
 class Plan:
-    """Everything one batch writes."""
+    """Everything one batch writes; `usernames` of the streamers with history rows (notifications)."""
 
     spans: list[Span] = field(default_factory=list)
-    history: list[HistoryRow] = field(default_factory=list)
-    rows: list[RowUpdate] = field(default_factory=list)
+    history: list[Record] = field(default_factory=list)
+    rows: list[Record] = field(default_factory=list)
+    usernames: dict[int, str] = field(default_factory=dict)
 
 
 def order_key(change: StatusChange) -> tuple[int, int, int, str]:
@@ -183,6 +163,14 @@ def is_newer(change: StatusChange, row: StreamerRow) -> bool:
         return (change.generation, change.seq) > (row.generation, row.seq)
     received = micros(change.received_at) or 0
     return row.last_event_us is None or received > row.last_event_us
+
+
+class LastBroadcastNeeded(Exception):
+    """The plan needs the latest broadcast of rows read without it: read them again with it."""
+
+    def __init__(self, streamer_ids: frozenset[int]) -> None:
+        super().__init__(sorted(streamer_ids))
+        self.streamer_ids = streamer_ids
 
 
 def plan_batch(
@@ -237,16 +225,27 @@ class _StreamerPlanner:
         reported, with `livestream_id`/`occurred_at` of its own). `order`: the (generation, seq)
         the row is stamped with when not the change's own."""
         generation, seq = (change.generation, change.seq) if order is None else order
-        self.plan.history.append(HistoryRow(
-            change.change_id if inferred is None else f"{change.change_id}:{inferred}",
-            self.row.id, self.row.username, change.channel_id, status, previous, change.source,
-            change.event if inferred is None else INFERRED_EVENTS[inferred],
-            change.livestream_id if inferred is None else livestream_id,
-            change.title if inferred is None else None,
-            change.occurred_at if inferred is None else occurred_at,
-            change.received_at, generation, seq, inferred is not None,
-            None if span is None else span.key,
-        ))
+        record: Record = {
+            "d": self.row.id, "s": status, "p": previous, "o": change.source, "r": change.received_at,
+            "g": generation, "q": seq,
+        }
+        if inferred is None:
+            record["i"], record["e"] = change.change_id, change.event
+            livestream_id, occurred_at = change.livestream_id, change.occurred_at
+            if change.title is not None:
+                record["t"] = change.title
+        else:
+            record["i"], record["e"], record["f"] = f"{change.change_id}:{inferred}", INFERRED_EVENTS[inferred], True
+        if livestream_id is not None:
+            record["l"] = livestream_id
+        if occurred_at is not None:
+            record["a"] = occurred_at
+        if change.channel_id is not None:
+            record["c"] = change.channel_id
+        if span is not None:
+            record["k"] = span.key
+        self.plan.history.append(record)
+        self.plan.usernames[self.row.id] = self.row.username
 
     def _open_segment(self) -> Span:
         self.segment = self._new_span(None, match=True, insert=True)
@@ -261,14 +260,18 @@ class _StreamerPlanner:
 
     # -- the ordered changes of workers --------------------------------------------------------
     def run(self, changes: list[StatusChange]) -> None:
-        ordered = sorted((c for c in changes if c.source != "webhook" and is_newer(c, self.row)), key=order_key)
+        if len(changes) == 1 and changes[0].source != "webhook":  # the common case
+            ordered = changes if is_newer(changes[0], self.row) else []
+        else:
+            ordered = sorted((c for c in changes if c.source != "webhook" and is_newer(c, self.row)), key=order_key)
         for change in ordered:
             self._apply(change)
         if ordered:
             self.newest = ordered[-1]
             self._settle(ordered[-1])
         webhooks = [c for c in changes if c.source == "webhook"]
-        webhooks.sort(key=lambda c: (c.started_at or c.occurred_at or 0.0, c.status == "offline", c.received_at))
+        if len(webhooks) > 1:  # by the broadcast they are about, a start before its end
+            webhooks.sort(key=lambda c: (c.started_at or c.occurred_at or 0.0, c.status == "offline", c.received_at))
         for change in webhooks:
             self._apply_webhook(change)
         if ordered or webhooks:
@@ -289,6 +292,8 @@ class _StreamerPlanner:
             if previous_livestream is not None:
                 unseen = change.livestream_id != previous_livestream
             elif previous != "online":
+                if not self.row.last_read:
+                    raise LastBroadcastNeeded(frozenset({self.row.id}))
                 unseen = not (self.row.last_id is not None and not self.row.last_has_livestream)
         at = _at(change)
         if is_transition or new_broadcast or unseen:
@@ -348,17 +353,24 @@ class _StreamerPlanner:
         if self.moved:
             self.broadcast_started = last.started_at
 
-    def _row_update(self) -> RowUpdate:
-        online = self.status == "online"
-        newest = self.newest
-        return RowUpdate(
-            self.row.id, self.status, self.livestream_id if online else None, self.last_livestream_id, self.title,
-            self.segment.key if online and self.moved else None, online and not self.moved,
-            self.broadcast_started if online and self.moved else None, online and not self.moved,
-            self.changed_at, self.online_at, None if newest is None else newest.received_at,
-            self.row.generation if newest is None else newest.generation,
-            self.row.seq if newest is None else newest.seq,
-        )
+    def _row_update(self) -> Record:
+        generation, seq = self.order
+        record: Record = {"d": self.row.id, "s": self.status, "g": generation, "q": seq}
+        if self.status == "online":
+            if self.moved:
+                record["k"], record["st"] = self.segment.key, self.broadcast_started
+            else:
+                record["kb"] = record["ks"] = True
+            if self.livestream_id is not None:
+                record["l"] = self.livestream_id
+            if self.title is not None:
+                record["t"] = self.title
+        for key, value in (("ll", self.last_livestream_id), ("ch", self.changed_at), ("so", self.online_at)):
+            if value is not None:
+                record[key] = value
+        if self.newest is not None:
+            record["ev"] = self.newest.received_at
+        return record
 
     # -- webhooks (issue 16) ---------------------------------------------------------------
     @property
@@ -419,7 +431,7 @@ class _StreamerPlanner:
                 if change.title is not None:
                     self.title = change.title
             else:
-                _first(span.start_seen, change.source, change.received_at)
+                span.seen_start(change.source, change.received_at)
         elif relation == "same":
             span.end(_at(change), change.source, False, change.received_at)  # its time only if never seen
             if self.status == "online":
@@ -430,7 +442,7 @@ class _StreamerPlanner:
             side = self._new_span(None, match=True, insert=not online)
             side.start(started, change.source, None, True)
             if online:
-                _first(side.start_seen, change.source, change.received_at)
+                side.seen_start(change.source, change.received_at)
             else:
                 side.end(_at(change), change.source, False, change.received_at)
 
@@ -458,6 +470,14 @@ class _StreamerPlanner:
         new.end(_at(change), change.source, False, change.received_at)
         self._history(change, new, status="offline", previous="online", order=self.order)
         self.status, self.livestream_id = "offline", None
+
+
+def last_broadcast_wanted(changes: Sequence[StatusChange]) -> tuple[set[int], list[int]]:
+    """Rows whose latest broadcast the plan may need: those with an end naming a livestream (used
+    only if the row knows none), and those with a webhook change (always)."""
+    ends = {c.streamer_id for c in changes if c.status == "offline" and c.livestream_id is not None}
+    webhooks = sorted({c.streamer_id for c in changes if c.source == "webhook"})
+    return ends, webhooks
 
 
 def affected_ids(changes: Sequence[StatusChange]) -> tuple[list[int], list[int]]:

@@ -24,7 +24,17 @@ from dataclasses import dataclass, replace
 import orjson
 import psycopg2.extensions
 
-from .change_plan import Plan, Span, StreamerRow, affected_ids, plan_batch
+from .change_plan import (
+    LastBroadcastNeeded,
+    Plan,
+    Record,
+    Span,
+    StreamerRow,
+    affected_ids,
+    compact,
+    last_broadcast_wanted,
+    plan_batch,
+)
 from .messages import StatusChange
 
 PREPARED_NAME = "kick_monitor_apply_changes"
@@ -37,17 +47,24 @@ BROADCAST_MATCH_TOLERANCE = 60.0
 READ_NAME = "kick_monitor_read_streamers"
 # The rows a batch touches, locked until its commit (several writers — one per node of a cluster —
 # never interleave their read-decide-write on one streamer; id order: no deadlock between them),
-# with each one's latest broadcast (one backward probe of broadcasts_streamer_started).
+# with the latest broadcast of those that may need it ($3: asked for; one backward probe of
+# broadcasts_streamer_started each): an end naming a livestream when none is known, a webhook.
 READ_SQL = """
-PREPARE kick_monitor_read_streamers (bigint[], bigint[]) AS
+PREPARE kick_monitor_read_streamers (bigint[], bigint[], bigint[], bigint[]) AS
 SELECT s.id, s.username, s.channel_id, s.status, s.order_generation, s.order_seq,
        (extract(epoch FROM s.last_event_at) * 1000000)::bigint, s.livestream_id, s.last_livestream_id,
        extract(epoch FROM s.stream_started_at)::float8, s.broadcast_id,
-       lb.id, extract(epoch FROM lb.started_at)::float8, lb.ended_at IS NOT NULL, lb.livestream_id IS NOT NULL
+       lb.id, extract(epoch FROM lb.started_at)::float8, lb.ended_at IS NOT NULL, lb.livestream_id IS NOT NULL,
+       w.want
 FROM kick_monitor.streamers s
+CROSS JOIN LATERAL (
+    SELECT s.id = ANY($4) OR (s.id = ANY($3) AND
+                              CASE WHEN s.status = 'online' THEN s.livestream_id ELSE s.last_livestream_id END IS NULL)
+) w (want)
 LEFT JOIN LATERAL (
     SELECT b.id, b.started_at, b.ended_at, b.livestream_id FROM kick_monitor.broadcasts b
-    WHERE b.streamer_id = s.id ORDER BY b.started_at DESC LIMIT 1
+    WHERE w.want AND b.streamer_id = s.id  -- inside: not even probed unless wanted
+    ORDER BY b.started_at DESC LIMIT 1
 ) lb ON true
 WHERE s.id = ANY($1) OR s.channel_id = ANY($2)
 ORDER BY s.id
@@ -55,7 +72,7 @@ FOR UPDATE OF s
 """
 
 APPLY_SQL = """
-PREPARE kick_monitor_apply_changes (json, json, json, float8) AS
+PREPARE kick_monitor_apply_changes (json, json, json, json, float8) AS
 WITH spans AS (
     SELECT * FROM json_to_recordset($1) AS x (
         k int, d bigint, f bigint, m boolean, n boolean, st float8, ss text, stt text, si boolean,
@@ -72,14 +89,16 @@ placed AS MATERIALIZED (
         SELECT b.id FROM kick_monitor.broadcasts b
         WHERE sp.m AND b.streamer_id = sp.d
           AND CASE WHEN sp.l IS NOT NULL AND b.livestream_id IS NOT NULL THEN b.livestream_id = sp.l
-                   ELSE b.started_at BETWEEN to_timestamp(sp.st) - make_interval(secs => $4)
-                                         AND to_timestamp(sp.st) + make_interval(secs => $4) END
+                   ELSE b.started_at BETWEEN to_timestamp(sp.st) - make_interval(secs => $5)
+                                         AND to_timestamp(sp.st) + make_interval(secs => $5) END
         ORDER BY b.started_at DESC  -- the index's order: no sort per span
         LIMIT 1
     ) m ON true
 ),
--- New broadcasts and changes to known ones in one upsert on the primary key (one index probe a
--- row whatever the table's size). An ended broadcast stays ended (docs/architecture.md).
+-- New broadcasts and changes to known ones in one upsert on the primary key: each row is one
+-- index probe whatever the table's size or statistics (an UPDATE ... FROM or an anti-join would
+-- be planned once, maybe while the table was small, and could stay a hash join over all of it).
+-- An ended broadcast stays ended (docs/architecture.md, ordering across sources).
 recorded AS (
     INSERT INTO kick_monitor.broadcasts AS b
         (id, streamer_id, started_at, ended_at, start_title, last_title, category, livestream_id,
@@ -113,11 +132,12 @@ history AS (
     INSERT INTO kick_monitor.status_events
         (change_id, streamer_id, channel_id, status, previous_status, source, event,
          livestream_id, title, occurred_at, received_at, order_generation, order_seq, inferred, broadcast_id)
-    SELECT h.i, h.d, h.c, h.s, h.p, h.o, h.e, h.l, h.t, to_timestamp(h.a), to_timestamp(h.r), h.g, h.q, h.f, p.bid
+    SELECT h.i, h.d, h.c, h.s, h.p, h.o, h.e, h.l, h.t, to_timestamp(h.a), to_timestamp(h.r), h.g, h.q,
+           COALESCE(h.f, false), p.bid
     FROM json_to_recordset($2) AS h (i text, d bigint, c bigint, s text, p text, o text, e text, l bigint,
                                      t text, a float8, r float8, g bigint, q bigint, f boolean, k int)
     LEFT JOIN placed p ON p.k = h.k
-    ON CONFLICT (change_id) DO NOTHING
+    ON CONFLICT (change_id) DO NOTHING  -- a change recorded before (re-sent) is not recorded again
     RETURNING change_id, streamer_id, channel_id, status, previous_status, source, livestream_id,
               received_at, inferred, broadcast_id
 ),
@@ -127,8 +147,8 @@ current AS (
         livestream_id = r.l,
         last_livestream_id = r.ll,
         stream_title = CASE WHEN r.s = 'online' THEN COALESCE(r.t, s.stream_title) ELSE s.stream_title END,
-        broadcast_id = CASE WHEN r.kb THEN s.broadcast_id ELSE p.bid END,
-        stream_started_at = CASE WHEN r.ks THEN s.stream_started_at ELSE to_timestamp(r.st) END,
+        broadcast_id = CASE WHEN COALESCE(r.kb, false) THEN s.broadcast_id ELSE p.bid END,
+        stream_started_at = CASE WHEN COALESCE(r.ks, false) THEN s.stream_started_at ELSE to_timestamp(r.st) END,
         last_status_change = COALESCE(to_timestamp(r.ch), s.last_status_change),
         last_seen_online = GREATEST(to_timestamp(r.so), s.last_seen_online),
         last_event_at = COALESCE(to_timestamp(r.ev), s.last_event_at),
@@ -153,7 +173,7 @@ SELECT h.change_id,
            'broadcast_id', h.broadcast_id,
            'inferred', h.inferred,
            'at', h.received_at)::text)
-FROM history h JOIN json_to_recordset($2) AS u (i text, u text) ON u.i = h.change_id
+FROM history h JOIN json_to_recordset($4) AS u (d bigint, u text) ON u.d = h.streamer_id
 """
 
 
@@ -165,38 +185,24 @@ class BatchResult:
     transitions: int
 
 
-def _span_json(span: Span) -> dict[str, object]:
-    start, end = span.start_seen, span.end_seen
-    return {
-        "k": span.key, "d": span.streamer_id, "f": span.fixed_id, "m": span.match, "n": span.insert,
+def _span_json(span: Span) -> Record:
+    start, end = span.start_seen or {}, span.end_seen or {}
+    return compact({
+        "k": span.key, "d": span.streamer_id, "f": span.fixed_id, "m": span.match or None,
+        "n": span.insert or None,
         "st": span.started_at, "ss": span.start_source, "stt": span.start_title, "si": span.start_inferred,
         "lt": span.last_title, "cat": span.category, "l": span.livestream_id, "en": span.ended_at,
         "es": span.end_source, "ei": span.end_inferred,
         "ps": start.get("pusher"), "aps": start.get("api"), "ws": start.get("webhook"),
         "pe": end.get("pusher"), "ae": end.get("api"), "we": end.get("webhook"),
-    }
+    })
 
 
-def encode_plan(plan: Plan) -> tuple[str, str, str]:
-    """The plan as the JSON the write statement reads (short keys: less to parse)."""
+def encode_plan(plan: Plan) -> tuple[str, str, str, str]:
+    """The plan as the JSON the write statement reads (see change_plan.Record)."""
     spans = orjson.dumps([_span_json(s) for s in plan.spans if s.fixed_id is not None or s.match])
-    history = orjson.dumps([
-        {
-            "i": h.change_id, "d": h.streamer_id, "u": h.username, "c": h.channel_id, "s": h.status,
-            "p": h.previous_status, "o": h.source, "e": h.event, "l": h.livestream_id, "t": h.title,
-            "a": h.occurred_at, "r": h.received_at, "g": h.generation, "q": h.seq, "f": h.inferred, "k": h.span,
-        }
-        for h in plan.history
-    ])
-    rows = orjson.dumps([
-        {
-            "d": r.streamer_id, "s": r.status, "l": r.livestream_id, "ll": r.last_livestream_id, "t": r.title,
-            "k": r.broadcast, "kb": r.keep_broadcast, "st": r.started_at, "ks": r.keep_started,
-            "ch": r.changed_at, "so": r.online_at, "ev": r.event_at, "g": r.generation, "q": r.seq,
-        }
-        for r in plan.rows
-    ])
-    return spans.decode(), history.decode(), rows.decode()
+    names = orjson.dumps([{"d": d, "u": u} for d, u in plan.usernames.items()])
+    return spans.decode(), orjson.dumps(plan.history).decode(), orjson.dumps(plan.rows).decode(), names.decode()
 
 
 def is_prepared(conn: psycopg2.extensions.connection) -> bool:
@@ -226,12 +232,17 @@ def coalesce(changes: Sequence[StatusChange]) -> list[StatusChange]:
 
 
 def read_rows(
-    cur: psycopg2.extensions.cursor, changes: Sequence[StatusChange]
+    cur: psycopg2.extensions.cursor, changes: Sequence[StatusChange], forced: frozenset[int] = frozenset()
 ) -> tuple[dict[int, StreamerRow], Sequence[StatusChange]]:
     """Lock and read the rows `changes` touch; the changes keyed by row id (a change spooled by
-    an older release, streamer id 0, by its channel; one naming no known streamer is dropped)."""
+    an older release, streamer id 0, by its channel). `forced`: row ids whose latest broadcast
+    is read whatever they hold (the planner asked for it)."""
     ids, channels = affected_ids(changes)
-    cur.execute(f"EXECUTE {READ_NAME} (%s::bigint[], %s::bigint[])", (ids, channels))
+    ends, webhooks = last_broadcast_wanted(changes)
+    cur.execute(
+        f"EXECUTE {READ_NAME} (%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[])",
+        (ids, channels, sorted(ends | forced), webhooks),
+    )
     rows = {r[0]: StreamerRow(*r) for r in cur.fetchall()}
     if channels:
         by_channel = {row.channel_id: row.id for row in rows.values() if row.channel_id is not None}
@@ -258,10 +269,13 @@ def apply_changes(
         return BatchResult(0, 0)
     with conn, conn.cursor() as cur:
         rows, keyed = read_rows(cur, unique)
-        plan = plan_batch(keyed, rows, tolerance)
+        try:
+            plan = plan_batch(keyed, rows, tolerance)
+        except LastBroadcastNeeded as needed:  # rare: an end naming a livestream after one naming none
+            rows, keyed = read_rows(cur, unique, needed.streamer_ids)
+            plan = plan_batch(keyed, rows, tolerance)
         if not plan.rows:
             return BatchResult(len(unique), 0)
-        spans, history, updates = encode_plan(plan)
-        cur.execute(f"EXECUTE {PREPARED_NAME} (%s, %s, %s, %s)", (spans, history, updates, tolerance))
+        cur.execute(f"EXECUTE {PREPARED_NAME} (%s, %s, %s, %s, %s)", (*encode_plan(plan), tolerance))
         recorded = cur.fetchall()
     return BatchResult(len(unique), len(recorded))
