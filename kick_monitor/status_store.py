@@ -134,9 +134,12 @@ history AS (
          livestream_id, title, occurred_at, received_at, order_generation, order_seq, inferred, broadcast_id)
     SELECT h.i, h.d, h.c, h.s, h.p, h.o, h.e, h.l, h.t, to_timestamp(h.a), to_timestamp(h.r), h.g, h.q,
            COALESCE(h.f, false), p.bid
-    FROM json_to_recordset($2) AS h (i text, d bigint, c bigint, s text, p text, o text, e text, l bigint,
-                                     t text, a float8, r float8, g bigint, q bigint, f boolean, k int)
+    FROM ROWS FROM (json_to_recordset($2) AS (i text, d bigint, c bigint, s text, p text, o text, e text,
+                                              l bigint, t text, a float8, r float8, g bigint, q bigint,
+                                              f boolean, k int))
+         WITH ORDINALITY AS h (i, d, c, s, p, o, e, l, t, a, r, g, q, f, k, n)
     LEFT JOIN placed p ON p.k = h.k
+    ORDER BY h.n  -- ids in the plan's order: rows of one (generation, seq, received_at) read in it
     ON CONFLICT (change_id) DO NOTHING  -- a change recorded before (re-sent) is not recorded again
     RETURNING change_id, streamer_id, channel_id, status, previous_status, source, livestream_id,
               received_at, inferred, broadcast_id
