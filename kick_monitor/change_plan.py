@@ -25,7 +25,7 @@ or its start within the tolerance) happens in SQL, where the existing rows are.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from .messages import StatusChange
@@ -33,6 +33,8 @@ from .messages import StatusChange
 SOURCES = ("pusher", "api", "webhook")
 METADATA_EVENT = "livestream.metadata.updated"
 INFERRED_EVENTS = {"ended": "inferred_end", "started": "inferred_start"}
+START_SEEN_KEYS = {"pusher": "ps", "api": "aps", "webhook": "ws"}
+END_SEEN_KEYS = {"pusher": "pe", "api": "ae", "webhook": "we"}
 
 
 def micros(seconds: float | None) -> int | None:
@@ -63,6 +65,20 @@ class StreamerRow:
     last_ended: bool | None = None
     last_has_livestream: bool | None = None
     last_read: bool = True  # False: the latest broadcast was not read (`last_*` say nothing)
+
+
+Record = dict[str, object]
+"""A row to write, as the write statement reads it (kick_monitor.status_store): short keys, and
+no key for a NULL (json_to_recordset reads a missing key as NULL; every key costs parsing).
+
+History rows (`status_events`): i change_id, d streamer_id, c channel_id, s status, p previous_status,
+o source, e event, l livestream_id, t title, a occurred_at, r received_at, g/q order_generation/seq,
+f inferred, k the key of the span (broadcast) it belongs to.
+Row updates (`streamers`): d id, s status, l livestream_id, ll last_livestream_id, t title (online: the
+new one, absent keeps it), k the span key of its open broadcast, kb keep the open broadcast, st its
+start, ks keep the start, ch last_status_change, so last_seen_online, ev last_event_at (absent: keep),
+g/q order_generation/seq.
+"""
 
 
 @dataclass(slots=True)
@@ -124,23 +140,40 @@ class Span:
         if self.livestream_id is None and livestream_id is not None:
             self.livestream_id = livestream_id
 
-
-Record = dict[str, object]
-"""A row to write, as the write statement reads it (kick_monitor.status_store): short keys, and
-no key for a NULL (json_to_recordset reads a missing key as NULL; every key costs parsing).
-
-History rows (`status_events`): i change_id, d streamer_id, c channel_id, s status, p previous_status,
-o source, e event, l livestream_id, t title, a occurred_at, r received_at, g/q order_generation/seq,
-f inferred, k the key of the span (broadcast) it belongs to.
-Row updates (`streamers`): d id, s status, l livestream_id, ll last_livestream_id, t title (online: the
-new one, absent keeps it), k the span key of its open broadcast, kb keep the open broadcast, st its
-start, ks keep the start, ch last_status_change, so last_seen_online, ev last_event_at (absent: keep),
-g/q order_generation/seq.
-"""
-
-
-def compact(record: Mapping[str, object]) -> Record:
-    return {key: value for key, value in record.items() if value is not None}
+    def record(self) -> Record:
+        """The span as the write statement reads it: k key, d streamer, f fixed row id, m match,
+        n insert, st/ss/stt/si start (time, source, title, inferred), lt last title, cat category,
+        l livestream id, en/es/ei end, ps/aps/ws and pe/ae/we each source's first start/end report."""
+        record: Record = {"k": self.key, "d": self.streamer_id}
+        if self.fixed_id is not None:
+            record["f"] = self.fixed_id
+        if self.match:
+            record["m"] = True
+        if self.insert:
+            record["n"] = True
+        if self.start_source is not None:
+            record["st"], record["ss"] = self.started_at, self.start_source
+            if self.start_title is not None:
+                record["stt"] = self.start_title
+        if self.start_inferred:
+            record["si"] = True
+        if self.last_title is not None:
+            record["lt"] = self.last_title
+        if self.category is not None:
+            record["cat"] = self.category
+        if self.livestream_id is not None:
+            record["l"] = self.livestream_id
+        if self.end_source is not None:
+            record["en"], record["es"] = self.ended_at, self.end_source
+            if self.end_inferred:
+                record["ei"] = True
+        if self.start_seen:
+            for source, at in self.start_seen.items():
+                record[START_SEEN_KEYS[source]] = at
+        if self.end_seen:
+            for source, at in self.end_seen.items():
+                record[END_SEEN_KEYS[source]] = at
+        return record
 
 
 @dataclass(slots=True)

@@ -27,11 +27,8 @@ import psycopg2.extensions
 from .change_plan import (
     LastBroadcastNeeded,
     Plan,
-    Record,
-    Span,
     StreamerRow,
     affected_ids,
-    compact,
     last_broadcast_wanted,
     plan_batch,
 )
@@ -51,24 +48,30 @@ READ_NAME = "kick_monitor_read_streamers"
 # broadcasts_streamer_started each): an end naming a livestream when none is known, a webhook.
 READ_SQL = """
 PREPARE kick_monitor_read_streamers (bigint[], bigint[], bigint[], bigint[]) AS
-SELECT s.id, s.username, s.channel_id, s.status, s.order_generation, s.order_seq,
-       (extract(epoch FROM s.last_event_at) * 1000000)::bigint, s.livestream_id, s.last_livestream_id,
-       extract(epoch FROM s.stream_started_at)::float8, s.broadcast_id,
-       lb.id, extract(epoch FROM lb.started_at)::float8, lb.ended_at IS NOT NULL, lb.livestream_id IS NOT NULL,
-       w.want
-FROM kick_monitor.streamers s
-CROSS JOIN LATERAL (
-    SELECT s.id = ANY($4) OR (s.id = ANY($3) AND
+WITH locked AS (
+    SELECT s.id, s.username, s.channel_id, s.status, s.order_generation, s.order_seq,
+           (extract(epoch FROM s.last_event_at) * 1000000)::bigint AS event_us, s.livestream_id,
+           s.last_livestream_id, extract(epoch FROM s.stream_started_at)::float8 AS started_at, s.broadcast_id,
+           s.id = ANY($4) OR (s.id = ANY($3) AND
                               CASE WHEN s.status = 'online' THEN s.livestream_id ELSE s.last_livestream_id END IS NULL)
-) w (want)
+               AS want
+    FROM kick_monitor.streamers s
+    WHERE s.id = ANY($1) OR s.channel_id = ANY($2)
+    ORDER BY s.id
+    FOR UPDATE
+)
+-- one JSON text for the batch: orjson reads it ~10x faster than psycopg2 converts 16 columns a row
+SELECT json_agg(json_build_array(
+           l.id, l.username, l.channel_id, l.status, l.order_generation, l.order_seq, l.event_us,
+           l.livestream_id, l.last_livestream_id, l.started_at, l.broadcast_id,
+           lb.id, extract(epoch FROM lb.started_at)::float8, lb.ended_at IS NOT NULL, lb.livestream_id IS NOT NULL,
+           l.want))::text
+FROM locked l
 LEFT JOIN LATERAL (
     SELECT b.id, b.started_at, b.ended_at, b.livestream_id FROM kick_monitor.broadcasts b
-    WHERE w.want AND b.streamer_id = s.id  -- inside: not even probed unless wanted
+    WHERE l.want AND b.streamer_id = l.id  -- inside: not even probed unless wanted
     ORDER BY b.started_at DESC LIMIT 1
 ) lb ON true
-WHERE s.id = ANY($1) OR s.channel_id = ANY($2)
-ORDER BY s.id
-FOR UPDATE OF s
 """
 
 APPLY_SQL = """
@@ -188,22 +191,9 @@ class BatchResult:
     transitions: int
 
 
-def _span_json(span: Span) -> Record:
-    start, end = span.start_seen or {}, span.end_seen or {}
-    return compact({
-        "k": span.key, "d": span.streamer_id, "f": span.fixed_id, "m": span.match or None,
-        "n": span.insert or None,
-        "st": span.started_at, "ss": span.start_source, "stt": span.start_title, "si": span.start_inferred,
-        "lt": span.last_title, "cat": span.category, "l": span.livestream_id, "en": span.ended_at,
-        "es": span.end_source, "ei": span.end_inferred,
-        "ps": start.get("pusher"), "aps": start.get("api"), "ws": start.get("webhook"),
-        "pe": end.get("pusher"), "ae": end.get("api"), "we": end.get("webhook"),
-    })
-
-
 def encode_plan(plan: Plan) -> tuple[str, str, str, str]:
     """The plan as the JSON the write statement reads (see change_plan.Record)."""
-    spans = orjson.dumps([_span_json(s) for s in plan.spans if s.fixed_id is not None or s.match])
+    spans = orjson.dumps([s.record() for s in plan.spans if s.fixed_id is not None or s.match])
     names = orjson.dumps([{"d": d, "u": u} for d, u in plan.usernames.items()])
     return spans.decode(), orjson.dumps(plan.history).decode(), orjson.dumps(plan.rows).decode(), names.decode()
 
@@ -234,6 +224,11 @@ def coalesce(changes: Sequence[StatusChange]) -> list[StatusChange]:
     return list(seen.values())
 
 
+def int_array(values: Sequence[int]) -> str:
+    """A bigint[] literal: one string, not a list psycopg2 adapts value by value."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
 def read_rows(
     cur: psycopg2.extensions.cursor, changes: Sequence[StatusChange], forced: frozenset[int] = frozenset()
 ) -> tuple[dict[int, StreamerRow], Sequence[StatusChange]]:
@@ -243,10 +238,11 @@ def read_rows(
     ids, channels = affected_ids(changes)
     ends, webhooks = last_broadcast_wanted(changes)
     cur.execute(
-        f"EXECUTE {READ_NAME} (%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[])",
-        (ids, channels, sorted(ends | forced), webhooks),
+        f"EXECUTE {READ_NAME} (%s, %s, %s, %s)",
+        (int_array(ids), int_array(channels), int_array(sorted(ends | forced)), int_array(webhooks)),
     )
-    rows = {r[0]: StreamerRow(*r) for r in cur.fetchall()}
+    found = cur.fetchone()
+    rows = {r[0]: StreamerRow(*r) for r in orjson.loads(found[0] if found and found[0] else "[]")}
     if channels:
         by_channel = {row.channel_id: row.id for row in rows.values() if row.channel_id is not None}
         changes = [
