@@ -65,6 +65,7 @@ class StreamerRow:
     last_ended: bool | None = None
     last_has_livestream: bool | None = None
     last_read: bool = True  # False: the latest broadcast was not read (`last_*` say nothing)
+    last_ended_at: float | None = None
 
 
 Record = dict[str, object]
@@ -328,7 +329,7 @@ class _StreamerPlanner:
             elif previous != "online":
                 if not self.row.last_read:
                     raise LastBroadcastNeeded(frozenset({self.row.id}))
-                unseen = not (self.row.last_id is not None and not self.row.last_has_livestream)
+                unseen = not self._late_end_of_last(change)
         at = _at(change)
         if is_transition or new_broadcast or unseen:
             self._changed(change)
@@ -367,6 +368,17 @@ class _StreamerPlanner:
             self.previous_started = (
                 change.occurred_at if self.previous_started is None else max(self.previous_started, change.occurred_at)
             )
+
+    def _late_end_of_last(self, change: StatusChange) -> bool:
+        """Whether an end naming a livestream, on a row that knows none and is not online, is
+        the late end of the latest broadcast: only one without an id either (the API saw it),
+        still open or ended no more than the tolerance before this end arrived. An end long
+        after that broadcast ended is of another one nobody saw start (its start frame was not
+        delivered: the soak's lost transition of issue 18)."""
+        row = self.row
+        if row.last_id is None or row.last_has_livestream:
+            return False
+        return row.last_ended_at is None or change.received_at <= row.last_ended_at + self.tolerance
 
     def _settle(self, newest: StatusChange) -> None:
         """The row's broadcast columns after the ordered changes (what the SQL it replaces set)."""
