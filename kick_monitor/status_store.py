@@ -18,8 +18,8 @@ Two prepared statements, two round trips (issue 18; docs/architecture.md, "Where
 Every table access is a primary-key or unique-index probe: a generic plan made while a table
 was small can never become a scan of it (an UPDATE … FROM or an anti-join on `broadcasts` /
 `status_events` did, measured: a hash join over all 50,000 rows, 3× slower).
-Measured (docs/performance.md): PostgreSQL's CPU per change −11 % against the one statement;
-the writer's own CPU per change +~10 µs (planning ~5, encoding ~2, reading ~1).
+Measured (docs/performance.md): PostgreSQL's CPU per change −7 to −26 % against the one statement;
+the writer's own +11–14 µs (planning 6–9, encoding ~3, reading ~2 at load 5); W from equal to +47 %.
 """
 
 from __future__ import annotations
