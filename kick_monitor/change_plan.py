@@ -359,6 +359,8 @@ class _StreamerPlanner:
             self.segment.end(at, change.source, False, change.received_at)
             self.segment.name(change.livestream_id)
             self._history(change, self.segment, status="offline", previous="online" if unseen else previous)
+        elif offline and change.livestream_id is not None and change.livestream_id == previous_livestream:
+            self._seen_end(change, at)
         # what the next change compares with
         self.status = change.status
         self.previous_livestream = change.livestream_id
@@ -366,6 +368,16 @@ class _StreamerPlanner:
             self.previous_started = (
                 change.occurred_at if self.previous_started is None else max(self.previous_started, change.occurred_at)
             )
+
+    def _seen_end(self, change: StatusChange, at: float) -> None:
+        """An end of the broadcast the row already shows ended (another source, a webhook, was
+        first): only this source's seen time, on the broadcast with that livestream id."""
+        if self.segment.end_source is not None:  # ended earlier in this batch: that span
+            self.segment.end(at, change.source, False, change.received_at)
+            return
+        side = self._new_span(None, match=True, insert=False)
+        side.name(change.livestream_id)
+        side.end(at, change.source, False, change.received_at)
 
     def _late_end_of_last(self, change: StatusChange) -> bool:
         """Whether an end naming a livestream, on a row that knows none and is not online, is

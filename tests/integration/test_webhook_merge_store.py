@@ -120,6 +120,7 @@ def test_webhook_first_then_pusher_keeps_one_broadcast_and_the_workers_order(
     assert apply_changes(store, [webhook("b", "offline", T0, ended=T0 + 600, received=T0 + 601)]).transitions == 1
     assert apply_changes(store, [pusher("offline", T0 + 602, seq=200)]).transitions == 0
     assert broadcasts(store) == [(T0, T0 + 600, "webhook", "webhook", 11)]
+    assert seen(store) == [(T0 + 0.5, T0 + 0.2, T0 + 602, T0 + 601)]  # both sources, each one's delay
     assert history(store) == [
         ("unknown", "offline", "pusher", False), ("offline", "online", "webhook", False),
         ("online", "offline", "webhook", False),
