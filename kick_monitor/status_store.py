@@ -1,7 +1,7 @@
 """Committing status changes: current state, broadcasts, history and notifications, one transaction a batch.
 
 Two prepared statements, two round trips (issue 18; docs/architecture.md, "Where each step runs"):
-1. READ_SQL locks the rows the batch touches (`FOR UPDATE`, in id order: several writers —
+1. READ_SQL locks the rows the batch touches (`FOR NO KEY UPDATE`, in id order: several writers —
    one per node of a cluster — serialise per streamer and never deadlock) and returns them as
    one JSON text (orjson reads 500 rows in ~0.3 ms; psycopg2 converting 16 columns a row cost
    ~4 µs a row), with the latest broadcast of the rows that may need it.
@@ -64,7 +64,7 @@ WITH locked AS (
     FROM kick_monitor.streamers s
     WHERE s.id = ANY($1) OR s.channel_id = ANY($2)
     ORDER BY s.id
-    FOR UPDATE
+    FOR NO KEY UPDATE  -- what an UPDATE takes: never waits on an application's foreign-key (KEY SHARE) locks
 )
 -- one JSON text for the batch: orjson reads it ~10x faster than psycopg2 converts 16 columns a row
 SELECT json_agg(json_build_array(
