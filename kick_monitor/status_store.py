@@ -24,6 +24,7 @@ the writer's own +11–14 µs (planning 6–9, encoding ~3, reading ~2 at load 5
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -236,15 +237,17 @@ def int_array(values: Sequence[int]) -> str:
 
 
 def read_rows(
-    cur: psycopg2.extensions.cursor, changes: Sequence[StatusChange], forced: frozenset[int] = frozenset()
+    cur: psycopg2.extensions.cursor, changes: Sequence[StatusChange], forced: frozenset[int] = frozenset(),
+    *, begin: bool = False,
 ) -> tuple[dict[int, StreamerRow], Sequence[StatusChange]]:
     """Lock and read the rows `changes` touch; the changes keyed by row id (a change spooled by
     an older release, streamer id 0, by its channel). `forced`: row ids whose latest broadcast
-    is read whatever they hold (the planner asked for it)."""
+    is read whatever they hold (the planner asked for it). `begin`: open the transaction in the
+    same round trip."""
     ids, channels = affected_ids(changes)
     ends, webhooks = last_broadcast_wanted(changes)
     cur.execute(
-        f"EXECUTE {READ_NAME} (%s, %s, %s, %s)",
+        f"{'BEGIN; ' if begin else ''}EXECUTE {READ_NAME} (%s, %s, %s, %s)",
         (int_array(ids), int_array(channels), int_array(sorted(ends | forced)), int_array(webhooks)),
     )
     found = cur.fetchone()
@@ -263,24 +266,46 @@ def apply_changes(
     *,
     tolerance: float = BROADCAST_MATCH_TOLERANCE,
 ) -> BatchResult:
-    """Commit one batch in one transaction on a connection where `prepare()` ran.
+    """Commit one batch in one transaction on a connection where `prepare()` ran (idle, not in
+    a transaction).
 
+    Two round trips: `BEGIN; EXECUTE read`, then `EXECUTE write; COMMIT` — the connection is
+    switched to autocommit for the call so that psycopg2 sends no BEGIN and COMMIT of its own
+    (four round trips; at one change a batch, S1, each costs a wake-up of both processes).
     `tolerance` (seconds): two reports of a start this close are one broadcast.
-    `transitions` counts history rows, inferred ones included.
+    `transitions` counts the history rows written, inferred ones included: the plan's (the
+    statement's own count is not returned with its COMMIT; under the row locks a planned row's
+    change id can only already exist if something else rewrote the row's order).
     Raises psycopg2 errors for the caller to retry; the transaction is rolled back then.
     """
     unique = coalesce(changes)
     if not unique:
         return BatchResult(0, 0)
-    with conn, conn.cursor() as cur:
-        rows, keyed = read_rows(cur, unique)
-        try:
-            plan = plan_batch(keyed, rows, tolerance)
-        except LastBroadcastNeeded as needed:  # rare: an end naming a livestream after one naming none
-            rows, keyed = read_rows(cur, unique, needed.streamer_ids)
-            plan = plan_batch(keyed, rows, tolerance)
-        if not plan.rows:
-            return BatchResult(len(unique), 0)
-        cur.execute(f"EXECUTE {PREPARED_NAME} (%s, %s, %s, %s, %s)", (*encode_plan(plan), tolerance))
-        recorded = cur.fetchall()
-    return BatchResult(len(unique), len(recorded))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            rows, keyed = read_rows(cur, unique, begin=True)
+            try:
+                plan = plan_batch(keyed, rows, tolerance)
+            except LastBroadcastNeeded as needed:  # rare: an end naming a livestream after one naming none
+                rows, keyed = read_rows(cur, unique, needed.streamer_ids)
+                plan = plan_batch(keyed, rows, tolerance)
+            if not plan.rows:
+                cur.execute("COMMIT")
+                return BatchResult(len(unique), 0)
+            cur.execute(f"EXECUTE {PREPARED_NAME} (%s, %s, %s, %s, %s); COMMIT", (*encode_plan(plan), tolerance))
+    except BaseException:
+        abort(conn)
+        raise
+    finally:
+        with contextlib.suppress(psycopg2.Error):
+            conn.autocommit = False
+    return BatchResult(len(unique), len(plan.history))
+
+
+def abort(conn: psycopg2.extensions.connection) -> None:
+    """Roll back a batch that failed half way (a lost connection has nothing to roll back)."""
+    if conn.closed:
+        return
+    with contextlib.suppress(psycopg2.Error), conn.cursor() as cur:
+        cur.execute("ROLLBACK")
