@@ -19,7 +19,8 @@ Every table access is a primary-key or unique-index probe: a generic plan made w
 was small can never become a scan of it (an UPDATE … FROM or an anti-join on `broadcasts` /
 `status_events` did, measured: a hash join over all 50,000 rows, 3× slower).
 Measured (docs/performance.md): PostgreSQL's CPU per change −7 to −26 % against the one statement;
-the writer's own +11–14 µs (planning 6–9, encoding ~3, reading ~2 at load 5); W from equal to +47 %.
+the writer's own +11–14 µs (planning 6–9, encoding ~3, reading ~2 at load 5); W from equal to +47 %;
+S1 (one change a batch) equal: two round trips, see `apply_changes`.
 """
 
 from __future__ import annotations
