@@ -6,7 +6,7 @@ start of the transaction — which changes are newer than the row, which are tra
 broadcasts they start, touch or end (inferred ones included), which history rows to add and
 the row's final state. PostgreSQL then only runs simple set-based writes (kick_monitor.status_store)
 instead of the window functions, sorts and per-change CTE steps of the one-statement design
-(measured: its CPU per change −7 to −26 % in W; docs/performance.md).
+(measured: its CPU per change −6 to −26 % in W, the writer's +10–14 µs; docs/performance.md).
 
 The rules are those of docs/architecture.md ("Ordering of changes"):
 - "newer wins" by `(generation, seq)`; `received_at` breaks ties between changes without an

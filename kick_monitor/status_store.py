@@ -18,8 +18,9 @@ Two prepared statements, two round trips (issue 18; docs/architecture.md, "Where
 Every table access is a primary-key or unique-index probe: a generic plan made while a table
 was small can never become a scan of it (an UPDATE … FROM or an anti-join on `broadcasts` /
 `status_events` did, measured: a hash join over all 50,000 rows, 3× slower).
-Measured (docs/performance.md): PostgreSQL's CPU per change −7 to −26 % against the one statement;
-the writer's own +11–14 µs (planning 6–9, encoding ~3, reading ~2 at load 5); W from equal to +47 %;
+Measured (docs/performance.md): PostgreSQL's CPU per change −6 to −26 % against the one statement;
+the writer's own +10–14 µs (planning 6–9, encoding ~3, reading ~2 at load 5): W −8 to −16 % on a quiet
+machine (serial path longer), equal to +47 % under load 4–7;
 S1 (one change a batch) equal: two round trips, see `apply_changes`.
 """
 
