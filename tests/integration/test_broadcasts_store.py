@@ -318,3 +318,16 @@ def test_an_end_when_no_livestream_was_ever_known(store: psycopg2.extensions.con
     apply_changes(store, [change(2, "offline", source="api", at=T0 + 60)])
     apply_changes(store, [change(2, "offline", at=T0 + 61, livestream=41)])
     assert len(broadcasts(store, 2)) == 1 and len(history(store, 2)) == 2
+
+
+def test_an_end_long_after_a_broadcast_only_the_api_saw_is_of_another_one(
+    store: psycopg2.extensions.connection,
+) -> None:
+    """The soak's lost transition (issue 18): the previous broadcast was seen by the API alone
+    (no livestream id), start and end; the next one's start frame was not delivered; its end
+    over Pusher, minutes later, is not a late end of the old one."""
+    apply_changes(store, [change(2, "online", source="api", at=T0, started=T0)])
+    apply_changes(store, [change(2, "offline", source="api", at=T0 + 60)])
+    apply_changes(store, [change(2, "offline", at=T0 + 660, livestream=42)])
+    assert [(b[0], b[1], b[5]) for b in broadcasts(store, 2)] == [(T0, T0 + 60, None), (T0 + 660, T0 + 660, 42)]
+    assert [h[:3] for h in history(store, 2)][2:] == [("offline", "online", True), ("online", "offline", False)]

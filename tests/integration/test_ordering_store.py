@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import time
 
 import psycopg2
@@ -206,3 +207,36 @@ def test_clock_check_warns_once_with_the_size_of_the_jump(
     assert 9.0 < reading.behind_newest < 11.0
     [record] = caplog.records
     assert "10." in record.getMessage() or "9.9" in record.getMessage()
+
+
+def test_two_writers_on_one_streamer_keep_one_chain_of_transitions(
+    store: psycopg2.extensions.connection, database_url: str
+) -> None:
+    """Two writers (a cluster's nodes, one database) commit changes of one streamer at once: the
+    row lock orders their read-decide-write, so no transition is decided on a stale row."""
+    other = psycopg2.connect(database_url)
+    prepare(other)
+    changes = [change("online" if n % 2 else "offline", generation=3, seq=n, at=T0 + n, livestream=74000000 + n)
+               for n in range(1, 201)]
+    errors: list[BaseException] = []
+
+    def write(conn: psycopg2.extensions.connection, mine: list[StatusChange]) -> None:
+        try:
+            for one in mine:
+                apply_changes(conn, [one])
+        except BaseException as exc:  # reported by the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(c, changes[k::2])) for k, c in enumerate((store, other))]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        other.close()
+    assert not errors
+    rows = history(store)
+    for before, after in itertools.pairwise(rows):
+        assert after[0] == before[1], (before, after)  # each transition starts where the last ended
+    assert row(store) == ("offline", 3, 200)  # the newest change always wins, whichever writer had it
