@@ -51,6 +51,9 @@ PREPARED_NAME = "kick_monitor_apply_changes"
 BROADCAST_MATCH_TOLERANCE = 60.0
 
 READ_NAME = "kick_monitor_read_streamers"
+# Constant texts (no SQL is ever formatted): with `BEGIN` in the same round trip, or inside one.
+READ_IN_TRANSACTION = "EXECUTE kick_monitor_read_streamers (%s, %s, %s, %s)"
+READ_IN_NEW_TRANSACTION = "BEGIN; " + READ_IN_TRANSACTION
 # The rows a batch touches, locked until its commit (several writers — one per node of a cluster —
 # never interleave their read-decide-write on one streamer; id order: no deadlock between them),
 # with the latest broadcast of those that may need it ($3: asked for; one backward probe of
@@ -249,7 +252,7 @@ def read_rows(
     ids, channels = affected_ids(changes)
     ends, webhooks = last_broadcast_wanted(changes)
     cur.execute(
-        f"{'BEGIN; ' if begin else ''}EXECUTE {READ_NAME} (%s, %s, %s, %s)",
+        READ_IN_NEW_TRANSACTION if begin else READ_IN_TRANSACTION,
         (int_array(ids), int_array(channels), int_array(sorted(ends | forced)), int_array(webhooks)),
     )
     found = cur.fetchone()

@@ -181,6 +181,7 @@ def test_revoked_secret_runs_pusher_only_without_a_loop(
         assert service.stop() == 0
 
 
+@pytest.mark.slow  # long end to end: make test-slow
 @pytest.mark.timeout(90)
 def test_missed_lifecycle_events_are_repaired_within_one_interval(
     sim: Simulator, conn: psycopg2.extensions.connection, services: ServiceFactory

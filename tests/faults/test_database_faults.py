@@ -87,6 +87,7 @@ def test_postgres_stopped_30s_with_a_writer_kill_during_the_outage(
         pg.stop(force=True)
 
 
+@pytest.mark.slow  # long end to end: make test-slow
 @pytest.mark.timeout(120)
 def test_sessions_killed_server_side(
     sim: Simulator, conn: psycopg2.extensions.connection, services: ServiceFactory, database_url: str
@@ -189,6 +190,7 @@ def tiny_filesystem(path: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+@pytest.mark.slow  # long end to end: make test-slow
 @pytest.mark.timeout(150)
 def test_spool_disk_full_keeps_changes_in_memory_and_recovers(
     sim: Simulator, conn: psycopg2.extensions.connection, services: ServiceFactory, database_url: str,

@@ -73,6 +73,7 @@ def test_worker_sigkill_at_random_moments(
         assert service.stop() == 0
 
 
+@pytest.mark.slow  # long end to end: make test-slow
 @pytest.mark.timeout(150)
 def test_writer_sigkill_mid_batch_at_1000_per_second(
     sim: Simulator, conn: psycopg2.extensions.connection, services: ServiceFactory, database_url: str

@@ -58,6 +58,7 @@ def finish(service: FaultService, sim: Simulator, conn: psycopg2.extensions.conn
     assert service.stop() == 0
 
 
+@pytest.mark.slow  # long end to end: make test-slow
 @pytest.mark.timeout(120)
 def test_all_connections_dropped_repeatedly(
     sim: Simulator, conn: psycopg2.extensions.connection, services: ServiceFactory

@@ -80,6 +80,7 @@ def run_demo(*args: str, cwd: Path, timeout: float) -> tuple[subprocess.Popen[st
     return proc, out, err
 
 
+@pytest.mark.slow  # long end to end: make test-slow
 def test_demo_commits_every_transition_and_leaves_nothing_behind(tmp_path: Path, server_tmp_path: Path) -> None:
     data_dir = server_tmp_path / "data"  # not under pytest's tmp: see tests.conftest.make_server_dir
     started = time.monotonic()

@@ -82,6 +82,7 @@ def eventually(url: str, check: str, predicate: object, timeout: float = 15.0) -
     return last[0]
 
 
+@pytest.mark.slow  # long end to end: make test-slow
 def test_metrics_move_with_traffic_and_worker_kills(
     sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, tmp_path: Path
 ) -> None:

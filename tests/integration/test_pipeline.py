@@ -132,6 +132,7 @@ def test_killed_writer_loses_nothing(
         assert service.stop() == 0
 
 
+@pytest.mark.slow  # long end to end: make test-slow
 def test_postgres_down_for_20_seconds_loses_nothing(sim: Simulator, tmp_path: Path, server_tmp_path: Path) -> None:
     pg = EmbeddedPostgres(server_tmp_path / "own-pg")
     url = pg.start()

@@ -311,6 +311,7 @@ def attempts_bound(policy: ReconnectPolicy, window: float) -> int:
     return attempts
 
 
+@pytest.mark.slow  # long end to end: make test-slow
 @pytest.mark.timeout(60)
 def test_refused_connections_back_off_without_a_storm(env: Env) -> None:
     sim = env.sim()

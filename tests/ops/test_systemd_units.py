@@ -211,6 +211,7 @@ class NotifyListener:
         self.sock.close()
 
 
+@pytest.mark.slow  # long end to end: make test-slow
 def test_watchdog_pings_stop_while_the_coordinator_hangs(sim: Simulator, database_url: str, tmp_path: Path) -> None:
     """WATCHDOG_USEC=2 s: a ping at least every 2 s while the loop runs, none while it is SIGSTOPped."""
     listener = NotifyListener(tmp_path / "notify.sock")
