@@ -30,6 +30,8 @@ from pathlib import Path
 import psycopg2.extensions
 import pytest
 
+from kick_monitor.messages import StatusChange
+from kick_monitor.status_store import apply_changes, prepare
 from kick_sim import DeliverySettings, SimConfig, SimStreamer, Simulator, WebhookFaults
 from kick_sim.webhooks import WebhookMessage
 from tests.service import (
@@ -233,3 +235,64 @@ def test_pusher_and_late_webhooks_one_transition_no_backward_move_both_seen_time
                   f" |measured - applied| max {max(errors):.2f} s, median {statistics.median(errors):.3f} s;"
                   f" {samples} samples while {len(after)} late webhooks arrived ({stale_starts} go-lives of"
                   f" ended broadcasts), no backward move")
+
+
+RECONCILE_BUG = (
+    "product bug: a reconciliation verdict read from the API before a webhook's end is applied after it"
+    " and brings the ended broadcast back (offline -> online -> offline: two extra history rows, and the"
+    " streamer shown online until the next reconciliation). Webhooks never move the row's (generation,"
+    " seq), and an API change is placed by (generation, seq) alone, not by the broadcast its start names"
+    " ('an ended broadcast does not come back' holds only for webhooks): kick_monitor/change_plan.py _apply"
+)
+
+
+@pytest.mark.xfail(strict=False, reason=RECONCILE_BUG)
+def test_webhooks_only_with_reconciliation_history_exactly_once(
+    conn: psycopg2.extensions.connection, database_url: str, tmp_path: Path, free_port: Callable[[], int],
+) -> None:
+    """Pusher off, as deployed: reconciliation runs beside the webhooks (every 5 s here, 30 s by default)."""
+    streamers_count, rounds, gap = 300, 3, 5.0
+    port = free_port()
+    with simulator(port, WebhookFaults(), seed=1603) as sim:
+        streamers = sim.create_streamers(streamers_count, prefix="rc")
+        insert_streamers(conn, streamers)
+        service = start_service(sim, database_url, tmp_path, port, pusher_url="off",
+                                reconcile_interval_without_pusher="5")
+        with running(service):
+            wait_subscribed(sim, streamers_count)
+            flip(sim, streamers, rounds, gap)
+            assert sim.wait_webhooks_idle(60)
+            time.sleep(6)  # one more reconciliation after the last flip
+            settle(sim, conn, timeout=15)
+
+
+def api_change(status: str, at: float, seq: int, started: float | None) -> StatusChange:
+    """A worker's reconciliation verdict (generation 1, its seq), as the worker sends it."""
+    return StatusChange(f"a:1:{status}:{seq}", 668, status, "api", "reconcile",  # type: ignore[arg-type]
+                        None, None, started, at, time.monotonic(), 0, 1, seq, 1, None, started)
+
+
+def webhook_change(message: str, status: str, started: float, received: float,
+                   ended: float | None = None) -> StatusChange:
+    """As the receiver makes it: generation 0, Kick's times."""
+    return StatusChange(f"webhook:{message}", None, status, "webhook",  # type: ignore[arg-type]
+                        "livestream.status.updated", None, None, started if ended is None else ended,
+                        received, time.monotonic(), 0, 0, 0, 1, None, started)
+
+
+@pytest.mark.xfail(strict=True, reason=RECONCILE_BUG)
+def test_a_stale_reconciliation_does_not_bring_back_a_broadcast_a_webhook_ended(
+    conn: psycopg2.extensions.connection,
+) -> None:
+    """The race of the test above, made deterministic against the writer's statement."""
+    t0 = 1_790_000_000.0
+    with conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO kick_monitor.streamers (id, username, channel_id, kick_user_id)"
+                    " VALUES (1, 'xqc', 668, 676)")
+    prepare(conn)
+    apply_changes(conn, [api_change("offline", t0 - 10, 100, None)])  # reconciliation at start
+    assert apply_changes(conn, [webhook_change("a", "online", t0, t0 + 0.5)]).transitions == 1
+    assert apply_changes(conn, [webhook_change("b", "offline", t0, t0 + 5.5, ended=t0 + 5)]).transitions == 1
+    # The worker's next reconciliation read the API just before the end: live, the same start.
+    assert apply_changes(conn, [api_change("online", t0 + 5.7, 200, t0)]).transitions == 0
+    assert query(conn, "SELECT status FROM kick_monitor.streamers") == [("offline",)]
