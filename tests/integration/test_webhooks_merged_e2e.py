@@ -8,6 +8,9 @@ delivering signed webhooks (its own key, fetched by the receiver from the simula
 2. Pusher and webhooks together, webhooks delayed 2–60 s: one transition per real change,
    no backward move while the late webhooks arrive (sampled), and every broadcast row shows
    both sources' seen times, whose difference is the delay the simulator applied.
+3. (xfail, a product bug found here) Webhooks only with reconciliation beside them, as deployed:
+   a stale API verdict undoes a webhook's change; two deterministic reproducers against the
+   writer's statement follow it.
 
 Why the flips are scheduled here and not by the simulator's random flipper: a webhook names
 its broadcast only by `started_at` (whole seconds), so two starts of one streamer closer than
