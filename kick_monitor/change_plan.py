@@ -19,7 +19,9 @@ The rules are those of docs/architecture.md ("Ordering of changes"):
   the open one);
 - webhook changes (issue 16) carry no generation: they are placed by the broadcast their
   `started_at` names (see `_StreamerPlanner._apply_webhook`), never by `(generation, seq)`, and never lower the
-  row's order.
+  row's order;
+- an API verdict asked before a webhook changed the row's latest broadcast is stale and dropped
+  (`is_stale`): ordered after the webhook by `(generation, seq)`, it would undo it.
 Broadcast rows are described as spans (`Span`); placing a span on a row (by Pusher's livestream id
 or its start within the tolerance) happens in SQL, where the existing rows are.
 """
@@ -33,6 +35,9 @@ from .messages import StatusChange
 
 METADATA_EVENT = "livestream.metadata.updated"
 INFERRED_EVENTS = {"ended": "inferred_end", "started": "inferred_start"}
+# Seconds by which an API verdict must have been asked after a webhook's arrival to stand against it:
+# the API may answer from just before the change, and the receiver's and worker's clocks may differ.
+STALE_MARGIN = 1.0
 START_SEEN_KEYS = {"pusher": "ps", "api": "aps", "webhook": "ws"}
 END_SEEN_KEYS = {"pusher": "pe", "api": "ae", "webhook": "we"}
 
@@ -46,7 +51,8 @@ def micros(seconds: float | None) -> int | None:
 class StreamerRow:
     """The streamer row as read (and locked) at the start of the batch's transaction.
 
-    `last_*` describe its latest broadcast by start (None: it has none).
+    `last_*` describe its latest broadcast by start (None: it has none). `last_webhook_at`: when
+    a webhook was the first to report that broadcast's start or end (our clock; None: never).
     """
 
     id: int
@@ -66,6 +72,7 @@ class StreamerRow:
     last_has_livestream: bool | None = None
     last_read: bool = True  # False: the latest broadcast was not read (`last_*` say nothing)
     last_ended_at: float | None = None
+    last_webhook_at: float | None = None
 
 
 Record = dict[str, object]
@@ -199,6 +206,24 @@ def is_newer(change: StatusChange, row: StreamerRow) -> bool:
     return row.last_event_us is None or received > row.last_event_us
 
 
+def is_stale(change: StatusChange, row: StreamerRow, tolerance: float) -> bool:
+    """An API verdict whose question was asked before a webhook changed the row's latest broadcast
+    (started or ended it first), within `STALE_MARGIN`: dropped, as the worker drops one older than
+    a Pusher frame — ordered after the webhook by `(generation, seq)`, it would undo it (a false end,
+    or an ended broadcast back). Not when that webhook is older than the row's last worker change
+    (the workers' order already followed it), nor for a start later than that broadcast's (news the
+    webhook cannot have undone). The next verdict, asked after the webhook, decides."""
+    webhook_at = row.last_webhook_at
+    if change.asked_at is None or webhook_at is None or change.source != "api":
+        return False
+    if row.last_event_us is not None and (micros(webhook_at) or 0) <= row.last_event_us:
+        return False
+    if (change.status == "online" and change.occurred_at is not None and row.last_started_at is not None
+            and change.occurred_at > row.last_started_at + tolerance):
+        return False
+    return change.asked_at < webhook_at + STALE_MARGIN
+
+
 class LastBroadcastNeeded(Exception):
     """The plan needs the latest broadcast of rows read without it: read them again with it."""
 
@@ -295,10 +320,14 @@ class _StreamerPlanner:
 
     # -- the ordered changes of workers --------------------------------------------------------
     def run(self, changes: list[StatusChange]) -> None:
+        row, tolerance = self.row, self.tolerance
         if len(changes) == 1 and changes[0].source != "webhook":  # the common case
-            ordered = changes if is_newer(changes[0], self.row) else []
+            change = changes[0]
+            fresh = change.asked_at is None or not is_stale(change, row, tolerance)
+            ordered = changes if fresh and is_newer(change, row) else []
         else:
-            ordered = sorted((c for c in changes if c.source != "webhook" and is_newer(c, self.row)), key=order_key)
+            ordered = sorted((c for c in changes if c.source != "webhook" and is_newer(c, row)
+                              and (c.asked_at is None or not is_stale(c, row, tolerance))), key=order_key)
         for change in ordered:
             self._apply(change)
         if ordered:
@@ -541,10 +570,11 @@ class _StreamerPlanner:
 
 def last_broadcast_wanted(changes: Sequence[StatusChange]) -> tuple[set[int], list[int]]:
     """Rows whose latest broadcast the plan may need: those with an end naming a livestream (used
-    only if the row knows none), and those with a webhook change (always)."""
+    only if the row knows none), and (always) those with a webhook change or an API verdict that
+    says when it was asked (`is_stale`)."""
     ends = {c.streamer_id for c in changes if c.status == "offline" and c.livestream_id is not None}
-    webhooks = sorted({c.streamer_id for c in changes if c.source == "webhook"})
-    return ends, webhooks
+    always = sorted({c.streamer_id for c in changes if c.source == "webhook" or c.asked_at is not None})
+    return ends, always
 
 
 def affected_ids(changes: Sequence[StatusChange]) -> tuple[list[int], list[int]]:

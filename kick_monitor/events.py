@@ -434,12 +434,14 @@ class StatusTracker:
         received_at: float,
         received_mono: float,
         event: str = "api",
+        asked_at: float | None = None,
     ) -> StatusChange | None:
         """Record what the reconciler learned from the API (source "api"), same rules as events.
 
         Online while we believe online is a change only when it is another broadcast
         (livestream id differs, or the caller saw a later start time: see
-        `kick_monitor.live_status.diff_by_streamer`)."""
+        `kick_monitor.live_status.diff_by_streamer`). `asked_at`: when the API was asked
+        (wall clock), so the writer can tell the verdict is older than a webhook."""
         if streamer_id not in self._states:
             return None
         result = self._transition(
@@ -452,11 +454,13 @@ class StatusTracker:
             occurred_at,
             received_at,
             received_mono,
+            asked_at,
         )
         return result if isinstance(result, StatusChange) else None
 
     def confirm(
-        self, streamer_id: int, *, received_at: float, received_mono: float, event: str = "reconcile"
+        self, streamer_id: int, *, received_at: float, received_mono: float, event: str = "reconcile",
+        asked_at: float | None = None,
     ) -> StatusChange | None:
         """The channel's current status as a change (source "api"), leaving the state as it is.
 
@@ -470,7 +474,7 @@ class StatusTracker:
             return None
         livestream_id = state.livestream_id if state.status == "online" else None
         return self._change(
-            streamer_id, state.status, "api", event, livestream_id, None, None, received_at, received_mono
+            streamer_id, state.status, "api", event, livestream_id, None, None, received_at, received_mono, asked_at
         )
 
     def _read_payload(
@@ -547,6 +551,7 @@ class StatusTracker:
         occurred_at: float | None,
         received_at: float,
         received_mono: float,
+        asked_at: float | None = None,
     ) -> StatusChange | TitleUpdate | None:
         """Apply the de-duplication rules (class docstring) and update the state."""
         state = self._states[streamer_id]
@@ -590,6 +595,7 @@ class StatusTracker:
             occurred_at,
             received_at,
             received_mono,
+            asked_at,
         )
         if title_update:
             self.stats.title_updates += 1
@@ -608,6 +614,7 @@ class StatusTracker:
         occurred_at: float | None,
         received_at: float,
         received_mono: float,
+        asked_at: float | None = None,
     ) -> StatusChange:
         received_ns = max(int(received_at * 1e9), self._last_ns + 1)
         self._last_ns = received_ns
@@ -629,4 +636,5 @@ class StatusTracker:
             generation=state.generation,
             seq=self._seq.next(),
             streamer_id=streamer_id,
+            asked_at=asked_at,
         )

@@ -38,6 +38,9 @@ class StatusChange:
     carry it on the end too; issue 16): it identifies the broadcast across sources.
     Changes from a source without an assignment (webhooks) carry generation 0; their
     `change_id` is `webhook:{Kick-Event-Message-Id}`, so a re-delivery is the same change.
+    `asked_at` (wall clock, epoch seconds): for an API verdict, when its question was sent;
+    the writer drops a verdict asked before a webhook changed the row (it would undo it).
+    Keep it last: spool lines are positional lists, and older ones still load without it.
     """
 
     change_id: str
@@ -56,6 +59,7 @@ class StatusChange:
     streamer_id: int = 0
     category: str | None = None
     started_at: float | None = None
+    asked_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,7 +57,8 @@ READ_IN_NEW_TRANSACTION = "BEGIN; " + READ_IN_TRANSACTION
 # The rows a batch touches, locked until its commit (several writers — one per node of a cluster —
 # never interleave their read-decide-write on one streamer; id order: no deadlock between them),
 # with the latest broadcast of those that may need it ($3: asked for; one backward probe of
-# broadcasts_streamer_started each): an end naming a livestream when none is known, a webhook.
+# broadcasts_streamer_started each): an end naming a livestream when none is known, a webhook, an API
+# verdict with its asking time (last: when a webhook first reported the start or end, change_plan.is_stale).
 READ_SQL = """
 PREPARE kick_monitor_read_streamers (bigint[], bigint[], bigint[], bigint[]) AS
 WITH locked AS (
@@ -77,10 +78,15 @@ SELECT json_agg(json_build_array(
            l.id, l.username, l.channel_id, l.status, l.order_generation, l.order_seq, l.event_us,
            l.livestream_id, l.last_livestream_id, l.started_at, l.broadcast_id,
            lb.id, extract(epoch FROM lb.started_at)::float8, lb.ended_at IS NOT NULL, lb.livestream_id IS NOT NULL,
-           l.want, extract(epoch FROM lb.ended_at)::float8))::text
+           l.want, extract(epoch FROM lb.ended_at)::float8,
+           extract(epoch FROM GREATEST(CASE WHEN lb.start_source = 'webhook' THEN lb.webhook_start_seen_at END,
+                                       CASE WHEN lb.end_source = 'webhook' THEN lb.webhook_end_seen_at END))::float8
+       ))::text
 FROM locked l
 LEFT JOIN LATERAL (
-    SELECT b.id, b.started_at, b.ended_at, b.livestream_id FROM kick_monitor.broadcasts b
+    SELECT b.id, b.started_at, b.ended_at, b.livestream_id, b.start_source, b.end_source,
+           b.webhook_start_seen_at, b.webhook_end_seen_at
+    FROM kick_monitor.broadcasts b
     WHERE l.want AND b.streamer_id = l.id  -- inside: not even probed unless wanted
     ORDER BY b.started_at DESC LIMIT 1
 ) lb ON true

@@ -335,6 +335,8 @@ class ShardWorker(Role):
                 for sid in answer if (st := tracker.status(sid)) is not None
             }
             changes: list[StatusChange] = []
+            # When the question was sent, on the wall clock the writer compares webhooks with.
+            asked_at = time.time() - (time.monotonic() - started)
             for streamer_id, info in diff_by_streamer(known, answer, self.settings.broadcast_match_tolerance):
                 if self.tracker.last_event_mono.get(streamer_id, 0.0) >= started:
                     # A frame arrived after we asked (even one that changed nothing, e.g. the
@@ -344,6 +346,7 @@ class ShardWorker(Role):
                     streamer_id, "online" if info.is_live else "offline", info.livestream_id,
                     title=info.title, occurred_at=info.started_at if info.is_live else None,
                     received_at=time.time(), received_mono=time.monotonic(), event="reconcile",
+                    asked_at=asked_at,
                 )
                 if change is not None:
                     changes.append(change)
@@ -354,7 +357,7 @@ class ShardWorker(Role):
                 if streamer_id in changed or self.tracker.last_event_mono.get(streamer_id, 0.0) >= started:
                     continue  # a newer change of ours is on its way already
                 confirmation = self.tracker.confirm(
-                    streamer_id, received_at=time.time(), received_mono=time.monotonic()
+                    streamer_id, received_at=time.time(), received_mono=time.monotonic(), asked_at=asked_at
                 )
                 if confirmation is not None:
                     changes.append(confirmation)

@@ -269,10 +269,11 @@ def test_webhooks_only_with_reconciliation_history_exactly_once(
             settle(sim, conn, timeout=15)
 
 
-def api_change(status: str, at: float, seq: int, started: float | None) -> StatusChange:
-    """A worker's reconciliation verdict (generation 1, its seq), as the worker sends it."""
+def api_change(status: str, at: float, seq: int, started: float | None, asked: float) -> StatusChange:
+    """A worker's reconciliation verdict (generation 1, its seq), as the worker sends it: `asked`,
+    when the worker sent the API its question."""
     return StatusChange(f"a:1:{status}:{seq}", 668, status, "api", "reconcile",  # type: ignore[arg-type]
-                        None, None, started, at, time.monotonic(), 0, 1, seq, 1, None, started)
+                        None, None, started, at, time.monotonic(), 0, 1, seq, 1, None, started, asked)
 
 
 def webhook_change(message: str, status: str, started: float, received: float,
@@ -283,7 +284,6 @@ def webhook_change(message: str, status: str, started: float, received: float,
                         received, time.monotonic(), 0, 0, 0, 1, None, started)
 
 
-@pytest.mark.xfail(strict=True, reason=RECONCILE_BUG)
 def test_a_stale_reconciliation_does_not_bring_back_a_broadcast_a_webhook_ended(
     conn: psycopg2.extensions.connection,
 ) -> None:
@@ -293,29 +293,31 @@ def test_a_stale_reconciliation_does_not_bring_back_a_broadcast_a_webhook_ended(
         cur.execute("INSERT INTO kick_monitor.streamers (id, username, channel_id, kick_user_id)"
                     " VALUES (1, 'xqc', 668, 676)")
     prepare(conn)
-    apply_changes(conn, [api_change("offline", t0 - 10, 100, None)])  # reconciliation at start
+    apply_changes(conn, [api_change("offline", t0 - 10, 100, None, t0 - 10.3)])  # reconciliation at start
     assert apply_changes(conn, [webhook_change("a", "online", t0, t0 + 0.5)]).transitions == 1
     assert apply_changes(conn, [webhook_change("b", "offline", t0, t0 + 5.5, ended=t0 + 5)]).transitions == 1
     # The worker's next reconciliation read the API just before the end: live, the same start.
-    assert apply_changes(conn, [api_change("online", t0 + 5.7, 200, t0)]).transitions == 0
-    assert query(conn, "SELECT status FROM kick_monitor.streamers") == [("offline",)]
+    assert apply_changes(conn, [api_change("online", t0 + 5.7, 200, t0, t0 + 5.3)]).transitions == 0
+    assert query(conn, "SELECT status, order_seq FROM kick_monitor.streamers") == [("offline", 100)]
+    # The next one, asked after the end, decides as before (it agrees: nothing to record).
+    assert apply_changes(conn, [api_change("offline", t0 + 10.7, 300, None, t0 + 10.3)]).transitions == 0
+    assert query(conn, "SELECT status, order_seq FROM kick_monitor.streamers") == [("offline", 300)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: a reconciliation verdict 'offline' read from the API before a webhook's start is applied after"
-    " it and ends the broadcast the webhook started (a false end, and the next verdict starts it again: two extra"
-    " history rows). An API verdict carries no time of its read, so the writer cannot tell it is older"))
 def test_a_stale_reconciliation_does_not_end_a_broadcast_a_webhook_started(
     conn: psycopg2.extensions.connection,
 ) -> None:
     """The other direction of the same race (seen in the e2e run: offline 0.14 s after the webhook's
-    start, read before it). The writer cannot tell today: an API verdict carries no time of its read."""
+    start, read before it): the verdict's `asked_at` tells the writer it is older than the webhook."""
     t0 = 1_790_000_000.0
     with conn, conn.cursor() as cur:
         cur.execute("INSERT INTO kick_monitor.streamers (id, username, channel_id, kick_user_id)"
                     " VALUES (1, 'xqc', 668, 676)")
     prepare(conn)
-    apply_changes(conn, [api_change("offline", t0 - 10, 100, None)])
+    apply_changes(conn, [api_change("offline", t0 - 10, 100, None, t0 - 10.3)])
     assert apply_changes(conn, [webhook_change("a", "online", t0, t0 + 0.46)]).transitions == 1
-    assert apply_changes(conn, [api_change("offline", t0 + 0.6, 200, None)]).transitions == 0
+    assert apply_changes(conn, [api_change("offline", t0 + 0.6, 200, None, t0 + 0.3)]).transitions == 0
     assert query(conn, "SELECT status FROM kick_monitor.streamers") == [("online",)]
+    # A real end the next verdict (asked after the start) reads still applies.
+    assert apply_changes(conn, [api_change("offline", t0 + 30.6, 300, None, t0 + 30.3)]).transitions == 1
+    assert query(conn, "SELECT status FROM kick_monitor.streamers") == [("offline",)]

@@ -9,12 +9,20 @@ lowers the row's order.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kick_monitor.change_plan import LastBroadcastNeeded, Plan, StreamerRow, plan_batch
+from kick_monitor.change_plan import (
+    STALE_MARGIN,
+    LastBroadcastNeeded,
+    Plan,
+    StreamerRow,
+    last_broadcast_wanted,
+    plan_batch,
+)
 from kick_monitor.messages import StatusChange
 
 T0 = 1_790_000_000.0
@@ -66,6 +74,52 @@ def test_an_end_naming_a_livestream_after_one_naming_none_asks_for_the_last_broa
     assert raised.value.streamer_ids == {1}
     plan = plan_batch(batch, {1: row("online")}, TOLERANCE)  # read with it: the unseen broadcast's start
     assert statuses(plan) == [("online", "offline", False), ("offline", "online", True), ("online", "offline", False)]
+
+
+# -- API verdicts against webhooks (issue 16): one asked before a webhook changed the row is stale -------
+WEBHOOK_AT = T0 + 50  # a webhook ended the broadcast started at T0, arriving then
+
+
+def after_webhook_end(**fields: object) -> StreamerRow:
+    """Offline: a webhook ended the latest broadcast (started T0) at WEBHOOK_AT; the last worker change before."""
+    ended = replace(row("offline"), last_started_at=T0, last_ended_at=T0 + 49, last_webhook_at=WEBHOOK_AT,
+                    last_event_us=round((T0 - 10) * 1e6))
+    return replace(ended, **fields)
+
+
+def verdict(n: int, status: str, asked: float | None, started: float = T0) -> StatusChange:
+    return replace(change(n, status, source="api", started=started), asked_at=asked)
+
+
+@pytest.mark.parametrize(("state", "asked", "started", "applies"), [
+    ({}, WEBHOOK_AT - 0.3, T0, False),  # read "live" just before the webhook's end: the ended broadcast back
+    ({}, WEBHOOK_AT + STALE_MARGIN + 0.1, T0, True),  # asked after it: decides as before
+    ({}, None, T0, True),  # no asking time (spooled by an older release): as before
+    ({}, WEBHOOK_AT - 0.3, T0 + TOLERANCE + 5, True),  # a later broadcast: news no webhook undid
+    ({"last_event_us": round((WEBHOOK_AT + 1) * 1e6)}, WEBHOOK_AT - 0.3, T0, True),  # a worker change came after
+    ({"last_webhook_at": None}, WEBHOOK_AT - 0.3, T0, True),  # no webhook was first about that broadcast
+])
+def test_an_api_verdict_asked_before_a_webhook_changed_the_row_is_dropped(
+    state: dict[str, object], asked: float | None, started: float, applies: bool,
+) -> None:
+    plan = plan_batch([verdict(60, "online", asked, started)], {1: after_webhook_end(**state)}, TOLERANCE)
+    assert statuses(plan) == ([("offline", "online", False)] if applies else [])
+    assert bool(plan.rows) == applies  # a stale verdict does not even move the row's order
+
+
+def test_a_stale_end_is_dropped_in_a_batch_and_the_next_verdict_decides() -> None:
+    started_by_webhook = replace(row("online"), last_started_at=T0, last_ended=False, last_webhook_at=WEBHOOK_AT,
+                                 last_event_us=round((T0 - 10) * 1e6))
+    batch = [verdict(60, "offline", WEBHOOK_AT - 0.3), change(61, "online", livestream=5)]
+    plan = plan_batch(batch, {1: started_by_webhook}, TOLERANCE)
+    assert statuses(plan) == [] and plan.rows[0]["q"] == 161  # the Pusher frame still moves the order
+    plan = plan_batch([verdict(70, "offline", WEBHOOK_AT + 5)], {1: started_by_webhook}, TOLERANCE)
+    assert statuses(plan) == [("online", "offline", False)]
+
+
+def test_rows_with_a_timed_api_verdict_are_read_with_their_latest_broadcast() -> None:
+    assert last_broadcast_wanted([verdict(1, "online", T0), change(2, "online")]) == (set(), [1])
+    assert last_broadcast_wanted([verdict(1, "online", None)]) == (set(), [])
 
 
 # -- properties over random batches ---------------------------------------------------------------
