@@ -381,6 +381,17 @@ def test_set_status_for_the_reconciler() -> None:
     )
 
 
+def test_api_verdicts_carry_when_the_question_was_asked_and_frames_do_not() -> None:
+    """The writer drops a verdict asked before a webhook changed the row (change_plan.is_stale)."""
+    tracker = StatusTracker([ref(7, "offline"), ref(8, "online", 80)])
+    verdict = tracker.set_status(7, "online", 100, received_at=T0, received_mono=1.0, asked_at=T0 - 0.4)
+    confirmation = tracker.confirm(8, received_at=T0, received_mono=1.0, asked_at=T0 - 0.4)
+    assert verdict is not None and confirmation is not None
+    assert (verdict.asked_at, confirmation.asked_at) == (T0 - 0.4, T0 - 0.4)
+    frame_change = feed(tracker, frame(STOP_STREAM_BROADCAST, "channel.7", stop_data(100, 7)), at=T0)
+    assert isinstance(frame_change, StatusChange) and frame_change.asked_at is None
+
+
 def test_add_and_remove_at_runtime() -> None:
     tracker = StatusTracker([ref(1)])
     assert tracker.add([ref(2, "online", 5), ref(1, "online", 9)]) == [

@@ -120,3 +120,14 @@ def test_lines_of_a_release_before_migration_3_load_with_streamer_id_0(tmp_path:
     assert [(c.channel_id, c.generation, c.seq, c.streamer_id, c.category) for c in loaded] == [
         (668, 7, 9, 0, None), (None, 1, 2, 42, None),
     ]
+
+
+def test_asked_at_survives_the_spool_and_lines_written_without_it_still_load(tmp_path: Path) -> None:
+    """`asked_at` (when an API verdict's question was sent) came last, with a default."""
+    before = '["c1",668,"offline","api","reconcile",null,null,null,4.0,5.0,0,1,2,42,null,null]\n'
+    (tmp_path / "000000001.jsonl").write_text(before)
+    spool = Spool(tmp_path, 1 << 20)
+    spool.append([StatusChange("c2", 668, "online", "api", "reconcile", 5, None, 3.0, 4.0, 5.0, 0, 1, 3, 42,
+                               None, 3.0, 3.5)])
+    loaded = replay_all(Spool(tmp_path, 1 << 20))
+    assert [(c.change_id, c.asked_at) for c in loaded] == [("c1", None), ("c2", 3.5)]
