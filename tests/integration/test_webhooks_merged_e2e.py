@@ -8,9 +8,10 @@ delivering signed webhooks (its own key, fetched by the receiver from the simula
 2. Pusher and webhooks together, webhooks delayed 2–60 s: one transition per real change,
    no backward move while the late webhooks arrive (sampled), and every broadcast row shows
    both sources' seen times, whose difference is the delay the simulator applied.
-3. (xfail, a product bug found here) Webhooks only with reconciliation beside them, as deployed:
-   a stale API verdict undoes a webhook's change; two deterministic reproducers against the
-   writer's statement follow it.
+3. Webhooks only with reconciliation beside them, as deployed: history exactly once. It found a
+   bug (a stale API verdict, asked before a webhook's change and applied after it, undid it;
+   fixed by the verdict's `asked_at`, change_plan.is_stale); two deterministic reproducers against
+   the writer's statement follow it (the e2e run hits the race only now and then).
 
 Why the flips are scheduled here and not by the simulator's random flipper: a webhook names
 its broadcast only by `started_at` (whole seconds), so two starts of one streamer closer than
@@ -240,16 +241,6 @@ def test_pusher_and_late_webhooks_one_transition_no_backward_move_both_seen_time
                   f" ended broadcasts), no backward move")
 
 
-RECONCILE_BUG = (
-    "product bug: a reconciliation verdict read from the API before a webhook's end is applied after it"
-    " and brings the ended broadcast back (offline -> online -> offline: two extra history rows, and the"
-    " streamer shown online until the next reconciliation). Webhooks never move the row's (generation,"
-    " seq), and an API change is placed by (generation, seq) alone, not by the broadcast its start names"
-    " ('an ended broadcast does not come back' holds only for webhooks): kick_monitor/change_plan.py _apply"
-)
-
-
-@pytest.mark.xfail(strict=False, reason=RECONCILE_BUG)
 def test_webhooks_only_with_reconciliation_history_exactly_once(
     conn: psycopg2.extensions.connection, database_url: str, tmp_path: Path, free_port: Callable[[], int],
 ) -> None:
