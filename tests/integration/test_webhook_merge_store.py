@@ -200,3 +200,34 @@ def test_an_end_of_a_broadcast_nobody_saw_start_is_recorded_with_its_inferred_st
     ]
     assert history(store)[2:] == [("offline", "online", "webhook", True), ("online", "offline", "webhook", False)]
     assert row(store)[:3] == ("offline", 1, 200)
+
+
+def api(status: str, *, asked: float, received: float, seq: int, started: float | None = None) -> StatusChange:
+    """A worker's reconciliation verdict: `asked`, when its question went to the API."""
+    return StatusChange(
+        f"a:{seq}", 668, status, "api", "reconcile",  # type: ignore[arg-type]
+        None, None, started, received, time.monotonic(), 0, 1, seq, SID, None, started, asked,
+    )
+
+
+def test_a_verdict_asked_before_a_webhook_started_the_broadcast_is_dropped_one_after_it_applies(
+    store: psycopg2.extensions.connection,
+) -> None:
+    apply_changes(store, [pusher("offline", T0 - 100, livestream=None, seq=50)])
+    assert apply_changes(store, [webhook("a", "online", T0, received=T0 + 0.2)]).transitions == 1
+    assert apply_changes(store, [api("offline", asked=T0 - 0.1, received=T0 + 0.4, seq=100)]).transitions == 0
+    assert row(store)[:3] == ("online", 1, 50)  # dropped whole: not even the row's order moved
+    assert apply_changes(store, [api("offline", asked=T0 + 5, received=T0 + 5.3, seq=200)]).transitions == 1
+    assert history(store)[-1] == ("online", "offline", "api", False)
+    assert row(store)[:3] == ("offline", 1, 200)
+
+
+def test_a_late_webhook_repeating_pusher_does_not_make_a_verdict_stale(
+    store: psycopg2.extensions.connection,
+) -> None:
+    """Only a webhook that was first to report the start or end can have been undone by a verdict."""
+    apply_changes(store, [pusher("online", T0, seq=100)])
+    assert apply_changes(store, [webhook("a", "online", T0 + 1, received=T0 + 30)]).transitions == 0
+    # Pusher missed the end; the API, asked before that late webhook arrived, saw it.
+    assert apply_changes(store, [api("offline", asked=T0 + 20, received=T0 + 35, seq=200)]).transitions == 1
+    assert row(store)[:3] == ("offline", 1, 200)
