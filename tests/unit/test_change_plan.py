@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -80,7 +81,7 @@ def test_an_end_naming_a_livestream_after_one_naming_none_asks_for_the_last_broa
 WEBHOOK_AT = T0 + 50  # a webhook ended the broadcast started at T0, arriving then
 
 
-def after_webhook_end(**fields: object) -> StreamerRow:
+def after_webhook_end(**fields: Any) -> StreamerRow:
     """Offline: a webhook ended the latest broadcast (started T0) at WEBHOOK_AT; the last worker change before."""
     ended = replace(row("offline"), last_started_at=T0, last_ended_at=T0 + 49, last_webhook_at=WEBHOOK_AT,
                     last_event_us=round((T0 - 10) * 1e6))
@@ -100,7 +101,7 @@ def verdict(n: int, status: str, asked: float | None, started: float = T0) -> St
     ({"last_webhook_at": None}, WEBHOOK_AT - 0.3, T0, True),  # no webhook was first about that broadcast
 ])
 def test_an_api_verdict_asked_before_a_webhook_changed_the_row_is_dropped(
-    state: dict[str, object], asked: float | None, started: float, applies: bool,
+    state: dict[str, Any], asked: float | None, started: float, applies: bool,
 ) -> None:
     plan = plan_batch([verdict(60, "online", asked, started)], {1: after_webhook_end(**state)}, TOLERANCE)
     assert statuses(plan) == ([("offline", "online", False)] if applies else [])
