@@ -9,6 +9,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg2
@@ -143,6 +144,17 @@ def connect(
     if autocommit:
         conn.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
     return conn
+
+
+def take_notifications(conn: psycopg2.extensions.connection) -> list[Any]:
+    """Read what a LISTEN connection received and empty its queue (psycopg2 only appends).
+
+    Raises psycopg2.Error when the connection is lost: each caller decides what that means.
+    """
+    conn.poll()
+    received = list(conn.notifies)
+    conn.notifies.clear()
+    return received
 
 
 def require_database(settings: Settings) -> None:

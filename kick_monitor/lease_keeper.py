@@ -38,6 +38,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from . import leases
+from .database import take_notifications
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +136,7 @@ class LeaseKeeper:
             return
         if self._conn is not None and self._conn in readable:
             try:
-                self._conn.poll()
-                self._conn.notifies.clear()
+                take_notifications(self._conn)
             except psycopg2.Error:
                 self._close()
 

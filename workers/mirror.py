@@ -28,7 +28,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
-from kick_monitor.database import DatabaseUnavailable, connect
+from kick_monitor.database import DatabaseUnavailable, connect, take_notifications
 from kick_monitor.migrations import STATUS_CHANNEL
 from kick_monitor.role import Role, RoleContext
 from kick_monitor.status_mirror import (
@@ -123,15 +123,14 @@ class StatusMirror(Role):
     def read_notifications(self) -> None:
         assert self.listen_conn is not None
         try:
-            self.listen_conn.poll()
+            received = take_notifications(self.listen_conn)
         except psycopg2.Error as exc:
             self.database_lost(exc)
             return
-        for notify in self.listen_conn.notifies:
+        for notify in received:
             streamer_id = _streamer_id(notify.payload)
             if streamer_id is not None:
                 self.hot[streamer_id] = None
-        self.listen_conn.notifies.clear()
 
     def catch_up(self, now: float) -> None:
         """Everything updated since the last catch-up (minus an overlap) that is not mirrored as it is."""

@@ -30,7 +30,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from kick_monitor.config import ConfigError
-from kick_monitor.database import DatabaseUnavailable, connect
+from kick_monitor.database import DatabaseUnavailable, connect, take_notifications
 from kick_monitor.logsetup import register_secret
 from kick_monitor.migrations import NOTIFY_TARGETS_CHANNEL, STATUS_CHANNEL
 from kick_monitor.notify_format import render_body
@@ -184,18 +184,17 @@ class Notifier(Role):
     def read_notifications(self) -> None:
         assert self.listen_conn is not None
         try:
-            self.listen_conn.poll()
+            received = take_notifications(self.listen_conn)
         except psycopg2.Error as exc:
             self.database_lost(exc)
             return
-        for notify in self.listen_conn.notifies:
+        for notify in received:
             if notify.channel == NOTIFY_TARGETS_CHANNEL:
                 self.targets_changed = True
                 continue
             broadcast_id, slug = _broadcast(notify.payload)
             if broadcast_id is not None and (self.slugs is None or slug in self.slugs):
                 self.hot.add(broadcast_id)
-        self.listen_conn.notifies.clear()
 
     def reload_targets(self) -> None:
         assert self.conn is not None

@@ -48,7 +48,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from kick_monitor.assignment import AssignmentServer
-from kick_monitor.database import DatabaseUnavailable, connect
+from kick_monitor.database import DatabaseUnavailable, connect, take_notifications
 from kick_monitor.duty import Duty
 from kick_monitor.lease_keeper import LeaseKeeper
 from kick_monitor.leases import Node
@@ -379,15 +379,14 @@ class Planner(Role):
     def read_notifications(self) -> None:
         assert self.listen_conn is not None
         try:
-            self.listen_conn.poll()
+            received = take_notifications(self.listen_conn)
         except psycopg2.Error as exc:
             log.warning("lost the LISTEN connection: %s", _first_line(exc))
             self.close_database()
             self.schedule_reload(time.monotonic() + RETRY_MIN)
             return
-        if self.listen_conn.notifies:
-            channels = {notify.channel for notify in self.listen_conn.notifies}
-            self.listen_conn.notifies.clear()
+        if received:
+            channels = {notify.channel for notify in received}
             if self.settings.streamers_source and self.settings.streamers_source_channel in channels:
                 self.sync_due = True
             self.schedule_reload(time.monotonic() + RELOAD_DEBOUNCE)
