@@ -26,6 +26,7 @@ PRELOAD = (
     "kick_monitor.kick_api",  # requests, urllib3, idna, charset_normalizer: workers + planner
     "kick_monitor.reconcile",
     "kick_monitor.sharding",
+    "kick_monitor.api_budget",  # the shared API budget: workers + planner (found after fork by -X importtime)
 )
 
 

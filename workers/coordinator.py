@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import importlib
 import logging
 import os
 import pickle
@@ -59,11 +60,8 @@ from kick_monitor.systemd import Watchdog, sd_notify
 from kick_monitor.telemetry import load_telemetry
 
 from .exporter import Exporter
-from .mirror import StatusMirror
-from .notifier import Notifier  # notifier (issue 19)
 from .planner import Planner
 from .shard_worker import ShardWorker
-from .webhook_receiver import WebhookReceiver
 from .writer import BatchWriter
 
 log = logging.getLogger("kick_monitor.coordinator")
@@ -75,12 +73,28 @@ COLD_STOP_SECONDS = 2.0
 LAST_ROLES_STOP_SECONDS = 5.0
 SIGNALS = ("HUP", "TERM", "INT", "CHLD")
 FATAL_EXIT_CODES = (EX_CONFIG, EX_USAGE)  # a restart cannot fix these: stop the service
+# Roles every tree runs: imported here, before the first fork, so their modules are shared.
 ROLE_CLASSES: dict[str, type[Role]] = {
     "writer": BatchWriter, "planner": Planner, "exporter": Exporter, "worker": ShardWorker,
-    "mirror": StatusMirror,  # only with status_mirror set (plan_children)
-    "webhook": WebhookReceiver,  # issue 16: only with webhook_port set (plan_children)
-    "notifier": Notifier,  # notifier (issue 19): only when plan.notifier (plan_children)
 }
+# Roles a tree runs only when configured (plan_children): imported in their own child after fork.
+# Measured (docs/performance.md, M): importing the webhook receiver here (waitress, cryptography)
+# made every tree 8 MB larger, used or not; imported after fork it costs only the one child that runs it.
+OPTIONAL_ROLES: dict[str, tuple[str, str]] = {
+    "mirror": ("workers.mirror", "StatusMirror"),  # only with status_mirror set
+    "webhook": ("workers.webhook_receiver", "WebhookReceiver"),  # issue 16: only with webhook_port set
+    "notifier": ("workers.notifier", "Notifier"),  # issue 19: only when plan.notifier
+}
+ROLE_KINDS = (*ROLE_CLASSES, *OPTIONAL_ROLES)
+
+
+def role_class(kind: str) -> type[Role]:
+    """The class of a role; an optional role's module is imported on first use (in its child)."""
+    if kind in ROLE_CLASSES:
+        return ROLE_CLASSES[kind]
+    module, name = OPTIONAL_ROLES[kind]
+    found: type[Role] = getattr(importlib.import_module(module), name)
+    return found
 PRODUCERS = ("worker", "webhook")  # issue 16: roles that hand changes to the writer; they stop before it
 ESSENTIAL = ("writer", "planner")  # the service cannot work without them
 
@@ -311,7 +325,7 @@ class Supervisor:
             try:
                 ours.close()
                 self.close_inherited(keep=child)
-                code = run_role(ROLE_CLASSES[child.kind], self.context_for(child, theirs))
+                code = run_role(role_class(child.kind), self.context_for(child, theirs))
             except BaseException:
                 log.exception("%s died at boot", child.name)
             finally:
@@ -499,7 +513,7 @@ class Supervisor:
         elif self.stopping == "warm" and why.startswith("SIG"):
             log.warning("%s again: stopping at once", why)
             self.stopping = "cold"
-            self.enter_phase("cold", COLD_STOP_SECONDS, tuple(ROLE_CLASSES), signal.SIGKILL)
+            self.enter_phase("cold", COLD_STOP_SECONDS, ROLE_KINDS, signal.SIGKILL)
 
     def enter_phase(self, phase: str, seconds: float, kinds: tuple[str, ...], sig: int) -> None:
         self.stop_phase = phase
@@ -511,7 +525,7 @@ class Supervisor:
     def advance_shutdown(self) -> None:
         """Warm stop in order: workers drain to the writer, the writer commits, then the rest."""
         now = self.clock()
-        phase_kinds = {"workers": PRODUCERS, "writer": ("writer",), "rest": tuple(ROLE_CLASSES), "cold": ()}
+        phase_kinds = {"workers": PRODUCERS, "writer": ("writer",), "rest": ROLE_KINDS, "cold": ()}
         waiting = [c for c in self.children if c.pid is not None and c.kind in phase_kinds[self.stop_phase]]
         if self.stop_phase == "cold":
             waiting = [c for c in self.children if c.pid is not None]

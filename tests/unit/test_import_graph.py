@@ -120,3 +120,27 @@ def test_running_the_product_loads_no_tool() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == []
+
+
+def test_the_supervisor_preloads_no_optional_role() -> None:
+    """What the coordinator imports before its first fork is shared by every child, used or not:
+    an optional role's libraries (the webhook receiver's waitress and cryptography: +8 MB measured)
+    are imported only in that role's own child (workers.coordinator.role_class)."""
+    code = (
+        "import json, sys\n"
+        "import workers.coordinator as c\n"
+        "from kick_monitor.preload import preload_role_modules\n"
+        "preload_role_modules()\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('waitress', 'cryptography')\n"
+        "                or m in ('workers.webhook_receiver', 'workers.notifier', 'workers.mirror'))\n"
+        "classes = {kind: c.role_class(kind).__name__ for kind in c.OPTIONAL_ROLES}\n"
+        "print(json.dumps([loaded, classes]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), cwd=REPO, timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    loaded, classes = json.loads(done.stdout)
+    assert loaded == []
+    assert classes == {"mirror": "StatusMirror", "webhook": "WebhookReceiver", "notifier": "Notifier"}
