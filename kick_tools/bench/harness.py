@@ -249,6 +249,8 @@ def temporary_workdir(parent: Path | None, keep: bool) -> Iterator[Path]:
     import shutil
     import tempfile
 
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)  # `--work-dir DIR` names a place, made if missing
     path = Path(tempfile.mkdtemp(prefix="kick-bench-", dir=parent))
     try:
         yield path
