@@ -148,6 +148,7 @@ def keeper(database_url: str, name: str, shards: tuple[int, ...] = (0, 1, 2, 3),
     k = LeaseKeeper(lambda: psycopg2.connect(database_url), node(name, "all" if len(shards) == 4 else str(shards[0])),
                     shards, 4, ttl)
     k.handover_pause = 0.0
+    k.ready.set()  # as the planner does once its workers are on Pusher
     return k
 
 
