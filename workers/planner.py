@@ -231,13 +231,20 @@ class Planner(Role):
 
     # -- shard leases (issue 17) ------------------------------------------------------------
     def wait_for_workers(self, seconds: float) -> bool:
-        """Serve the assignment socket until every worker has disconnected; False if some stayed."""
+        """Serve the assignment socket until every worker has left Pusher (said so, or disconnected
+        from us); False if some stayed (only the planner restarts: the next one keeps the leases)."""
         deadline = time.monotonic() + seconds
-        while self.server.connected_shards() and time.monotonic() < deadline:
+        while not self.workers_gone() and time.monotonic() < deadline:
             self.beat()
             readable, writable = self.wait(self.server.filenos(), self.server.writers(), 0.05)
             self.server.serve(readable, writable)
-        return not self.server.connected_shards()
+        return self.workers_gone()
+
+    def workers_gone(self) -> bool:
+        """No worker of ours listens: each has disconnected, or told us it left Pusher and watches nothing."""
+        states = self.server.states
+        return all(shard in states and not states[shard].connected and states[shard].watching == 0
+                   for shard in self.server.connected_shards())
 
     def wanted(self, shard: int) -> dict[int, StreamerRef]:
         """The shard's streamers while this node holds its lease; nothing otherwise."""

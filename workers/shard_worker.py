@@ -496,6 +496,8 @@ class ShardWorker(Role):
         """Warm stop: leave Pusher (reading what was sent before), wait until the writer has every
         change, exit 0."""
         self.leave_pusher(LEAVE_WAIT)
+        self.assignments.tell_state(WorkerState(self.shard, False, 0))  # the planner may free our lease now
+        self.assignments.service(time.monotonic())
         drained = self.sender.wait_drained(self.settings.drain_timeout)
         if not drained:  # handoff helper: what memory holds goes to the overflow spool, sent at the next start
             self.sender.spill_all()
