@@ -205,6 +205,32 @@ def test_three_nodes_share_the_shards_and_survive_kill_pause_and_stop(
     assert duplicate_transitions(conn) == []
 
 
+def test_three_thousand_streamers_on_three_nodes_one_subscriber_each_state_equals_truth(
+    sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, tmp_path: Path,
+) -> None:
+    """Issue 17, "Done when" 1: 3,000 streamers, three nodes — every channel exactly one subscriber,
+    counted at the simulator (and never two at once, by its journal), state and history equal to the
+    truth under flips."""
+    streamers = sim.create_streamers(3000)
+    insert_streamers(conn, streamers)
+    channels = 2 * len(streamers)
+    started = time.monotonic()
+    nodes = [node(sim, database_url, tmp_path, i, api_rate="100", api_burst="100") for i in range(3)]
+    with cluster(nodes):
+        sim.record_subscriptions()
+        wait_until(lambda: one_subscriber_each(sim, channels), 90, interval=0.2, what="one subscriber per channel")
+        wait_until(lambda: len(set(owners(conn).values()) - {None}) == 3, 30, what="one shard per node")
+        wait_until(lambda: workers_reported(conn) == (SHARDS, len(streamers)), 10, what="cluster status agrees")
+        subscribed = time.monotonic() - started
+        flip(sim, seconds=10.0, rate=50.0)
+        settle(sim, conn, timeout=60)
+        assert one_subscriber_each(sim, channels)
+        assert Gaps.measure(sim.subscription_journal(), []).most_subscribers == 1, "a channel had two subscribers"
+        assert duplicate_transitions(conn) == []
+        print(f"\n3,000 streamers on three nodes: {channels} channels subscribed once each {subscribed:.1f}s after"
+              f" start; {len(status_transitions(sim.truth()))} transitions, state and history equal to the truth")
+
+
 def holds_a_shard(conn: psycopg2.extensions.connection, service: Service) -> bool:
     return any(owner.endswith(f":{service.pid}") for owner in owners(conn).values() if owner)
 
