@@ -350,8 +350,8 @@ class _StreamerPlanner:
         for change in webhooks:
             self._apply_webhook(change)
         old_lease = sorted((c for c in changes if is_old_lease(c, row)), key=order_key)
-        for change in old_lease:
-            self._apply_old_lease(change)
+        if old_lease:
+            self._apply_old_leases(old_lease)
         if ordered or webhooks or old_lease:
             self.plan.rows.append(self._row_update())
 
@@ -560,12 +560,31 @@ class _StreamerPlanner:
         """Whether `_current` can tell the row's broadcast (an offline row's latest one must be read)."""
         return self.status == "online" or self.moved or self.first_segment.end_source is not None or self.row.last_read
 
+    def _apply_old_leases(self, changes: list[StatusChange]) -> None:
+        """An earlier lease's changes, in their order. They were all observed before the row's own
+        order was written (a later generation is handed out only after the lease moved), so they
+        never leave an offline row online: a broadcast they start that the batch does not end had
+        ended by then (its inferred end, at the row's last event)."""
+        was_online, changed_at = self.status == "online", self.changed_at
+        for change in changes:
+            self._apply_old_lease(change)
+        if was_online or self.status != "online":
+            return
+        last = changes[-1]
+        row_event = None if self.row.last_event_us is None else self.row.last_event_us / 1_000_000
+        at = row_event if row_event is not None and row_event > last.received_at else last.received_at
+        self.segment.end(at, last.source, True, last.received_at)
+        self._history(last, self.segment, status="offline", previous="online", inferred="ended",
+                      livestream_id=self.livestream_id, occurred_at=at, order=self.order)
+        self.status, self.livestream_id, self.changed_at = "offline", None, changed_at
+
     def _apply_old_lease(self, change: StatusChange) -> None:
         """A Pusher change observed under a lease that has moved on since (replayed from a spool
         after the new owner wrote): a genuine observation, placed by its broadcast the way a webhook
         is (`_apply_webhook`) instead of losing by `(generation, seq)`. The broadcast is told by its
         livestream id, else by its start within the tolerance: about a later broadcast than the
-        row's, it starts (or, an end, starts and ends) it; about the row's own, online touches it
+        row's, it starts (or, an end, starts and ends) it — an offline row stays offline
+        (`_apply_old_leases`); about the row's own, online touches it
         (open) or records its Pusher seen time (ended), an end ends it; about an earlier one, only
         its seen times. The row's (generation, seq) stays: the new owner's next change compares as
         before, and the row never moves backwards.

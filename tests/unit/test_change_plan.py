@@ -267,3 +267,14 @@ def test_old_lease_changes_keep_the_chain_and_the_order_and_do_not_depend_on_arr
     shuffled = batch[:]
     random.Random(seed).shuffle(shuffled)
     assert comparable(plan_batch(shuffled, {1: row(start, generation=2)}, TOLERANCE)) == comparable(plan)
+
+
+def test_an_old_lease_start_never_leaves_an_offline_row_online() -> None:
+    """The new owner's offline was observed after the old owner's start (a later generation is handed
+    out only after the lease moved): that broadcast had ended by then — started, inferred end."""
+    plan = plan_batch([old(1, "online", livestream=9, started=T0 + 50)], {1: row("offline", generation=2)}, TOLERANCE)
+    assert statuses(plan) == [("offline", "online", False), ("online", "offline", True)]
+    [update] = plan.rows
+    assert (update["s"], update["g"], update["q"], update["ll"]) == ("offline", 2, 10, 9)
+    assert "ch" not in update  # the row's status did not change: neither does its last change time
+    assert plan.history[1]["a"] == T0 + 10_000  # ended by the row's last event, the new owner's observation
