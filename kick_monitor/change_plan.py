@@ -281,6 +281,7 @@ class _StreamerPlanner:
         self.broadcast_started: float | None = row.started_at
         self.last_side: Span | None = None  # the row's last (ended) broadcast, when a webhook names it
         self.earlier: list[Span] = []  # earlier broadcasts webhooks named
+        self.stepped: tuple[int, int] | None = None  # the order an old lease's history rows take (issue 17)
 
     # -- spans and history -----------------------------------------------------------------
     def _new_span(self, fixed_id: int | None, *, match: bool, insert: bool) -> Span:
@@ -475,6 +476,8 @@ class _StreamerPlanner:
     @property
     def order(self) -> tuple[int, int]:
         """The row's (generation, seq) now: what a webhook's history rows are stamped with."""
+        if self.stepped is not None:
+            return self.stepped
         newest = self.newest
         return (self.row.generation, self.row.seq) if newest is None else (newest.generation, newest.seq)
 
@@ -564,10 +567,17 @@ class _StreamerPlanner:
         """An earlier lease's changes, in their order. They were all observed before the row's own
         order was written (a later generation is handed out only after the lease moved), so they
         never leave an offline row online: a broadcast they start that the batch does not end had
-        ended by then (its inferred end, at the row's last event)."""
-        was_online, changed_at = self.status == "online", self.changed_at
+        ended by then (its inferred end, at the row's last event). Their history rows are stamped
+        one `seq` above the row's order, and so is the row: in the writer's order (generation, seq,
+        received_at) they follow the row's history, whose chain they continue, and precede the new
+        owner's next change (its `seq`, a later nanosecond, is larger still)."""
+        was_online, changed_at, recorded = self.status == "online", self.changed_at, len(self.plan.history)
+        generation, seq = self.order
+        self.stepped = (generation, seq + 1)  # after the row's history in the writer's order, before anything newer
         for change in changes:
             self._apply_old_lease(change)
+        if len(self.plan.history) == recorded:
+            self.stepped = None  # nothing recorded: the row's order stays as it is
         if was_online or self.status != "online":
             return
         last = changes[-1]

@@ -100,7 +100,32 @@ def test_an_old_owners_whole_broadcast_the_new_owner_never_saw_is_recorded(
                                         livestream=None)]).transitions == 0
     assert apply_changes(store, spooled).transitions == 2
     assert apply_changes(store, spooled).transitions == 0  # a second replay writes nothing twice
-    assert state(store) == ("offline", 6, 10)
+    assert state(store) == ("offline", 6, 11)  # one seq up: the replayed history follows the row's
     assert [s for _, s, _ in transitions(store)] == ["online", "offline", "online", "offline"]
     assert [(b[0], b[1], b[3], b[4]) for b in broadcasts(store)] == [
         (LIVESTREAM, T0 + 1, True, T0 + 20), (later, T0 + 400, True, T0 + 500)]
+
+
+def in_writers_order(conn: psycopg2.extensions.connection) -> list[tuple[object, ...]]:
+    return read(conn, "SELECT previous_status, status, inferred FROM kick_monitor.status_events"
+                      " ORDER BY order_generation, order_seq, received_at, id")
+
+
+def test_a_spool_replayed_after_the_outage_continues_the_chain_in_the_writers_order(
+    store: psycopg2.extensions.connection,
+) -> None:
+    """The cluster's PostgreSQL-down run: the old owner committed a start, spooled the end and the next
+    broadcast's start; the new owner's reconciliation recorded the offline first."""
+    apply_changes(store, [change("online", "pusher", generation=5, seq=100, at=T0 + 1)])
+    spooled = [change("offline", "pusher", generation=5, seq=200, at=T0 + 20),
+               change("online", "pusher", generation=5, seq=300, at=T0 + 400, livestream=LIVESTREAM + 1,
+                      started=T0 + 399)]
+    assert apply_changes(store, [change("offline", "api", generation=6, seq=10, at=T0 + 450,
+                                        livestream=None)]).transitions == 1
+    assert apply_changes(store, spooled).transitions == 2  # the unseen broadcast: its start, its inferred end
+    assert state(store) == ("offline", 6, 11)  # never left online: the new owner saw offline after that start
+    assert in_writers_order(store) == [("unknown", "online", False), ("online", "offline", False),
+                                       ("offline", "online", False), ("online", "offline", True)]
+    assert apply_changes(store, [change("online", "pusher", generation=6, seq=20, at=T0 + 500,
+                                        livestream=LIVESTREAM + 2, started=T0 + 499)]).transitions == 1
+    assert state(store) == ("online", 6, 20)  # the new owner's next change compares as before

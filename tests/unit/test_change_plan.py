@@ -217,8 +217,8 @@ def test_an_old_lease_start_of_an_ended_broadcast_is_its_seen_time_without_readi
 def test_an_old_lease_end_of_the_open_broadcast_ends_it_once() -> None:
     plan = plan_batch([old(1, "offline")], {1: row("online", generation=2)}, TOLERANCE)
     assert statuses(plan) == [("online", "offline", False)]
-    assert (plan.history[0]["g"], plan.history[0]["q"]) == (2, 10)
-    assert (plan.rows[0]["s"], plan.rows[0]["g"], plan.rows[0]["q"]) == ("offline", 2, 10)
+    assert (plan.history[0]["g"], plan.history[0]["q"]) == (2, 11)  # one seq above the row's: after its history
+    assert (plan.rows[0]["s"], plan.rows[0]["g"], plan.rows[0]["q"]) == ("offline", 2, 11)
     again = plan_batch([old(1, "offline")], {1: row("offline", generation=2)}, TOLERANCE)
     assert again.history == [] and seen(again)[0]["pe"] == T0 + 1  # the end already recorded: its seen time
 
@@ -227,7 +227,7 @@ def test_an_old_lease_broadcast_later_than_the_rows_starts_and_ends_it() -> None
     batch = [old(1, "online", livestream=9, started=T0 + 50), old(2, "offline", livestream=9)]
     plan = plan_batch(batch, {1: row("offline", generation=2)}, TOLERANCE)
     assert statuses(plan) == [("offline", "online", False), ("online", "offline", False)]
-    assert {(h["g"], h["q"]) for h in plan.history} == {(2, 10)}
+    assert {(h["g"], h["q"]) for h in plan.history} == {(2, 11)}
     assert (plan.rows[0]["s"], plan.rows[0]["ll"]) == ("offline", 9)
 
 
@@ -275,6 +275,6 @@ def test_an_old_lease_start_never_leaves_an_offline_row_online() -> None:
     plan = plan_batch([old(1, "online", livestream=9, started=T0 + 50)], {1: row("offline", generation=2)}, TOLERANCE)
     assert statuses(plan) == [("offline", "online", False), ("online", "offline", True)]
     [update] = plan.rows
-    assert (update["s"], update["g"], update["q"], update["ll"]) == ("offline", 2, 10, 9)
+    assert (update["s"], update["g"], update["q"], update["ll"]) == ("offline", 2, 11, 9)
     assert "ch" not in update  # the row's status did not change: neither does its last change time
     assert plan.history[1]["a"] == T0 + 10_000  # ended by the row's last event, the new owner's observation
