@@ -107,7 +107,8 @@ class Planner(Role):
 
         self.planned: dict[int, dict[int, StreamerRef]] = {}  # the last load's plan, leased or not
         self.leased: dict[int, int] = {}  # shard -> lease epoch the workers were set up for
-        self.letting_go: dict[int, Any] = {}  # shard given back -> its worker's state when we unsubscribed it
+        # shard given back -> (it had streamers, its worker's state when we unsubscribed it)
+        self.letting_go: dict[int, tuple[bool, Any]] = {}
         node = Node.this("all" if ctx.tree == "all" else str(ctx.shards[0]), __version__, coordinator_pid=self.ppid)
         self.leases = LeaseKeeper(
             lambda: connect(ctx.database_url, application_name=f"kick-monitor leases {node.name}"),
@@ -266,7 +267,7 @@ class Planner(Role):
                 had = bool(self.plan[shard])
                 self.update_shard(shard, {})
                 if shard in self.leases.releasing():  # given back: freed once the worker has unsubscribed
-                    self.letting_go[shard] = self.server.states.get(shard) if had else None
+                    self.letting_go[shard] = (had, self.server.states.get(shard))
                 log.info("shard %d: lease ended, stopped listening", shard, extra={"shard": shard})
             if epoch is not None:
                 self.leased[shard] = epoch
@@ -283,11 +284,11 @@ class Planner(Role):
         if not self.letting_go:
             return
         releasing = self.leases.releasing()
-        for shard, before in list(self.letting_go.items()):
+        for shard, (had, before) in list(self.letting_go.items()):
             state = self.server.states.get(shard)
             if shard not in releasing:
                 del self.letting_go[shard]  # freed already (the pause ran out), or lost
-            elif before is None or (state is not None and state is not before and state.watching == 0):
+            elif not had or (state is not None and state is not before and state.watching == 0):
                 del self.letting_go[shard]
                 self.leases.let_go(shard)
 
