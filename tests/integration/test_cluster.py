@@ -346,7 +346,7 @@ class Gaps:
         return cls(gaps, most)
 
     def handovers(self) -> list[list[float]]:
-        """The gaps (seconds) grouped by hand-over: gaps that began within 20 ms of each other (one write unsubscribes a shard)."""
+        """The gaps (seconds) by hand-over: gaps that began within 20 ms (one write unsubscribes a shard)."""
         spans = sorted(g for per in self.by_channel.values() for g in per)
         groups: list[list[tuple[float, float]]] = []
         for gap in spans:
