@@ -567,7 +567,8 @@ class _StreamerPlanner:
         """An earlier lease's changes, in their order. They were all observed before the row's own
         order was written (a later generation is handed out only after the lease moved), so they
         never leave an offline row online: a broadcast they start that the batch does not end had
-        ended by then (its inferred end, at the row's last event). Their history rows are stamped
+        ended by then (its inferred end, at the row's last event) — unless they were received after
+        that event (a paused node's buffered frames, read when it woke: news, left open). Their history rows are stamped
         one `seq` above the row's order, and so is the row: in the writer's order (generation, seq,
         received_at) they follow the row's history, whose chain they continue, and precede the new
         owner's next change (its `seq`, a later nanosecond, is larger still)."""
@@ -582,7 +583,11 @@ class _StreamerPlanner:
             return
         last = changes[-1]
         row_event = None if self.row.last_event_us is None else self.row.last_event_us / 1_000_000
-        at = row_event if row_event is not None and row_event > last.received_at else last.received_at
+        if row_event is None or last.received_at >= row_event:
+            # Read after the row's last event: frames a paused node found buffered when it woke, not a
+            # spool of its lease. The broadcast is news to the row; the new owner sees it too (or has).
+            return
+        at = row_event
         self.segment.end(at, last.source, True, last.received_at)
         self._history(last, self.segment, status="offline", previous="online", inferred="ended",
                       livestream_id=self.livestream_id, occurred_at=at, order=self.order)

@@ -117,7 +117,19 @@ def no_duplicates(conn: psycopg2.extensions.connection) -> None:
 
 def state_settles(sim: Simulator, conn: psycopg2.extensions.connection, timeout: float = 30.0) -> None:
     """State equals truth (history may lack flips made while a shard had no owner: nobody saw them)."""
-    wait_until(lambda: not mismatches(sim, conn), timeout, interval=0.2, what="state equal to truth")
+    try:
+        wait_until(lambda: not mismatches(sim, conn), timeout, interval=0.2, what="state equal to truth")
+    except AssertionError:
+        bad = mismatches(sim, conn)
+        shown = []
+        for channel, truth, state in bad[:3]:
+            rows = query(conn, f"""SELECT previous_status, status, source, inferred, order_generation, order_seq,
+                                          extract(epoch FROM received_at)::float8, livestream_id, change_id
+                                   FROM kick_monitor.status_events WHERE channel_id = {channel} ORDER BY id""")
+            flips = [(t.status, t.livestream_id, round(t.sent_wall, 3)) for t in sim.truth() if t.channel_id == channel]
+            shown.append(f"channel {channel}: truth {truth}, recorded {state}; flips {flips}; history\n"
+                         + "\n".join(map(str, rows)))
+        raise AssertionError(f"{len(bad)} mismatches\n" + "\n".join(shown)) from None
 
 
 def history_errors_since(sim: Simulator, conn: psycopg2.extensions.connection, before: int) -> list[str]:

@@ -278,3 +278,12 @@ def test_an_old_lease_start_never_leaves_an_offline_row_online() -> None:
     assert (update["s"], update["g"], update["q"], update["ll"]) == ("offline", 2, 11, 9)
     assert "ch" not in update  # the row's status did not change: neither does its last change time
     assert plan.history[1]["a"] == T0 + 10_000  # ended by the row's last event, the new owner's observation
+
+
+def test_an_old_generation_start_read_after_the_rows_last_event_is_news() -> None:
+    """A paused node's buffered frame, read when it woke (after the new owner's last event): the
+    broadcast opens, as the new owner will (or did) see it too; no inferred end."""
+    late = change(20_000, "online", generation=1, livestream=9, started=T0 + 19_990)
+    plan = plan_batch([late], {1: row("offline", generation=2)}, TOLERANCE)
+    assert statuses(plan) == [("offline", "online", False)]
+    assert (plan.rows[0]["s"], plan.rows[0]["g"], plan.rows[0]["q"], plan.rows[0]["l"]) == ("online", 2, 11, 9)
