@@ -20,6 +20,10 @@ The rules are those of docs/architecture.md ("Ordering of changes"):
 - webhook changes (issue 16) carry no generation: they are placed by the broadcast their
   `started_at` names (see `_StreamerPlanner._apply_webhook`), never by `(generation, seq)`, and never lower the
   row's order;
+- a Pusher change of an earlier assignment generation than the row's (`is_old_lease`: the previous
+  lease holder of the shard spooled it and it is replayed after the new owner wrote, issue 17) is a
+  genuine observation: placed by its broadcast like a webhook (`_StreamerPlanner._apply_old_lease`),
+  never by `(generation, seq)`, never lowering the row's order;
 - an API verdict asked before a webhook changed the row's latest broadcast is stale and dropped
   (`is_stale`): ordered after the webhook by `(generation, seq)`, it would undo it.
 Broadcast rows are described as spans (`Span`); placing a span on a row (by Pusher's livestream id
@@ -224,6 +228,13 @@ def is_stale(change: StatusChange, row: StreamerRow, tolerance: float) -> bool:
     return change.asked_at < webhook_at + STALE_MARGIN
 
 
+def is_old_lease(change: StatusChange, row: StreamerRow) -> bool:
+    """A Pusher change of an earlier assignment generation than the row's: observed while an
+    earlier lease of its shard was held (spooled, replayed after the new owner wrote). A genuine
+    observation, placed by its broadcast (`_StreamerPlanner._apply_old_lease`), never dropped."""
+    return change.source == "pusher" and 0 < change.generation < row.generation
+
+
 class LastBroadcastNeeded(Exception):
     """The plan needs the latest broadcast of rows read without it: read them again with it."""
 
@@ -270,6 +281,7 @@ class _StreamerPlanner:
         self.broadcast_started: float | None = row.started_at
         self.last_side: Span | None = None  # the row's last (ended) broadcast, when a webhook names it
         self.earlier: list[Span] = []  # earlier broadcasts webhooks named
+        self.stepped: tuple[int, int] | None = None  # the order an old lease's history rows take (issue 17)
 
     # -- spans and history -----------------------------------------------------------------
     def _new_span(self, fixed_id: int | None, *, match: bool, insert: bool) -> Span:
@@ -338,7 +350,10 @@ class _StreamerPlanner:
             webhooks.sort(key=lambda c: (c.started_at or c.occurred_at or 0.0, c.status == "offline", c.received_at))
         for change in webhooks:
             self._apply_webhook(change)
-        if ordered or webhooks:
+        old_lease = sorted((c for c in changes if is_old_lease(c, row)), key=order_key)
+        if old_lease:
+            self._apply_old_leases(old_lease)
+        if ordered or webhooks or old_lease:
             self.plan.rows.append(self._row_update())
 
     def _apply(self, change: StatusChange) -> None:
@@ -461,6 +476,8 @@ class _StreamerPlanner:
     @property
     def order(self) -> tuple[int, int]:
         """The row's (generation, seq) now: what a webhook's history rows are stamped with."""
+        if self.stepped is not None:
+            return self.stepped
         newest = self.newest
         return (self.row.generation, self.row.seq) if newest is None else (newest.generation, newest.seq)
 
@@ -530,6 +547,128 @@ class _StreamerPlanner:
                 side.seen_start(change.source, change.received_at)
             else:
                 side.end(_at(change), change.source, False, change.received_at)
+
+    # -- Pusher changes of an earlier lease (issue 17) -----------------------------------------
+    def _current_livestream(self) -> int | None:
+        """The livestream id of the row's broadcast now (as `_current` names it), if known."""
+        if self.status == "online":
+            return self.livestream_id if self.livestream_id is not None else self.segment.livestream_id
+        if self.moved:
+            return self.segment.livestream_id
+        if self.first_segment.end_source is not None:
+            return self.row.livestream_id
+        return self.row.last_livestream_id
+
+    def _current_known(self) -> bool:
+        """Whether `_current` can tell the row's broadcast (an offline row's latest one must be read)."""
+        return self.status == "online" or self.moved or self.first_segment.end_source is not None or self.row.last_read
+
+    def _apply_old_leases(self, changes: list[StatusChange]) -> None:
+        """An earlier lease's changes, in their order. They were all observed before the row's own
+        order was written (a later generation is handed out only after the lease moved), so they
+        never leave an offline row online: a broadcast they start that the batch does not end had
+        ended by then (its inferred end, at the row's last event) — unless they were received after
+        that event (a paused node's buffered frames, read when it woke: news, left open). Their history rows are stamped
+        one `seq` above the row's order, and so is the row: in the writer's order (generation, seq,
+        received_at) they follow the row's history, whose chain they continue, and precede the new
+        owner's next change (its `seq`, a later nanosecond, is larger still)."""
+        was_online, changed_at, recorded = self.status == "online", self.changed_at, len(self.plan.history)
+        generation, seq = self.order
+        self.stepped = (generation, seq + 1)  # after the row's history in the writer's order, before anything newer
+        for change in changes:
+            self._apply_old_lease(change)
+        if len(self.plan.history) == recorded:
+            self.stepped = None  # nothing recorded: the row's order stays as it is
+        if was_online or self.status != "online":
+            return
+        last = changes[-1]
+        row_event = None if self.row.last_event_us is None else self.row.last_event_us / 1_000_000
+        if row_event is None or last.received_at >= row_event:
+            # Read after the row's last event: frames a paused node found buffered when it woke, not a
+            # spool of its lease. The broadcast is news to the row; the new owner sees it too (or has).
+            return
+        at = row_event
+        self.segment.end(at, last.source, True, last.received_at)
+        self._history(last, self.segment, status="offline", previous="online", inferred="ended",
+                      livestream_id=self.livestream_id, occurred_at=at, order=self.order)
+        self.status, self.livestream_id, self.changed_at = "offline", None, changed_at
+
+    def _apply_old_lease(self, change: StatusChange) -> None:
+        """A Pusher change observed under a lease that has moved on since (replayed from a spool
+        after the new owner wrote): a genuine observation, placed by its broadcast the way a webhook
+        is (`_apply_webhook`) instead of losing by `(generation, seq)`. The broadcast is told by its
+        livestream id, else by its start within the tolerance: about a later broadcast than the
+        row's, it starts (or, an end, starts and ends) it — an offline row stays offline
+        (`_apply_old_leases`); about the row's own, online touches it
+        (open) or records its Pusher seen time (ended), an end ends it; about an earlier one, only
+        its seen times. The row's (generation, seq) stays: the new owner's next change compares as
+        before, and the row never moves backwards.
+        """
+        online = change.status == "online"
+        started = change.occurred_at if online else None
+        livestream = change.livestream_id
+        known = self._current_livestream()
+        if livestream is not None and known is not None and livestream == known:
+            relation = "same"
+        elif livestream is None and not online:  # an end naming no broadcast: never the end of an open one
+            relation = "elsewhere" if self.status == "online" else "same"
+        elif not self._current_known():
+            if known is None:
+                raise LastBroadcastNeeded(frozenset({self.row.id}))  # read the row's latest broadcast
+            # Another broadcast than the offline row's last one, whose start was not read (the read
+            # asked for covers rows that name no livestream only): one the new owner never saw — it
+            # saw the row's last one and nothing since, or it would name this one — so a later one.
+            relation = "later"
+        elif (current := self._current()) is None:
+            relation = "later"
+        else:
+            relation = self._relation(started, current[1])
+            if relation == "same" and livestream is not None and known is not None:
+                relation = "later" if started is not None and current[1] is not None and started > current[1] \
+                    else "elsewhere"  # two livestream ids, starts within the tolerance or unknown
+        if relation == "later":
+            self._old_lease_later(change, started)
+        elif relation == "same":
+            self._old_lease_same(change)
+        else:  # an earlier broadcast, or an end of one that is not the open one: its seen times if recorded
+            side = self._new_span(None, match=True, insert=False)
+            side.name(livestream)
+            if online:
+                side.start(started, change.source, None, False)  # matched by start when it has no id
+                side.seen_start(change.source, change.received_at)
+            else:
+                side.end(_at(change), change.source, False, change.received_at)
+
+    def _old_lease_same(self, change: StatusChange) -> None:
+        current = self._current()
+        if current is None:  # known only by livestream id (an offline row whose last broadcast was not read)
+            span = self._new_span(None, match=True, insert=False)
+            span.name(change.livestream_id)
+            is_open = False
+        else:
+            span, _, is_open = current
+        if change.status == "online":
+            if is_open and self.status == "online":
+                span.touch(change)
+                span.name(change.livestream_id)
+                self._seen_online(change)
+            else:
+                span.seen_start(change.source, change.received_at)
+            return
+        span.end(_at(change), change.source, False, change.received_at)  # its time only if never seen
+        if self.status == "online":
+            self._changed(change)
+            self._history(change, span, status="offline", previous="online", order=self.order)
+            self.status, self.livestream_id = "offline", None
+
+    def _old_lease_later(self, change: StatusChange, started: float | None) -> None:
+        current = self._current()
+        self._webhook_later(change, started, None if current is None else current[0])
+        self.segment.name(change.livestream_id)
+        if change.livestream_id is not None:
+            self.last_livestream_id = change.livestream_id
+            if self.status == "online":
+                self.livestream_id = change.livestream_id
 
     def _earlier(self, started: float | None) -> Span:
         """The span of an earlier broadcast a webhook names: one per broadcast in a batch (two spans

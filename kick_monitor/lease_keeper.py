@@ -19,6 +19,13 @@ Freed shards are announced with `NOTIFY kick_monitor_leases` (a clean stop, a ha
 the thread LISTENs on its connection, so other nodes claim them at once instead of at their
 next round.
 
+A hand-over is break-before-make with the smallest gap the protocol allows: a node takes
+part (registers, claims) only once its workers are connected to Pusher (`ready`, set by the
+planner; at most `READY_WAIT` later), so the receiving node is ready before the old owner
+lets go; the old owner frees the lease as soon as its planner says the worker has sent its
+unsubscribes (`let_go`), not after a fixed pause; and the planner wakes on `changed_read`
+the moment the thread claimed or gave up something, not at its next poll.
+
 A thread is safe here: the planner never forks.
 """
 
@@ -43,7 +50,8 @@ from .database import take_notifications
 log = logging.getLogger(__name__)
 
 VALIDITY_MARGIN = 1.0  # seconds taken off the TTL: clock rates, and time to reach the workers
-HANDOVER_PAUSE = 1.0  # between telling the worker to unsubscribe and freeing the lease
+HANDOVER_PAUSE = 1.0  # at most, between telling the worker to unsubscribe and freeing the lease (`let_go`: sooner)
+READY_WAIT = 5.0  # at most, from start until this node takes part without its workers on Pusher
 STATEMENT_TIMEOUT_MS = 2000
 
 
@@ -75,6 +83,11 @@ class LeaseKeeper:
         self._conn: psycopg2.extensions.connection | None = None
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_write, False)
+        os.set_blocking(self._wake_read, False)
+        self.changed_read, self._changed_write = os.pipe()  # the planner selects on it: holdings changed
+        os.set_blocking(self.changed_read, False)
+        os.set_blocking(self._changed_write, False)
+        self.ready = threading.Event()  # set by the planner: this tree's workers are on Pusher
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.settled = threading.Event()  # the first round is over (claimed, or failed): leases are known
@@ -89,6 +102,24 @@ class LeaseKeeper:
             if now > self._valid_until and not self._sole:
                 return {}
             return {shard: epoch for shard, epoch in self._held.items() if shard not in self._releasing}
+
+    def releasing(self) -> set[int]:
+        """Shards being given back: the planner unsubscribes them, then calls `let_go`."""
+        with self._lock:
+            return set(self._releasing)
+
+    def let_go(self, shard: int) -> None:
+        """The shard's worker has sent its unsubscribes: free the lease now (the thread does it)."""
+        with self._lock:
+            if shard in self._releasing:
+                self._releasing[shard] = float("-inf")
+        self._poke(self._wake_write)
+
+    def take_changes(self) -> None:
+        """Empty the `changed_read` pipe (the planner, after waking on it)."""
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(self.changed_read, 4096):
+                pass
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
@@ -108,12 +139,19 @@ class LeaseKeeper:
                 leases.deregister(conn, self.node)
                 log.info("released %d shard leases", len(self._held))
         self._close()
-        for fd in (self._wake_read, self._wake_write):
+        for fd in (self._wake_read, self._wake_write, self.changed_read, self._changed_write):
             with contextlib.suppress(OSError):
                 os.close(fd)
 
     # -- the thread -------------------------------------------------------------------------
     def _run(self) -> None:
+        # Take part only once the workers can subscribe at once: a node that is given a shard
+        # before its Pusher connection is up would widen the hand-over's gap by its connect time.
+        started = time.monotonic()
+        while not self.ready.wait(0.05) and not self._stop.is_set():
+            if time.monotonic() - started > READY_WAIT:
+                log.warning("workers not on Pusher after %.0fs: taking part in the cluster anyway", READY_WAIT)
+                break
         while not self._stop.is_set():
             try:
                 self.tick(time.monotonic())
@@ -134,11 +172,19 @@ class LeaseKeeper:
         except (OSError, ValueError):
             time.sleep(min(seconds, 0.5))
             return
+        if self._wake_read in readable:
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.read(self._wake_read, 4096)
         if self._conn is not None and self._conn in readable:
             try:
                 take_notifications(self._conn)
             except psycopg2.Error:
                 self._close()
+
+    @staticmethod
+    def _poke(fd: int) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(fd, b"x")
 
     def tick(self, started: float) -> None:
         """One round: renew, give back what is due, take the fair share, publish."""
@@ -163,6 +209,7 @@ class LeaseKeeper:
                 del self._releasing[shard]
                 self._count("released")
                 log.info("handed shard %d over", shard)
+        giving = bool(self._releasing)
         want, give = self._share(members, len(kept))
         if give and not self._releasing and kept:
             shard = max(kept)
@@ -182,10 +229,14 @@ class LeaseKeeper:
         if states != self._recorded:
             leases.record_workers(conn, self.node, states)
             self._recorded = states
+        sole = self._no_contenders(conn)
         with self._lock:
+            changed = kept != self._held or bool(self._releasing) != bool(giving)
             self._held = kept
             self._valid_until = started + self.ttl - VALIDITY_MARGIN
-            self._sole = self._no_contenders(conn)
+            self._sole = sole
+        if changed:
+            self._poke(self._changed_write)  # the planner acts now, not at its next poll
         self.oldest_free = members.oldest_free
         if self.telemetry is not None:
             self.telemetry.CLUSTER_LEASES.set(len(kept))

@@ -32,6 +32,7 @@ import math
 import ssl
 import struct
 import time
+from collections import deque
 from collections.abc import Collection, Container, Iterable
 from dataclasses import dataclass, field
 
@@ -192,6 +193,11 @@ class PusherSession:
         # channel -> the server's error text, until a later subscription succeeds
         self.failed_channels: dict[str, str] = {}
         self._channels: set[str] = set()
+        self._unacked: set[str] = set()  # subscribed on this connection, no answer yet (issue 17)
+        # Pings in flight, in order: None for a liveness ping, else the barrier's number (`barrier`).
+        self._pings: deque[int | None] = deque()
+        self._barriers = 0
+        self._barriers_passed = 0
         self._ws: _BoundedWebSocket | None = None
         self._reconnect_at: float | None = 0.0  # the first service() connects
         self._last_rx = 0.0
@@ -210,6 +216,28 @@ class PusherSession:
     def channels(self) -> frozenset[str]:
         """Every remembered channel (subscribed now, or on the next connection)."""
         return frozenset(self._channels)
+
+    def awaiting(self, channels: Iterable[str]) -> bool:
+        """Whether any of `channels` was subscribed on this connection and the server has not
+        answered yet (subscription_succeeded or an error): what happened before that answer
+        went to the previous listener, or to nobody."""
+        return bool(self._unacked) and any(name in self._unacked for name in channels)
+
+    def barrier(self) -> int:
+        """Send a pusher:ping after everything sent so far; `passed(n)` once its pong is read.
+
+        The server answers in order, so by then every frame it sent before it applied our earlier
+        unsubscribes has been read: a hand-over's old owner has seen all it was sent (issue 17).
+        """
+        if self._ws is None:
+            return self._barriers_passed  # nothing in flight on a connection that is gone
+        self._barriers += 1
+        self._pings.append(self._barriers)
+        self._send_guarded([PING])
+        return self._barriers
+
+    def passed(self, barrier: int) -> bool:
+        return barrier <= self._barriers_passed or self._ws is None
 
     def fileno(self) -> int | None:
         """The socket to select() on, or None while disconnected."""
@@ -246,12 +274,14 @@ class PusherSession:
         new = [name for name in dict.fromkeys(channels) if name not in self._channels]
         self._channels.update(new)
         if new and self._ws is not None:
+            self._unacked.update(new)
             self._send_guarded(_frames("pusher:subscribe", new))
 
     def unsubscribe(self, channels: Iterable[str]) -> None:
         """Forget channels; if connected, send the unsubscribes in one write."""
         gone = [name for name in dict.fromkeys(channels) if name in self._channels]
         self._channels.difference_update(gone)
+        self._unacked.difference_update(gone)
         for name in gone:
             self.failed_channels.pop(name, None)
         if gone and self._ws is not None:
@@ -336,6 +366,7 @@ class PusherSession:
         self._ping_sent_at = None
         self.policy.connected(self._last_rx)
         self.failed_channels.clear()
+        self._unacked = set(self._channels)
         LOG.info(
             "pusher connected (generation %d, socket %s, activity timeout %.0fs, %d channels)",
             self.generation,
@@ -418,6 +449,9 @@ class PusherSession:
     def _close_socket(self, status: int) -> None:
         """Best-effort close frame, then drop the socket at once (never waits for the peer)."""
         ws, self._ws = self._ws, None
+        self._unacked.clear()
+        self._pings.clear()
+        self._barriers_passed = self._barriers  # what the old connection still had in flight is gone
         if ws is None:
             return
         try:
@@ -488,11 +522,15 @@ class PusherSession:
         elif name == "pusher_internal:subscription_succeeded":
             if ev.channel is not None:
                 self.failed_channels.pop(ev.channel, None)
+                self._unacked.discard(ev.channel)
         elif name == "pusher:subscription_error":
             self._subscription_failed(ev.channel, ev.data)
         elif name == "pusher:error":
             self._on_pusher_error(ev)
-        elif name != "pusher:pong":
+        elif name == "pusher:pong":
+            if self._pings and (number := self._pings.popleft()) is not None:
+                self._barriers_passed = number
+        else:
             self.event_stats.ignore(name)
 
     def _on_pusher_error(self, ev: AppEvent) -> None:
@@ -520,6 +558,8 @@ class PusherSession:
 
     def _subscription_failed(self, channel: str | None, detail: object) -> None:
         self.stats.subscription_errors += 1
+        if channel is not None:
+            self._unacked.discard(channel)
         text = str(detail)[:300]
         if channel is not None and channel in self._channels:
             self.failed_channels[channel] = text
@@ -565,6 +605,7 @@ class PusherSession:
         if self._ping_sent_at is None:
             if now - self._last_rx >= self.activity_timeout:
                 self._send([PING])
+                self._pings.append(None)
                 self._ping_sent_at = now
                 self.stats.pings_sent += 1
         elif now - self._ping_sent_at >= self.pong_timeout:

@@ -232,6 +232,17 @@ class Simulator:
     def subscribed_channels(self) -> set[str]:
         return self._call(lambda: set(self._core.pusher.index.channels))
 
+    # issue 17: every subscribe/unsubscribe as the server applied it, to measure hand-over gaps
+    def record_subscriptions(self, on: bool = True) -> None:
+        """Start (afresh) or stop recording `subscription_journal()`."""
+        def switch() -> None:
+            self._core.pusher.index.journal = [] if on else None
+        self._call(switch)
+
+    def subscription_journal(self) -> list[tuple[float, str, int, int]]:
+        """(wall time, channel, +1 subscribed / -1 gone, subscribers after it), in order."""
+        return self._call(lambda: list(self._core.pusher.index.journal or ()))
+
     def truth(self) -> list[Transition]:
         """Every transition so far, in order."""
         return self._call(lambda: list(self._core.world.truth))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
@@ -59,6 +60,8 @@ class SubscriptionIndex(Generic[Conn]):
     def __init__(self) -> None:
         self.channels: dict[str, set[Conn]] = {}
         self.total = 0  # (connection, channel) pairs
+        # issue 17: while not None, every change as (wall time, channel, +1/-1, subscribers after it)
+        self.journal: list[tuple[float, str, int, int]] | None = None
         self._samplers = {form: _Sampler() for form in FORMS}
 
     def add(self, channel: str, conn: Conn) -> bool:
@@ -73,6 +76,8 @@ class SubscriptionIndex(Generic[Conn]):
             return False
         subscribers.add(conn)
         self.total += 1
+        if self.journal is not None:
+            self.journal.append((time.time(), channel, 1, len(subscribers)))
         return True
 
     def remove(self, channel: str, conn: Conn) -> bool:
@@ -82,6 +87,8 @@ class SubscriptionIndex(Generic[Conn]):
             return False
         subscribers.discard(conn)
         self.total -= 1
+        if self.journal is not None:
+            self.journal.append((time.time(), channel, -1, len(subscribers)))
         if not subscribers:
             del self.channels[channel]
             form = channel_form(channel)

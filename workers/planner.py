@@ -31,7 +31,10 @@ but never the reaping, killing and respawning of processes.
 - Shard leases (issue 17, `kick_monitor.lease_keeper`): a worker gets its shard's streamers
   only while this node holds the shard's lease; a lost or given-back lease unsubscribes the
   worker at once, a claimed one hands the shard over after a fresh reload (statuses as the
-  previous owner left them) under a fresh assignment generation.
+  previous owner left them) under a fresh assignment generation. The loop wakes on the lease
+  thread's pipe, so a claim reaches the worker within milliseconds; a shard given back is let
+  go (its lease freed) as soon as its worker reports it unsubscribed; the node takes part only
+  once its workers are on Pusher (`LeaseKeeper.ready`).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from kick_monitor.assignment import AssignmentServer
+from kick_monitor.config import PUSHER_OFF
 from kick_monitor.database import DatabaseUnavailable, connect, take_notifications
 from kick_monitor.duty import Duty
 from kick_monitor.lease_keeper import LeaseKeeper
@@ -103,6 +107,8 @@ class Planner(Role):
 
         self.planned: dict[int, dict[int, StreamerRef]] = {}  # the last load's plan, leased or not
         self.leased: dict[int, int] = {}  # shard -> lease epoch the workers were set up for
+        # shard given back -> (it had streamers, its worker's state when we unsubscribed it)
+        self.letting_go: dict[int, tuple[bool, Any]] = {}
         node = Node.this("all" if ctx.tree == "all" else str(ctx.shards[0]), __version__, coordinator_pid=self.ppid)
         self.leases = LeaseKeeper(
             lambda: connect(ctx.database_url, application_name=f"kick-monitor leases {node.name}"),
@@ -131,10 +137,12 @@ class Planner(Role):
         first_load_waits = self.loaded_at == float("-inf") and not self.leases.settled.is_set()
         if first_load_waits:
             timeout = max(timeout, 0.01)
-        rlist: list[Any] = self.server.filenos()
+        rlist: list[Any] = [*self.server.filenos(), self.leases.changed_read]
         if self.listen_conn is not None:
             rlist.append(self.listen_conn)
         readable, writable = self.wait(rlist, self.server.writers(), timeout)
+        if self.leases.changed_read in readable:
+            self.leases.take_changes()
         if self.listen_conn is not None and self.listen_conn in readable:
             self.read_notifications()
         now = time.monotonic()
@@ -146,6 +154,9 @@ class Planner(Role):
             self.schedule_reload(now)
         self.follow_leases(now)
         self.leases.worker_states = {s: (w.connected, w.watching) for s, w in self.server.states.items()}
+        self.let_go_unsubscribed()
+        if not self.leases.ready.is_set() and self.workers_ready():
+            self.leases.ready.set()
         if self.reload_at is not None and now >= self.reload_at and not first_load_waits:
             self.reload(now)
         self.answer_hellos()
@@ -221,13 +232,20 @@ class Planner(Role):
 
     # -- shard leases (issue 17) ------------------------------------------------------------
     def wait_for_workers(self, seconds: float) -> bool:
-        """Serve the assignment socket until every worker has disconnected; False if some stayed."""
+        """Serve the assignment socket until every worker has left Pusher (said so, or disconnected
+        from us); False if some stayed (only the planner restarts: the next one keeps the leases)."""
         deadline = time.monotonic() + seconds
-        while self.server.connected_shards() and time.monotonic() < deadline:
+        while not self.workers_gone() and time.monotonic() < deadline:
             self.beat()
             readable, writable = self.wait(self.server.filenos(), self.server.writers(), 0.05)
             self.server.serve(readable, writable)
-        return not self.server.connected_shards()
+        return self.workers_gone()
+
+    def workers_gone(self) -> bool:
+        """No worker of ours listens: each has disconnected, or told us it left Pusher and watches nothing."""
+        states = self.server.states
+        return all(shard in states and not states[shard].connected and states[shard].watching == 0
+                   for shard in self.server.connected_shards())
 
     def wanted(self, shard: int) -> dict[int, StreamerRef]:
         """The shard's streamers while this node holds its lease; nothing otherwise."""
@@ -246,7 +264,10 @@ class Planner(Role):
                 continue
             if shard in self.leased:
                 del self.leased[shard]
+                had = bool(self.plan[shard])
                 self.update_shard(shard, {})
+                if shard in self.leases.releasing():  # given back: freed once the worker has unsubscribed
+                    self.letting_go[shard] = (had, self.server.states.get(shard))
                 log.info("shard %d: lease ended, stopped listening", shard, extra={"shard": shard})
             if epoch is not None:
                 self.leased[shard] = epoch
@@ -255,6 +276,28 @@ class Planner(Role):
                     self.schedule_reload(now)  # statuses as fresh as the database has them, then Subscribe
                 else:
                     self.update_shard(shard, self.wanted(shard))
+
+    def let_go_unsubscribed(self) -> None:
+        """Free the lease of a shard given back once its worker told us it watches nothing (it sent
+        its Pusher unsubscribes before saying so): the next owner subscribes within milliseconds,
+        never before. A worker that says nothing: the keeper frees it after `HANDOVER_PAUSE`."""
+        if not self.letting_go:
+            return
+        releasing = self.leases.releasing()
+        for shard, (had, before) in list(self.letting_go.items()):
+            state = self.server.states.get(shard)
+            if shard not in releasing:
+                del self.letting_go[shard]  # freed already (the pause ran out), or lost
+            elif not had or (state is not None and state is not before and state.watching == 0):
+                del self.letting_go[shard]
+                self.leases.let_go(shard)
+
+    def workers_ready(self) -> bool:
+        """Every worker of this tree is connected to Pusher (or Pusher is off): the node may take shards."""
+        if self.settings.pusher_url == PUSHER_OFF:
+            return True
+        states = self.server.states
+        return all(shard in states and states[shard].connected for shard in self.ctx.shards)
 
     def sync_source(self) -> None:
         """Make the list equal to the application's source; on a bad source keep the list as it is."""

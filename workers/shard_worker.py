@@ -41,6 +41,8 @@ from kick_monitor.role import HEARTBEAT_EVERY, Role, RoleContext, RoleFatal
 log = logging.getLogger("kick_monitor.worker")
 
 REPORT_EVERY = 1.0  # seconds between metric reports
+LEAVE_WAIT = 1.0  # at most, at a warm stop: reading what Pusher sent before our unsubscribes
+ACK_WAIT = 2.0  # at most, from subscribing streamers until they are reconciled (the server's answers first)
 TRIM_AFTER = 500  # streamers in one message or API answer after which freed memory goes back to the kernel
 # Settings the API client is built from: a change rebuilds it (see Reconciliation.use_settings).
 API_SETTINGS = frozenset({
@@ -180,6 +182,13 @@ class ShardWorker(Role):
         # Streamers without a channel id (no Pusher) are reconciled on their own, shorter, interval.
         self.next_reconcile_unwatched = float("inf")
         self.unwatched_again = False
+        # Streamers just subscribed (a hand-over, issue 17): reconciled once the server answered their
+        # subscriptions, so the API is asked after our listening began, never before it.
+        self.to_reconcile: set[int] = set()
+        self.reconcile_by = float("inf")
+        # Streamers unsubscribed whose frames may still be on their way: tracked until the session's
+        # barrier after the unsubscribes passes (by barrier number), then forgotten (issue 17).
+        self.leaving: dict[int, list[int]] = {}
         self.frames = 0
         self.changes_sent = 0
         self._next_report = 0.0
@@ -228,6 +237,7 @@ class ShardWorker(Role):
             HEARTBEAT_EVERY,
             max(0.0, self.next_reconcile - now),
             max(0.0, self.next_reconcile_unwatched - now),
+            max(0.0, self.reconcile_by - now),
         )
         if self.session.has_buffered_data():
             timeout = 0.0
@@ -240,9 +250,13 @@ class ShardWorker(Role):
         planner_readable = planner_fd is not None and planner_fd in readable
         for message in self.assignments.service(now, planner_readable):
             self.apply_assignment(message)
+        if self.leaving:
+            self.forget_left()
         if self.reconciliation.wake_read in readable:
             self.reconciliation.drain_wakeups()
             self.apply_reconciliation()
+        if self.to_reconcile:
+            self.reconcile_subscribed(now)
         if now >= self.next_reconcile or (self.reconcile_again and not self.reconciliation.running()):
             self.start_reconcile(now)
         elif now >= self.next_reconcile_unwatched or (self.unwatched_again and not self.reconciliation.running()):
@@ -280,6 +294,7 @@ class ShardWorker(Role):
     def on_connected(self, now: float) -> None:
         """A new Pusher connection: everything was resubscribed; reconcile what we missed."""
         self.generation = self.session.generation
+        self._next_report = 0.0  # tell the planner at once: the node takes shards once on Pusher (issue 17)
         log.info("connected to Pusher", extra={"socket_id": self.session.socket_id})
         self.start_reconcile(now)
 
@@ -415,19 +430,59 @@ class ShardWorker(Role):
         if gained:
             log.info("%d streamers got a channel id: on Pusher now", len(gained))
         if fresh or gained:
-            # what happened before the subscription took effect comes from the API
-            self._reconcile(tuple(self.refs[ref.streamer_id] for ref in (*fresh, *gained)))
+            # what happened before the subscription took effect comes from the API, asked once it did
+            self.to_reconcile.update(ref.streamer_id for ref in (*fresh, *gained))
+            self.reconcile_by = min(self.reconcile_by, time.monotonic() + ACK_WAIT)
+            self.reconcile_subscribed(time.monotonic())
+
+    def reconcile_subscribed(self, now: float) -> None:
+        """Reconcile the streamers just subscribed once the server answered all their subscriptions
+        (at most `ACK_WAIT` later; at once without a connection, which reconciles all on connect)."""
+        refs = [self.refs[sid] for sid in self.to_reconcile if sid in self.refs]
+        which = self.settings.lifecycle_channels
+        names = (name for ref in refs if ref.channel_id is not None for name in channel_names(ref.channel_id, which))
+        if self.session.connected and now < self.reconcile_by and self.session.awaiting(names):
+            return
+        self.to_reconcile.clear()
+        self.reconcile_by = float("inf")
+        if refs:
+            self._reconcile(tuple(refs))
 
     def unsubscribe(self, streamer_ids: Iterable[int]) -> None:
+        """Leave the streamers' channels; frames the server sent before it applied that are still
+        read and recorded (the streamers stay tracked until the barrier after the unsubscribes)."""
         gone = [self.refs.pop(sid) for sid in streamer_ids if sid in self.refs]
         for ref in gone:
             self.unconfirmed.discard(ref.streamer_id)
-        self.tracker.remove(ref.streamer_id for ref in gone)
+        self.to_reconcile.difference_update(ref.streamer_id for ref in gone)
         which = self.settings.lifecycle_channels
         names = [n for ref in gone if ref.channel_id is not None for n in channel_names(ref.channel_id, which)]
         self.session.unsubscribe(names)
         if gone:
+            self.leaving.setdefault(self.session.barrier(), []).extend(ref.streamer_id for ref in gone)
+            self.forget_left()
             log.info("stopped watching %d streamers", len(gone))
+
+    def forget_left(self) -> None:
+        """Stop tracking unsubscribed streamers whose barrier passed; tell the planner (it frees a lease
+        given back only once we watch nothing of the shard)."""
+        for barrier in [b for b in self.leaving if self.session.passed(b)]:
+            self.tracker.remove(sid for sid in self.leaving.pop(barrier) if sid not in self.refs)
+            self._next_report = 0.0
+
+    def leave_pusher(self, seconds: float) -> None:
+        """At a warm stop: unsubscribe everything and read what the server sent before it applied
+        that (bounded by `seconds`), then close the connection."""
+        self.unsubscribe(list(self.refs))
+        deadline = time.monotonic() + seconds
+        while self.leaving and time.monotonic() < deadline:
+            fd = self.session.fileno()
+            if fd is None:
+                break
+            readable, _ = self.wait([fd], [], max(0.0, deadline - time.monotonic()))
+            self.read_pusher(time.monotonic(), fd in readable)
+            self.forget_left()
+        self.session.close()
 
     # -- writer ---------------------------------------------------------------------------
     def send(self, changes: list[StatusChange]) -> None:
@@ -438,8 +493,11 @@ class ShardWorker(Role):
             counter.labels(shard=str(self.shard), status=change.status, source=change.source).inc()
 
     def finish(self) -> int:
-        """Warm stop: close the socket, wait until the writer has every change, exit 0."""
-        self.session.close()
+        """Warm stop: leave Pusher (reading what was sent before), wait until the writer has every
+        change, exit 0."""
+        self.leave_pusher(LEAVE_WAIT)
+        self.assignments.tell_state(WorkerState(self.shard, False, 0))  # the planner may free our lease now
+        self.assignments.service(time.monotonic())
         drained = self.sender.wait_drained(self.settings.drain_timeout)
         if not drained:  # handoff helper: what memory holds goes to the overflow spool, sent at the next start
             self.sender.spill_all()
@@ -459,7 +517,8 @@ class ShardWorker(Role):
 
     def report(self) -> None:
         """Gauges and running totals, once a second."""
-        self.assignments.tell_state(WorkerState(self.shard, bool(self.session.connected), len(self.refs)))
+        watching = len(self.refs) + sum(len(ids) for ids in self.leaving.values())  # leaving: still reading
+        self.assignments.tell_state(WorkerState(self.shard, bool(self.session.connected), watching))
         m = self.telemetry
         if not m.enabled:
             return

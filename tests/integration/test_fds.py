@@ -2,7 +2,7 @@
 
 Reads /proc of a real running tree: each fd of a shard worker is classified (stdio, its
 Pusher and Kick API TCP connections, its three Unix sockets — hand-off, planner link,
-control —, the reconciler's wake-up pipe, the shared API budget's one database
+control —, the reconciler's wake-up pipe, the role's SIGTERM pipe, the shared API budget's one database
 connection, metrics files) and anything else fails the
 test. Listening sockets are counted for every role: each has only its own.
 """
@@ -151,5 +151,5 @@ def test_each_role_holds_only_what_it_needs(
         assert row is not None and 1 <= row[0] <= 3, f"one budget connection per API caller process; found {row}"
         assert kinds["pusher"] == 1, kinds
         assert 1 <= kinds["api"] <= 2, kinds
-        assert kinds["pipe"] == 2, f"the reconciler's wake-up pipe only; found {kinds}"
+        assert kinds["pipe"] == 4, f"the reconciler's wake-up pipe and the role's SIGTERM pipe only; found {kinds}"
         assert children_of(worker) == {}

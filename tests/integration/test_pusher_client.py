@@ -456,3 +456,27 @@ def test_oversize_frames(
         assert pump(session, 0.3) and session.stats.frames == frames + 1
     assert session.stats.reconnects == reconnects
     assert pump(session, 5, lambda: sim.subscribed_channels() == set(channels))
+
+
+@pytest.mark.timeout(60)
+def test_subscriptions_are_awaited_until_answered_and_a_barrier_follows_unsubscribes(env: Env) -> None:
+    """Issue 17's hand-over: reconcile only once the server answered our subscriptions, and after
+    unsubscribing read everything the server sent before it applied that (a ping's pong)."""
+    sim = env.sim()
+    streamers = sim.create_streamers(40)
+    session = env.connected(sim, names(streamers[:20]), app_events=LIFECYCLE_EVENTS)
+    assert pump(session, 5, lambda: not session.awaiting(names(streamers[:20])))
+    session.subscribe(names(streamers[20:]))
+    assert session.awaiting(names(streamers[20:]))  # sent, not answered yet
+    assert pump(session, 5, lambda: not session.awaiting(names(streamers[20:])))
+    assert sim.subscription_count() == 80
+    events: list[AppEvent] = []
+    sim.set_live(streamers[0].slug, True)  # published while we still listen ...
+    session.unsubscribe(names(streamers[:20]))  # ... and we leave before reading it
+    barrier = session.barrier()
+    assert not session.passed(barrier)
+    assert pump(session, 5, lambda: session.passed(barrier), events)
+    assert {e.channel for e in events} == set(names(streamers[:1])), "read before the barrier passed"
+    assert sim.subscription_count() == 40
+    session.close()
+    assert session.passed(session.barrier())  # no connection: nothing to wait for

@@ -183,3 +183,107 @@ def test_history_is_a_chain_and_the_order_never_goes_down(spec: list[tuple[str, 
         assert (update["g"], update["q"]) >= (state.generation, state.seq)
         if ordered:
             assert update["s"] == previous
+
+
+# -- Pusher changes of an earlier lease (issue 17): placed by their broadcast, never thrown away -----
+def old(n: int, status: str, *, livestream: int | None = 5, started: float | None = None) -> StatusChange:
+    """A Pusher change the previous owner of the shard spooled (generation 1; the row is at 2)."""
+    return change(n, status, generation=1, livestream=livestream, started=started)
+
+
+def seen(plan: Plan) -> list[dict[str, object]]:
+    return [span.record() for span in plan.spans if span.start_seen or span.end_seen]
+
+
+def test_an_old_lease_start_of_the_open_broadcast_records_its_pusher_seen_time_only() -> None:
+    plan = plan_batch([old(1, "online", started=T0 - 100)], {1: row("online", generation=2)}, TOLERANCE)
+    assert plan.history == []
+    [update] = plan.rows
+    assert (update["s"], update["g"], update["q"]) == ("online", 2, 10)  # never backwards
+    [span] = seen(plan)
+    assert span["f"] == 7 and span["ps"] == T0 + 1
+
+
+def test_an_old_lease_start_of_an_ended_broadcast_is_its_seen_time_without_reading_the_broadcast() -> None:
+    unread = replace(row("offline", generation=2, last_read=False), last_id=None, last_started_at=None,
+                     last_ended=None, last_has_livestream=None)  # as read_rows gives it: no latest broadcast
+    plan = plan_batch([old(1, "online", started=T0 - 100)], {1: unread}, TOLERANCE)
+    assert plan.history == []
+    [span] = seen(plan)
+    assert (span["l"], span["ps"], span.get("n")) == (5, T0 + 1, None)  # matched by livestream id, never inserted
+    assert plan.rows[0]["s"] == "offline"
+
+
+def test_an_old_lease_end_of_the_open_broadcast_ends_it_once() -> None:
+    plan = plan_batch([old(1, "offline")], {1: row("online", generation=2)}, TOLERANCE)
+    assert statuses(plan) == [("online", "offline", False)]
+    assert (plan.history[0]["g"], plan.history[0]["q"]) == (2, 11)  # one seq above the row's: after its history
+    assert (plan.rows[0]["s"], plan.rows[0]["g"], plan.rows[0]["q"]) == ("offline", 2, 11)
+    again = plan_batch([old(1, "offline")], {1: row("offline", generation=2)}, TOLERANCE)
+    assert again.history == [] and seen(again)[0]["pe"] == T0 + 1  # the end already recorded: its seen time
+
+
+def test_an_old_lease_broadcast_later_than_the_rows_starts_and_ends_it() -> None:
+    batch = [old(1, "online", livestream=9, started=T0 + 50), old(2, "offline", livestream=9)]
+    plan = plan_batch(batch, {1: row("offline", generation=2)}, TOLERANCE)
+    assert statuses(plan) == [("offline", "online", False), ("online", "offline", False)]
+    assert {(h["g"], h["q"]) for h in plan.history} == {(2, 11)}
+    assert (plan.rows[0]["s"], plan.rows[0]["ll"]) == ("offline", 9)
+
+
+def test_an_old_lease_start_while_the_new_owner_watches_a_later_broadcast_is_only_seen() -> None:
+    state = row("online", generation=2)  # broadcast 5, started T0 - 100
+    plan = plan_batch([old(1, "online", livestream=4, started=T0 - 900), old(2, "offline", livestream=None)],
+                      {1: state}, TOLERANCE)
+    assert plan.history == []  # an earlier broadcast; an end naming none never ends the open one
+    assert plan.rows[0]["s"] == "online"
+
+
+def test_an_old_lease_change_asks_for_the_latest_broadcast_when_the_row_names_none() -> None:
+    state = row("offline", generation=2, livestream=None, last_read=False)
+    with pytest.raises(LastBroadcastNeeded) as raised:
+        plan_batch([old(1, "online", livestream=9)], {1: state}, TOLERANCE)
+    assert raised.value.streamer_ids == {1}
+
+
+@settings(max_examples=300, deadline=None)
+@given(spec=steps, start=st.sampled_from(["online", "offline", "unknown"]), seed=st.integers(0, 2**32))
+def test_old_lease_changes_keep_the_chain_and_the_order_and_do_not_depend_on_arrival(
+    spec: list[tuple[str, int, int, bool]], start: str, seed: int,
+) -> None:
+    """The row at generation 2: every generation-1 change is an earlier lease's."""
+    state = row(start, generation=2)
+    batch = batch_of(spec)
+    plan = plan_batch(batch, {1: state}, TOLERANCE)
+    previous = start
+    for record in plan.history:
+        assert record["p"] == previous or (record["p"] == "offline" and previous in ("unknown", "offline"))
+        assert record["s"] != record["p"]
+        previous = str(record["s"])
+    for update in plan.rows:
+        assert (update["g"], update["q"]) >= (state.generation, state.seq)
+        if plan.history:
+            assert update["s"] == previous
+    shuffled = batch[:]
+    random.Random(seed).shuffle(shuffled)
+    assert comparable(plan_batch(shuffled, {1: row(start, generation=2)}, TOLERANCE)) == comparable(plan)
+
+
+def test_an_old_lease_start_never_leaves_an_offline_row_online() -> None:
+    """The new owner's offline was observed after the old owner's start (a later generation is handed
+    out only after the lease moved): that broadcast had ended by then — started, inferred end."""
+    plan = plan_batch([old(1, "online", livestream=9, started=T0 + 50)], {1: row("offline", generation=2)}, TOLERANCE)
+    assert statuses(plan) == [("offline", "online", False), ("online", "offline", True)]
+    [update] = plan.rows
+    assert (update["s"], update["g"], update["q"], update["ll"]) == ("offline", 2, 11, 9)
+    assert "ch" not in update  # the row's status did not change: neither does its last change time
+    assert plan.history[1]["a"] == T0 + 10_000  # ended by the row's last event, the new owner's observation
+
+
+def test_an_old_generation_start_read_after_the_rows_last_event_is_news() -> None:
+    """A paused node's buffered frame, read when it woke (after the new owner's last event): the
+    broadcast opens, as the new owner will (or did) see it too; no inferred end."""
+    late = change(20_000, "online", generation=1, livestream=9, started=T0 + 19_990)
+    plan = plan_batch([late], {1: row("offline", generation=2)}, TOLERANCE)
+    assert statuses(plan) == [("offline", "online", False)]
+    assert (plan.rows[0]["s"], plan.rows[0]["g"], plan.rows[0]["q"], plan.rows[0]["l"]) == ("online", 2, 11, 9)

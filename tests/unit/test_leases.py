@@ -3,6 +3,7 @@ kick_monitor/lease_keeper.py."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -148,6 +149,7 @@ def keeper(database_url: str, name: str, shards: tuple[int, ...] = (0, 1, 2, 3),
     k = LeaseKeeper(lambda: psycopg2.connect(database_url), node(name, "all" if len(shards) == 4 else str(shards[0])),
                     shards, 4, ttl)
     k.handover_pause = 0.0
+    k.ready.set()  # as the planner does once its workers are on Pusher
     return k
 
 
@@ -233,3 +235,46 @@ def test_shards_freed_by_a_clean_stop_are_claimed_at_once_not_at_the_next_round(
         assert sorted(b.current(time.monotonic())) == [0, 1, 2, 3], "claimed on the NOTIFY, before b's next round"
     finally:
         b.stop()
+
+
+def test_a_shard_given_back_is_freed_as_soon_as_the_planner_lets_go(
+    plan4: psycopg2.extensions.connection, database_url: str,
+) -> None:
+    """The hand-over's gap (issue 17): the old owner frees the lease once its worker has left Pusher
+    (`let_go`), not after a fixed pause, and the planner is woken by the keeper's pipe."""
+    a, b = keeper(database_url, "a"), keeper(database_url, "b")
+    a.handover_pause = 60.0  # only let_go frees it in this test
+    try:
+        a.tick(time.monotonic())
+        a.take_changes()
+        b.tick(time.monotonic())  # b is live and holds nothing: a gives one back
+        a.tick(time.monotonic())
+        assert os.read(a.changed_read, 64), "the planner is woken at once"
+        [shard] = a.releasing()
+        assert shard not in a.current(time.monotonic())  # the planner unsubscribes it ...
+        a.tick(time.monotonic())
+        assert owners(plan4)[shard][0] == "a"  # ... and the lease stays ours until the worker has left
+        a.let_go(shard)
+        a.tick(time.monotonic())
+        assert owners(plan4)[shard][0] is None and shard not in a.releasing()
+        b.tick(time.monotonic())
+        assert shard in b.current(time.monotonic())
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_node_takes_part_only_once_its_workers_are_ready(
+    plan4: psycopg2.extensions.connection, database_url: str,
+) -> None:
+    k = keeper(database_url, "late")
+    k.ready.clear()
+    try:
+        k.start()
+        time.sleep(0.4)
+        assert not k.settled.is_set() and all(owner is None for owner, _ in owners(plan4).values())
+        k.ready.set()  # the planner: every worker is on Pusher
+        assert k.settled.wait(5.0)
+        assert len(k.current(time.monotonic())) == 2  # its share beside the fixture's node a
+    finally:
+        k.stop()
