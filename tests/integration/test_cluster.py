@@ -26,7 +26,7 @@ import pytest
 from kick_monitor import leases
 from kick_monitor.database import connect
 from kick_monitor.embedded_pg import EmbeddedPostgres
-from kick_monitor.migrations import migrate
+from kick_monitor.migrations import LATEST_VERSION, migrate
 from kick_sim import DeliverySettings, SimConfig, SimStreamer, Simulator
 from kick_sim.state import Transition
 from tests.service import (
@@ -45,6 +45,7 @@ from tests.service import (
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 TTL = 4.0  # short leases keep the test short; the mechanism is the same at 15 s
+PAUSE = 60.0  # SIGSTOP of a whole node: the issue's 60 s, far past the TTL
 SHARDS = 3
 
 
@@ -173,19 +174,24 @@ def test_three_nodes_share_the_shards_and_survive_kill_pause_and_stop(
         state_settles(sim, conn)
         assert duplicate_transitions(conn) == []
 
-        # SIGSTOP past the TTL, then SIGCONT: its shard moved; nothing stale is recorded
+        # SIGSTOP for 60 s (the issue's pause), then SIGCONT: its shard moved; nothing stale is recorded
         paused = nodes[1]
         os.killpg(paused.pid, signal.SIGSTOP)
+        paused_at = time.monotonic()
         try:
             wait_until(lambda: paused_shards_moved(conn, paused), 30, interval=0.2, what="its shards moved")
             # the frozen node's connection stays open at the server; the new owner's comes on top
             wait_until(lambda: sim.subscription_count() > channels, 30, interval=0.1, what="the new owner subscribes")
             flip(sim, seconds=2.0)
+            time.sleep(max(0.0, PAUSE - (time.monotonic() - paused_at)))
         finally:
             os.killpg(paused.pid, signal.SIGCONT)
         resumed_at = time.monotonic()
         wait_until(lambda: one_subscriber_each(sim, channels), 5, interval=0.05, what="the woken node unsubscribes")
         print(f"woken node unsubscribed within {time.monotonic() - resumed_at:.2f}s")
+        # it rejoins and takes a fair share again (two live nodes, three shards: one or two each)
+        wait_until(partial(holds_a_shard, conn, paused), 60, interval=0.2, what="the woken node takes a share again")
+        print(f"woken node holds a shard again {time.monotonic() - resumed_at:.1f}s after SIGCONT")
         flip(sim, seconds=2.0)
         state_settles(sim, conn)
         assert duplicate_transitions(conn) == []
@@ -543,3 +549,41 @@ def test_a_second_tree_for_the_same_shard_waits_then_takes_over(
             wait_until(lambda: one_subscriber_each(sim, channels), 10, interval=0.1, what="the second tree takes over")
             sim.set_live(streamers[0].slug, True)
             wait_until(lambda: not mismatches(sim, conn), 20, what="the second tree records")
+
+
+def test_a_node_of_this_release_keeps_running_after_a_newer_release_expands_the_schema(
+    sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, tmp_path: Path,
+) -> None:
+    """Rolling upgrade (issue 17): the first upgraded node applies an expand-only migration (a new
+    table, a new nullable column and index, and `oldest_code` naming this release) while two nodes of
+    this release run; they keep recording, and one of them restarts on the newer schema and takes its
+    share again."""
+    streamers = sim.create_streamers(30)
+    insert_streamers(conn, streamers)
+    channels = 2 * len(streamers)
+    nodes = [node(sim, database_url, tmp_path, i) for i in range(2)]
+    with cluster(nodes):
+        wait_until(lambda: one_subscriber_each(sim, channels), 60, interval=0.1, what="one subscriber per channel")
+        wait_until(lambda: len(set(owners(conn).values()) - {None}) == 2, 30, what="both nodes hold shards")
+        wait_until(lambda: one_subscriber_each(sim, channels), 30, interval=0.1, what="the shares settled")
+        with conn, conn.cursor() as cur:  # what the next release's `db migrate` would do: expand only
+            cur.execute("ALTER TABLE kick_monitor.streamers ADD COLUMN next_release_note text")
+            cur.execute("CREATE INDEX streamers_next_release_note ON kick_monitor.streamers (next_release_note)")
+            cur.execute("CREATE TABLE kick_monitor.next_release_table (id bigint PRIMARY KEY)")
+            cur.execute("INSERT INTO kick_monitor.schema_migrations (version, name, oldest_code)"
+                        " VALUES (%s, 'next release: expand', %s)", (LATEST_VERSION + 1, LATEST_VERSION))
+        before = len(sim.truth())
+        flip(sim)
+        settle(sim, conn, timeout=30)
+        wait_until(lambda: not history_errors_since(sim, conn, before), 20, what="every flip on the newer schema")
+
+        assert nodes[1].stop() == 0  # restarted: this release's code starts on the newer schema
+        nodes[1] = node(sim, database_url, tmp_path, 1).start()
+        wait_until(partial(holds_a_shard, conn, nodes[1]), 30, interval=0.1, what="the restarted node takes a share")
+        wait_until(lambda: one_subscriber_each(sim, channels), 30, interval=0.1, what="one subscriber each")
+        before = len(sim.truth())
+        flip(sim)
+        settle(sim, conn, timeout=30)
+        wait_until(lambda: not history_errors_since(sim, conn, before), 20, what="every flip after the restart")
+    assert duplicate_transitions(conn) == []
+    assert query(conn, "SELECT max(version) FROM kick_monitor.schema_migrations") == [(LATEST_VERSION + 1,)]
