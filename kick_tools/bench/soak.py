@@ -266,20 +266,28 @@ def explain_history(history: dict[str, Any], url: str, truth: Sequence[dict[str,
     a row twice or dropped one."""
     for example in history.get("duplicated_examples", []):
         rows = channel_history(url, example["channel_id"])
+        for row in rows:
+            row["t"] = round(row["received_at"] - started_wall, 3)
         example["history"] = [r for r in rows
                               if r["status"] == example["status"] and r["livestream_id"] == example["livestream_id"]]
-        for row in example["history"]:
-            row["t"] = round(row["received_at"] - started_wall, 3)
+        times = [r["received_at"] for r in example["history"]]
+        example["around"] = [r for r in rows if any(abs(r["received_at"] - at) <= AROUND for at in times)]
+        example["truth"] = _truth_near(truth, example["channel_id"], times, started_wall)
     for example in history.get("lost_examples", []):
         sent = example["sent_wall"]
         example["history"] = channel_history(url, example["channel_id"], sent - AROUND, sent + AROUND)
         for row in example["history"]:
             row["t"] = round(row["received_at"] - started_wall, 3)
-        example["truth"] = [{k: t.get(k) for k in ("seq", "status", "previous_status", "livestream_id", "event",
-                                                     "sent_wall", "delivered")}
-                            | {"t": round(t["sent_wall"] - started_wall, 3)}
-                            for t in truth
-                            if t["channel_id"] == example["channel_id"] and abs(t["sent_wall"] - sent) <= AROUND]
+        example["truth"] = _truth_near(truth, example["channel_id"], [sent], started_wall)
+
+
+def _truth_near(truth: Sequence[dict[str, Any]], channel_id: int, times: Sequence[float],
+                started_wall: float) -> list[dict[str, Any]]:
+    """The simulator's transitions of a channel within AROUND s of any of `times`."""
+    return [{k: t.get(k) for k in ("seq", "status", "previous_status", "livestream_id", "event", "sent_wall",
+                                    "delivered")} | {"t": round(t["sent_wall"] - started_wall, 3)}
+            for t in truth
+            if t["channel_id"] == channel_id and any(abs(t["sent_wall"] - at) <= AROUND for at in times)]
 
 
 def describe_examples(history: dict[str, Any]) -> list[str]:
@@ -295,7 +303,7 @@ def describe_examples(history: dict[str, Any]) -> list[str]:
         for example in history.get(f"{kind}_examples", []):
             head = (f"{kind.upper()} channel {example['channel_id']} {example['status']}"
                     f" ls={example['livestream_id']} sent t={example.get('t')}")
-            rows = "; ".join(short(r) for r in example.get("history", [])) or "no rows"
+            rows = "; ".join(short(r) for r in example.get("around", example.get("history", []))) or "no rows"
             truth = "; ".join(f"t={t['t']} {t['previous_status']}→{t['status']} ls={t['livestream_id']}"
                               f"{'' if t['delivered'] else ' (not delivered)'}" for t in example.get("truth", []))
             notes.append(f"{head}: rows: {rows}" + (f" | truth: {truth}" if truth else ""))
