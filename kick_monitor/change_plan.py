@@ -33,7 +33,7 @@ or its start within the tolerance) happens in SQL, where the existing rows are.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .messages import StatusChange
 
@@ -340,7 +340,10 @@ class _StreamerPlanner:
         else:
             ordered = sorted((c for c in changes if c.source != "webhook" and is_newer(c, row)
                               and (c.asked_at is None or not is_stale(c, row, tolerance))), key=order_key)
-        for change in ordered:
+        for index, change in enumerate(ordered):
+            if self._names_an_ended_broadcast(change):  # soak r4; see the method
+                ordered = [*ordered[:index], replace(change, livestream_id=None), *ordered[index + 1:]]
+                change = ordered[index]
             self._apply(change)
         if ordered:
             self.newest = ordered[-1]
@@ -355,6 +358,15 @@ class _StreamerPlanner:
             self._apply_old_leases(old_lease)
         if ordered or webhooks or old_lease:
             self.plan.rows.append(self._row_update())
+
+    # -- soak r4: an online naming an ended livestream ------------------------------------------
+    def _names_an_ended_broadcast(self, change: StatusChange) -> bool:
+        """An online naming the row's last livestream while the open broadcast has no id (the API started
+        it) names an ended broadcast: a livestream id is one broadcast. A worker of an older release
+        sends one in its `confirm` after an API start; named with it, the open broadcast's real end
+        became a second end of the old one (an inferred end). Its id is dropped, the change kept."""
+        return (change.status == "online" and self.status == "online" and self.previous_livestream is None
+                and change.livestream_id is not None and change.livestream_id == self.row.last_livestream_id)
 
     def _apply(self, change: StatusChange) -> None:
         previous, previous_livestream = self.status, self.previous_livestream

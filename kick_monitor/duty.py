@@ -40,6 +40,22 @@ log = logging.getLogger(__name__)
 ROUND_IDLE_LIMIT_MS = 60_000  # a holder silent this long mid-round loses its session (and the lock)
 
 
+def limit_idle(conn: psycopg2.extensions.connection, limit_ms: int | None = None) -> None:
+    """PostgreSQL ends this session when it stays silent `limit_ms` (ROUND_IDLE_LIMIT_MS by default), idle
+    or idle in a transaction: a paused lock holder loses its session, so its advisory locks go free.
+    Takes effect when the caller commits."""
+    limit = ROUND_IDLE_LIMIT_MS if limit_ms is None else limit_ms
+    with conn.cursor() as cur:
+        if conn.server_version >= 140000:  # idle_session_timeout is PostgreSQL 14+
+            cur.execute("SET idle_session_timeout = %s", (limit,))
+        cur.execute("SET idle_in_transaction_session_timeout = %s", (limit,))
+
+
+def lift_idle_limits(conn: psycopg2.extensions.connection) -> None:
+    """Undo `limit_idle` (a session that holds no lock may sit idle)."""
+    limit_idle(conn, 0)
+
+
 class Duty:
     """Subclasses set `name`, `lock_key`, `every` and implement `round(conn)`."""
 
@@ -107,19 +123,15 @@ class Duty:
             conn.rollback()
             with conn.cursor() as cur:
                 cur.execute("SELECT pg_advisory_unlock(%s)", (self.lock_key,))
-                if conn.server_version >= 140000:
-                    cur.execute("SET idle_session_timeout = 0")
-                cur.execute("SET idle_in_transaction_session_timeout = 0")
+            lift_idle_limits(conn)
             conn.commit()
 
     def _begin_round(self, conn: psycopg2.extensions.connection) -> None:
         """Bound how long a paused holder keeps the lock, and say which node holds it."""
         from .leases import node_name
 
+        limit_idle(conn)
         with conn.cursor() as cur:
-            if conn.server_version >= 140000:  # idle_session_timeout is PostgreSQL 14+
-                cur.execute("SET idle_session_timeout = %s", (ROUND_IDLE_LIMIT_MS,))
-            cur.execute("SET idle_in_transaction_session_timeout = %s", (ROUND_IDLE_LIMIT_MS,))
             cur.execute(
                 """INSERT INTO kick_monitor.duty_holders (name, node, lock_key) VALUES (%s, %s, %s)
                    ON CONFLICT (name) DO UPDATE SET node = EXCLUDED.node, lock_key = EXCLUDED.lock_key,

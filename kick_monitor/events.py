@@ -260,6 +260,7 @@ class _ChannelState:
     generation: int = 0
     channel_id: int | None = None  # None: monitored without Pusher (API only)
     started_at: float | None = None  # Kick's start of the broadcast we believe is on
+    ended_livestream_id: int | None = None  # the last broadcast seen ending: an online naming it is stale
 
 
 class _Malformed(Exception):
@@ -333,7 +334,8 @@ class StatusTracker:
             state = self._states.get(ref.streamer_id)
             if state is None:
                 state = self._states[ref.streamer_id] = _ChannelState(
-                    ref.status, ref.livestream_id, generation=ref.generation, started_at=ref.started_at
+                    ref.status, ref.livestream_id, generation=ref.generation, started_at=ref.started_at,
+                    ended_livestream_id=ref.livestream_id if ref.status == "offline" else None,
                 )
             elif ref.channel_id is None or ref.channel_id == state.channel_id:
                 continue
@@ -560,7 +562,8 @@ class StatusTracker:
             same_stream = (
                 livestream_id is not None and livestream_id == state.livestream_id
             )
-            if same_stream and state.status == "offline":
+            if (same_stream and state.status == "offline") or (
+                    livestream_id is not None and livestream_id == state.ended_livestream_id):
                 self.stats.stale += 1
                 return None
             if same_stream and state.status == "online":
@@ -574,15 +577,22 @@ class StatusTracker:
         # (offline again with another livestream id: a whole broadcast ended unseen; the
         # writer records its inferred start)
         if status == "online" and not same_stream:
-            # another broadcast: what we knew of the previous one does not carry over
+            # another broadcast: what we knew of the previous one does not carry over — its id
+            # neither, also after an end (an API start names no livestream: keeping the ended id
+            # made the next `confirm` name the new broadcast with it, and its end an inferred end
+            # of the old one — soak r4)
             state.started_at = occurred_at
-            if livestream_id is None and state.status == "online":
+            if livestream_id is None:
                 state.livestream_id = None
         elif status == "online" and occurred_at is not None and state.started_at is None:
             state.started_at = occurred_at
+        if status == "offline" and state.status == "online" and state.livestream_id is not None:
+            state.ended_livestream_id = state.livestream_id
         state.status = status
         if livestream_id is not None:
             state.livestream_id = livestream_id
+        if status == "offline" and livestream_id is not None:
+            state.ended_livestream_id = livestream_id
         if title is not None:
             state.title = title
         change = self._change(

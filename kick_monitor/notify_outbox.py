@@ -44,6 +44,7 @@ from .notify_format import Announcement
 from .notify_sender import Outcome
 from .notify_targets import Target
 
+NOTIFIER_LOCK_KEY = 0x4B4D4E54  # advisory lock "KMNT": held by the one dispatching notifier of a deployment
 CURSOR_LAG = 35.0  # seconds; longer than the writer's longest statement (30 s statement_timeout)
 ROUND_STARTS = 500  # new broadcasts handled per round: a backlog after a long outage never makes one long step
 ROUND_ENDS = 1000

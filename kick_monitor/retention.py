@@ -13,7 +13,25 @@ batches leaves the server to the writer. The range is chosen by key rather than 
 `id` grows with `recorded_at` (both are assigned at insert by the one writer). When the oldest
 row is younger than the cutoff, a round is over after one index probe.
 
-Next rules (webhook message ids, delivered outbox rows) are one `PruneRule` each in `rules_for`.
+The other tables that grow in 24/7 operation have a rule each (`rules_for`), with a fixed
+bound — nobody needs to choose it:
+
+- `notify_deliveries` rows in a final state (sent, skipped, failed, uncertain) untouched for
+  `DELIVERY_KEEP` (30 days). Never announced twice because of it: the notifier creates
+  deliveries only for a broadcast it has not handled (no `notify_broadcasts` row), and an
+  offline delivery only once per handled end.
+- `broadcasts` that ended longer ago than the history retention (the history they summarise is
+  gone too), except a streamer's current one; then `notify_broadcasts` rows whose broadcast is
+  gone (the notifier discovers from `broadcasts`, so a gone one cannot come back).
+- `cluster_nodes` not renewed for `NODE_KEEP` (7 days): trees that ended without forgetting
+  themselves (a container's host name is new at every start); their leases expired long ago.
+
+Webhook message ids are history `change_id`s (`webhook:<id>`): pruned with the history. The
+other tables are one row per streamer, target, shard, duty or app.
+
+Rules with a `where` (rows that must stay can sit among the old ones: a pending delivery, an
+open broadcast) delete `id IN (SELECT … ORDER BY key LIMIT batch)`: the oldest matching rows,
+found in key order, so a row that must stay never stops the round.
 """
 
 from __future__ import annotations
@@ -38,25 +56,40 @@ PRUNE_EVERY = 600.0  # seconds between rounds (history ages by days; no hurry)
 PRUNE_LOCK_KEY = 0x4B4D5052  # advisory lock: one pruner per deployment at a time
 LOCK_TIMEOUT_MS = 200  # never queue behind another lock: skip the batch, retry next round
 STATEMENT_TIMEOUT_MS = 10_000
+DELIVERY_KEEP = 30 * 86400.0  # seconds a delivered (or given up) notification stays for `notify list` and audits
+NODE_KEEP = 7 * 86400.0  # seconds a cluster node that stopped renewing stays visible in `cluster status`
+FINAL_DELIVERY = "state IN ('sent', 'skipped', 'failed', 'uncertain')"
+
 
 @dataclass(frozen=True)
 class PruneRule:
-    """Rows of `table` whose `time_column` is older than `keep` seconds go, `key` order."""
+    """Rows of `table` whose `time_column` is older than `keep` seconds go, `key` order; with `where`,
+    only the rows that also match it (a constant SQL condition of ours, never user input)."""
 
     name: str
     table: str  # schema-qualified
-    key: str  # a column that grows with time, with an index (the primary key)
+    key: str  # the primary key (grows with time when there is no `where`)
     time_column: str
     keep: float
+    where: str = ""
 
 
 def rules_for(history_retention: str) -> list[PruneRule]:
-    """The prune rules the settings ask for (empty: keep everything)."""
+    """The prune rules: the history's (and its broadcasts') as the setting asks, the fixed ones always."""
     rules: list[PruneRule] = []
     keep = parse_retention(history_retention)
     if keep is not None:
         rules.append(PruneRule("history", "kick_monitor.status_events", "id", "recorded_at", keep))
-    # webhook message ids and delivered outbox rows join here (bounded keep, not a setting)
+        rules.append(PruneRule(
+            "broadcasts", "kick_monitor.broadcasts", "id", "ended_at", keep,
+            "NOT EXISTS (SELECT 1 FROM kick_monitor.streamers s WHERE s.broadcast_id = broadcasts.id)"))
+    rules.append(PruneRule("notify deliveries", "kick_monitor.notify_deliveries", "id", "updated_at", DELIVERY_KEEP,
+                           FINAL_DELIVERY))
+    rules.append(PruneRule(
+        "notify broadcasts", "kick_monitor.notify_broadcasts", "broadcast_id", "handled_at", 86400.0,
+        "NOT EXISTS (SELECT 1 FROM kick_monitor.broadcasts b WHERE b.id = notify_broadcasts.broadcast_id)"))
+    rules.append(PruneRule("cluster nodes", "kick_monitor.cluster_nodes", "name", "renewed_at", NODE_KEEP,
+                           "true"))
     return rules
 
 
@@ -64,6 +97,11 @@ def _delete_statement(rule: PruneRule) -> sql.Composed:
     schema, table = rule.table.split(".", 1)
     target = sql.Identifier(schema, table)
     key, column = sql.Identifier(rule.key), sql.Identifier(rule.time_column)
+    if rule.where:
+        return sql.SQL(
+            "DELETE FROM {target} WHERE {key} IN (SELECT {key} FROM {target}"
+            " WHERE {column} < now() - make_interval(secs => %(keep)s) AND ({where}) ORDER BY {key} LIMIT %(batch)s)"
+        ).format(target=target, key=key, column=column, where=sql.SQL(rule.where))
     return sql.SQL(
         "DELETE FROM {target} WHERE {key} < (SELECT min({key}) FROM {target}) + %(batch)s"
         " AND {column} < now() - make_interval(secs => %(keep)s)"

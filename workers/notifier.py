@@ -7,7 +7,8 @@ commit (the payload names the broadcast), a sweep every `SWEEP_EVERY` catches wh
 notification or a reconnect missed, `LISTEN kick_monitor_notify_targets` re-reads the targets.
 
 One notifier dispatches per deployment: it holds a session advisory lock while it works;
-the others (per-shard trees, other hosts) stand by and take over when its session ends. On
+the others (per-shard trees, other hosts) stand by and take over when its session ends — also
+when the holder is paused: its session has the duties' idle limit (`take_lock`). On
 taking over it first turns rows left `sending` into `uncertain` (their sender died between
 marking and recording: maybe posted, so never posted again).
 
@@ -31,12 +32,14 @@ from psycopg2 import sql
 
 from kick_monitor.config import ConfigError
 from kick_monitor.database import DatabaseUnavailable, connect, take_notifications
+from kick_monitor.duty import limit_idle
 from kick_monitor.logsetup import register_secret
 from kick_monitor.migrations import NOTIFY_TARGETS_CHANNEL, STATUS_CHANNEL
 from kick_monitor.notify_format import render_body
 from kick_monitor.notify_outbox import (
     CURSOR_LAG,
     NO_RANGE,
+    NOTIFIER_LOCK_KEY,
     Policy,
     discover,
     load_cursor,
@@ -53,7 +56,7 @@ from kick_monitor.role import Role, RoleContext
 
 log = logging.getLogger("kick_monitor.notifier")
 
-NOTIFIER_LOCK_KEY = 0x4B4D4E54  # advisory lock "KMNT": one dispatching notifier per deployment
+LOCK_IDLE_LIMIT_MS: int | None = None  # the holder's idle limit; None: the duties' (kick_monitor.duty)
 SWEEP_EVERY = 1.0  # seconds: new broadcasts above the cursor, due retries, the outbox gauge
 ENDS_EVERY = 5.0  # seconds: every open broadcast checked for its end
 STANDBY_RETRY = 2.0
@@ -372,12 +375,18 @@ class Notifier(Role):
 
 
 def take_lock(conn: psycopg2.extensions.connection) -> bool:
-    """The deployment's dispatch lock, held by this session until it ends."""
+    """The deployment's dispatch lock, held by this session until it ends. The holder's session gets
+    the duties' idle limits: a paused (SIGSTOPped, frozen) holder falls silent — the sweep talks every
+    SWEEP_EVERY — so PostgreSQL ends its session, the lock goes free and a standby takes over; the woken
+    holder's next statement fails, so it sends nothing more (what it marked `sending` turns `uncertain`)."""
     with conn.cursor() as cur:
         cur.execute("SELECT pg_try_advisory_lock(%s)", (NOTIFIER_LOCK_KEY,))
         row = cur.fetchone()
+    taken = bool(row and row[0])
+    if taken:
+        limit_idle(conn, LOCK_IDLE_LIMIT_MS)
     conn.commit()
-    return bool(row and row[0])
+    return taken
 
 
 def _broadcast(payload: str) -> tuple[int | None, str | None]:

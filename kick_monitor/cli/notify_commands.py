@@ -17,6 +17,7 @@ import psycopg2.extensions
 from ..config import ConfigError, Settings
 from ..logsetup import register_secret
 from ..notify_format import TemplateError, render_body, sample_announcement
+from ..notify_outbox import NOTIFIER_LOCK_KEY
 from ..notify_sender import post
 from ..notify_targets import (
     Target,
@@ -31,9 +32,6 @@ from ..notify_targets import (
 from .database_commands import open_database
 from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError
 from .render import clean_cell, render_table
-
-NOTIFIER_LOCK_KEY = 0x4B4D4E54  # workers/notifier.py: held by the dispatching notifier
-
 
 Leaf = Callable[[argparse.ArgumentParser, Callable[[argparse.Namespace, Settings], int]], None]
 

@@ -270,7 +270,7 @@ def soak(ctx: scenarios.BenchContext, machine: dict[str, Any], out: Path) -> lis
     samples = run.pop("_samples")  # every 10 s reading, kept whole in the JSON (not a latency list)
     summary = {key: run.get(key) for key in ("soak_verdict", "max_slope_mb_per_h", "state_mismatches",
                                                "writer_backlog_max", "spool_bytes_max", "converge_s")}
-    summary.update({f"history_{k}": v for k, v in run["history"].items() if k != "lost_examples"})
+    summary.update({f"history_{k}": v for k, v in run["history"].items() if not k.endswith("_examples")})
     summary.update({f"slope_mb_per_h {slot}": v for slot, v in sorted(run["slopes_mb_per_h"].items())})
     summary.update({f"within-pid slope_mb_per_h {slot}": v
                     for slot, v in sorted(run["within_pid_slopes_mb_per_h"].items())})
@@ -282,7 +282,8 @@ def soak(ctx: scenarios.BenchContext, machine: dict[str, Any], out: Path) -> lis
         " the faults; every exposed transition recorded exactly once except those inside a fault window"
         " (and a stale streamer's next ones), counted apart; state equal to truth at the end. The within-pid"
         " slopes (one intercept per pid) are reported, not judged: they include each respawned worker's climb.",
-        "Lost examples (t = seconds after the flips began): " + str(run["history"].get("lost_examples", [])),
+        "Duplicated and lost examples (t = seconds after the flips began; every row in the result JSON):",
+        *soaking.describe_examples(run["history"]),
         "Faults: " + "; ".join(f"{e['t']:.0f}s {e['kind']}" for e in run["faults"]),
         "Tables at start: " + ", ".join(f"{k} {v['rows']} rows {v['bytes'] // 1024} kB"
                                          for k, v in run["tables_start"].items()),

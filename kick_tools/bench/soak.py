@@ -223,13 +223,91 @@ def run_soak(ctx: BenchContext, index: int = 0) -> dict[str, Any]:
             samples.append(sample_now(time.monotonic() - t0, service.pid, port, spool))
         truth = sim.truth()
         rows = measure.fetch_history(url)
+        explained = (url, truth, started_wall)
         mismatches = measure.state_mismatches(url, sim.streamers())
         result["tables_end"] = table_sizes(url)
         result["service_exit"] = service.stop()
     result.update(judge(samples, plan, truth, rows, faults.windows, flips_ended, mismatches, started_wall))
+    try:  # an explanation that fails must not cost the run's result
+        explain_history(result["history"], *explained)
+    except Exception as exc:  # recorded in the result; the counts stand
+        result["history"]["explain_error"] = repr(exc)
     result.update(faults=faults.events, converge_s=round(converge_s, 1), load_after=measure.loadavg(),
                   _samples=samples)
     return result
+
+
+HISTORY_COLUMNS = ("id", "change_id", "source", "event", "status", "previous_status", "livestream_id",
+                   "occurred_at", "received_at", "order_generation", "order_seq", "inferred", "broadcast_id",
+                   "recorded_at")
+AROUND = 120.0  # seconds of a lost transition's channel history shown on either side
+
+
+def channel_history(url: str, channel_id: int, since: float | None = None,
+                    until: float | None = None) -> list[dict[str, Any]]:
+    """A channel's history rows (every column that tells how a row got there), in history order; times
+    as epoch seconds. `since`/`until` bound received_at."""
+    rows = measure.fetch_rows(
+        url,
+        "SELECT id, change_id, source, event, status, previous_status, livestream_id,"
+        " extract(epoch FROM occurred_at)::float8, extract(epoch FROM received_at)::float8,"
+        " order_generation, order_seq, inferred, broadcast_id, extract(epoch FROM recorded_at)::float8"
+        " FROM kick_monitor.status_events WHERE channel_id = %s"
+        " AND (%s::float8 IS NULL OR received_at >= to_timestamp(%s::float8))"
+        " AND (%s::float8 IS NULL OR received_at <= to_timestamp(%s::float8))"
+        " ORDER BY order_generation, order_seq, received_at, id",
+        (channel_id, since, since, until, until))
+    return [dict(zip(HISTORY_COLUMNS, row, strict=True)) for row in rows]
+
+
+def explain_history(history: dict[str, Any], url: str, truth: Sequence[dict[str, Any]], started_wall: float) -> None:
+    """Attach to each duplicated example all its history rows, and to each lost one the channel's history
+    and the simulator's transitions within AROUND s of it: the counts alone cannot say which path wrote
+    a row twice or dropped one."""
+    for example in history.get("duplicated_examples", []):
+        rows = channel_history(url, example["channel_id"])
+        for row in rows:
+            row["t"] = round(row["received_at"] - started_wall, 3)
+        example["history"] = [r for r in rows
+                              if r["status"] == example["status"] and r["livestream_id"] == example["livestream_id"]]
+        times = [r["received_at"] for r in example["history"]]
+        example["around"] = [r for r in rows if any(abs(r["received_at"] - at) <= AROUND for at in times)]
+        example["truth"] = _truth_near(truth, example["channel_id"], times, started_wall)
+    for example in history.get("lost_examples", []):
+        sent = example["sent_wall"]
+        example["history"] = channel_history(url, example["channel_id"], sent - AROUND, sent + AROUND)
+        for row in example["history"]:
+            row["t"] = round(row["received_at"] - started_wall, 3)
+        example["truth"] = _truth_near(truth, example["channel_id"], [sent], started_wall)
+
+
+def _truth_near(truth: Sequence[dict[str, Any]], channel_id: int, times: Sequence[float],
+                started_wall: float) -> list[dict[str, Any]]:
+    """The simulator's transitions of a channel within AROUND s of any of `times`."""
+    return [{k: t.get(k) for k in ("seq", "status", "previous_status", "livestream_id", "event", "sent_wall",
+                                    "delivered")} | {"t": round(t["sent_wall"] - started_wall, 3)}
+            for t in truth
+            if t["channel_id"] == channel_id and any(abs(t["sent_wall"] - at) <= AROUND for at in times)]
+
+
+def describe_examples(history: dict[str, Any]) -> list[str]:
+    """One Markdown note per example: the key, then its rows in short form."""
+    def short(row: dict[str, Any]) -> str:
+        return (f"t={row.get('t')} {row['source']}/{row['event']} {row['previous_status']}→{row['status']}"
+                f" ls={row['livestream_id']} gen/seq={row['order_generation']}/{row['order_seq']}"
+                f"{' inferred' if row['inferred'] else ''} bc={row['broadcast_id']} change_id={row['change_id']}"
+                f" recorded+{(row['recorded_at'] - row['received_at']) * 1000:.0f}ms")
+
+    notes = []
+    for kind in ("duplicated", "lost"):
+        for example in history.get(f"{kind}_examples", []):
+            head = (f"{kind.upper()} channel {example['channel_id']} {example['status']}"
+                    f" ls={example['livestream_id']} sent t={example.get('t')}")
+            rows = "; ".join(short(r) for r in example.get("around", example.get("history", []))) or "no rows"
+            truth = "; ".join(f"t={t['t']} {t['previous_status']}→{t['status']} ls={t['livestream_id']}"
+                              f"{'' if t['delivered'] else ' (not delivered)'}" for t in example.get("truth", []))
+            notes.append(f"{head}: rows: {rows}" + (f" | truth: {truth}" if truth else ""))
+    return notes
 
 
 def sample_now(at: float, service_pid: int, port: int, spool: Path) -> dict[str, Any]:
@@ -260,8 +338,8 @@ def judge(samples: list[dict[str, Any]], plan: SoakPlan, truth: list[dict[str, A
             recorded[(row.channel_id, row.status, row.livestream_id)] += 1
     exposed = [t for t in measure.status_transitions(truth) if t["delivered"]]
     history = soak_rules.classify_history(sorted(exposed, key=lambda t: t["sent_wall"]), recorded, windows)
-    for example in history.get("lost_examples", []):  # where it happened, next to the faults
-        example["t"] = round(example["sent_wall"] - started_wall, 1)
+    for example in history.get("lost_examples", []) + history.get("duplicated_examples", []):
+        example["t"] = round(example["sent_wall"] - started_wall, 1)  # where it happened, next to the faults
     history["not_delivered"] = len(measure.status_transitions(truth)) - len(exposed)
     span = (samples[-1]["t"] if samples else 0.0) - plan.warmup
     outcome = soak_rules.verdict(slopes, fds, threads, history, mismatches, span)

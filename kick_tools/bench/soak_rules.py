@@ -26,6 +26,7 @@ MAX_SLOPE_MB_PER_H = 2.0
 MIN_SPAN = 900.0  # seconds after the warm-up below which a slope in MB/h is noise (the 60 s smoke run)
 PID_SETTLE = 60.0  # seconds: a respawned process's own warm-up
 FD_TOLERANCE, THREAD_TOLERANCE = 2, 1
+MAX_EXAMPLES = 20  # duplicated / lost transitions explained in the result, each with its history rows
 
 Sample = dict[str, Any]  # {"t": seconds since start, "slots": {slot: {"pid", "private_kb", "fds", "threads", ...}}}
 
@@ -118,6 +119,7 @@ def classify_history(transitions: Sequence[dict[str, Any]], recorded: dict[tuple
     counts: dict[str, Any] = {"exposed": 0, "once": 0, "duplicated": 0, "in_fault_window": 0,
                               "stale_after_window": 0, "repaired": 0, "lost": 0}
     lost: list[dict[str, Any]] = []
+    duplicated: list[dict[str, Any]] = []
     stale: set[int] = set()
     used: dict[tuple[int, str, int | None], int] = defaultdict(int)
     for t in transitions:
@@ -126,6 +128,9 @@ def classify_history(transitions: Sequence[dict[str, Any]], recorded: dict[tuple
         have = recorded.get(key, 0)
         if have >= 1:
             counts["once" if have == 1 else "duplicated"] += 1
+            if have > 1:
+                duplicated.append({k: t.get(k) for k in ("channel_id", "status", "livestream_id", "sent_wall")}
+                                  | {"rows": have})
             stale.discard(t["channel_id"])
             continue
         loose = (t["channel_id"], t["status"], None)
@@ -142,7 +147,9 @@ def classify_history(transitions: Sequence[dict[str, Any]], recorded: dict[tuple
             counts["lost"] += 1
             lost.append({k: t.get(k) for k in ("channel_id", "status", "livestream_id", "sent_wall")})
     if lost:
-        counts["lost_examples"] = lost[:10]
+        counts["lost_examples"] = lost[:MAX_EXAMPLES]
+    if duplicated:
+        counts["duplicated_examples"] = duplicated[:MAX_EXAMPLES]
     return counts
 
 

@@ -287,3 +287,14 @@ def test_an_old_generation_start_read_after_the_rows_last_event_is_news() -> Non
     plan = plan_batch([late], {1: row("offline", generation=2)}, TOLERANCE)
     assert statuses(plan) == [("offline", "online", False)]
     assert (plan.rows[0]["s"], plan.rows[0]["g"], plan.rows[0]["q"], plan.rows[0]["l"]) == ("online", 2, 11, 9)
+def test_an_online_naming_the_last_ended_livestream_does_not_name_an_api_started_broadcast() -> None:
+    """Soak r4: the API started a broadcast (no livestream id; the row's last, ended one was 5); a
+    worker's confirm then said online(5). Named 5, the broadcast's real end offline(6) became an
+    inferred end of 5 (recorded twice) plus an inferred start of 6."""
+    api_started = replace(row("online"), livestream_id=None, last_livestream_id=5)
+    confirm = replace(change(1, "online", livestream=5, source="api"), occurred_at=None)
+    plan = plan_batch([confirm, change(2, "offline", livestream=6)], {1: api_started}, TOLERANCE)
+    assert [h.get("l") for h in plan.history] == [6]
+    assert statuses(plan) == [("online", "offline", False)]
+    alone = plan_batch([confirm], {1: api_started}, TOLERANCE)
+    assert "l" not in alone.rows[0] and alone.history == []

@@ -607,3 +607,24 @@ def test_ignored_names_are_bounded() -> None:
     assert sum(ignored.values()) == 1001
     assert ignored[OTHER] == 1001 - MAX_COUNTED_NAMES
     assert all(len(name) <= 120 for name in ignored)
+
+
+def test_an_api_start_without_a_livestream_id_forgets_the_ended_broadcasts_id() -> None:
+    """Soak r4: an offline(L) recorded, then the API (no livestream ids) reports a new broadcast. The
+    tracker kept L as the open broadcast's id, so the next reconciliation's `confirm` sent online(L):
+    the writer named the new broadcast L and recorded its end as an inferred end of L — L's end twice."""
+    tracker = StatusTracker([ref(7, "online", 100)])
+    end = feed(tracker, frame(STOP_STREAM_BROADCAST, "channel.7", stop_data(100, 7)))
+    assert isinstance(end, StatusChange) and end.livestream_id == 100
+    start = tracker.set_status(7, "online", None, received_at=T0 + 60, received_mono=60.0)
+    assert start is not None and start.livestream_id is None
+    assert tracker.status(7) == ("online", None)
+    confirmation = tracker.confirm(7, received_at=T0 + 120, received_mono=120.0)
+    assert confirmation is not None and confirmation.livestream_id is None
+    late = live_data(100, 7)  # a late frame of the ended broadcast: still stale
+    assert feed(tracker, frame(STREAMER_IS_LIVE, "channel.7", late), at=T0 + 130) is None
+    assert tracker.status(7) == ("online", None)
+    # the new broadcast's own frames still name it; the ended one's stay stale
+    named = feed(tracker, frame(STOP_STREAM_BROADCAST, "channel.7", stop_data(101, 7)), at=T0 + 180)
+    assert isinstance(named, StatusChange) and named.livestream_id == 101
+    assert tracker.set_status(7, "online", 101, received_at=T0 + 190, received_mono=190.0) is None

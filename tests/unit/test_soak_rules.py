@@ -83,6 +83,8 @@ def test_history_losses_are_split_by_fault_window_and_staleness() -> None:
     recorded = {(1, "online", 11): 1, (2, "online", 21): 2, (5, "offline", None): 1}
     counts = soak_rules.classify_history(transitions, recorded, [(49.0, 60.0)])
     examples = counts.pop("lost_examples")
+    assert counts.pop("duplicated_examples") == [{"channel_id": 2, "status": "online", "livestream_id": 21,
+                                                  "sent_wall": 2.0, "rows": 2}]
     assert counts == {"exposed": 6, "once": 1, "duplicated": 1, "in_fault_window": 1, "stale_after_window": 1,
                       "repaired": 1, "lost": 1}
     assert examples == [{"channel_id": 4, "status": "online", "livestream_id": 41, "sent_wall": 80.0}]
