@@ -276,6 +276,7 @@ class Planner(Role):
                     self.schedule_reload(now)  # statuses as fresh as the database has them, then Subscribe
                 else:
                     self.update_shard(shard, self.wanted(shard))
+                    self.planned[shard] = self.plan[shard]  # one copy of the refs, as after a reload (memory)
 
     def let_go_unsubscribed(self) -> None:
         """Free the lease of a shard given back once its worker told us it watches nothing (it sent
