@@ -217,11 +217,13 @@ class PusherSession:
         """Every remembered channel (subscribed now, or on the next connection)."""
         return frozenset(self._channels)
 
-    def awaiting(self, channels: Iterable[str]) -> bool:
-        """Whether any of `channels` was subscribed on this connection and the server has not
-        answered yet (subscription_succeeded or an error): what happened before that answer
-        went to the previous listener, or to nobody."""
-        return bool(self._unacked) and any(name in self._unacked for name in channels)
+    def awaiting(self, channels: Iterable[str] | None = None) -> bool:
+        """Whether any of `channels` (None: any channel at all, O(1)) was subscribed on this
+        connection and the server has not answered yet (subscription_succeeded or an error): what
+        happened before that answer went to the previous listener, or to nobody."""
+        if channels is None or not self._unacked:
+            return bool(self._unacked)
+        return any(name in self._unacked for name in channels)
 
     def barrier(self) -> int:
         """Send a pusher:ping after everything sent so far; `passed(n)` once its pong is read.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,3 +257,19 @@ def listening_addresses(port: int) -> set[str]:
             else:
                 found.add("::1" if address == "0" * 24 + "01000000" else ("::" if set(address) == {"0"} else address))
     return found
+
+
+def flip_in_rounds(sim: Simulator, streamers: list[SimStreamer], rounds: int, gap: float) -> int:
+    """Toggle every streamer once per round, spread evenly over `gap` seconds, in the same order
+    each round (so one streamer's flips are `gap` apart). Returns the flips made."""
+    live = {s.slug: sim.is_live(s.slug) for s in streamers}
+    step = gap / len(streamers)
+    start = time.monotonic()
+    for n in range(rounds * len(streamers)):
+        delay = start + n * step - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        slug = streamers[n % len(streamers)].slug
+        live[slug] = not live[slug]
+        sim.set_live(slug, live[slug])
+    return rounds * len(streamers)

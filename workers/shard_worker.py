@@ -436,13 +436,12 @@ class ShardWorker(Role):
             self.reconcile_subscribed(time.monotonic())
 
     def reconcile_subscribed(self, now: float) -> None:
-        """Reconcile the streamers just subscribed once the server answered all their subscriptions
-        (at most `ACK_WAIT` later; at once without a connection, which reconciles all on connect)."""
-        refs = [self.refs[sid] for sid in self.to_reconcile if sid in self.refs]
-        which = self.settings.lifecycle_channels
-        names = (name for ref in refs if ref.channel_id is not None for name in channel_names(ref.channel_id, which))
-        if self.session.connected and now < self.reconcile_by and self.session.awaiting(names):
+        """Reconcile the streamers just subscribed once the server answered every subscription of the
+        connection (at most `ACK_WAIT` later; at once without a connection, which reconciles all on
+        connect). Called on every loop turn while some wait: the check is O(1), not per streamer."""
+        if self.session.connected and now < self.reconcile_by and self.session.awaiting():
             return
+        refs = [self.refs[sid] for sid in self.to_reconcile if sid in self.refs]
         self.to_reconcile.clear()
         self.reconcile_by = float("inf")
         if refs:

@@ -31,6 +31,7 @@ from kick_sim import DeliverySettings, SimConfig, SimStreamer, Simulator
 from kick_sim.state import Transition
 from tests.service import (
     Service,
+    flip_in_rounds,
     history,
     history_errors,
     insert_streamers,
@@ -417,21 +418,10 @@ def expected_outside_gaps(transitions: list[Transition], gaps: Gaps) -> dict[int
     return expected
 
 
-def flip_in_rounds(sim: Simulator, streamers: list[SimStreamer], rounds: int, gap: float) -> threading.Thread:
-    """Toggle every streamer once per round, spread evenly over `gap` seconds (one streamer's flips
-    `gap` apart: a webhook names its broadcast by its start, whole seconds), on a thread."""
-    def run() -> None:
-        live = {s.slug: sim.is_live(s.slug) for s in streamers}
-        step, start = gap / len(streamers), time.monotonic()
-        for n in range(rounds * len(streamers)):
-            delay = start + n * step - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            slug = streamers[n % len(streamers)].slug
-            live[slug] = not live[slug]
-            sim.set_live(slug, live[slug])
-
-    thread = threading.Thread(target=run, name="flips", daemon=True)
+def flip_in_rounds_behind(sim: Simulator, streamers: list[SimStreamer], rounds: int, gap: float) -> threading.Thread:
+    """`flip_in_rounds` (one streamer's flips `gap` apart: a webhook names its broadcast by its start,
+    whole seconds) on a thread."""
+    thread = threading.Thread(target=flip_in_rounds, args=(sim, streamers, rounds, gap), name="flips", daemon=True)
     thread.start()
     return thread
 
@@ -489,7 +479,7 @@ def test_rolling_restart_with_pusher_webhooks_and_reconciliation_loses_and_doubl
         wait_until(lambda: len(sim.event_subscriptions()) == 2 * len(streamers), 60, what="webhook subscriptions")
         wait_until(lambda: len(set(owners(conn).values()) - {None}) == 3, 30, what="one shard per node")
         sim.record_subscriptions()
-        flips = flip_in_rounds(sim, streamers, rounds=4, gap=9.0)
+        flips = flip_in_rounds_behind(sim, streamers, rounds=4, gap=9.0)
         restart_one_by_one(sim, conn, nodes, make, channels, move_webhooks_off)
         flips.join(60)
         gaps = Gaps.measure(sim.subscription_journal(), [s.channel_id for s in streamers])

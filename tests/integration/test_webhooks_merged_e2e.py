@@ -36,10 +36,11 @@ import pytest
 
 from kick_monitor.messages import StatusChange
 from kick_monitor.status_store import apply_changes, prepare
-from kick_sim import DeliverySettings, SimConfig, SimStreamer, Simulator, WebhookFaults
+from kick_sim import DeliverySettings, SimConfig, Simulator, WebhookFaults
 from kick_sim.webhooks import WebhookMessage
 from tests.service import (
     Service,
+    flip_in_rounds,
     history_errors,
     insert_streamers,
     mismatches,
@@ -69,22 +70,6 @@ def start_service(sim: Simulator, database_url: str, tmp_path: Path, port: int, 
     env = service_env(sim, database_url, tmp_path / "data", shard_count="1", webhook_port=str(port),
                       api_rate="100", api_burst="100", broadcast_match_tolerance=TOLERANCE, **settings)
     return Service(env, tmp_path / "service.log")
-
-
-def flip(sim: Simulator, streamers: list[SimStreamer], rounds: int, gap: float) -> int:
-    """Toggle every streamer once per round, spread evenly over `gap` seconds, in the same order
-    each round (so one streamer's flips are `gap` apart). Returns the flips made."""
-    live = {s.slug: sim.is_live(s.slug) for s in streamers}
-    step = gap / len(streamers)
-    start = time.monotonic()
-    for n in range(rounds * len(streamers)):
-        delay = start + n * step - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        slug = streamers[n % len(streamers)].slug
-        live[slug] = not live[slug]
-        sim.set_live(slug, live[slug])
-    return rounds * len(streamers)
 
 
 def wait_subscribed(sim: Simulator, count: int) -> None:
@@ -149,7 +134,7 @@ def test_webhooks_only_duplicated_and_reordered_state_equals_truth_history_exact
         with running(service):
             wait_subscribed(sim, streamers_count)
             started = time.monotonic()
-            flips = flip(sim, streamers, rounds, gap)
+            flips = flip_in_rounds(sim, streamers, rounds, gap)
             flipping = time.monotonic() - started
             assert sim.wait_webhooks_idle(90), "the simulator still has webhooks queued or in flight"
             settle(sim, conn, timeout=60)
@@ -187,7 +172,7 @@ def test_pusher_and_late_webhooks_one_transition_no_backward_move_both_seen_time
         with running(service):
             wait_subscribed(sim, streamers_count)
             wait_until(lambda: sim.subscription_count() >= streamers_count, 30, what="the workers on Pusher")
-            flips = flip(sim, streamers, rounds, gap)
+            flips = flip_in_rounds(sim, streamers, rounds, gap)
             settle(sim, conn, timeout=20)  # Pusher's frames: the state is the truth now
             flips_done = time.time()
 
@@ -254,7 +239,7 @@ def test_webhooks_only_with_reconciliation_history_exactly_once(
                                 reconcile_interval_without_pusher="5")
         with running(service):
             wait_subscribed(sim, streamers_count)
-            flip(sim, streamers, rounds, gap)
+            flip_in_rounds(sim, streamers, rounds, gap)
             assert sim.wait_webhooks_idle(60)
             time.sleep(6)  # one more reconciliation after the last flip
             settle(sim, conn, timeout=15)
