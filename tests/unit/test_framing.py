@@ -122,3 +122,22 @@ def test_flush_on_a_socket_whose_peer_is_gone_raises_oserror() -> None:
         framed.flush()
     framed.close()
     assert framed.closed
+
+
+def test_a_change_with_every_field_set_crosses_whole(pair: tuple[FramedSocket, socket.socket]) -> None:
+    """StatusChange pickles as its constructor's arguments: a field out of order would land in another."""
+    from dataclasses import fields
+
+    from kick_monitor.messages import ChangeBatch, StatusChange
+
+    values: dict[str, object] = {}
+    for number, field in enumerate(fields(StatusChange), start=1):
+        kind = str(field.type)
+        values[field.name] = (float(number) + 0.5 if "float" in kind else number if "int" in kind
+                              else f"{field.name}-{number}")
+    change = StatusChange(**values)  # type: ignore[arg-type]
+    framed, peer = pair
+    peer.send(encode(ChangeBatch("shard-3", 9, (change, change))))
+    [batch] = framed.read()
+    assert batch == ChangeBatch("shard-3", 9, (change, change))
+    assert [getattr(batch.changes[0], f.name) for f in fields(StatusChange)] == list(values.values())
