@@ -225,6 +225,8 @@ def main() -> int:
     parser.add_argument("--trace", action="store_true", help="tracemalloc's top allocations (costs memory)")
     parser.add_argument("--frames", type=int, default=6)
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--fork", action="store_true",
+                        help="run the planner in a child forked after gc.freeze(), as the coordinator does")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     import logging
@@ -281,81 +283,100 @@ def main() -> int:
             )
             gc.collect()
             release_free_memory()
-            if args.trace:
-                tracemalloc.start(args.frames)
 
-            def checkpoint(name: str, started: float) -> None:
-                row: dict[str, Any] = {"checkpoint": name, "seconds": round(time.monotonic() - started, 2),
-                                       **smaps(), "glibc": glibc_arenas(scratch), "pymalloc": pymalloc(scratch)}
-                if planner is not None:
-                    row.update(planner_objects(planner), reloads=reloads[0])
+            def measure() -> None:
+                nonlocal planner
                 if args.trace:
-                    row["tracemalloc"] = top_allocations(args.top)
-                print(json.dumps(row), flush=True)
-                results.append(row)
+                    tracemalloc.start(args.frames)
 
-            t0 = time.monotonic()
-            checkpoint("imported", t0)
-            planner = Planner(ctx)
-            reloads = [0]
-            real_reload = planner.reload
+                def checkpoint(name: str, started: float) -> None:
+                    row: dict[str, Any] = {"checkpoint": name, "seconds": round(time.monotonic() - started, 2),
+                                           **smaps(), "glibc": glibc_arenas(scratch), "pymalloc": pymalloc(scratch)}
+                    if planner is not None:
+                        row.update(planner_objects(planner), reloads=reloads[0])
+                    if args.trace:
+                        row["tracemalloc"] = top_allocations(args.top)
+                    print(json.dumps(row), flush=True)
+                    results.append(row)
 
-            def counted_reload(now: float) -> None:
-                reloads[0] += 1
-                real_reload(now)
+                t0 = time.monotonic()
+                checkpoint("imported", t0)
+                planner = Planner(ctx)
+                reloads = [0]
+                real_reload = planner.reload
 
-            planner.reload = counted_reload
-            planner.boot()
-            time.sleep(1.0)  # the helper threads' first rounds
-            checkpoint("booted", t0)
+                def counted_reload(now: float) -> None:
+                    reloads[0] += 1
+                    real_reload(now)
 
-            def all_assigned() -> bool:
-                if not hasattr(planner.server, "states"):  # round 2: no WorkerState; every Hello answered, sent
-                    return (sum(len(planner.plan[s]) for s in planner.plan) == args.streamers and not planner.hellos
-                            and len(planner.server.connected_shards() if hasattr(planner.server, "connected_shards")
-                                    else set(planner.server._shard_of.values())) == args.shards
-                            and not any(ch._outbox for ch in planner.server._channels.values()))
-                states = planner.server.states
-                held = sum(len(planner.plan[s]) for s in planner.plan)
-                return (held == args.streamers and len(states) == args.shards
-                        and all(states[s].watching == len(planner.plan[s]) for s in planner.plan))
+                planner.reload = counted_reload
+                planner.boot()
+                time.sleep(1.0)  # the helper threads' first rounds
+                checkpoint("booted", t0)
 
-            def run_until(done: Any, limit: float) -> None:
-                deadline = time.monotonic() + limit
-                while not done() and time.monotonic() < deadline:
-                    planner.beat()
-                    planner.step()
-                if not done():
-                    raise RuntimeError(
-                        f"the planner did not get there in time: leased {sorted(getattr(planner, 'leased', []))},"
-                        f" states {getattr(planner.server, 'states', None)}, hellos {planner.hellos},"
-                        f" shards {planner.server._shard_of}, plan {[len(p) for p in planner.plan.values()]},"
-                        f" loaded {planner.loaded_at}")
+                def all_assigned() -> bool:
+                    if not hasattr(planner.server, "states"):  # round 2: no WorkerState; every Hello answered, sent
+                        return (sum(len(planner.plan[s]) for s in planner.plan) == args.streamers and not planner.hellos
+                                and len(planner.server.connected_shards() if hasattr(planner.server, "connected_shards")
+                                        else set(planner.server._shard_of.values())) == args.shards
+                                and not any(ch._outbox for ch in planner.server._channels.values()))
+                    states = planner.server.states
+                    held = sum(len(planner.plan[s]) for s in planner.plan)
+                    return (held == args.streamers and len(states) == args.shards
+                            and all(states[s].watching == len(planner.plan[s]) for s in planner.plan))
 
-            run_until(all_assigned, float(os.environ.get('PLANNER_MEM_WAIT', '120')))
-            settle = time.monotonic() + 2.0
-            run_until(lambda: time.monotonic() > settle, 5.0)
-            checkpoint("assigned", t0)
-            for index in range(args.reloads):
-                sql(url, FLIP, (index * 1000, index, int(args.flip * 1000)))
-                loaded = planner.loaded_at
-                planner.schedule_reload(time.monotonic())
-                run_until(lambda: planner.loaded_at > loaded, 60.0)  # noqa: B023
-                settle = time.monotonic() + 1.0
-                run_until(lambda: time.monotonic() > settle, 5.0)  # noqa: B023
-                checkpoint(f"reload {index + 2}", t0)
-            gc.collect()
-            release_free_memory()
-            checkpoint("gc + malloc_trim", t0)
-            planner.stopping = True
-            if hasattr(planner, "leases"):
-                planner.leases.stop(release=True)
-            for duty in ("resolver", "pruner", "webhook_sync"):
-                if hasattr(planner, duty):
-                    getattr(planner, duty).stop()
-            planner.server.close()
-            planner.close_database()
-            ours.close()
+                def run_until(done: Any, limit: float) -> None:
+                    deadline = time.monotonic() + limit
+                    while not done() and time.monotonic() < deadline:
+                        planner.beat()
+                        planner.step()
+                    if not done():
+                        raise RuntimeError(
+                            f"the planner did not get there in time: leased {sorted(getattr(planner, 'leased', []))},"
+                            f" states {getattr(planner.server, 'states', None)}, hellos {planner.hellos},"
+                            f" shards {planner.server._shard_of}, plan {[len(p) for p in planner.plan.values()]},"
+                            f" loaded {planner.loaded_at}")
+
+                run_until(all_assigned, float(os.environ.get('PLANNER_MEM_WAIT', '120')))
+                settle = time.monotonic() + 2.0
+                run_until(lambda: time.monotonic() > settle, 5.0)
+                checkpoint("assigned", t0)
+                for index in range(args.reloads):
+                    sql(url, FLIP, (index * 1000, index, int(args.flip * 1000)))
+                    loaded = planner.loaded_at
+                    planner.schedule_reload(time.monotonic())
+                    run_until(lambda: planner.loaded_at > loaded, 60.0)  # noqa: B023
+                    settle = time.monotonic() + 1.0
+                    run_until(lambda: time.monotonic() > settle, 5.0)  # noqa: B023
+                    checkpoint(f"reload {index + 2}", t0)
+                gc.collect()
+                release_free_memory()
+                checkpoint("gc + malloc_trim", t0)
+                planner.stopping = True
+                if hasattr(planner, "leases"):
+                    planner.leases.stop(release=True)
+                for duty in ("resolver", "pruner", "webhook_sync"):
+                    if hasattr(planner, duty):
+                        getattr(planner, duty).stop()
+                planner.server.close()
+                planner.close_database()
+                ours.close()
+
+            if args.fork:  # as the coordinator does: imports shared, gc.freeze(), then the planner forked
+                gc.freeze()
+                planner_pid = os.fork()
+                if planner_pid == 0:
+                    code = 1
+                    try:
+                        measure()
+                        (work / "child.json").write_text(json.dumps(results))
+                        code = 0
+                    finally:
+                        os._exit(code)
+                os.waitpid(planner_pid, 0)
+                results.extend(json.loads((work / "child.json").read_text()))
+            else:
+                measure()
         finally:
             if worker_pid:
                 os.kill(worker_pid, signal.SIGTERM)
