@@ -80,7 +80,8 @@ def glibc_arenas(scratch: Path) -> list[dict[str, float]]:
 
 
 def pymalloc(scratch: Path) -> dict[str, float]:
-    """pymalloc's arenas (MB): allocated from the system, used by live objects, free inside."""
+    """pymalloc's arenas (MB): taken from the system, used by live objects, free inside (pinned: an arena
+    goes back to the system only when every pool in it is empty)."""
     sys.stderr.flush()
     saved = os.dup(2)
     with open(scratch, "w") as out:
@@ -96,11 +97,10 @@ def pymalloc(scratch: Path) -> dict[str, float]:
         found = re.search(re.escape(label) + r"\s*=\s*([\d,]+)", text)
         return int(found.group(1).replace(",", "")) / MB if found else 0.0
 
-    return {"arenas": round(number("# bytes in allocated blocks") + number("# bytes in available blocks")
-                            + number("# bytes lost to pool headers") + number("# bytes lost to quantization")
-                            + number("# bytes lost to arena alignment"), 1),
-            "used": round(number("# bytes in allocated blocks"), 1),
-            "free": round(number("# bytes in available blocks"), 1)}
+    arenas = re.search(r"\d+ arenas \* \d+ bytes/arena\s*=\s*([\d,]+)", text)
+    total = int(arenas.group(1).replace(",", "")) / MB if arenas else 0.0
+    used = number("# bytes in allocated blocks")
+    return {"arenas": round(total, 1), "used": round(used, 1), "free": round(total - used, 1)}
 
 
 def planner_objects(planner: Any) -> dict[str, int]:
