@@ -216,21 +216,46 @@ def list_streamers(conn: psycopg2.extensions.connection) -> list[Streamer]:
         return [Streamer(*row) for row in cur.fetchall()]
 
 
-def load_monitorable(conn: psycopg2.extensions.connection) -> list[StreamerRef]:
+LOAD_CHUNK = 2000  # rows of the streamer list turned into Python objects at a time (load_monitorable)
+
+
+def load_monitorable(
+    conn: psycopg2.extensions.connection, known: Callable[[int], StreamerRef | None] | None = None,
+) -> list[StreamerRef]:
     """Every streamer a worker can watch (user id or channel id known), with its last committed status.
 
-    Those without a channel id are watched through the API only (no Pusher) until it is known."""
-    with conn.cursor() as cur:
+    Those without a channel id are watched through the API only (no Pusher) until it is known.
+
+    `known` (streamer id -> the ref the caller holds now): a row equal to the held ref in every
+    field but its assignment generation is returned as that very object. Rows arrive `LOAD_CHUNK`
+    at a time (a server-side cursor outside autocommit). Why both, measured at 100,000 streamers
+    (`python -m kick_tools.bench.planner_memory`, docs/performance.md): one `fetchall` and a fresh
+    ref per row made ~600,000 short-lived objects a reload, and the few that lived on (changed
+    rows) pinned pymalloc's pools among them; the planner kept ~20 MB of free but unreturnable heap.
+    """
+    # one shared str per status instead of one per row: 55 bytes a streamer in the planner (100k: 5 MB)
+    status = {name: name for name in ("online", "offline", "unknown")}
+    refs: list[StreamerRef] = []
+    cur = conn.cursor() if conn.autocommit else conn.cursor(name="kick_monitor_load_monitorable")
+    try:
+        cur.itersize = LOAD_CHUNK
         cur.execute(
             "SELECT id, username, channel_id, kick_user_id, status, COALESCE(livestream_id, last_livestream_id),"
             " extract(epoch FROM stream_started_at)::float8"
             " FROM kick_monitor.streamers WHERE channel_id IS NOT NULL OR kick_user_id IS NOT NULL ORDER BY id"
         )
-        rows = cur.fetchall()
+        while rows := cur.fetchmany(LOAD_CHUNK):
+            for r in rows:
+                held = known(r[0]) if known is not None else None
+                if held is not None and (held.username, held.channel_id, held.kick_user_id, held.status,
+                                         held.livestream_id, held.started_at) == r[1:]:
+                    refs.append(held)
+                else:
+                    refs.append(StreamerRef(r[0], r[1], r[2], r[3], status.get(r[4], r[4]), r[5], started_at=r[6]))
+    finally:
+        cur.close()
     conn.rollback()
-    # one shared str per status instead of one per row: 55 bytes a streamer in the planner (100k: 5 MB)
-    status = {name: name for name in ("online", "offline", "unknown")}
-    return [StreamerRef(r[0], r[1], r[2], r[3], status.get(r[4], r[4]), r[5], started_at=r[6]) for r in rows]
+    return refs
 
 
 def count_subscribable(conn: psycopg2.extensions.connection) -> int:

@@ -207,7 +207,7 @@ class Planner(Role):
             assert self.conn is not None
             if self.sync_due:
                 self.sync_source()
-            streamers = load_monitorable(self.conn)
+            streamers = load_monitorable(self.conn, self.held_ref)  # unchanged rows: the refs held now
             counts = count_by_status(self.conn)
         except (DatabaseUnavailable, psycopg2.Error) as exc:
             log.warning("cannot load the streamer list (%s); retrying in %.1fs", _first_line(exc), self.retry_delay)
@@ -229,6 +229,14 @@ class Planner(Role):
                 self.planned[shard] = self.plan[shard]  # one copy of the refs (memory), not the load's too
         del streamers, planned
         release_free_memory()  # the list read from the database was a burst as big as the plan
+
+    def held_ref(self, streamer_id: int) -> StreamerRef | None:
+        """The ref a worker of ours has now for this streamer, if any (reused by the next load when unchanged)."""
+        for refs in self.plan.values():
+            ref = refs.get(streamer_id)
+            if ref is not None:
+                return ref
+        return None
 
     # -- shard leases (issue 17) ------------------------------------------------------------
     def wait_for_workers(self, seconds: float) -> bool:
@@ -329,8 +337,9 @@ class Planner(Role):
         current = self.plan[shard]
         rechanneled: list[StreamerRef] = []
         for sid, held in current.items():  # a streamer that stays keeps its assignment generation
-            if sid in wanted:
-                fresh = replace(wanted[sid], generation=held.generation)
+            ref = wanted.get(sid)
+            if ref is not None and ref is not held:  # the load returns the held ref itself when unchanged
+                fresh = replace(ref, generation=held.generation)
                 # the long-lived object where nothing changed: the fresh copy dies young, so a reload
                 # of 100k streamers does not leave the planner's heap fragmented (docs/performance.md)
                 wanted[sid] = held if fresh == held else fresh
@@ -367,6 +376,8 @@ class Planner(Role):
                 continue
             handed = self.stamp(members.values())  # a hand-over: the worker's changes outrank its predecessor's
             self.plan[shard] = {ref.streamer_id: ref for ref in handed}
+            if shard in self.leased:
+                self.planned[shard] = self.plan[shard]  # one copy of the refs, as after a reload (memory)
             self.server.send(conn_id, Assign(handed))
         self.hellos.clear()
 

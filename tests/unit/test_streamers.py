@@ -7,6 +7,7 @@ from typing import TypeAlias
 import psycopg2.extensions
 import pytest
 
+from kick_monitor import streamers
 from kick_monitor.streamers import (
     WAITING_FOR_RESOLUTION,
     ImportReport,
@@ -15,6 +16,7 @@ from kick_monitor.streamers import (
     import_streamers,
     is_header,
     list_streamers,
+    load_monitorable,
     remove_streamer,
     status_summary,
     validate_id,
@@ -253,3 +255,33 @@ def test_status_summary_counts(db_conn: Conn) -> None:
                                 "without_pusher": 1}
     on1 = next(s for s in summary.streamers if s.username == "on1")
     assert on1.since_seconds is not None and 299 < on1.since_seconds < 400
+
+
+@pytest.mark.parametrize("autocommit", [False, True], ids=["server-side cursor", "autocommit"])
+def test_load_in_chunks_gives_back_the_held_ref_of_every_unchanged_row(
+    db_conn: Conn, monkeypatch: pytest.MonkeyPatch, autocommit: bool,
+) -> None:
+    """The planner's reload at 100k streamers: unchanged rows reuse the held object (no heap churn), any
+    changed field or a streamer not held gives a fresh one; chunks smaller than the list lose no row."""
+    monkeypatch.setattr(streamers, "LOAD_CHUNK", 3)
+    for index in range(1, 9):
+        add_streamer(db_conn, f"s{index}", channel_id=100 + index, user_id=200 + index)
+    add_streamer(db_conn, "waiting")  # no ids: not monitorable
+    db_conn.autocommit = autocommit
+    first = load_monitorable(db_conn)
+    assert [ref.username for ref in first] == [f"s{index}" for index in range(1, 9)]
+    held = {ref.streamer_id: ref for ref in first[:6]}  # s7 and s8 are not held
+    with db_conn.cursor() as cur:
+        cur.execute("UPDATE kick_monitor.streamers SET status = 'online', livestream_id = 5,"
+                    " stream_started_at = now() WHERE username = 's2'")
+        cur.execute("UPDATE kick_monitor.streamers SET channel_id = 999 WHERE username = 's4'")
+    if not autocommit:
+        db_conn.commit()
+    second = load_monitorable(db_conn, held.get)
+    assert [ref.username for ref in second] == [ref.username for ref in first]
+    reused = {ref.username for ref in second if held.get(ref.streamer_id) is ref}
+    assert reused == {"s1", "s3", "s5", "s6"}
+    changed = {ref.username: ref for ref in second}
+    assert (changed["s2"].status, changed["s2"].livestream_id) == ("online", 5) and changed["s2"].started_at
+    assert changed["s4"].channel_id == 999
+    assert db_conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
