@@ -16,6 +16,7 @@ from kick_monitor.events import (
     LIVESTREAM_ENDED,
     LIVESTREAM_UPDATED,
     MAX_COUNTED_NAMES,
+    MAX_ID,
     OTHER,
     STOP_STREAM_BROADCAST,
     STREAMER_IS_LIVE,
@@ -23,6 +24,8 @@ from kick_monitor.events import (
     EventStats,
     StatusTracker,
     TitleUpdate,
+    channel_id_of,
+    channel_names,
     parse_frame,
 )
 from kick_monitor.messages import Status, StatusChange, StreamerRef
@@ -443,6 +446,34 @@ def test_unknown_channel_is_counted_before_decoding() -> None:
     for channel in ("channel.8", "channel_8", "chatrooms.7.v2", None):
         assert feed(tracker, frame(STREAMER_IS_LIVE, channel, "{garbage")) is None
     assert tracker.stats.unknown_channel == 4 and tracker.stats.malformed == {}
+
+
+def test_only_the_exact_names_of_a_tracked_channel_reach_it() -> None:
+    """The tracker maps an event's channel name back to the channel id (it keeps no name strings):
+    every other spelling of the same number is a stranger, as when names were looked up verbatim."""
+    tracker = StatusTracker([ref(7)])
+    for channel in ("channel.07", "channel.+7", "channel. 7", "channel.7 ", "channel.\u0667", "channel.7_",
+                    "channel-7", "Channel.7", "channel.", "channel_", "channel.7.v2", "channel." + "7" * 5000):
+        assert feed(tracker, frame(STREAMER_IS_LIVE, channel, live_data(1, 7))) is None, channel
+    assert tracker.stats.unknown_channel == 12 and tracker.stats.changes == 0
+    assert isinstance(feed(tracker, frame(STREAMER_IS_LIVE, "channel_7", live_data(1, 7))), StatusChange)
+
+
+def test_channel_id_of_inverts_channel_names() -> None:
+    for channel_id in (1, 7, 10, 60211040, MAX_ID):
+        assert [channel_id_of(name) for name in channel_names(channel_id)] == [channel_id, channel_id]
+    for name in ("channel.0", "channel.012", "channel.1e3", "channel.-1", "channel.1_000", "chatrooms.7.v2",
+                 "channel.\u0661", "channel." + str(MAX_ID) + "0", ""):
+        assert channel_id_of(name) is None, name
+
+
+def test_a_new_channel_id_moves_both_names() -> None:
+    tracker = StatusTracker([ref(7)])
+    assert tracker.add([StreamerRef(7, "s7", 70, None)]) == ["channel.70", "channel_70"]
+    assert sorted(tracker.channel_names()) == ["channel.70", "channel_70"]
+    assert feed(tracker, frame(STREAMER_IS_LIVE, "channel.7", live_data(1, 7))) is None
+    change = feed(tracker, frame(STREAMER_IS_LIVE, "channel_70", live_data(1, 70)))
+    assert isinstance(change, StatusChange) and (change.streamer_id, change.channel_id) == (7, 70)
 
 
 LIVE = STREAMER_IS_LIVE
