@@ -277,6 +277,7 @@ class _ChannelState:
     channel_id: int | None = None  # None: monitored without Pusher (API only)
     started_at: float | None = None  # Kick's start of the broadcast we believe is on
     ended_livestream_id: int | None = None  # the last broadcast seen ending: an online naming it is stale
+    last_event_mono: float = 0.0  # see StatusTracker.last_event_mono
 
 
 class _Malformed(Exception):
@@ -330,9 +331,6 @@ class StatusTracker:
         self._by_channel: dict[int, int] = {}
         self._last_ns = 0
         self._seq = MonotonicSeq()
-        # Monotonic receive time of each channel's last valid lifecycle event, duplicates
-        # included: an API answer asked for before it is older than what the event said.
-        self.last_event_mono: dict[int, float] = {}
         self.add(streamers)
 
     def __len__(self) -> int:
@@ -377,11 +375,17 @@ class StatusTracker:
             state = self._states.pop(streamer_id, None)
             if state is None:
                 continue
-            self.last_event_mono.pop(streamer_id, None)
             if state.channel_id is not None:
                 del self._by_channel[state.channel_id]
                 names.extend(channel_names(state.channel_id))
         return names
+
+    def last_event_mono(self, streamer_id: int) -> float:
+        """Monotonic receive time of the streamer's last valid lifecycle event, duplicates included
+        (0.0 if none): an API answer asked for before it is older than what the event said. Kept in
+        the streamer's state rather than a dict of its own (a 5,000-entry dict is ~0.15 MB)."""
+        state = self._states.get(streamer_id)
+        return 0.0 if state is None else state.last_event_mono
 
     def channel_of(self, streamer_id: int) -> int | None:
         """The streamer's channel id (None: not tracked, or monitored without Pusher)."""
@@ -427,7 +431,7 @@ class StatusTracker:
         if not live:
             self.stats.ignore(ev.event + " (is_live=false)")
             return None
-        self.last_event_mono[streamer_id] = ev.received_mono
+        self._states[streamer_id].last_event_mono = ev.received_mono
         return self._transition(
             streamer_id,
             spec.status,

@@ -365,7 +365,7 @@ class ShardWorker(Role):
             # When the question was sent, on the wall clock the writer compares webhooks with.
             asked_at = time.time() - (time.monotonic() - started)
             for streamer_id, info in diff_by_streamer(known, answer, self.settings.broadcast_match_tolerance):
-                if self.tracker.last_event_mono.get(streamer_id, 0.0) >= started:
+                if self.tracker.last_event_mono(streamer_id) >= started:
                     # A frame arrived after we asked (even one that changed nothing, e.g. the
                     # offline we already believed): it is newer than this answer.
                     continue
@@ -381,7 +381,7 @@ class ShardWorker(Role):
             changed = {change.streamer_id for change in changes}
             for streamer_id in sorted(self.unconfirmed & answer.keys()):
                 self.unconfirmed.discard(streamer_id)
-                if streamer_id in changed or self.tracker.last_event_mono.get(streamer_id, 0.0) >= started:
+                if streamer_id in changed or self.tracker.last_event_mono(streamer_id) >= started:
                     continue  # a newer change of ours is on its way already
                 confirmation = self.tracker.confirm(
                     streamer_id, received_at=time.time(), received_mono=time.monotonic(), asked_at=asked_at

@@ -659,3 +659,18 @@ def test_an_api_start_without_a_livestream_id_forgets_the_ended_broadcasts_id() 
     named = feed(tracker, frame(STOP_STREAM_BROADCAST, "channel.7", stop_data(101, 7)), at=T0 + 180)
     assert isinstance(named, StatusChange) and named.livestream_id == 101
     assert tracker.set_status(7, "online", 101, received_at=T0 + 190, received_mono=190.0) is None
+
+
+def test_last_event_mono_is_each_streamers_last_valid_lifecycle_frame() -> None:
+    """What the worker compares an API answer's question time with; duplicates count, noise and
+    strangers do not, and a streamer removed and added again starts from none."""
+    tracker = StatusTracker([ref(7), ref(8)])
+    assert tracker.last_event_mono(7) == 0.0 and tracker.last_event_mono(99) == 0.0
+    feed(tracker, frame(STREAMER_IS_LIVE, "channel.7", live_data(1, 7)), at=T0 + 1)
+    feed(tracker, frame(STREAMER_IS_LIVE, "channel_7", live_data(1, 7)), at=T0 + 2)  # the duplicate
+    feed(tracker, frame(CHAT, "channel.7", "{}"), at=T0 + 3)
+    assert (tracker.last_event_mono(7), tracker.last_event_mono(8)) == (2.0, 0.0)
+    tracker.remove([7])
+    assert tracker.last_event_mono(7) == 0.0
+    tracker.add([ref(7)])
+    assert tracker.last_event_mono(7) == 0.0
