@@ -76,6 +76,7 @@ class BenchContext:
     quick: bool = False
     duration: float | None = None
     say: Callable[[str], None] = print
+    streamers: int | None = None  # M only: instead of M_STREAMERS (5,000 = one worker at S3's load)
     _templates: dict[str, str] = field(default_factory=dict)
 
     def run_dir(self, scenario: str, index: int) -> Path:
@@ -914,7 +915,7 @@ def run_memory(ctx: BenchContext, index: int, streamers: int | None = None) -> d
     """Product defaults, `streamers` streamers: subscribe, reconcile, 20 s of flips, then read every role."""
     from kick_tools.bench import footprint
 
-    count = streamers or (200 if ctx.quick else M_STREAMERS)
+    count = streamers or ctx.streamers or (200 if ctx.quick else M_STREAMERS)
     seconds = 2.0 if ctx.quick else (ctx.duration or 20.0)
     run_dir = ctx.run_dir("M", index)
     url = ctx.db.fresh(f"bench_m_{index}", template=ctx.template("empty", lambda url: None))

@@ -16,6 +16,7 @@ from kick_monitor.events import (
     LIVESTREAM_ENDED,
     LIVESTREAM_UPDATED,
     MAX_COUNTED_NAMES,
+    MAX_ID,
     OTHER,
     STOP_STREAM_BROADCAST,
     STREAMER_IS_LIVE,
@@ -23,6 +24,8 @@ from kick_monitor.events import (
     EventStats,
     StatusTracker,
     TitleUpdate,
+    channel_id_of,
+    channel_names,
     parse_frame,
 )
 from kick_monitor.messages import Status, StatusChange, StreamerRef
@@ -445,6 +448,34 @@ def test_unknown_channel_is_counted_before_decoding() -> None:
     assert tracker.stats.unknown_channel == 4 and tracker.stats.malformed == {}
 
 
+def test_only_the_exact_names_of_a_tracked_channel_reach_it() -> None:
+    """The tracker maps an event's channel name back to the channel id (it keeps no name strings):
+    every other spelling of the same number is a stranger, as when names were looked up verbatim."""
+    tracker = StatusTracker([ref(7)])
+    for channel in ("channel.07", "channel.+7", "channel. 7", "channel.7 ", "channel.\u0667", "channel.7_",
+                    "channel-7", "Channel.7", "channel.", "channel_", "channel.7.v2", "channel." + "7" * 5000):
+        assert feed(tracker, frame(STREAMER_IS_LIVE, channel, live_data(1, 7))) is None, channel
+    assert tracker.stats.unknown_channel == 12 and tracker.stats.changes == 0
+    assert isinstance(feed(tracker, frame(STREAMER_IS_LIVE, "channel_7", live_data(1, 7))), StatusChange)
+
+
+def test_channel_id_of_inverts_channel_names() -> None:
+    for channel_id in (1, 7, 10, 60211040, MAX_ID):
+        assert [channel_id_of(name) for name in channel_names(channel_id)] == [channel_id, channel_id]
+    for name in ("channel.0", "channel.012", "channel.1e3", "channel.-1", "channel.1_000", "chatrooms.7.v2",
+                 "channel.\u0661", "channel." + str(MAX_ID) + "0", ""):
+        assert channel_id_of(name) is None, name
+
+
+def test_a_new_channel_id_moves_both_names() -> None:
+    tracker = StatusTracker([ref(7)])
+    assert tracker.add([StreamerRef(7, "s7", 70, None)]) == ["channel.70", "channel_70"]
+    assert sorted(tracker.channel_names()) == ["channel.70", "channel_70"]
+    assert feed(tracker, frame(STREAMER_IS_LIVE, "channel.7", live_data(1, 7))) is None
+    change = feed(tracker, frame(STREAMER_IS_LIVE, "channel_70", live_data(1, 70)))
+    assert isinstance(change, StatusChange) and (change.streamer_id, change.channel_id) == (7, 70)
+
+
 LIVE = STREAMER_IS_LIVE
 MALFORMED: list[tuple[str, bytes | str]] = [
     ("bad_json", b"not json"),
@@ -628,3 +659,18 @@ def test_an_api_start_without_a_livestream_id_forgets_the_ended_broadcasts_id() 
     named = feed(tracker, frame(STOP_STREAM_BROADCAST, "channel.7", stop_data(101, 7)), at=T0 + 180)
     assert isinstance(named, StatusChange) and named.livestream_id == 101
     assert tracker.set_status(7, "online", 101, received_at=T0 + 190, received_mono=190.0) is None
+
+
+def test_last_event_mono_is_each_streamers_last_valid_lifecycle_frame() -> None:
+    """What the worker compares an API answer's question time with; duplicates count, noise and
+    strangers do not, and a streamer removed and added again starts from none."""
+    tracker = StatusTracker([ref(7), ref(8)])
+    assert tracker.last_event_mono(7) == 0.0 and tracker.last_event_mono(99) == 0.0
+    feed(tracker, frame(STREAMER_IS_LIVE, "channel.7", live_data(1, 7)), at=T0 + 1)
+    feed(tracker, frame(STREAMER_IS_LIVE, "channel_7", live_data(1, 7)), at=T0 + 2)  # the duplicate
+    feed(tracker, frame(CHAT, "channel.7", "{}"), at=T0 + 3)
+    assert (tracker.last_event_mono(7), tracker.last_event_mono(8)) == (2.0, 0.0)
+    tracker.remove([7])
+    assert tracker.last_event_mono(7) == 0.0
+    tracker.add([ref(7)])
+    assert tracker.last_event_mono(7) == 0.0
