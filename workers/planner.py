@@ -384,21 +384,27 @@ class Planner(Role):
     def stamp(self, refs: Iterable[StreamerRef]) -> tuple[StreamerRef, ...]:
         """Streamers handed over now get a fresh assignment generation (docs/architecture.md, ordering).
 
-        Without a database the previous generation stays: safe on one host, where `seq` is
-        the host's monotonic clock and so keeps rising across the worker's restarts.
+        A connection found dead (PostgreSQL restarted) is replaced and the allocation tried once
+        more: the lease was just claimed on the lease keeper's live connection, and an old generation
+        would make every change of the new owner lose to the previous owner's (another node's). Only
+        with the database really gone does the previous generation stay: safe on one host, where
+        `seq` is the host's monotonic clock and so keeps rising across the worker's restarts.
         """
         refs = tuple(refs)
         if not refs:
             return refs
-        try:
-            if self.conn is None:
-                self.open_database()
-            assert self.conn is not None
-            generation = allocate_generation(self.conn)
-        except (DatabaseUnavailable, psycopg2.Error) as exc:
-            log.warning("no new assignment generation (%s); keeping the previous one", _first_line(exc))
-            self.close_database()
-            return refs
+        for attempt in (1, 2):  # a connection left dead by a PostgreSQL restart: once more on a new one
+            try:
+                if self.conn is None:
+                    self.open_database()
+                assert self.conn is not None
+                generation = allocate_generation(self.conn)
+                break
+            except (DatabaseUnavailable, psycopg2.Error) as exc:
+                self.close_database()
+                if attempt == 2:
+                    log.warning("no new assignment generation (%s); keeping the previous one", _first_line(exc))
+                    return refs
         return tuple(replace(ref, generation=generation) for ref in refs)
 
     # -- database ------------------------------------------------------------------------
