@@ -638,6 +638,11 @@ class _StreamerPlanner:
             if relation == "same" and livestream is not None and known is not None:
                 relation = "later" if started is not None and current[1] is not None and started > current[1] \
                     else "elsewhere"  # two livestream ids, starts within the tolerance or unknown
+            elif relation == "same" and not online and current[1] is not None and _at(change) < current[1]:
+                # An end seen before the row's broadcast started (the API's start, no livestream id to
+                # compare): the end of an earlier one, not of this one (cluster test, PostgreSQL down
+                # longer than the TTL: a spooled end took the new owner's online back)
+                relation = "elsewhere"
         if relation == "later":
             self._old_lease_later(change, started)
         elif relation == "same":

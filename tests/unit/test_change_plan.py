@@ -298,3 +298,18 @@ def test_an_online_naming_the_last_ended_livestream_does_not_name_an_api_started
     assert statuses(plan) == [("online", "offline", False)]
     alone = plan_batch([confirm], {1: api_started}, TOLERANCE)
     assert "l" not in alone.rows[0] and alone.history == []
+
+
+def test_an_old_lease_end_seen_before_an_api_started_broadcast_began_does_not_end_it() -> None:
+    """Cluster test (PostgreSQL down longer than the TTL): the new owner's API verdict opened a
+    broadcast (no livestream id, Kick's start T0 - 100); the old owner's spooled end of livestream 9,
+    seen at T0 - 200, was replayed after it and ended it — an end before the start is of an earlier
+    broadcast. Seen after the start, it is this one's end, as before."""
+    api_started = replace(row("online", generation=2), livestream_id=None)
+    plan = plan_batch([old(-200, "offline", livestream=9)], {1: api_started}, TOLERANCE)
+    assert plan.history == []
+    assert plan.rows == [] or plan.rows[0]["s"] == "online"
+    [span] = seen(plan)
+    assert (span["l"], span["pe"]) == (9, T0 - 200)  # only its seen time, on the broadcast it names
+    after = plan_batch([old(1, "offline", livestream=9)], {1: api_started}, TOLERANCE)
+    assert statuses(after) == [("online", "offline", False)]
