@@ -341,7 +341,7 @@ class _StreamerPlanner:
             ordered = sorted((c for c in changes if c.source != "webhook" and is_newer(c, row)
                               and (c.asked_at is None or not is_stale(c, row, tolerance))), key=order_key)
         for index, change in enumerate(ordered):
-            if self._names_an_ended_broadcast(change):  # soak r4; see the method
+            if self._names_an_ended_broadcast(change) or self._confirms_another_livestream(change):  # soaks r4, r5
                 ordered = [*ordered[:index], replace(change, livestream_id=None), *ordered[index + 1:]]
                 change = ordered[index]
             self._apply(change)
@@ -367,6 +367,17 @@ class _StreamerPlanner:
         became a second end of the old one (an inferred end). Its id is dropped, the change kept."""
         return (change.status == "online" and self.status == "online" and self.previous_livestream is None
                 and change.livestream_id is not None and change.livestream_id == self.row.last_livestream_id)
+
+    def _confirms_another_livestream(self, change: StatusChange) -> bool:
+        """An API online without a start time (a worker's `confirm`: what it believes, restated after
+        the API agreed it is live) naming another livestream than the row's open broadcast: the id is
+        the worker's belief, not an observation — a respawned worker's list can predate the broadcast
+        the row has since recorded (soak r5: it named the streamer's previous, ended livestream, and
+        the row's broadcast got an inferred end and the ended one a second start). The API agreed the
+        streamer is live: a touch of the open broadcast, its id dropped, the change kept."""
+        return (change.source == "api" and change.status == "online" and change.occurred_at is None
+                and self.status == "online" and self.previous_livestream is not None
+                and change.livestream_id is not None and change.livestream_id != self.previous_livestream)
 
     def _apply(self, change: StatusChange) -> None:
         previous, previous_livestream = self.status, self.previous_livestream

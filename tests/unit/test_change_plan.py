@@ -313,3 +313,17 @@ def test_an_old_lease_end_seen_before_an_api_started_broadcast_began_does_not_en
     assert (span["l"], span["pe"]) == (9, T0 - 200)  # only its seen time, on the broadcast it names
     after = plan_batch([old(1, "offline", livestream=9)], {1: api_started}, TOLERANCE)
     assert statuses(after) == [("online", "offline", False)]
+
+
+def test_a_confirm_naming_another_livestream_than_the_open_broadcast_only_touches_it() -> None:
+    """Soak r5: a respawned worker's list said online(5) (the streamer's previous broadcast, ended
+    since); the row had recorded broadcast 6. The API agreed the streamer is live and the worker
+    confirmed online(5): that ended 6 (inferred) and started 5 a second time. Now a touch."""
+    on_six = replace(row("online", generation=2), livestream_id=6, last_livestream_id=6)
+    confirm = replace(change(1, "online", generation=2, livestream=5, source="api"), occurred_at=None)
+    plan = plan_batch([confirm], {1: on_six}, TOLERANCE)
+    assert plan.history == []
+    assert plan.rows[0]["s"] == "online" and plan.rows[0].get("l") in (None, 6)
+    verdict = change(2, "online", generation=2, livestream=7, source="api", started=T0 + 2)  # a start: news
+    assert statuses(plan_batch([verdict], {1: on_six}, TOLERANCE)) == [("online", "offline", True),
+                                                                       ("offline", "online", False)]
