@@ -1,8 +1,9 @@
 """Committing status changes: current state, broadcasts, history and notifications, one transaction a batch.
 
 Two prepared statements, two round trips (issue 18; docs/architecture.md, "Where each step runs"):
-1. READ_SQL locks the rows the batch touches (`FOR NO KEY UPDATE`, in id order: several writers —
-   one per node of a cluster — serialise per streamer and never deadlock) and returns them as
+1. LOCK_SQL locks the rows the batch touches (`FOR NO KEY UPDATE`, in id order: several writers —
+   one per node of a cluster — serialise per streamer and never deadlock), then READ_SQL, in the
+   same round trip but a snapshot of its own (it sees what a writer it waited for committed), returns them as
    one JSON text (orjson reads 500 rows in ~0.3 ms; psycopg2 converting 16 columns a row cost
    ~4 µs a row), with the latest broadcast of the rows that may need it.
 2. kick_monitor.change_plan decides, in Python, everything the one-statement design did with
@@ -51,14 +52,28 @@ PREPARED_NAME = "kick_monitor_apply_changes"
 BROADCAST_MATCH_TOLERANCE = 60.0
 
 READ_NAME = "kick_monitor_read_streamers"
-# Constant texts (no SQL is ever formatted): with `BEGIN` in the same round trip, or inside one.
+# Constant texts (no SQL is ever formatted): with `BEGIN` and the lock in the same round trip, or inside one.
 READ_IN_TRANSACTION = "EXECUTE kick_monitor_read_streamers (%s, %s, %s, %s)"
-READ_IN_NEW_TRANSACTION = "BEGIN; " + READ_IN_TRANSACTION
-# The rows a batch touches, locked until its commit (several writers — one per node of a cluster —
-# never interleave their read-decide-write on one streamer; id order: no deadlock between them),
-# with the latest broadcast of those that may need it ($3: asked for; one backward probe of
-# broadcasts_streamer_started each): an end naming a livestream when none is known, a webhook, an API
-# verdict with its asking time (last: when a webhook first reported the start or end, change_plan.is_stale).
+READ_IN_NEW_TRANSACTION = "BEGIN; EXECUTE kick_monitor_lock_streamers (%s, %s); " + READ_IN_TRANSACTION
+# The rows a batch touches, locked until its commit (several writers — one per node of a cluster, or
+# the writer's two pipelined connections — never interleave their read-decide-write on one streamer;
+# id order: no deadlock between them). A statement of its own, before the read: a statement that
+# waited for a lock reads the locked row again after the other commit, but every other table as of
+# its own start (READ COMMITTED: a snapshot per statement), so a read locking its rows itself would
+# miss the broadcast the other writer just wrote (measured: a stale API verdict applied).
+LOCK_SQL = """
+PREPARE kick_monitor_lock_streamers (bigint[], bigint[]) AS
+SELECT count(*) FROM (
+    SELECT FROM kick_monitor.streamers s
+    WHERE s.id = ANY($1) OR s.channel_id = ANY($2)
+    ORDER BY s.id
+    FOR NO KEY UPDATE  -- what an UPDATE takes: never waits on an application's foreign-key (KEY SHARE) locks
+) locked
+"""
+# The locked rows, with the latest broadcast of those that may need it ($3: asked for; one backward
+# probe of broadcasts_streamer_started each): an end naming a livestream when none is known, a webhook,
+# an API verdict with its asking time (last: when a webhook first reported the start or end,
+# change_plan.is_stale).
 READ_SQL = """
 PREPARE kick_monitor_read_streamers (bigint[], bigint[], bigint[], bigint[]) AS
 WITH locked AS (
@@ -70,8 +85,6 @@ WITH locked AS (
                AS want
     FROM kick_monitor.streamers s
     WHERE s.id = ANY($1) OR s.channel_id = ANY($2)
-    ORDER BY s.id
-    FOR NO KEY UPDATE  -- what an UPDATE takes: never waits on an application's foreign-key (KEY SHARE) locks
 )
 -- one JSON text for the batch: orjson reads it ~10x faster than psycopg2 converts 16 columns a row
 SELECT json_agg(json_build_array(
@@ -232,6 +245,7 @@ def prepare(conn: psycopg2.extensions.connection) -> None:
     with conn.cursor() as cur:
         # One plan for every batch size: json_to_recordset() inputs make the generic plan the right one.
         cur.execute("SET plan_cache_mode = force_generic_plan")
+        cur.execute(LOCK_SQL)
         cur.execute(READ_SQL)
         cur.execute(APPLY_SQL)
     conn.commit()
@@ -254,16 +268,16 @@ def read_rows(
     cur: psycopg2.extensions.cursor, changes: Sequence[StatusChange], forced: frozenset[int] = frozenset(),
     *, begin: bool = False,
 ) -> tuple[dict[int, StreamerRow], Sequence[StatusChange]]:
-    """Lock and read the rows `changes` touch; the changes keyed by row id (a change spooled by
-    an older release, streamer id 0, by its channel). `forced`: row ids whose latest broadcast
-    is read whatever they hold (the planner asked for it). `begin`: open the transaction in the
-    same round trip."""
+    """Read the rows `changes` touch; the changes keyed by row id (a change spooled by an older
+    release, streamer id 0, by its channel). `forced`: row ids whose latest broadcast is read
+    whatever they hold (the planner asked for it). `begin`: open the transaction and lock the rows
+    first, in the same round trip (without it, the rows must be locked already)."""
     ids, channels = affected_ids(changes)
     ends, webhooks = last_broadcast_wanted(changes)
-    cur.execute(
-        READ_IN_NEW_TRANSACTION if begin else READ_IN_TRANSACTION,
-        (int_array(ids), int_array(channels), int_array(sorted(ends | forced)), int_array(webhooks)),
-    )
+    keys = (int_array(ids), int_array(channels))
+    wanted = (int_array(sorted(ends | forced)), int_array(webhooks))
+    cur.execute(READ_IN_NEW_TRANSACTION if begin else READ_IN_TRANSACTION, (*keys, *keys, *wanted) if begin else
+                (*keys, *wanted))
     found = cur.fetchone()
     rows = {r[0]: StreamerRow(*r) for r in orjson.loads(found[0] if found and found[0] else "[]")}
     if channels:
@@ -272,6 +286,67 @@ def read_rows(
             c if c.streamer_id else replace(c, streamer_id=by_channel.get(c.channel_id or 0, 0)) for c in changes
         ]
     return rows, changes
+
+
+@dataclass(slots=True)
+class StagedBatch:
+    """A batch read, planned and encoded in a transaction left open on its connection, holding
+    its rows' locks until `finish_changes` writes and commits it (or `abort` rolls it back)."""
+
+    submitted: int
+    transitions: int
+    params: tuple[str, str, str, str, float] | None  # None: nothing to write, only the COMMIT
+    open: bool  # a transaction is open (False: the batch was empty)
+
+
+def stage_changes(
+    conn: psycopg2.extensions.connection,
+    changes: Sequence[StatusChange],
+    *,
+    tolerance: float = BROADCAST_MATCH_TOLERANCE,
+) -> StagedBatch:
+    """The first round trip of a batch and its plan: `BEGIN; EXECUTE read`, then the decisions
+    in Python. The connection is left in autocommit mode with the transaction open (psycopg2
+    sends no BEGIN or COMMIT of its own); `finish_changes` ends it. Raises psycopg2 errors for
+    the caller to retry, the transaction rolled back."""
+    unique = coalesce(changes)
+    if not unique:
+        return StagedBatch(0, 0, None, open=False)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            rows, keyed = read_rows(cur, unique, begin=True)
+            try:
+                plan = plan_batch(keyed, rows, tolerance)
+            except LastBroadcastNeeded as needed:  # rare: an end naming a livestream after one naming none
+                rows, keyed = read_rows(cur, unique, needed.streamer_ids)
+                plan = plan_batch(keyed, rows, tolerance)
+    except BaseException:
+        abort(conn)
+        raise
+    if not plan.rows:
+        return StagedBatch(len(unique), 0, None, open=True)
+    return StagedBatch(len(unique), len(plan.history), (*encode_plan(plan), tolerance), open=True)
+
+
+def finish_changes(conn: psycopg2.extensions.connection, staged: StagedBatch) -> BatchResult:
+    """The second round trip: `EXECUTE write; COMMIT` of a staged batch (on the connection that
+    staged it). Raises psycopg2 errors for the caller to retry; the transaction is rolled back then."""
+    if not staged.open:
+        return BatchResult(staged.submitted, 0)
+    try:
+        with conn.cursor() as cur:
+            if staged.params is None:
+                cur.execute("COMMIT")
+            else:
+                cur.execute(f"EXECUTE {PREPARED_NAME} (%s, %s, %s, %s, %s); COMMIT", staged.params)
+    except BaseException:
+        abort(conn)
+        raise
+    finally:
+        with contextlib.suppress(psycopg2.Error):
+            conn.autocommit = False
+    return BatchResult(staged.submitted, staged.transitions)
 
 
 def apply_changes(
@@ -292,34 +367,15 @@ def apply_changes(
     change id can only already exist if something else rewrote the row's order).
     Raises psycopg2 errors for the caller to retry; the transaction is rolled back then.
     """
-    unique = coalesce(changes)
-    if not unique:
-        return BatchResult(0, 0)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            rows, keyed = read_rows(cur, unique, begin=True)
-            try:
-                plan = plan_batch(keyed, rows, tolerance)
-            except LastBroadcastNeeded as needed:  # rare: an end naming a livestream after one naming none
-                rows, keyed = read_rows(cur, unique, needed.streamer_ids)
-                plan = plan_batch(keyed, rows, tolerance)
-            if not plan.rows:
-                cur.execute("COMMIT")
-                return BatchResult(len(unique), 0)
-            cur.execute(f"EXECUTE {PREPARED_NAME} (%s, %s, %s, %s, %s); COMMIT", (*encode_plan(plan), tolerance))
-    except BaseException:
-        abort(conn)
-        raise
-    finally:
-        with contextlib.suppress(psycopg2.Error):
-            conn.autocommit = False
-    return BatchResult(len(unique), len(plan.history))
+    return finish_changes(conn, stage_changes(conn, changes, tolerance=tolerance))
 
 
 def abort(conn: psycopg2.extensions.connection) -> None:
-    """Roll back a batch that failed half way (a lost connection has nothing to roll back)."""
+    """Roll back a batch that failed half way or was staged and not finished (a lost connection
+    has nothing to roll back); the connection is back out of autocommit mode."""
     if conn.closed:
         return
     with contextlib.suppress(psycopg2.Error), conn.cursor() as cur:
         cur.execute("ROLLBACK")
+    with contextlib.suppress(psycopg2.Error):
+        conn.autocommit = False

@@ -8,6 +8,15 @@ makes it keep gathering while input keeps coming, for bigger batches at the cost
 up to that much latency; the default 0 never waits (shared/PERFORMANCE.md: batching is
 CPU-bound, so waiting to fill a batch buys no throughput at the rates we see).
 
+A backlog bigger than `batch_size` is committed in slices, two at a time on two connections: while
+one slice's write and COMMIT run (in a helper thread that only waits on PostgreSQL), the next slice
+is read, locked and planned on the other connection, so the writer's Python and the locking read are
+no longer on the serial path (issue 18, W). Slices still commit in order: the next slice's write
+is sent only after the previous one committed, and a slice sharing a streamer with the one in
+flight is staged only after it (its locking read would wait for the rows anyway, and its read of
+the streamer's latest broadcast must see what the previous slice wrote). The second connection is
+opened on the first backlog that needs it; without it, slices commit one after the other.
+
 When PostgreSQL is down, changes wait in memory (unacknowledged, so the workers still
 hold them too); past `memory_buffer` changes or `SPOOL_AFTER` seconds they go to the
 durable spool and are acknowledged. When the database returns, the spool is replayed
@@ -21,6 +30,7 @@ import logging
 import select
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import psycopg2
@@ -33,7 +43,15 @@ from kick_monitor.messages import StatusChange
 from kick_monitor.ordering import check_clock, read_offset
 from kick_monitor.role import Role, RoleContext
 from kick_monitor.spool import Spool
-from kick_monitor.status_store import BatchResult, apply_changes, prepare
+from kick_monitor.status_store import (
+    BatchResult,
+    StagedBatch,
+    abort,
+    apply_changes,
+    finish_changes,
+    prepare,
+    stage_changes,
+)
 
 log = logging.getLogger("kick_monitor.writer")
 
@@ -42,6 +60,7 @@ RETRY_MIN, RETRY_MAX = 0.25, 5.0
 STOP_GRACE = 1.0  # after SIGTERM, seconds to keep reading from workers still connected
 MAX_STATEMENT_SECONDS = 30.0
 CLOCK_EVERY = 30.0  # seconds between measurements of the clock offset (a metric only)
+SECOND_CONNECTION_RETRY = 60.0  # seconds before trying again to open the second connection
 
 
 def statement_timeout(heartbeat_timeout: float) -> float:
@@ -101,6 +120,9 @@ class BatchWriter(Role):
         self.receiver = ChangeReceiver(ctx.listener)
         self.spool = Spool(ctx.data_dir / "spool" / ctx.tree, self.settings.spool_max_bytes)
         self.conn: psycopg2.extensions.connection | None = None
+        self.second: psycopg2.extensions.connection | None = None  # stages a slice while one commits
+        self.second_retry_at = 0.0
+        self.committer: ThreadPoolExecutor | None = None  # one thread: sends a staged slice's write, waits
         self.pending = Backlog()   # received, to commit at the next flush
         self.held = Backlog()      # could not be committed: DB down
         self.retry_at = 0.0
@@ -129,6 +151,7 @@ class BatchWriter(Role):
 
     def reconfigure(self, changed: set[str]) -> None:
         self.database_url = self.ctx.database_url  # a rotated password: used by the next connection
+        self.close_second()  # reopened with the new settings when next needed
         if "heartbeat_timeout" in changed and self.conn is not None:
             try:
                 self.set_statement_timeout(self.conn)
@@ -185,9 +208,80 @@ class BatchWriter(Role):
             self.held.merge(batch)
 
     def commit(self, changes: list[StatusChange]) -> bool:
-        """Commit in slices of batch_size; False (and the DB marked down) on a connection error."""
+        """Commit in slices of batch_size; False (and the DB marked down) on a connection error.
+        Several slices are pipelined on two connections when the second one is open."""
         size = self.settings.batch_size
-        return all(self._commit_slice(changes[start : start + size]) for start in range(0, len(changes), size))
+        slices = [changes[start : start + size] for start in range(0, len(changes), size)]
+        if len(slices) > 1 and self.open_second():
+            return self._commit_pipelined(slices)
+        return all(self._commit_slice(part) for part in slices)
+
+    def _commit_pipelined(self, slices: list[list[StatusChange]]) -> bool:
+        """Stage slice i+1 on one connection while slice i's write and COMMIT run on the other.
+
+        Any error: the slice in flight is waited for, a staged one rolled back; a lost connection
+        marks the database down (the whole backlog is held and committed again later: committed
+        slices are then no-ops, history is keyed by change id); a rejected slice and those after
+        it go through the one-at-a-time path, which finds the bad changes."""
+        assert self.conn is not None and self.second is not None and self.committer is not None
+        connections = (self.conn, self.second)
+        tolerance = self.settings.broadcast_match_tolerance
+        in_flight: tuple[Future[BatchResult], list[StatusChange], float] | None = None
+        failure: BaseException | None = None
+        settled = 0  # slices committed so far
+        for index, part in enumerate(slices):
+            conn = connections[index % 2]
+            if in_flight is not None and streamers_shared(in_flight[1], part):
+                failure = self._settle(in_flight)
+                in_flight = None
+                if failure is not None:
+                    break
+                settled = index
+            self.beat()
+            started = time.perf_counter()
+            staged: StagedBatch | None = None
+            try:
+                staged = stage_changes(conn, part, tolerance=tolerance)
+            except BaseException as exc:  # the slice in flight is waited for first
+                failure = exc
+            if in_flight is not None:
+                unsettled = self._settle(in_flight)
+                in_flight = None
+                if unsettled is None:
+                    settled = index
+                failure = unsettled or failure
+            if failure is not None:
+                if staged is not None:
+                    abort(conn)
+                break
+            assert staged is not None
+            in_flight = (self.committer.submit(finish_changes, conn, staged), part, started)
+        if in_flight is not None:
+            failure = self._settle(in_flight) or failure
+            if failure is None:
+                settled = len(slices)
+        if failure is None:
+            return True
+        if isinstance(failure, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+            self._database_lost(failure)
+            return False
+        if not isinstance(failure, psycopg2.Error):
+            raise failure
+        log.warning("pipelined commit failed (%s); committing the rest slice by slice", str(failure).strip())
+        return all(self._commit_slice(part) for part in slices[settled:])
+
+    def _settle(self, in_flight: tuple[Future[BatchResult], list[StatusChange], float]) -> BaseException | None:
+        """Wait for a slice's write and COMMIT; record it if it committed, else return its error."""
+        future, part, started = in_flight
+        try:
+            result = future.result()
+        except BaseException as exc:  # re-raised by the caller unless a database error
+            return exc
+        committed_at = time.time()
+        self._observe(part, result, time.perf_counter() - started, committed_at)
+        if self.on_commit is not None:
+            self.on_commit(part, committed_at)
+        return None
 
     def _commit_slice(self, changes: list[StatusChange]) -> bool:
         assert self.conn is not None
@@ -279,6 +373,9 @@ class BatchWriter(Role):
         if self.held:
             self.spool_held()
         self.receiver.close()
+        self.close_second()
+        if self.committer is not None:
+            self.committer.shutdown(wait=True)
         if self.conn is not None:
             self.conn.close()
         log.info("writer stopped after committing %d changes", self.committed)
@@ -303,10 +400,7 @@ class BatchWriter(Role):
 
     def connect_database(self) -> bool:
         try:
-            conn = connect(self.database_url, application_name="kick-monitor writer")
-            self.set_statement_timeout(conn)
-            conn.commit()
-            prepare(conn)
+            conn = self.open_connection()
         except (DatabaseUnavailable, psycopg2.Error) as exc:
             self._schedule_retry(str(exc).strip().splitlines()[0])
             return False
@@ -316,6 +410,43 @@ class BatchWriter(Role):
         self.retry_delay = RETRY_MIN
         self.telemetry.DB_UP.set(1)
         return True
+
+    def open_connection(self) -> psycopg2.extensions.connection:
+        """A connection ready for batches: statement timeout set, the batch statements prepared."""
+        conn = connect(self.database_url, application_name="kick-monitor writer")
+        try:
+            self.set_statement_timeout(conn)
+            conn.commit()
+            prepare(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def open_second(self) -> bool:
+        """The second connection for pipelined slices: opened when first needed, retried a minute
+        after a failure (the writer then commits slice after slice on one connection)."""
+        if self.second is not None:
+            return True
+        now = time.monotonic()
+        if now < self.second_retry_at:
+            return False
+        try:
+            self.second = self.open_connection()
+        except (DatabaseUnavailable, psycopg2.Error) as exc:
+            self.second_retry_at = now + SECOND_CONNECTION_RETRY
+            log.warning("cannot open a second database connection (%s); committing slices one after the other",
+                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            return False
+        if self.committer is None:
+            self.committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
+        return True
+
+    def close_second(self) -> None:
+        if self.second is not None:
+            with contextlib.suppress(psycopg2.Error):
+                self.second.close()
+        self.second = None
 
     def set_statement_timeout(self, conn: psycopg2.extensions.connection) -> None:
         timeout_ms = max(1, int(statement_timeout(self.settings.heartbeat_timeout) * 1000))
@@ -328,6 +459,7 @@ class BatchWriter(Role):
             with contextlib.suppress(psycopg2.Error):
                 self.conn.close()
         self.conn = None
+        self.close_second()
         self.telemetry.COMMIT_ERRORS.labels(kind="connection").inc()
         self._schedule_retry(message)
 
@@ -352,3 +484,10 @@ class BatchWriter(Role):
     def _report(self) -> None:
         self.telemetry.QUEUE_DEPTH.set(len(self.pending) + len(self.held))
         self.telemetry.SPOOL_BYTES.set(self.spool.size_bytes)
+
+
+def streamers_shared(first: Sequence[StatusChange], second: Sequence[StatusChange]) -> bool:
+    """Whether two slices may touch one streamer row (a change keyed by its channel alone,
+    streamer id 0, may be any row: counted as shared)."""
+    ids = {change.streamer_id for change in first}
+    return 0 in ids or any(change.streamer_id in ids or not change.streamer_id for change in second)
