@@ -8,14 +8,13 @@ makes it keep gathering while input keeps coming, for bigger batches at the cost
 up to that much latency; the default 0 never waits (shared/PERFORMANCE.md: batching is
 CPU-bound, so waiting to fill a batch buys no throughput at the rates we see).
 
-A backlog bigger than `batch_size` is committed in slices, two at a time on two connections: while
-one slice's write and COMMIT run (in a helper thread that only waits on PostgreSQL), the next slice
-is read, locked and planned on the other connection, so the writer's Python and the locking read are
-no longer on the serial path (issue 18, W). Slices still commit in order: the next slice's write
-is sent only after the previous one committed, and a slice sharing a streamer with the one in
-flight is staged only after it (its locking read would wait for the rows anyway, and its read of
-the streamer's latest broadcast must see what the previous slice wrote). The second connection is
-opened on the first backlog that needs it; without it, slices commit one after the other.
+A backlog bigger than `batch_size` is committed in slices on two connections: while one slice's
+write and COMMIT run (on a helper thread that only waits on PostgreSQL), the next slice is locked,
+read and planned on the other connection and its write sent too, so the writer's Python is off the
+serial path and two writes can run at once in PostgreSQL (issue 18, W). A slice sharing a streamer
+with one in flight is staged only after that one committed (its changes apply in order); slices of
+different streamers may commit in any order — the backlog is acknowledged once all have. The second
+connection is opened on the first backlog that needs it; without it, slices commit one after the other.
 
 When PostgreSQL is down, changes wait in memory (unacknowledged, so the workers still
 hold them too); past `memory_buffer` changes or `SPOOL_AFTER` seconds they go to the
@@ -45,8 +44,6 @@ from kick_monitor.role import Role, RoleContext
 from kick_monitor.spool import Spool
 from kick_monitor.status_store import (
     BatchResult,
-    StagedBatch,
-    abort,
     apply_changes,
     finish_changes,
     prepare,
@@ -68,6 +65,16 @@ def statement_timeout(heartbeat_timeout: float) -> float:
     on a lock is cancelled by PostgreSQL (and retried) before the coordinator takes the
     silent writer for hung and kills it."""
     return min(MAX_STATEMENT_SECONDS, heartbeat_timeout / 2)
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """A slice whose write and COMMIT a helper thread is running."""
+
+    index: int
+    part: list[StatusChange]
+    started: float
+    future: Future[BatchResult]
 
 
 @dataclass
@@ -122,7 +129,7 @@ class BatchWriter(Role):
         self.conn: psycopg2.extensions.connection | None = None
         self.second: psycopg2.extensions.connection | None = None  # stages a slice while one commits
         self.second_retry_at = 0.0
-        self.committer: ThreadPoolExecutor | None = None  # one thread: sends a staged slice's write, waits
+        self.committer: ThreadPoolExecutor | None = None  # a thread a connection: sends a staged write, waits
         self.pending = Backlog()   # received, to commit at the next flush
         self.held = Backlog()      # could not be committed: DB down
         self.retry_at = 0.0
@@ -217,49 +224,39 @@ class BatchWriter(Role):
         return all(self._commit_slice(part) for part in slices)
 
     def _commit_pipelined(self, slices: list[list[StatusChange]]) -> bool:
-        """Stage slice i+1 on one connection while slice i's write and COMMIT run on the other.
+        """Each connection in turn: stage a slice (lock, read, plan), then send its write and
+        COMMIT to a helper thread and stage the next slice on the other connection — so two
+        slices' writes can run at once in PostgreSQL (two backends, two cores) while the writer
+        plans. A slice sharing a streamer with one in flight waits for it; acknowledgements wait
+        for the whole backlog, so slices of different streamers may commit in any order.
 
-        Any error: the slice in flight is waited for, a staged one rolled back; a lost connection
-        marks the database down (the whole backlog is held and committed again later: committed
-        slices are then no-ops, history is keyed by change id); a rejected slice and those after
-        it go through the one-at-a-time path, which finds the bad changes."""
+        Any error: every slice in flight is waited for, a staged one rolled back; a lost
+        connection marks the database down (the whole backlog is held and committed again later:
+        committed slices are then no-ops, history is keyed by change id); on a rejected slice
+        those not committed go through the one-at-a-time path, which finds the bad changes."""
         assert self.conn is not None and self.second is not None and self.committer is not None
         connections = (self.conn, self.second)
         tolerance = self.settings.broadcast_match_tolerance
-        in_flight: tuple[Future[BatchResult], list[StatusChange], float] | None = None
+        in_flight: dict[int, InFlight] = {}  # by connection: the slice whose write it runs
+        committed: set[int] = set()
         failure: BaseException | None = None
-        settled = 0  # slices committed so far
         for index, part in enumerate(slices):
-            conn = connections[index % 2]
-            if in_flight is not None and streamers_shared(in_flight[1], part):
-                failure = self._settle(in_flight)
-                in_flight = None
-                if failure is not None:
-                    break
-                settled = index
+            slot = index % 2
+            for other in [k for k, flight in in_flight.items() if k == slot or streamers_shared(flight.part, part)]:
+                failure = self._settle(in_flight.pop(other), committed) or failure
+            if failure is not None:
+                break
             self.beat()
             started = time.perf_counter()
-            staged: StagedBatch | None = None
             try:
-                staged = stage_changes(conn, part, tolerance=tolerance)
-            except BaseException as exc:  # the slice in flight is waited for first
+                staged = stage_changes(connections[slot], part, tolerance=tolerance)
+            except BaseException as exc:  # what is in flight is waited for first
                 failure = exc
-            if in_flight is not None:
-                unsettled = self._settle(in_flight)
-                in_flight = None
-                if unsettled is None:
-                    settled = index
-                failure = unsettled or failure
-            if failure is not None:
-                if staged is not None:
-                    abort(conn)
                 break
-            assert staged is not None
-            in_flight = (self.committer.submit(finish_changes, conn, staged), part, started)
-        if in_flight is not None:
-            failure = self._settle(in_flight) or failure
-            if failure is None:
-                settled = len(slices)
+            future = self.committer.submit(finish_changes, connections[slot], staged)
+            in_flight[slot] = InFlight(index, part, started, future)
+        for flight in in_flight.values():
+            failure = self._settle(flight, committed) or failure
         if failure is None:
             return True
         if isinstance(failure, (psycopg2.OperationalError, psycopg2.InterfaceError)):
@@ -268,19 +265,19 @@ class BatchWriter(Role):
         if not isinstance(failure, psycopg2.Error):
             raise failure
         log.warning("pipelined commit failed (%s); committing the rest slice by slice", str(failure).strip())
-        return all(self._commit_slice(part) for part in slices[settled:])
+        return all(self._commit_slice(part) for index, part in enumerate(slices) if index not in committed)
 
-    def _settle(self, in_flight: tuple[Future[BatchResult], list[StatusChange], float]) -> BaseException | None:
+    def _settle(self, flight: InFlight, committed: set[int]) -> BaseException | None:
         """Wait for a slice's write and COMMIT; record it if it committed, else return its error."""
-        future, part, started = in_flight
         try:
-            result = future.result()
+            result = flight.future.result()
         except BaseException as exc:  # re-raised by the caller unless a database error
             return exc
+        committed.add(flight.index)
         committed_at = time.time()
-        self._observe(part, result, time.perf_counter() - started, committed_at)
+        self._observe(flight.part, result, time.perf_counter() - flight.started, committed_at)
         if self.on_commit is not None:
-            self.on_commit(part, committed_at)
+            self.on_commit(flight.part, committed_at)
         return None
 
     def _commit_slice(self, changes: list[StatusChange]) -> bool:
@@ -439,7 +436,7 @@ class BatchWriter(Role):
                         str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
             return False
         if self.committer is None:
-            self.committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
+            self.committer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="commit")
         return True
 
     def close_second(self) -> None:

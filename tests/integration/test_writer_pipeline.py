@@ -148,9 +148,11 @@ def test_a_slice_sharing_a_streamer_is_planned_after_the_one_before_commits(
     writer: BatchWriter, conn: psycopg2.extensions.connection
 ) -> None:
     """An API verdict asked before a webhook started the broadcast is dropped; the rule reads the
-    streamer's latest broadcast. Staged while the webhook's slice was still committing, the
-    verdict's read would wait for the row lock but read broadcasts as they were before (its
-    statement's snapshot): the verdict would end the broadcast the webhook just started."""
+    streamer's latest broadcast. Read while the webhook's slice was still committing, it would see
+    broadcasts as they were before (a statement's snapshot), and the verdict would end the broadcast
+    the webhook just started. Two things prevent it: the writer stages such a slice only after the
+    other committed, and the read is a statement after the lock (the next test). Before the second,
+    removing the first failed this test 3 runs out of 3."""
     streamers = range(1, 7)
     assert writer.commit([change(s, "offline", at=T0 - 100) for s in streamers])
     backlog = []
