@@ -1,11 +1,11 @@
 """Committing status changes: current state, broadcasts, history and notifications, one transaction a batch.
 
 Two prepared statements, two round trips (issue 18; docs/architecture.md, "Where each step runs"):
-1. LOCK_SQL locks the rows the batch touches (`FOR NO KEY UPDATE`, in id order: several writers —
-   one per node of a cluster — serialise per streamer and never deadlock), then READ_SQL, in the
-   same round trip but a snapshot of its own (it sees what a writer it waited for committed), returns them as
+1. READ_SQL locks the rows the batch touches (`FOR NO KEY UPDATE`, in id order: several writers —
+   one per node of a cluster — serialise per streamer and never deadlock) and returns them as
    one JSON text (orjson reads 500 rows in ~0.3 ms; psycopg2 converting 16 columns a row cost
-   ~4 µs a row), with the latest broadcast of the rows that may need it.
+   ~4 µs a row), with the latest broadcast of the rows that may need it — read once more, after
+   the locks, when one was (REREAD_SQL: what a writer this one waited for committed).
 2. kick_monitor.change_plan decides, in Python, everything the one-statement design did with
    window functions: newer-wins by `(generation, seq)`, the order within the batch, each
    change's previous state, transitions, inferred ends/starts, broadcast spans, history rows,
@@ -52,28 +52,19 @@ PREPARED_NAME = "kick_monitor_apply_changes"
 BROADCAST_MATCH_TOLERANCE = 60.0
 
 READ_NAME = "kick_monitor_read_streamers"
-# Constant texts (no SQL is ever formatted): with `BEGIN` and the lock in the same round trip, or inside one.
-READ_IN_TRANSACTION = "EXECUTE kick_monitor_read_streamers (%s, %s, %s, %s)"
-READ_IN_NEW_TRANSACTION = "BEGIN; EXECUTE kick_monitor_lock_streamers (%s, %s); " + READ_IN_TRANSACTION
+REREAD_NAME = "kick_monitor_reread_streamers"
+# Constant texts (no SQL is ever formatted): with `BEGIN` in the same round trip, or inside one.
+READ_IN_NEW_TRANSACTION = "BEGIN; EXECUTE kick_monitor_read_streamers (%s, %s, %s, %s)"
+REREAD = "EXECUTE kick_monitor_reread_streamers (%s, %s, %s, %s)"
 # The rows a batch touches, locked until its commit (several writers — one per node of a cluster, or
 # the writer's two pipelined connections — never interleave their read-decide-write on one streamer;
-# id order: no deadlock between them). A statement of its own, before the read: a statement that
-# waited for a lock reads the locked row again after the other commit, but every other table as of
-# its own start (READ COMMITTED: a snapshot per statement), so a read locking its rows itself would
-# miss the broadcast the other writer just wrote (measured: a stale API verdict applied).
-LOCK_SQL = """
-PREPARE kick_monitor_lock_streamers (bigint[], bigint[]) AS
-SELECT count(*) FROM (
-    SELECT FROM kick_monitor.streamers s
-    WHERE s.id = ANY($1) OR s.channel_id = ANY($2)
-    ORDER BY s.id
-    FOR NO KEY UPDATE  -- what an UPDATE takes: never waits on an application's foreign-key (KEY SHARE) locks
-) locked
-"""
-# The locked rows, with the latest broadcast of those that may need it ($3: asked for; one backward
-# probe of broadcasts_streamer_started each): an end naming a livestream when none is known, a webhook,
-# an API verdict with its asking time (last: when a webhook first reported the start or end,
-# change_plan.is_stale).
+# id order: no deadlock between them), with the latest broadcast of those that may need it ($3:
+# asked for; one backward probe of broadcasts_streamer_started each): an end naming a livestream when
+# none is known, a webhook, an API verdict with its asking time (last: when a webhook first reported
+# the start or end, change_plan.is_stale). A statement that waited for a row lock reads the locked row
+# again after the other commit, but every other table as of its own start (READ COMMITTED: a snapshot
+# per statement): when a latest broadcast was read, the rows are read again by REREAD_SQL, the same
+# without the lock, in a snapshot taken after the locks (`read_rows`).
 READ_SQL = """
 PREPARE kick_monitor_read_streamers (bigint[], bigint[], bigint[], bigint[]) AS
 WITH locked AS (
@@ -85,6 +76,8 @@ WITH locked AS (
                AS want
     FROM kick_monitor.streamers s
     WHERE s.id = ANY($1) OR s.channel_id = ANY($2)
+    ORDER BY s.id
+    FOR NO KEY UPDATE  -- what an UPDATE takes: never waits on an application's foreign-key (KEY SHARE) locks
 )
 -- one JSON text for the batch: orjson reads it ~10x faster than psycopg2 converts 16 columns a row
 SELECT json_agg(json_build_array(
@@ -104,6 +97,11 @@ LEFT JOIN LATERAL (
     ORDER BY b.started_at DESC LIMIT 1
 ) lb ON true
 """
+
+REREAD_SQL = READ_SQL.replace(READ_NAME, REREAD_NAME).replace(
+    "    ORDER BY s.id\n    FOR NO KEY UPDATE  -- what an UPDATE takes: never waits on an application's foreign-key"
+    " (KEY SHARE) locks\n", "")
+assert "FOR NO KEY UPDATE" not in REREAD_SQL
 
 APPLY_SQL = """
 PREPARE kick_monitor_apply_changes (json, json, json, json, float8) AS
@@ -245,8 +243,8 @@ def prepare(conn: psycopg2.extensions.connection) -> None:
     with conn.cursor() as cur:
         # One plan for every batch size: json_to_recordset() inputs make the generic plan the right one.
         cur.execute("SET plan_cache_mode = force_generic_plan")
-        cur.execute(LOCK_SQL)
         cur.execute(READ_SQL)
+        cur.execute(REREAD_SQL)
         cur.execute(APPLY_SQL)
     conn.commit()
 
@@ -264,6 +262,10 @@ def int_array(values: Sequence[int]) -> str:
     return "{" + ",".join(map(str, values)) + "}"
 
 
+def parse_rows(found: tuple[str | None] | None) -> dict[int, StreamerRow]:
+    return {r[0]: StreamerRow(*r) for r in orjson.loads(found[0] if found and found[0] else "[]")}
+
+
 def read_rows(
     cur: psycopg2.extensions.cursor, changes: Sequence[StatusChange], forced: frozenset[int] = frozenset(),
     *, begin: bool = False,
@@ -271,15 +273,17 @@ def read_rows(
     """Read the rows `changes` touch; the changes keyed by row id (a change spooled by an older
     release, streamer id 0, by its channel). `forced`: row ids whose latest broadcast is read
     whatever they hold (the planner asked for it). `begin`: open the transaction and lock the rows
-    first, in the same round trip (without it, the rows must be locked already)."""
+    in the same round trip — and when a latest broadcast was read, read the rows once more after
+    the locks (one more round trip: only batches with an end naming a livestream the row does not
+    know, a webhook or an API verdict); without it, the rows must be locked already."""
     ids, channels = affected_ids(changes)
     ends, webhooks = last_broadcast_wanted(changes)
-    keys = (int_array(ids), int_array(channels))
-    wanted = (int_array(sorted(ends | forced)), int_array(webhooks))
-    cur.execute(READ_IN_NEW_TRANSACTION if begin else READ_IN_TRANSACTION, (*keys, *keys, *wanted) if begin else
-                (*keys, *wanted))
-    found = cur.fetchone()
-    rows = {r[0]: StreamerRow(*r) for r in orjson.loads(found[0] if found and found[0] else "[]")}
+    params = (int_array(ids), int_array(channels), int_array(sorted(ends | forced)), int_array(webhooks))
+    cur.execute(READ_IN_NEW_TRANSACTION if begin else REREAD, params)
+    rows = parse_rows(cur.fetchone())
+    if begin and any(row.last_read for row in rows.values()):
+        cur.execute(REREAD, params)  # after the locks: what a writer this one waited for committed
+        rows = parse_rows(cur.fetchone())
     if channels:
         by_channel = {row.channel_id: row.id for row in rows.values() if row.channel_id is not None}
         changes = [

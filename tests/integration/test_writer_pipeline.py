@@ -151,8 +151,8 @@ def test_a_slice_sharing_a_streamer_is_planned_after_the_one_before_commits(
     streamer's latest broadcast. Read while the webhook's slice was still committing, it would see
     broadcasts as they were before (a statement's snapshot), and the verdict would end the broadcast
     the webhook just started. Two things prevent it: the writer stages such a slice only after the
-    other committed, and the read is a statement after the lock (the next test). Before the second,
-    removing the first failed this test 3 runs out of 3."""
+    other committed, and a batch that read a latest broadcast reads its rows again after the locks
+    (the next test). Before the second, removing the first failed this test 3 runs out of 3."""
     streamers = range(1, 7)
     assert writer.commit([change(s, "offline", at=T0 - 100) for s in streamers])
     backlog = []
