@@ -58,6 +58,7 @@ STOP_GRACE = 1.0  # after SIGTERM, seconds to keep reading from workers still co
 MAX_STATEMENT_SECONDS = 30.0
 CLOCK_EVERY = 30.0  # seconds between measurements of the clock offset (a metric only)
 SECOND_CONNECTION_RETRY = 60.0  # seconds before trying again to open the second connection
+SECOND_CONNECTION_IDLE = 60.0  # seconds without a backlog of several slices before it is closed again
 
 
 def statement_timeout(heartbeat_timeout: float) -> float:
@@ -129,6 +130,7 @@ class BatchWriter(Role):
         self.conn: psycopg2.extensions.connection | None = None
         self.second: psycopg2.extensions.connection | None = None  # stages a slice while one commits
         self.second_retry_at = 0.0
+        self.second_used_at = 0.0
         self.committer: ThreadPoolExecutor | None = None  # a thread a connection: sends a staged write, waits
         self.pending = Backlog()   # received, to commit at the next flush
         self.held = Backlog()      # could not be committed: DB down
@@ -188,6 +190,8 @@ class BatchWriter(Role):
             self.spool_held()
         if self.conn is not None and now >= self.next_clock and not self.pending:
             self.measure_clock(now)
+        if self.second is not None and now - self.second_used_at >= SECOND_CONNECTION_IDLE:
+            self.close_second()  # bursts are rare at low rates: no connection and threads kept for them
         self._report()
 
     def _should_flush(self, now: float) -> bool:
@@ -371,8 +375,6 @@ class BatchWriter(Role):
             self.spool_held()
         self.receiver.close()
         self.close_second()
-        if self.committer is not None:
-            self.committer.shutdown(wait=True)
         if self.conn is not None:
             self.conn.close()
         log.info("writer stopped after committing %d changes", self.committed)
@@ -423,9 +425,10 @@ class BatchWriter(Role):
     def open_second(self) -> bool:
         """The second connection for pipelined slices: opened when first needed, retried a minute
         after a failure (the writer then commits slice after slice on one connection)."""
-        if self.second is not None:
-            return True
         now = time.monotonic()
+        if self.second is not None:
+            self.second_used_at = now
+            return True
         if now < self.second_retry_at:
             return False
         try:
@@ -435,15 +438,20 @@ class BatchWriter(Role):
             log.warning("cannot open a second database connection (%s); committing slices one after the other",
                         str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
             return False
+        self.second_used_at = now
         if self.committer is None:
             self.committer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="commit")
         return True
 
     def close_second(self) -> None:
+        """Close the second connection and stop the commit threads (between slices: none in flight)."""
         if self.second is not None:
             with contextlib.suppress(psycopg2.Error):
                 self.second.close()
         self.second = None
+        if self.committer is not None:
+            self.committer.shutdown(wait=True)
+        self.committer = None
 
     def set_statement_timeout(self, conn: psycopg2.extensions.connection) -> None:
         timeout_ms = max(1, int(statement_timeout(self.settings.heartbeat_timeout) * 1000))

@@ -245,3 +245,21 @@ def wait_until_blocked(observer: psycopg2.extensions.connection, blocked: psycop
             return
         time.sleep(0.01)
     raise AssertionError("the second writer never waited for the row lock")
+
+
+def test_the_second_connection_and_its_threads_go_after_a_quiet_minute(
+    writer: BatchWriter, conn: psycopg2.extensions.connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert writer.commit(flips(range(2, STREAMERS + 1), rounds=2))
+    assert len(writer_backends(conn)) == 2
+    writer.step()  # a turn with nothing to do: the second connection was just used, it stays
+    assert writer.second is not None and writer.committer is not None
+    monkeypatch.setattr("workers.writer.SECOND_CONNECTION_IDLE", 0.0)
+    writer.step()
+    assert writer.second is None and writer.committer is None
+    deadline = time.monotonic() + 10  # a closed connection's backend exits a moment later
+    while len(writer_backends(conn)) != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(writer_backends(conn)) == 1
+    assert writer.commit(flips(range(2, STREAMERS + 1), rounds=2, base=1_000_000))  # opened again when needed
+    assert len(writer_backends(conn)) == 2
