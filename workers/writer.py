@@ -14,7 +14,8 @@ read and planned on the other connection and its write sent too, so the writer's
 serial path and two writes can run at once in PostgreSQL (issue 18, W). A slice sharing a streamer
 with one in flight is staged only after that one committed (its changes apply in order); slices of
 different streamers may commit in any order — the backlog is acknowledged once all have. The second
-connection is opened on the first backlog that needs it; without it, slices commit one after the other.
+connection is opened on the first backlog that needs it and closed after a minute without one;
+without it, slices commit one after the other.
 
 When PostgreSQL is down, changes wait in memory (unacknowledged, so the workers still
 hold them too); past `memory_buffer` changes or `SPOOL_AFTER` seconds they go to the
