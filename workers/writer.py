@@ -9,12 +9,13 @@ up to that much latency; the default 0 never waits (shared/PERFORMANCE.md: batch
 CPU-bound, so waiting to fill a batch buys no throughput at the rates we see).
 
 A backlog bigger than `batch_size` is committed in slices on two connections: while one slice's
-write and COMMIT run (on a helper thread that only waits on PostgreSQL), the next slice is locked,
+write and COMMIT run (on a helper thread that only waits on PostgreSQL; two, started for the backlog
+and ended with it), the next slice is locked,
 read and planned on the other connection and its write sent too, so the writer's Python is off the
 serial path and two writes can run at once in PostgreSQL (issue 18, W). A slice sharing a streamer
 with one in flight is staged only after that one committed (its changes apply in order); slices of
 different streamers may commit in any order — the backlog is acknowledged once all have. The second
-connection is opened on the first backlog that needs it and closed after a minute without one;
+connection is opened on the first backlog that needs it and closed after 10 s without one;
 without it, slices commit one after the other.
 
 When PostgreSQL is down, changes wait in memory (unacknowledged, so the workers still
@@ -59,7 +60,7 @@ STOP_GRACE = 1.0  # after SIGTERM, seconds to keep reading from workers still co
 MAX_STATEMENT_SECONDS = 30.0
 CLOCK_EVERY = 30.0  # seconds between measurements of the clock offset (a metric only)
 SECOND_CONNECTION_RETRY = 60.0  # seconds before trying again to open the second connection
-SECOND_CONNECTION_IDLE = 60.0  # seconds without a backlog of several slices before it is closed again
+SECOND_CONNECTION_IDLE = 10.0  # seconds without a backlog of several slices before it is closed again
 
 
 def statement_timeout(heartbeat_timeout: float) -> float:
@@ -132,7 +133,6 @@ class BatchWriter(Role):
         self.second: psycopg2.extensions.connection | None = None  # stages a slice while one commits
         self.second_retry_at = 0.0
         self.second_used_at = 0.0
-        self.committer: ThreadPoolExecutor | None = None  # a thread a connection: sends a staged write, waits
         self.pending = Backlog()   # received, to commit at the next flush
         self.held = Backlog()      # could not be committed: DB down
         self.retry_at = 0.0
@@ -192,7 +192,7 @@ class BatchWriter(Role):
         if self.conn is not None and now >= self.next_clock and not self.pending:
             self.measure_clock(now)
         if self.second is not None and now - self.second_used_at >= SECOND_CONNECTION_IDLE:
-            self.close_second()  # bursts are rare at low rates: no connection and threads kept for them
+            self.close_second()  # bursts are rare at low rates: no connection kept for them
         self._report()
 
     def _should_flush(self, now: float) -> bool:
@@ -239,8 +239,25 @@ class BatchWriter(Role):
         connection marks the database down (the whole backlog is held and committed again later:
         committed slices are then no-ops, history is keyed by change id); on a rejected slice
         those not committed go through the one-at-a-time path, which finds the bad changes."""
-        assert self.conn is not None and self.second is not None and self.committer is not None
-        connections = (self.conn, self.second)
+        assert self.conn is not None and self.second is not None
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="commit") as committer:  # threads only meanwhile
+            failure, committed = self._run_slices(slices, (self.conn, self.second), committer)
+        if failure is None:
+            return True
+        if isinstance(failure, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+            self._database_lost(failure)
+            return False
+        if not isinstance(failure, psycopg2.Error):
+            raise failure
+        log.warning("pipelined commit failed (%s); committing the rest slice by slice", str(failure).strip())
+        return all(self._commit_slice(part) for index, part in enumerate(slices) if index not in committed)
+
+    def _run_slices(
+        self, slices: list[list[StatusChange]], connections: tuple[psycopg2.extensions.connection, ...],
+        committer: ThreadPoolExecutor,
+    ) -> tuple[BaseException | None, set[int]]:
+        """The pipeline itself; returns the first error (after every slice in flight settled) and
+        the indexes of the slices committed."""
         tolerance = self.settings.broadcast_match_tolerance
         in_flight: dict[int, InFlight] = {}  # by connection: the slice whose write it runs
         committed: set[int] = set()
@@ -258,19 +275,11 @@ class BatchWriter(Role):
             except BaseException as exc:  # what is in flight is waited for first
                 failure = exc
                 break
-            future = self.committer.submit(finish_changes, connections[slot], staged)
+            future = committer.submit(finish_changes, connections[slot], staged)
             in_flight[slot] = InFlight(index, part, started, future)
         for flight in in_flight.values():
             failure = self._settle(flight, committed) or failure
-        if failure is None:
-            return True
-        if isinstance(failure, (psycopg2.OperationalError, psycopg2.InterfaceError)):
-            self._database_lost(failure)
-            return False
-        if not isinstance(failure, psycopg2.Error):
-            raise failure
-        log.warning("pipelined commit failed (%s); committing the rest slice by slice", str(failure).strip())
-        return all(self._commit_slice(part) for index, part in enumerate(slices) if index not in committed)
+        return failure, committed
 
     def _settle(self, flight: InFlight, committed: set[int]) -> BaseException | None:
         """Wait for a slice's write and COMMIT; record it if it committed, else return its error."""
@@ -440,19 +449,13 @@ class BatchWriter(Role):
                         str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
             return False
         self.second_used_at = now
-        if self.committer is None:
-            self.committer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="commit")
         return True
 
     def close_second(self) -> None:
-        """Close the second connection and stop the commit threads (between slices: none in flight)."""
         if self.second is not None:
             with contextlib.suppress(psycopg2.Error):
                 self.second.close()
         self.second = None
-        if self.committer is not None:
-            self.committer.shutdown(wait=True)
-        self.committer = None
 
     def set_statement_timeout(self, conn: psycopg2.extensions.connection) -> None:
         timeout_ms = max(1, int(statement_timeout(self.settings.heartbeat_timeout) * 1000))
