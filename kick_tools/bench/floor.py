@@ -18,8 +18,9 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 from psycopg2.extras import execute_values
@@ -159,6 +160,34 @@ def seed(url: str, streamers: int) -> None:
     conn.close()
 
 
+def repeat_on_fresh_databases(
+    name: str, runs: int, streamers: int, measure_one: Callable[[str, int, BenchDatabase], dict[str, Any]],
+    out: Path | None,
+) -> list[dict[str, Any]]:
+    """`runs` times: a fresh migrated database with `streamers` rows on the bench's embedded
+    PostgreSQL, `measure_one(url, index, db)`, the load before and after; each run printed as a
+    JSON line, all of them written to `out` (with PostgreSQL's settings) when given."""
+    results = []
+    with tempfile.TemporaryDirectory(prefix=f"kick-{name}-") as tmp:
+        db = BenchDatabase(Path(tmp)).start()
+        try:
+            for index in range(runs):
+                url = db.fresh(f"{name}_{index}")
+                seed(url, streamers)
+                result: dict[str, Any] = {"run": index + 1, "load_before": measure.loadavg()}
+                result.update(measure_one(url, index, db))
+                result["load_after"] = measure.loadavg()
+                print(json.dumps(result), flush=True)
+                results.append(result)
+            info = db.info()
+        finally:
+            db.stop()
+    if out:
+        out.write_text(json.dumps({"scenario": f"{name} (kick_tools.bench)", "postgres": info, "runs": results},
+                                  indent=2) + "\n")
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--changes", type=int, default=300_000)
@@ -167,24 +196,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="kick-floor-") as tmp:
-        db = BenchDatabase(Path(tmp)).start()
-        try:
-            runs = []
-            for index in range(args.runs):
-                url = db.fresh(f"floor_{index}")
-                seed(url, args.streamers)
-                load_before = measure.loadavg()
-                result = run(url, args.changes, args.batch, args.streamers, db.postmaster_pid())
-                result.update(run=index + 1, load_before=load_before, load_after=measure.loadavg())
-                print(json.dumps(result), flush=True)
-                runs.append(result)
-            info = db.info()
-        finally:
-            db.stop()
-    report = {"scenario": "W floor (kick_tools.bench.floor)", "postgres": info, "runs": runs}
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    repeat_on_fresh_databases(
+        "floor", args.runs, args.streamers,
+        lambda url, _, db: run(url, args.changes, args.batch, args.streamers, db.postmaster_pid()), args.out)
     return 0
 
 

@@ -17,9 +17,7 @@ machine (the rest of S1: Pusher parsing, the tracker, the framed hand-off, the s
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
-import tempfile
 import threading
 import time
 from multiprocessing.queues import Queue
@@ -34,8 +32,7 @@ from websockets.sync.server import ServerConnection, serve
 from kick_monitor import status_store
 from kick_monitor.messages import StatusChange
 from kick_tools.bench import measure
-from kick_tools.bench.floor import seed
-from kick_tools.bench.harness import BenchDatabase
+from kick_tools.bench.floor import repeat_on_fresh_databases
 
 STREAMERS = 1000
 FLOOR_SQL = """
@@ -147,24 +144,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    runs = []
-    with tempfile.TemporaryDirectory(prefix="kick-latency-floor-") as tmp:
-        db = BenchDatabase(Path(tmp)).start()
-        try:
-            for index in range(args.runs):
-                url = db.fresh(f"latency_floor_{index}")
-                seed(url, STREAMERS)
-                result: dict[str, Any] = {"run": index + 1, "load_before": measure.loadavg()}
-                result.update(run(url, args.write, args.rate, args.seconds))
-                result["load_after"] = measure.loadavg()
-                print(json.dumps(result), flush=True)
-                runs.append(result)
-            info = db.info()
-        finally:
-            db.stop()
-    if args.out:
-        args.out.write_text(json.dumps({"scenario": "S1 floor (kick_tools.bench.latency_floor)", "postgres": info,
-                                        "runs": runs}, indent=2) + "\n")
+    repeat_on_fresh_databases(
+        "latency_floor", args.runs, STREAMERS, lambda url, _, __: run(url, args.write, args.rate, args.seconds),
+        args.out)
     return 0
 
 

@@ -13,8 +13,6 @@ write statement. No processes of the product: this isolates the statements from 
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,9 +22,7 @@ import psycopg2
 from kick_monitor import status_store
 from kick_monitor.change_plan import plan_batch
 from kick_monitor.messages import StatusChange
-from kick_tools.bench import measure
-from kick_tools.bench.floor import backend_cpu, seed
-from kick_tools.bench.harness import BenchDatabase
+from kick_tools.bench.floor import backend_cpu, repeat_on_fresh_databases
 
 
 def changes_like_w(streamers: int, batch: int, total: int) -> Iterator[list[StatusChange]]:
@@ -112,23 +108,10 @@ def main() -> int:
     parser.add_argument("--explain", action="store_true", help="print EXPLAIN ANALYZE of one write half way")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    runs = []
-    with tempfile.TemporaryDirectory(prefix="kick-steps-") as tmp:
-        db = BenchDatabase(Path(tmp)).start()
-        try:
-            for index in range(args.runs):
-                url = db.fresh(f"steps_{index}")
-                seed(url, args.streamers)
-                result = {"run": index + 1, "load_before": measure.loadavg()}
-                result.update(run(url, args.streamers, args.batch, args.changes, args.explain and index == 0))
-                result["load_after"] = measure.loadavg()
-                print(json.dumps(result), flush=True)
-                runs.append(result)
-        finally:
-            db.stop()
-    if args.out:
-        args.out.write_text(json.dumps({"scenario": "writer steps (kick_tools.bench.writer_steps)", "runs": runs},
-                                       indent=2) + "\n")
+    repeat_on_fresh_databases(
+        "writer_steps", args.runs, args.streamers,
+        lambda url, index, _: run(url, args.streamers, args.batch, args.changes, args.explain and index == 0),
+        args.out)
     return 0
 
 
