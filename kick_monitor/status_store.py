@@ -11,9 +11,9 @@ Two prepared statements, two round trips (issue 18; docs/architecture.md, "Where
    change's previous state, transitions, inferred ends/starts, broadcast spans, history rows,
    the row's final state; webhook changes by the broadcast their `started_at` names.
 3. APPLY_SQL writes the plan, given as four JSON parameters without NULL keys (each key is
-   parsing work): spans placed on broadcast rows (a fixed id, or the streamer's latest with
-   the same livestream id / a start within the tolerance: the one step that needs rows not
-   locked, one index probe each), an upsert of `broadcasts` on its primary key, the history
+   parsing work) and the rows' ids as a bigint[]: spans placed on broadcast rows (a fixed id,
+   or the streamer's latest with the same livestream id / a start within the tolerance: the one
+   step that needs rows not locked, one index probe each), an upsert of `broadcasts` on its primary key, the history
    insert `ON CONFLICT (change_id) DO NOTHING` (re-delivery is a no-op), the rows' update,
    and `pg_notify('kick_monitor_status', …)` per history row inserted, delivered at commit.
 Every table access is a primary-key or unique-index probe: a generic plan made while a table
@@ -28,7 +28,7 @@ S1 (one change a batch) equal: two round trips, see `apply_changes`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import orjson
@@ -104,7 +104,7 @@ REREAD_SQL = READ_SQL.replace(READ_NAME, REREAD_NAME).replace(
 assert "FOR NO KEY UPDATE" not in REREAD_SQL
 
 APPLY_SQL = """
-PREPARE kick_monitor_apply_changes (json, json, json, json, float8) AS
+PREPARE kick_monitor_apply_changes (json, json, json, json, float8, bigint[]) AS
 WITH spans AS (
     SELECT * FROM json_to_recordset($1) AS x (
         k int, d bigint, f bigint, m boolean, n boolean, st float8, ss text, stt text, si boolean,
@@ -194,9 +194,9 @@ current AS (
                                      st float8, ks boolean, ch float8, so float8, ev float8, g bigint, q bigint)
     LEFT JOIN placed p ON p.k = r.k
     WHERE s.id = r.d
-      -- the batch's ids as an array too: a key probe per row at any table size (joined to the JSON
+      -- the rows' ids as an array too ($6): a key probe per row at any table size (joined to the JSON
       -- alone, guessed at 100 rows, the generic plan scanned every streamer: measured at 1,000 and 10,000)
-      AND s.id = ANY(ARRAY(SELECT x.d FROM json_to_recordset($3) AS x (d bigint)))
+      AND s.id = ANY($6)
     RETURNING s.id
 )
 SELECT h.change_id,
@@ -223,11 +223,19 @@ class BatchResult:
     transitions: int
 
 
-def encode_plan(plan: Plan) -> tuple[str, str, str, str]:
-    """The plan as the JSON the write statement reads (see change_plan.Record)."""
+WriteParams = tuple[str, str, str, str, float, str]
+# The write and its COMMIT in one round trip; the parameters are `encode_plan`'s.
+WRITE_AND_COMMIT = f"EXECUTE {PREPARED_NAME} (%s, %s, %s, %s, %s, %s); COMMIT"
+
+
+def encode_plan(plan: Plan, tolerance: float) -> WriteParams:
+    """The write statement's parameters: the plan as the JSON it reads (see change_plan.Record),
+    the match tolerance, and the rows' ids as a bigint[] literal (the UPDATE's key probe; read out
+    of the rows' JSON again, it was a second parse of the biggest parameter)."""
     spans = orjson.dumps([s.record() for s in plan.spans if s.fixed_id is not None or s.match])
     names = orjson.dumps([{"d": d, "u": u} for d, u in plan.usernames.items()])
-    return spans.decode(), orjson.dumps(plan.history).decode(), orjson.dumps(plan.rows).decode(), names.decode()
+    return (spans.decode(), orjson.dumps(plan.history).decode(), orjson.dumps(plan.rows).decode(), names.decode(),
+            tolerance, int_array([row["d"] for row in plan.rows]))
 
 
 def is_prepared(conn: psycopg2.extensions.connection) -> bool:
@@ -257,7 +265,7 @@ def coalesce(changes: Sequence[StatusChange]) -> list[StatusChange]:
     return list(seen.values())
 
 
-def int_array(values: Sequence[int]) -> str:
+def int_array(values: Iterable[object]) -> str:
     """A bigint[] literal: one string, not a list psycopg2 adapts value by value."""
     return "{" + ",".join(map(str, values)) + "}"
 
@@ -299,7 +307,7 @@ class StagedBatch:
 
     submitted: int
     transitions: int
-    params: tuple[str, str, str, str, float] | None  # None: nothing to write, only the COMMIT
+    params: WriteParams | None  # None: nothing to write, only the COMMIT
     open: bool  # a transaction is open (False: the batch was empty)
 
 
@@ -330,7 +338,7 @@ def stage_changes(
         raise
     if not plan.rows:
         return StagedBatch(len(unique), 0, None, open=True)
-    return StagedBatch(len(unique), len(plan.history), (*encode_plan(plan), tolerance), open=True)
+    return StagedBatch(len(unique), len(plan.history), encode_plan(plan, tolerance), open=True)
 
 
 def finish_changes(conn: psycopg2.extensions.connection, staged: StagedBatch) -> BatchResult:
@@ -343,7 +351,7 @@ def finish_changes(conn: psycopg2.extensions.connection, staged: StagedBatch) ->
             if staged.params is None:
                 cur.execute("COMMIT")
             else:
-                cur.execute(f"EXECUTE {PREPARED_NAME} (%s, %s, %s, %s, %s); COMMIT", staged.params)
+                cur.execute(WRITE_AND_COMMIT, staged.params)
     except BaseException:
         abort(conn)
         raise

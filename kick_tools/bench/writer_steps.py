@@ -69,16 +69,16 @@ def run(url: str, streamers: int, batch: int, total: int, explain: bool) -> dict
             t1, c1 = time.perf_counter(), backend_cpu(backend)
             plan = plan_batch(keyed, rows, status_store.BROADCAST_MATCH_TOLERANCE)
             t2 = time.perf_counter()
-            params = (*status_store.encode_plan(plan), status_store.BROADCAST_MATCH_TOLERANCE)
+            params = status_store.encode_plan(plan, status_store.BROADCAST_MATCH_TOLERANCE)
             t3 = time.perf_counter()
             if explain and done >= total // 2:
-                cur.execute(f"EXPLAIN (ANALYZE, BUFFERS) EXECUTE {status_store.PREPARED_NAME} (%s, %s, %s, %s, %s)",
+                cur.execute("EXPLAIN (ANALYZE, BUFFERS) " + status_store.WRITE_AND_COMMIT.removesuffix("; COMMIT"),
                             params)
                 print("\n".join(r[0] for r in cur.fetchall()))
                 cur.execute("ROLLBACK")
                 explain = False
                 continue
-            cur.execute(f"EXECUTE {status_store.PREPARED_NAME} (%s, %s, %s, %s, %s); COMMIT", params)
+            cur.execute(status_store.WRITE_AND_COMMIT, params)
             t4, c4 = time.perf_counter(), backend_cpu(backend)
             wall["read"] += t1 - t0
             wall["plan"] += t2 - t1

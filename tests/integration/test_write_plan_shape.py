@@ -36,7 +36,7 @@ def test_the_streamer_update_probes_by_key_at_any_table_size(
         cur.execute("ANALYZE kick_monitor.streamers")
     prepare(conn)
     with conn.cursor() as cur:
-        cur.execute(f"EXPLAIN (FORMAT JSON) EXECUTE {PREPARED_NAME} ('[]', '[]', '[]', '[]', 60)")
+        cur.execute(f"EXPLAIN (FORMAT JSON) EXECUTE {PREPARED_NAME} ('[]', '[]', '[]', '[]', 60, '{{}}')")
         found = cur.fetchone()
     conn.rollback()
     assert found is not None
