@@ -7,14 +7,19 @@ received_at)` index), the streamer row's update, one `pg_notify` per history row
 own embedded PostgreSQL with the same settings and a fresh migrated database of 100,000 streamers.
 No ordering, no newer-wins, no matching: what is left is PostgreSQL's (and psycopg2's) cost of
 the writes themselves, the number issue 18 lets us quote when 45,000/s is above it.
+`--connections 2`: as many processes, each with its own connection and its own half of the
+streamers, writing at once (the writer commits a backlog on two connections).
 
-    python -m kick_tools.bench.floor [--changes 300000] [--batch 500] [--streamers 100000] [--out FILE]
+    python -m kick_tools.bench.floor [--changes 300000] [--batch 500] [--streamers 100000]
+        [--connections 1] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import multiprocessing.queues
 import os
 import tempfile
 import time
@@ -98,7 +103,11 @@ def postgres_cpu(postmaster: int | None) -> float:
     return total
 
 
-def run(url: str, changes: int, batch: int, streamers: int, postmaster: int | None = None) -> dict[str, object]:
+def run(
+    url: str, changes: int, batch: int, streamers: int, postmaster: int | None = None, part: int = 0, parts: int = 1,
+) -> dict[str, Any]:
+    """`changes` writes in batches of `batch` over streamers `part + 1`, `part + 1 + parts`, … (the
+    `part`-th of `parts` writers at once: no row and no broadcast id shared between them)."""
     conn = psycopg2.connect(url)
     conn.autocommit = True
     cur = conn.cursor()
@@ -107,7 +116,8 @@ def run(url: str, changes: int, batch: int, streamers: int, postmaster: int | No
     assert found is not None
     backend = found[0]
     state: dict[int, int] = {}  # streamer -> its open broadcast id (0: offline)
-    next_broadcast = 1
+    next_broadcast = part + 1
+    own = max(1, streamers // parts)
     times: list[float] = []
     cpu_db, cpu_all, cpu_me = backend_cpu(backend), postgres_cpu(postmaster), time.process_time()
     started = time.perf_counter()
@@ -116,7 +126,7 @@ def run(url: str, changes: int, batch: int, streamers: int, postmaster: int | No
     while sent < changes:
         ids, bids, online, at, seqs = [], [], [], [], []
         for _ in range(min(batch, changes - sent)):
-            d = cursor % streamers + 1
+            d = cursor % own * parts + part + 1
             cursor += 1
             open_id = state.get(d, 0)
             if open_id:
@@ -127,7 +137,7 @@ def run(url: str, changes: int, batch: int, streamers: int, postmaster: int | No
                 bids.append(next_broadcast)
                 online.append(True)
                 state[d] = next_broadcast
-                next_broadcast += 1
+                next_broadcast += parts
             ids.append(d)
             at.append(round(time.time(), 6))
             seqs.append(cursor)
@@ -143,11 +153,42 @@ def run(url: str, changes: int, batch: int, streamers: int, postmaster: int | No
     times.sort()
     return {
         "changes": sent, "batch": batch, "streamers": streamers,
-        "changes_per_s": round(sent / elapsed, 1),
+        "changes_per_s": round(sent / elapsed, 1), "elapsed_s": elapsed,
         "statement_ms_p50": round(times[len(times) // 2] * 1000, 2),
         "postgres_cpu_us_per_change": round(cpu_db / sent * 1e6, 1),  # the backend alone
         "postgres_all_cpu_us_per_change": round(cpu_all / sent * 1e6, 1),  # every PostgreSQL process
         "client_cpu_us_per_change": round(cpu_me / sent * 1e6, 1),
+    }
+
+
+def run_at_once(url: str, changes: int, batch: int, streamers: int, connections: int,
+                postmaster: int | None) -> dict[str, Any]:
+    """`connections` processes running `run` at once on disjoint streamers; changes a second over
+    the longest of them, each backend's CPU weighted by its changes (PostgreSQL's other processes
+    are not counted: a backend has exited, its CPU gone from /proc, before the totals could be read)."""
+    if connections == 1:
+        return run(url, changes, batch, streamers, postmaster)
+    ctx = multiprocessing.get_context("fork")
+    results: multiprocessing.queues.Queue[dict[str, Any]] = ctx.Queue()
+    share = changes // connections
+    workers = [ctx.Process(target=lambda k=k: results.put(run(url, share, batch, streamers, None, k, connections)))
+               for k in range(connections)]
+    for worker in workers:
+        worker.start()
+    parts = [results.get(timeout=600) for _ in workers]
+    for worker in workers:
+        worker.join()
+    sent: int = sum(p["changes"] for p in parts)
+
+    def weighted(key: str) -> float:
+        return round(sum(float(p[key]) * int(p["changes"]) for p in parts) / sent, 1)
+
+    return {
+        "changes": sent, "batch": batch, "streamers": streamers, "connections": connections,
+        "changes_per_s": round(sent / max(p["elapsed_s"] for p in parts), 1),
+        "statement_ms_p50": [p["statement_ms_p50"] for p in parts],
+        "postgres_cpu_us_per_change": weighted("postgres_cpu_us_per_change"),
+        "client_cpu_us_per_change": weighted("client_cpu_us_per_change"),
     }
 
 
@@ -193,12 +234,16 @@ def main() -> int:
     parser.add_argument("--changes", type=int, default=300_000)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--streamers", type=int, default=100_000)
+    parser.add_argument("--connections", type=int, default=1)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if min(args.changes, args.batch, args.streamers, args.connections, args.runs) <= 0:
+        parser.error("--changes, --batch, --streamers, --connections and --runs must be positive")
     repeat_on_fresh_databases(
         "floor", args.runs, args.streamers,
-        lambda url, _, db: run(url, args.changes, args.batch, args.streamers, db.postmaster_pid()), args.out)
+        lambda url, _, db: run_at_once(url, args.changes, args.batch, args.streamers, args.connections,
+                                       db.postmaster_pid()), args.out)
     return 0
 
 
