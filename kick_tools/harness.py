@@ -37,6 +37,8 @@ import psycopg2.extensions
 import requests
 from psycopg2 import sql
 from psycopg2.extras import execute_values
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from kick_monitor.embedded_pg import EmbeddedPostgres
 from kick_sim.config import TEST_CLIENT_ID, TEST_CLIENT_SECRET
@@ -291,6 +293,11 @@ class SimProcess:
         self.process = process
         self.urls = urls
         self.http = requests.Session()
+        # The simulator closes a connection idle for 30 s (KEEP_ALIVE_SECONDS); a GET sent on it just then
+        # fails with "Remote end closed connection" (S4 sleeps 30 s before its drop): GETs are retried on a
+        # fresh connection. POSTs change the simulator and are not.
+        retry = Retry(total=2, connect=2, read=2, status=0, allowed_methods=frozenset({"GET"}), backoff_factor=0)
+        self.http.mount("http://", HTTPAdapter(max_retries=retry))
 
     @classmethod
     def start(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import signal
 import sys
 import time
 import traceback
@@ -68,11 +69,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run the chosen scenarios one after the other; a scenario that fails does not stop the rest."""
     names = selected(args.scenario)
     failed = 0
+    unwind_on_sigterm()
     with temporary_workdir(args.work_dir, args.keep_work) as work:
         db = BenchDatabase(work / "pg").start()
         try:
             ctx = scenarios.BenchContext(work=work, db=db, runs=max(1, args.runs), quick=args.quick,
-                                         duration=args.duration, say=say, streamers=args.streamers)
+                                         duration=args.duration, say=say, streamers=args.streamers,
+                                         keep_work=args.keep_work)
             machine = report.machine_info(db.info())
             for name in names:
                 say(f"== {name} ({ctx.runs} runs) — work dir {work}")
@@ -89,10 +92,21 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                     continue
                 say("wrote " + ", ".join(str(p) for p in paths))
         finally:
-            db.stop()
+            db.stop(keep=args.keep_work)
         if args.keep_work:
             say(f"kept the work directory {work}")
     return EXIT_FAILED if failed == len(names) else EXIT_OK
+
+
+def unwind_on_sigterm() -> None:
+    """SIGTERM unwinds the run as Ctrl-C does, so the simulator, the service and the benchmark's
+    PostgreSQL it started are stopped (found: a SIGTERMed bench left both running). A second
+    SIGTERM during that clean-up is ignored rather than cutting it short."""
+    def interrupt(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def say(message: str) -> None:

@@ -79,9 +79,11 @@ class BenchDatabase:
         self.pg.start()
         return self
 
-    def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            harness.drop_databases(self.pg, self._created)
+    def stop(self, keep: bool = False) -> None:
+        """Stop the server; its databases are dropped unless `keep` (--keep-work: they explain a verdict)."""
+        if not keep:
+            with contextlib.suppress(Exception):
+                harness.drop_databases(self.pg, self._created)
         self.pg.stop(force=True)
 
     def fresh(self, name: str, template: str | None = None) -> str:
@@ -159,11 +161,11 @@ class SimProcess(harness.SimProcess):
         result: list[dict[str, Any]] = self.get("/control/streamers")["streamers"]
         return result
 
-    def truth(self) -> list[dict[str, Any]]:
-        """Every transition so far (sent_wall is the simulator's time.time() at publish)."""
+    def truth(self, since: int = 0) -> list[dict[str, Any]]:
+        """Every transition so far from the `since`-th on (sent_wall is the simulator's time.time() at publish)."""
         import orjson
 
-        response = self.http.get(f"{self.urls['control_url']}/control/truth", timeout=120)
+        response = self.http.get(f"{self.urls['control_url']}/control/truth", params={"since": since}, timeout=120)
         response.raise_for_status()
         return [orjson.loads(line) for line in response.content.splitlines() if line]
 

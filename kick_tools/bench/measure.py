@@ -32,6 +32,8 @@ from typing import Any
 
 import psycopg2
 
+from kick_monitor.change_plan import INFERRED_EVENTS
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = 1024
 
@@ -262,6 +264,22 @@ def fetch_history(url: str) -> list[Row]:
     )]
 
 
+def history_per_commit(url: str, since: float) -> dict[str, float | int]:
+    """History rows per writer transaction recorded after `since` (epoch s): rows grouped by
+    `xmin`, the inserting transaction's id. PostgreSQL's CPU per change depends on it: each
+    transaction pays a fixed cost (docs/performance.md, round 7), so S2's batch sizes explain S2."""
+    sizes = sorted(int(r[0]) for r in fetch_rows(
+        url,
+        "SELECT count(*) FROM kick_monitor.status_events"
+        " WHERE recorded_at >= to_timestamp(%s) GROUP BY xmin::text",
+        (since,),
+    ))
+    if not sizes:
+        return {"commits": 0}
+    return {"commits": len(sizes), "mean": round(sum(sizes) / len(sizes), 2),
+            "p50": sizes[len(sizes) // 2], "p90": sizes[int(len(sizes) * 0.9)], "max": sizes[-1]}
+
+
 def fetch_broadcasts(url: str) -> list[tuple[int | None, int | None, float, float | None]]:
     """(channel id, livestream id, started, ended) of every recorded broadcast (issue 13)."""
     return [(r[0], r[1], r[2], r[3]) for r in fetch_rows(
@@ -334,6 +352,13 @@ def status_transitions(truth: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [t for t in truth if t["status"] != t["previous_status"]]
 
 
+def is_frame_row(row: Row) -> bool:
+    """A row a Pusher frame announced. An inferred start or end (the writer's, when the next frame
+    shows one was missed, e.g. inside an outage) is a repair: its time is the next frame's, not the
+    missed one's, and counted as frame latency it made S4's p99 seconds long."""
+    return row.source == "pusher" and row.event not in INFERRED_EVENTS.values()
+
+
 def is_start_reconciliation(row: Row) -> bool:
     return row.previous_status == "unknown" and row.status == "offline"
 
@@ -344,8 +369,8 @@ class Verdict:
 
     `latencies_ms` are frame→commit for rows from Pusher frames, split into `receive_ms`
     (sent → the worker read the frame, its `received_at`) and `commit_ms` (read →
-    `recorded_at`: parsing, hand-off, writer, PostgreSQL); `repair_ms` are
-    reconciliation rows (source api), which repair what no frame announced.
+    `recorded_at`: parsing, hand-off, writer, PostgreSQL); `repair_ms` are reconciliation rows
+    (source api) and the writer's inferred starts and ends, which repair what no frame announced.
     """
 
     latencies_ms: list[float] = field(default_factory=list)
@@ -425,7 +450,7 @@ def judge(truth: Sequence[dict[str, Any]], rows: Sequence[Row], drop_at: float |
         verdict.matched += 1
         if len(by_key.get(key, ())) > 1:
             verdict.duplicated += 1
-        if match.source == "pusher":
+        if is_frame_row(match):
             verdict.latencies_ms.append((match.recorded_at - t["sent_wall"]) * 1000)
             verdict.receive_ms.append((match.received_at - t["sent_wall"]) * 1000)
             verdict.commit_ms.append((match.recorded_at - match.received_at) * 1000)
@@ -453,6 +478,36 @@ def state_mismatches(url: str, sim_streamers: Sequence[dict[str, Any]]) -> int:
         if have != want and not (want == "offline" and have == "unknown"):
             bad += 1
     return bad
+
+
+class TruthFollower:
+    """The simulator's truth read incrementally: each streamer's latest status and when it changed."""
+
+    def __init__(self, fetch: Callable[[int], Sequence[dict[str, Any]]]) -> None:
+        self.fetch = fetch  # SimProcess.truth: transitions from the n-th on
+        self.read = 0
+        self.status: dict[int, str] = {}
+        self.changed_at: dict[int, float] = {}
+
+    def refresh(self) -> None:
+        rows = self.fetch(self.read)
+        self.read += len(rows)
+        for t in rows:
+            self.status[t["channel_id"]] = t["status"]
+            self.changed_at[t["channel_id"]] = t["sent_wall"]
+
+    def stale(self, url: str, settle: float = 0.5) -> int:
+        """Streamers the database has wrong while the load goes on: what an outage left to repair.
+        The database is read first, the truth after it; a streamer that changed within `settle` s of
+        the read, or since, is left out (its row may be in flight), so only transitions the product
+        missed count. A streamer with no transition yet is offline (its row may say unknown)."""
+        read_at = time.time()
+        db = fetch_rows(url, "SELECT channel_id, status FROM kick_monitor.streamers WHERE channel_id IS NOT NULL")
+        self.refresh()
+        return sum(1 for channel_id, have in db
+                   if self.changed_at.get(channel_id, 0.0) <= read_at - settle
+                   and have != self.status.get(channel_id, "offline")
+                   and not (have == "unknown" and channel_id not in self.status))
 
 
 # Named queries over status_events; values only ever travel as parameters.

@@ -35,17 +35,17 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
-@pytest.mark.timeout(120)
-def test_quick_s1_and_w_write_their_reports(tmp_path: Path, server_tmp_path: Path) -> None:
+@pytest.mark.timeout(180)
+def test_quick_s1_w_and_s4_write_their_reports(tmp_path: Path, server_tmp_path: Path) -> None:
     work = server_tmp_path  # the benchmark's PostgreSQL lives there: not under tmp_path (conftest.make_server_dir)
     out = tmp_path / "results"
     done = subprocess.run(
-        [sys.executable, "-m", "kick_monitor.cli.main", "bench", "--scenario", "S1,W", "--quick", "--runs", "1",
+        [sys.executable, "-m", "kick_monitor.cli.main", "bench", "--scenario", "S1,W,S4", "--quick", "--runs", "1",
          "--out", str(out), "--work-dir", str(work)],
-        env=child_env(), cwd=tmp_path, capture_output=True, text=True, timeout=110, check=False,
+        env=child_env(), cwd=tmp_path, capture_output=True, text=True, timeout=170, check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    for scenario in ("S1", "W"):
+    for scenario in ("S1", "W", "S4"):
         (result_file,) = out.glob(f"*-{scenario}.json")
         result = json.loads(result_file.read_text())
         assert result["scenario"] == scenario and len(result["runs"]) == 1, result.get("errors")
@@ -56,5 +56,9 @@ def test_quick_s1_and_w_write_their_reports(tmp_path: Path, server_tmp_path: Pat
             assert result_file.with_suffix(".png").stat().st_size > 1000
     s1 = json.loads(next(out.glob("*-S1.json")).read_text())
     assert s1["runs"][0]["verdict"]["expected"] > 0 and s1["runs"][0]["latency_ms"]["count"] > 0
+    drop = json.loads(next(out.glob("*-S4.json")).read_text())["runs"][0]["drop"]
+    assert drop["recovered"] is True and drop["recovered_s"] >= drop["resubscribed_s"] > 0, drop
+    per_commit = s1["runs"][0]["history_per_commit"]  # rows grouped by their writer transaction
+    assert 0 < per_commit["commits"] <= s1["runs"][0]["latency_ms"]["count"] and per_commit["mean"] >= 1
     assert not [p for p in work.iterdir() if p.name.startswith("kick-bench-")], "work directory removed"
     assert not processes_mentioning(str(work)), "no simulator, service or PostgreSQL left behind"
