@@ -4,7 +4,8 @@ Pipeline (the whole product; simulator → `kick-monitor run` → PostgreSQL):
 - S1 seed:     1,000 streamers, 4 shards, 200 changes/s for 60 s, channel noise on
 - S2 busy:     10,000 streamers, 8 shards, 2,000 changes/s in bursts of 100
 - S3 scale:    100,000 streamers (200,000 subscriptions), shard count by the product's rule
-- S4 recovery: S2 with every Pusher connection dropped 30 s in
+- S4 recovery: S2 with every Pusher connection dropped 30 s in (API budget 40/s); recovered = no streamer
+               the outage left wrong is still wrong
 Writer alone: W — the real `BatchWriter` fed by hand-off senders as fast as it acknowledges.
 Side by side: CW writer vs a naive one, CC our Pusher client vs Pysher, CP vs a REST poller.
 
