@@ -390,7 +390,7 @@ def judge_notifications(url: str, chat: Any, timeout: float = 60.0) -> dict[str,
             "duplicates": sum(n - 1 for n in seen.values()), "received": len(seen), "_latencies": latencies}
 
 
-RECOVERY_TIMEOUT = 120.0  # s after the reconnect for a first reconciliation repair
+RECOVERY_TIMEOUT = 120.0  # s after the reconnect for every streamer the outage left wrong to be repaired
 
 
 def drop_and_watch(sim: SimProcess, url: str, sc: PipelineScenario, flip_started: float) -> dict[str, Any]:

@@ -59,6 +59,6 @@ def test_quick_s1_w_and_s4_write_their_reports(tmp_path: Path, server_tmp_path: 
     drop = json.loads(next(out.glob("*-S4.json")).read_text())["runs"][0]["drop"]
     assert drop["recovered"] is True and drop["recovered_s"] >= drop["resubscribed_s"] > 0, drop
     per_commit = s1["runs"][0]["history_per_commit"]  # rows grouped by their writer transaction
-    assert 0 < per_commit["commits"] <= s1["runs"][0]["latency_ms"]["count"] and per_commit["mean"] >= 1
+    assert per_commit["commits"] > 0 and per_commit["mean"] >= 1 and per_commit["max"] >= per_commit["p50"]
     assert not [p for p in work.iterdir() if p.name.startswith("kick-bench-")], "work directory removed"
     assert not processes_mentioning(str(work)), "no simulator, service or PostgreSQL left behind"
