@@ -12,8 +12,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -61,4 +63,39 @@ def test_quick_s1_w_and_s4_write_their_reports(tmp_path: Path, server_tmp_path: 
     per_commit = s1["runs"][0]["history_per_commit"]  # rows grouped by their writer transaction
     assert per_commit["commits"] > 0 and per_commit["mean"] >= 1 and per_commit["max"] >= per_commit["p50"]
     assert not [p for p in work.iterdir() if p.name.startswith("kick-bench-")], "work directory removed"
+    assert not processes_mentioning(str(work)), "no simulator, service or PostgreSQL left behind"
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # gone since it was listed
+        return b""
+
+
+@pytest.mark.timeout(120)
+def test_a_sigtermed_bench_stops_everything_it_started(tmp_path: Path, server_tmp_path: Path) -> None:
+    """SIGTERM mid-run (a service manager, a CI timeout) stops the simulator, the service tree and the
+    benchmark's PostgreSQL. Before the fix the service's coordinator, in its own process group, was
+    left running with its workers."""
+    work = server_tmp_path
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "kick_monitor.cli.main", "bench", "--scenario", "S1", "--runs", "1",
+         "--duration", "60", "--out", str(tmp_path / "results"), "--work-dir", str(work)],
+        env=child_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not any(b"kick-monitor: worker" in cmdline(pid) for pid in processes_mentioning(str(work))):
+            assert bench.poll() is None and time.monotonic() < deadline, "the service's workers did not start"
+            time.sleep(0.2)
+        bench.send_signal(signal.SIGTERM)
+        bench.wait(timeout=60)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+    deadline = time.monotonic() + 10
+    while processes_mentioning(str(work)) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert not processes_mentioning(str(work)), "no simulator, service or PostgreSQL left behind"
