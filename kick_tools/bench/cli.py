@@ -54,6 +54,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="miniature sizes that run in seconds (smoke test)")
     parser.add_argument("--streamers", type=int, default=None,
                         help="M only: streamers (default 2,000; 5,000 is one worker at S3's load, one shard)")
+    parser.add_argument("--service-setting", action="append", default=[], metavar="NAME=VALUE",
+                        type=service_setting,
+                        help="S1, S2, S4, N: run the service with this setting (a Settings field, e.g."
+                             " batch_size=50), after the scenario's own; repeatable. Recorded in the result.")
+
+
+def service_setting(text: str) -> tuple[str, str]:
+    """`NAME=VALUE` naming a field of Settings; argparse turns the ValueError into a usage error."""
+    name, sep, value = text.partition("=")
+    name = name.strip().lower().replace("-", "_")
+    if not sep or not value.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    if name not in Settings.model_fields:
+        raise argparse.ArgumentTypeError(f"{name!r} is not a setting (see `kick-monitor run --help`)")
+    return name, value.strip()
 
 
 def selected(spec: str) -> list[str]:
@@ -75,7 +90,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         try:
             ctx = scenarios.BenchContext(work=work, db=db, runs=max(1, args.runs), quick=args.quick,
                                          duration=args.duration, say=say, streamers=args.streamers,
-                                         keep_work=args.keep_work)
+                                         keep_work=args.keep_work,
+                                         service_settings=tuple(args.service_setting))
             machine = report.machine_info(db.info())
             for name in names:
                 say(f"== {name} ({ctx.runs} runs) — work dir {work}")

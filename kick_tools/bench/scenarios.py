@@ -79,6 +79,7 @@ class BenchContext:
     say: Callable[[str], None] = print
     streamers: int | None = None  # M only: instead of M_STREAMERS (5,000 = one worker at S3's load)
     keep_work: bool = False  # --keep-work: runs also leave what is needed to explain a verdict (truth.jsonl)
+    service_settings: tuple[tuple[str, str], ...] = ()  # --service-setting: over each pipeline scenario's own
     _templates: dict[str, str] = field(default_factory=dict)
 
     def run_dir(self, scenario: str, index: int) -> Path:
@@ -127,7 +128,10 @@ class PipelineScenario:
 
 
 def scaled(sc: PipelineScenario, ctx: BenchContext) -> PipelineScenario:
-    """The scenario as this invocation runs it: `--duration` overrides, `--quick` shrinks it."""
+    """The scenario as this invocation runs it: `--duration` overrides, `--quick` shrinks it,
+    `--service-setting` adds to its settings."""
+    if ctx.service_settings:
+        sc = replace(sc, settings=(*sc.settings, *ctx.service_settings))
     if ctx.quick:
         return replace(sc, streamers=min(sc.streamers, 60), shards=2, rate=min(sc.rate, 40.0),
                        duration=ctx.duration or 2.0, noise_rate=min(sc.noise_rate, 50.0),

@@ -435,6 +435,55 @@ def test_torn_frames_are_reassembled_without_blocking(env: Env) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_frames_read_ahead_are_served_without_waiting_for_the_socket(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of frames arrives in one write; the session reads it from the socket at once
+    (READ_AHEAD) but hands out only MAX_FRAMES_PER_SERVICE a call. The rest are held where
+    select() cannot see them: the session must say so (next_timeout 0, has_buffered_data), or a
+    worker loop that sleeps in select() until the socket is readable strands them."""
+    monkeypatch.setattr("kick_monitor.pusher.MAX_FRAMES_PER_SERVICE", 2)
+    established = orjson.dumps(
+        {
+            "event": "pusher:connection_established",
+            "data": orjson.dumps({"socket_id": "1.2", "activity_timeout": 120}).decode(),
+        }
+    ).decode()
+    frames = b"".join(
+        bytes([0x81, len(p)]) + p
+        for p in (
+            orjson.dumps({"event": STREAMER_IS_LIVE, "channel": f"channel.{n}", "data": "{}"})
+            for n in range(1, 8)
+        )
+    )
+    done = threading.Event()
+
+    def handler(conn: ServerConnection) -> None:
+        conn.send(established)
+        time.sleep(0.2)
+        conn.socket.sendall(frames)  # seven frames in one write, then silence
+        done.wait(10)
+
+    with serve(handler, "127.0.0.1", 0) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.socket.getsockname()[1]
+        session = env.session(f"ws://127.0.0.1:{port}/app/key?protocol=7")
+        events: list[AppEvent] = []
+        deadline = time.monotonic() + 3
+        while len(events) < 7 and time.monotonic() < deadline:
+            now = time.monotonic()
+            fd = session.fileno()
+            wait = min(session.next_timeout(now), deadline - now)  # as a worker waits: no polling
+            readable = fd is not None and bool(select.select([fd], [], [], max(0.0, wait))[0])
+            events += session.service(time.monotonic(), readable)
+        done.set()
+        session.close()
+        server.shutdown()
+    assert [e.channel for e in events] == [f"channel.{n}" for n in range(1, 8)]
+    assert not session.has_buffered_data()
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     ("max_frame_bytes", "reconnects"),
     [
