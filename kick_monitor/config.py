@@ -163,6 +163,13 @@ class Settings(BaseModel):
         "both", description="subscribe channel.{id}, channel_{id} or both (Kick's choice is disputed)"
     )
 
+    worker_nice: Annotated[int, restart(WORKER)] = Field(
+        5, ge=0, le=19,
+        description="how much nicer (lower CPU priority) shard workers run than the rest of the service: the one"
+        " writer is the serial stage behind every worker, and with equal shares a busy host gives it 1/(workers+1)"
+        " of a core; 0 = equal",
+    )
+
     # Pusher
     activity_timeout: Annotated[float, restart(WORKER)] = Field(
         120.0, gt=0, le=3600, description="seconds of silence before a ping",

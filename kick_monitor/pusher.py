@@ -21,7 +21,8 @@ Example::
 Reads are non-blocking (the socket has timeout 0 between calls); writes switch to a
 bounded blocking write so a frame is never half-sent. websocket-client internals used
 (stable since long before 1.8): `WebSocket._recv`, overridden to refuse absurd frame
-lengths before buffering them, with `frame_buffer.length` and `cont_frame.cont_data`;
+lengths before buffering them (with `frame_buffer.length` and `cont_frame.cont_data`) and to
+read ahead, so a burst of frames costs one recv() (`has_buffered_data` covers what it holds);
 `WebSocket.sock` for select(), timeouts and the batched subscribe write.
 """
 

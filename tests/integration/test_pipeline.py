@@ -51,6 +51,11 @@ def test_1000_streamers_4_shards_every_transition_recorded(
     with running(service):
         service.wait_children(4)
         wait_until(lambda: sim.subscription_count() >= 2000, 30, what="2,000 subscriptions")
+        # worker_nice (default 5): workers yield the CPU to the writer they all feed, nothing else does
+        base = os.getpriority(os.PRIO_PROCESS, service.pid)
+        assert {os.getpriority(os.PRIO_PROCESS, pid) for pid in service.worker_pids().values()} == {min(19, base + 5)}
+        writer = service.writer_pid()
+        assert writer is not None and os.getpriority(os.PRIO_PROCESS, writer) == base
         sim.start_flipping(rate=200.0, duration=5.0)
         assert sim.wait_flipping_done(timeout=30)
         settle(sim, conn)
