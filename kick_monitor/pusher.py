@@ -147,9 +147,8 @@ class _BoundedWebSocket(websocket.WebSocket):
             raise _FrameTooLarge(f"frame of {length} bytes exceeds {self.hard_limit}")
         at = self._ahead_at
         if at < len(self._ahead):
-            end = at + bufsize
-            chunk = self._ahead[at:end]
-            self._ahead_at = end
+            chunk = self._ahead[at : at + bufsize]
+            self._ahead_at = at + len(chunk)
             return chunk
         data: bytes = super()._recv(max(bufsize, READ_AHEAD))
         if len(data) <= bufsize:

@@ -512,7 +512,8 @@ class ShardWorker(Role):
             fd = self.session.fileno()
             if fd is None:
                 break
-            readable, _ = self.wait([fd], [], max(0.0, deadline - time.monotonic()))
+            wait = 0.0 if self.session.has_buffered_data() else max(0.0, deadline - time.monotonic())
+            readable, _ = self.wait([fd], [], wait)
             self.read_pusher(time.monotonic(), fd in readable)
             self.forget_left()
         self.session.close()
