@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import faulthandler
 import mmap
 import os
 import signal
@@ -31,12 +32,19 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
     libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
 
 
+# The coordinator sends it to a child whose heartbeat stopped, just before the SIGKILL: the child's
+# faulthandler writes every thread's stack to stderr (from C, so also while a thread hangs in a call).
+DUMP_STACKS_SIGNAL = signal.SIGUSR2
+
+
 def reset_signals() -> None:
-    """Children start from default handlers: the coordinator's must not run in them."""
+    """Children start from default handlers: the coordinator's must not run in them. A child
+    answers DUMP_STACKS_SIGNAL with its threads' stacks on stderr and goes on."""
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_DFL)
     # Ctrl-C goes to the whole foreground group; only the coordinator decides what it means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    faulthandler.register(DUMP_STACKS_SIGNAL, all_threads=True)
 
 
 class Heartbeats:

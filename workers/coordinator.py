@@ -54,7 +54,7 @@ from kick_monitor.framing import FramedSocket, ProtocolError, bind_listener
 from kick_monitor.logsetup import register_settings_secrets
 from kick_monitor.messages import Reconfigure, RoleFailed
 from kick_monitor.preload import freeze_before_fork, preload_role_modules
-from kick_monitor.process import Heartbeats, set_title
+from kick_monitor.process import DUMP_STACKS_SIGNAL, Heartbeats, set_title
 from kick_monitor.role import Role, RoleContext, run_role
 from kick_monitor.systemd import Watchdog, sd_notify
 from kick_monitor.telemetry import load_telemetry
@@ -70,6 +70,7 @@ BOOT_WINDOW = 10.0  # a child dying sooner than this after start is respawned wi
 MAX_BOOT_FAILURES = 5  # deaths in a row before the first heartbeat: stop respawning, report it
 RESPAWN_MIN, RESPAWN_MAX = 0.5, 30.0
 COLD_STOP_SECONDS = 2.0
+STACKS_GRACE = 0.5  # seconds a silent child gets to write its threads' stacks before the SIGKILL
 LAST_ROLES_STOP_SECONDS = 5.0
 SIGNALS = ("HUP", "TERM", "INT", "CHLD")
 FATAL_EXIT_CODES = (EX_CONFIG, EX_USAGE)  # a restart cannot fix these: stop the service
@@ -134,6 +135,7 @@ class Child:
     boot_failures: int = 0  # in a row, died before its first heartbeat
     quick_deaths: int = 0  # in a row, died within BOOT_WINDOW of its start (booted or not)
     murdered: bool = False  # SIGKILLed for silence, not reaped yet
+    stacks_asked_at: float | None = None  # silent: DUMP_STACKS_SIGNAL sent then, the SIGKILL follows
     respawn_at: float = 0.0
     failed: bool = False
     restarts: int = 0
@@ -318,6 +320,7 @@ class Supervisor:
         self.heartbeats.beat(child.slot, self.clock())
         child.spawn_beat = self.heartbeats.last(child.slot)
         child.murdered = False
+        child.stacks_asked_at = None
         freeze_before_fork()  # keep the supervisor's pages shared
         pid = os.fork()
         if pid == 0:  # the child
@@ -425,13 +428,24 @@ class Supervisor:
         log.warning("%s exited (%s) after %.1fs; restarting in %.1fs", child.name, how, lived, delay)
 
     def murder_silent_children(self) -> None:
-        """Kill a child whose heartbeat stopped (hung, or SIGSTOPped); reaping restarts it."""
+        """Kill a child whose heartbeat stopped (hung, or SIGSTOPped); reaping restarts it.
+
+        First it is asked for its threads' stacks (DUMP_STACKS_SIGNAL: faulthandler writes them to
+        its stderr, the service's log), so a hang says where it was; STACKS_GRACE later, the SIGKILL.
+        A SIGSTOPped child cannot answer; the SIGKILL ends it all the same."""
         now = self.clock()
         for child in self.children:
             if child.pid is None or child.murdered:
                 continue
             age = self.heartbeats.age(child.slot, now)
-            if age > self.settings.heartbeat_timeout:
+            if age <= self.settings.heartbeat_timeout:
+                child.stacks_asked_at = None  # it beat again in the meantime: only slow
+            elif child.stacks_asked_at is None:
+                log.error("%s silent for %.0fs; its threads' stacks follow on stderr, then it is killed",
+                          child.name, age)
+                self.kill(child, DUMP_STACKS_SIGNAL)
+                child.stacks_asked_at = now
+            elif now - child.stacks_asked_at >= STACKS_GRACE:
                 log.error("%s silent for %.0fs; killing it", child.name, age)
                 self.kill(child, signal.SIGKILL)
                 child.murdered = True  # one kill, not one per loop turn until it is reaped

@@ -166,6 +166,29 @@ def test_coordinator_sigkill_children_exit_and_a_new_run_recovers(
         admin.close()
 
 
+@pytest.mark.timeout(60)
+def test_a_worker_asked_for_its_stacks_writes_them_and_goes_on(
+    sim: Simulator, conn: psycopg2.extensions.connection, services: ServiceFactory,
+) -> None:
+    """DUMP_STACKS_SIGNAL (what the coordinator sends a silent child before the SIGKILL): every
+    thread's stack in the service's log, names and lines only, and the worker keeps working."""
+    from kick_monitor.process import DUMP_STACKS_SIGNAL
+
+    insert_streamers(conn, sim.create_streamers(20))
+    service = services(shard_count="1")
+    with running(service):
+        start(service, sim, 1, 40)
+        worker = service.worker_pids()[0]
+        os.kill(worker, DUMP_STACKS_SIGNAL)
+        wait_until(lambda: "most recent call first" in service.log_text(), 10, what="the worker's stacks")
+        text = service.log_text()
+        assert "shard_worker.py" in text and "in step" in text  # the main thread, in its loop
+        streamer = sim.streamers()[0]
+        sim.set_live(streamer.slug, not sim.is_live(streamer.slug))
+        converge(sim, conn, 20, exact=True)  # still watching
+        assert service.worker_pids()[0] == worker and alive(worker)
+
+
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize(
     ("stop_for", "heartbeat_timeout"),
@@ -200,6 +223,9 @@ def test_sigstopped_worker_is_killed_and_replaced(
         assert_no_duplicates(conn)
         assert replaced < heartbeat_timeout + 4
         assert not alive(victim)
+        # asked for its stacks first (a stopped process cannot write them; a hung one does)
+        assert "worker-1 silent for" in service.log_text()
+        assert "stacks follow on stderr" in service.log_text()
         after = service.worker_pids()
         assert {s: p for s, p in after.items() if s != 1} == {s: p for s, p in before.items() if s != 1}
         assert service.writer_pid() == writer
