@@ -18,6 +18,7 @@ from pathlib import Path
 import psycopg2.extensions
 import pytest
 
+from kick_monitor.process import DUMP_STACKS_SIGNAL
 from kick_sim import Simulator
 from tests.faults.conftest import ServiceFactory
 from tests.faults.faultkit import (
@@ -172,8 +173,6 @@ def test_a_worker_asked_for_its_stacks_writes_them_and_goes_on(
 ) -> None:
     """DUMP_STACKS_SIGNAL (what the coordinator sends a silent child before the SIGKILL): every
     thread's stack in the service's log, names and lines only, and the worker keeps working."""
-    from kick_monitor.process import DUMP_STACKS_SIGNAL
-
     insert_streamers(conn, sim.create_streamers(20))
     service = services(shard_count="1")
     with running(service):

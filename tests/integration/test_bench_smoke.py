@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from kick_tools.harness import child_env
+from tests.faults.faultkit import cmdline
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -66,13 +67,6 @@ def test_quick_s1_w_and_s4_write_their_reports(tmp_path: Path, server_tmp_path: 
     assert not processes_mentioning(str(work)), "no simulator, service or PostgreSQL left behind"
 
 
-def cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:  # gone since it was listed
-        return b""
-
-
 @pytest.mark.timeout(120)
 def test_a_sigtermed_bench_stops_everything_it_started(tmp_path: Path, server_tmp_path: Path) -> None:
     """SIGTERM mid-run (a service manager, a CI timeout) stops the simulator, the service tree and the
@@ -86,7 +80,7 @@ def test_a_sigtermed_bench_stops_everything_it_started(tmp_path: Path, server_tm
     )
     try:
         deadline = time.monotonic() + 60
-        while not any(b"kick-monitor: worker" in cmdline(pid) for pid in processes_mentioning(str(work))):
+        while not any("kick-monitor: worker" in cmdline(pid) for pid in processes_mentioning(str(work))):
             assert bench.poll() is None and time.monotonic() < deadline, "the service's workers did not start"
             time.sleep(0.2)
         bench.send_signal(signal.SIGTERM)

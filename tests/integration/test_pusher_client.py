@@ -6,7 +6,9 @@ when readable or when `next_timeout()` runs out); every wait is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import select
+import socket
 import sys
 import threading
 import time
@@ -380,44 +382,56 @@ def test_malformed_frames_never_break_the_session(env: Env) -> None:
     assert stats.unknown_channel == 1 and stats.changes == 0
 
 
-@pytest.mark.timeout(60)
-def test_torn_frames_are_reassembled_without_blocking(env: Env) -> None:
-    """A frame arriving in pieces: service() returns at once each time, then yields it.
+ESTABLISHED = orjson.dumps(
+    {
+        "event": "pusher:connection_established",
+        "data": orjson.dumps({"socket_id": "1.2", "activity_timeout": 120}).decode(),
+    }
+).decode()
 
-    The simulator cannot tear frames, so a bare `websockets` server writes one text frame
-    (2-byte header + payload, the RFC 6455 layout) to its socket in three pieces.
-    """
-    established = orjson.dumps(
-        {
-            "event": "pusher:connection_established",
-            "data": orjson.dumps(
-                {"socket_id": "1.2", "activity_timeout": 120}
-            ).decode(),
-        }
-    ).decode()
-    payload = orjson.dumps(
-        {"event": STREAMER_IS_LIVE, "channel": "channel.1", "data": "{}"}
-    )
-    frame_bytes = bytes([0x81, len(payload)]) + payload
+
+def text_frame(channel: str) -> bytes:
+    """A StreamerIsLive text frame as a server writes it (2-byte header + payload, RFC 6455)."""
+    payload = orjson.dumps({"event": STREAMER_IS_LIVE, "channel": channel, "data": "{}"})
+    return bytes([0x81, len(payload)]) + payload
+
+
+@contextlib.contextmanager
+def bare_server(env: Env, write: Callable[[socket.socket], None]) -> Iterator[PusherSession]:
+    """A session on a bare `websockets` server that sends connection_established, then hands its
+    raw socket to `write` (the simulator cannot tear frames or batch them in one write)."""
     done = threading.Event()
 
     def handler(conn: ServerConnection) -> None:
-        conn.send(established)
-        for piece in (
-            frame_bytes[:1],
-            frame_bytes[1:10],
-            frame_bytes[10:] + frame_bytes,
-        ):
-            time.sleep(0.15)
-            conn.socket.sendall(piece)
+        conn.send(ESTABLISHED)
+        write(conn.socket)
         done.wait(10)
 
     with serve(handler, "127.0.0.1", 0) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         port = server.socket.getsockname()[1]
         session = env.session(f"ws://127.0.0.1:{port}/app/key?protocol=7")
-        events: list[AppEvent] = []
-        slowest = 0.0
+        try:
+            yield session
+        finally:
+            done.set()
+            session.close()
+            server.shutdown()
+
+
+@pytest.mark.timeout(60)
+def test_torn_frames_are_reassembled_without_blocking(env: Env) -> None:
+    """A frame arriving in pieces: service() returns at once each time, then yields it."""
+    frame_bytes = text_frame("channel.1")
+
+    def write(sock: socket.socket) -> None:
+        for piece in (frame_bytes[:1], frame_bytes[1:10], frame_bytes[10:] + frame_bytes):
+            time.sleep(0.15)
+            sock.sendall(piece)
+
+    events: list[AppEvent] = []
+    slowest = 0.0
+    with bare_server(env, write) as session:
         deadline = time.monotonic() + 5
         while len(events) < 2 and time.monotonic() < deadline:
             fd = session.fileno()
@@ -426,9 +440,6 @@ def test_torn_frames_are_reassembled_without_blocking(env: Env) -> None:
             events += session.service(time.monotonic(), readable)
             if session.connected:
                 slowest = max(slowest, time.monotonic() - start)
-        done.set()
-        session.close()
-        server.shutdown()
     assert [e.event for e in events] == [STREAMER_IS_LIVE] * 2
     assert slowest < 0.05  # never waited for the rest of a frame
     assert session.stats.frames == 3 and session.generation == 1
@@ -443,32 +454,14 @@ def test_frames_read_ahead_are_served_without_waiting_for_the_socket(
     select() cannot see them: the session must say so (next_timeout 0, has_buffered_data), or a
     worker loop that sleeps in select() until the socket is readable strands them."""
     monkeypatch.setattr("kick_monitor.pusher.MAX_FRAMES_PER_SERVICE", 2)
-    established = orjson.dumps(
-        {
-            "event": "pusher:connection_established",
-            "data": orjson.dumps({"socket_id": "1.2", "activity_timeout": 120}).decode(),
-        }
-    ).decode()
-    frames = b"".join(
-        bytes([0x81, len(p)]) + p
-        for p in (
-            orjson.dumps({"event": STREAMER_IS_LIVE, "channel": f"channel.{n}", "data": "{}"})
-            for n in range(1, 8)
-        )
-    )
-    done = threading.Event()
+    frames = b"".join(text_frame(f"channel.{n}") for n in range(1, 8))
 
-    def handler(conn: ServerConnection) -> None:
-        conn.send(established)
+    def write(sock: socket.socket) -> None:
         time.sleep(0.2)
-        conn.socket.sendall(frames)  # seven frames in one write, then silence
-        done.wait(10)
+        sock.sendall(frames)  # seven frames in one write, then silence
 
-    with serve(handler, "127.0.0.1", 0) as server:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        port = server.socket.getsockname()[1]
-        session = env.session(f"ws://127.0.0.1:{port}/app/key?protocol=7")
-        events: list[AppEvent] = []
+    events: list[AppEvent] = []
+    with bare_server(env, write) as session:
         deadline = time.monotonic() + 3
         while len(events) < 7 and time.monotonic() < deadline:
             now = time.monotonic()
@@ -476,11 +469,8 @@ def test_frames_read_ahead_are_served_without_waiting_for_the_socket(
             wait = min(session.next_timeout(now), deadline - now)  # as a worker waits: no polling
             readable = fd is not None and bool(select.select([fd], [], [], max(0.0, wait))[0])
             events += session.service(time.monotonic(), readable)
-        done.set()
-        session.close()
-        server.shutdown()
+        assert not session.has_buffered_data()
     assert [e.channel for e in events] == [f"channel.{n}" for n in range(1, 8)]
-    assert not session.has_buffered_data()
 
 
 @pytest.mark.timeout(60)

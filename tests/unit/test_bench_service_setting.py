@@ -4,6 +4,7 @@ against Settings before anything starts (a typo must not run a 3-run scenario wi
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -29,7 +30,7 @@ def test_a_bad_setting_is_a_usage_error(bad: str, capsys: pytest.CaptureFixture[
     assert "--service-setting" in capsys.readouterr().err
 
 
-def test_they_go_after_the_scenario_own_settings(tmp_path: object) -> None:
+def test_they_go_after_the_scenario_own_settings(tmp_path: Path) -> None:
     ctx = scenarios.BenchContext(work=tmp_path, db=None, service_settings=(("api_rate", "7"),))  # type: ignore[arg-type]
     scaled = scenarios.scaled(scenarios.S4, ctx)
     assert scaled.settings == (("api_rate", scenarios.S4_API_RATE), ("api_rate", "7"))
