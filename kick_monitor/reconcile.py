@@ -6,6 +6,7 @@ repairs where it disagrees.
 
     live = Reconciler(client).fetch_live_status(refs)     # {channel_id: LiveInfo}
     by_user = Reconciler(client).fetch_live_status_by_user(user_ids)   # {user_id: LiveInfo}
+    for asked_mono, piece in Reconciler(client).answers_by_streamer(refs): ...   # one request at a time
     for channel_id, info in diff_live_status(known, live): ...
 """
 
@@ -99,13 +100,15 @@ class Reconciler:
                 by_user.setdefault(ref.kick_user_id, []).append(ref)
             else:
                 by_slug.setdefault(ref.username.strip().lower(), []).append(ref)
-        for info in self._ask_all(self.client.channels_by_user_id, list(by_user), _user_key, tally):
-            refs = by_user[info.broadcaster_user_id]
-            if info.slug.lower() != refs[0].username.strip().lower():
-                log.info("reconcile: %s is now called %s on Kick", refs[0].username, info.slug)
-            _record(result, refs, info)
-        for info in self._ask_all(self.client.channels_by_slug, list(by_slug), _slug_key, tally):
-            _record(result, by_slug[info.slug.lower()], info)
+        for _, answer in self._ask_all(self.client.channels_by_user_id, list(by_user), _user_key, tally):
+            for info in answer:
+                refs = by_user[info.broadcaster_user_id]
+                if info.slug.lower() != refs[0].username.strip().lower():
+                    log.info("reconcile: %s is now called %s on Kick", refs[0].username, info.slug)
+                _record(result, refs, info)
+        for _, answer in self._ask_all(self.client.channels_by_slug, list(by_slug), _slug_key, tally):
+            for info in answer:
+                _record(result, by_slug[info.slug.lower()], info)
         self.last_report = ReconcileReport(
             len(streamers), len(result), tally.failed, tally.error, time.monotonic() - started, tally.inconsistent
         )
@@ -124,21 +127,63 @@ class Reconciler:
         wanted = list(dict.fromkeys(user_ids))
         result = {
             info.broadcaster_user_id: _live_info(info)
-            for info in self._ask_all(self.client.channels_by_user_id, wanted, _user_key, tally)
+            for _, answer in self._ask_all(self.client.channels_by_user_id, wanted, _user_key, tally)
+            for info in answer
         }
         self.last_report = ReconcileReport(
             len(wanted), len(result), tally.failed, tally.error, time.monotonic() - started, tally.inconsistent
         )
         return result
 
+    def answers_by_streamer(self, streamers: Sequence[StreamerRef]) -> Iterator[tuple[float, dict[int, LiveInfo]]]:
+        """Live status keyed by streamer row id, one API request's answer at a time, each with the
+        monotonic time just before it was asked (a frame read after that is newer than the answer).
+
+        What a worker reconciles with: it applies each answer as it comes, so after a reconnect
+        most streamers are repaired after the first requests rather than after the whole pass,
+        which the shared API budget spreads over seconds to minutes (docs/performance.md, S4).
+        Streamers with a Kick user id are asked by it (`fetch_live_status_by_user`), the rest by
+        slug; otherwise the rules of `fetch_live_status`: absent = unknown, inconsistent answers
+        re-asked in halves, a failed batch skipped, none tried once Kick is unavailable, auth and
+        Cloudflare errors raised. `last_report` covers the whole pass once the iterator is done.
+        """
+        if not self.enabled:
+            return
+        started = time.monotonic()
+        tally = _Tally()
+        answered = 0
+        owners: dict[int, list[StreamerRef]] = {}
+        by_slug: dict[str, list[StreamerRef]] = {}
+        for ref in streamers:
+            if ref.kick_user_id is not None:
+                owners.setdefault(ref.kick_user_id, []).append(ref)
+            else:
+                by_slug.setdefault(ref.username.strip().lower(), []).append(ref)
+        for asked, answer in self._ask_all(self.client.channels_by_user_id, list(owners), _user_key, tally):
+            piece = {ref.streamer_id: live for info in answer
+                     for live in (_live_info(info),) for ref in owners[info.broadcaster_user_id]}
+            answered += len(piece)
+            yield asked, piece
+        for asked, answer in self._ask_all(self.client.channels_by_slug, list(by_slug), _slug_key, tally):
+            piece = {ref.streamer_id: live for info in answer
+                     for live in (_live_info(info),) for ref in by_slug[info.slug.lower()]}
+            answered += len(piece)
+            yield asked, piece
+        self.last_report = ReconcileReport(
+            len(streamers), answered, tally.failed, tally.error, time.monotonic() - started, tally.inconsistent
+        )
+
     def _ask_all(
         self, query: Callable[[Sequence[Any]], list[ChannelInfo]], keys: Sequence[Any],
         key_of: Callable[[ChannelInfo], Any], tally: _Tally,
-    ) -> Iterator[ChannelInfo]:
-        """Consistent answers for every batch of `keys`, skipping batches that failed."""
+    ) -> Iterator[tuple[float, list[ChannelInfo]]]:
+        """The consistent answer of each batch of `keys` as it comes, with the monotonic time before
+        it was asked (the API budget's wait included: earlier is the safe side); batches that failed
+        are skipped."""
         for batch in chunks(keys, self.client.batch_size):
             if tally.down:
                 return
+            asked = time.monotonic()
             try:
                 answer = self._ask(query, list(batch), key_of, tally)
             except (KickAuthError, KickBlockedError):
@@ -149,7 +194,7 @@ class Reconciler:
                 tally.down = isinstance(exc, KickApiUnavailable)
                 log.warning("reconcile: a batch of %d failed: %s", len(batch), exc)
                 continue
-            yield from answer
+            yield asked, answer
 
     def _ask(
         self, query: Callable[[Sequence[Any]], list[ChannelInfo]], batch: list[Any],

@@ -5,8 +5,8 @@ channel (which streamers to watch: `kick_monitor.assignment`), the writer connec
 supervisor's control channel and the reconciler's wake-up pipe. Frames become typed
 `StatusChange`s (kick_monitor.events) and go to the writer through the acknowledged
 hand-off (kick_monitor.handoff). API reconciliation runs on a helper thread so that a
-slow Kick API never delays a frame; its verdicts are applied in the main loop, and only
-for streamers that saw no frame since the API was asked.
+slow Kick API never delays a frame; its verdicts are applied in the main loop as each
+request's answer comes, and only for streamers that saw no frame since it was asked.
 
 Streamers are keyed by their row id (`StreamerRef.streamer_id`). Those with a channel id
 are on Pusher; those without are watched by reconciliation alone (by user id), every
@@ -24,7 +24,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kick_monitor.assignment import AssignmentClient
@@ -32,7 +32,7 @@ from kick_monitor.config import PUSHER_OFF, Settings
 from kick_monitor.events import LIFECYCLE_EVENTS, EventStats, StatusTracker, TitleUpdate, channel_names
 from kick_monitor.exitcodes import EX_CONFIG
 from kick_monitor.handoff import ChangeSender, overflow_spool
-from kick_monitor.live_status import diff_by_streamer, live_status_by_streamer
+from kick_monitor.live_status import diff_by_streamer
 from kick_monitor.messages import Assign, StatusChange, StreamerRef, Subscribe, Unsubscribe, WorkerState
 from kick_monitor.metric_deltas import CounterDeltas
 from kick_monitor.preload import release_free_memory
@@ -76,11 +76,24 @@ def lower_priority(increment: int) -> None:
         log.warning("could not lower the worker's CPU priority by %d: %s", increment, exc)
 
 
-class Reconciliation:
-    """Runs API reconciliation on one helper thread; results come back through a queue.
+@dataclass(frozen=True, slots=True)
+class ReconcileAnswer:
+    """From the reconcile thread to the main loop: one API request's answer ({streamer_id: LiveInfo},
+    asked at `asked_mono`), or the end of a pass (`done`, with its error if it failed)."""
 
-    The thread never touches the tracker: it gets an immutable snapshot and returns the
-    API's answer; the main loop decides.
+    asked_mono: float
+    live: dict[int, Any] = field(default_factory=dict)
+    done: bool = False
+    error: str | None = None
+
+
+class Reconciliation:
+    """Runs API reconciliation on one helper thread; answers come back through a queue.
+
+    The thread never touches the tracker: it gets an immutable snapshot and hands over each
+    request's answer as it arrives (after a reconnect most streamers are repaired within the
+    first requests, not after a pass the shared API budget spreads over seconds or minutes);
+    the main loop decides.
     """
 
     def __init__(self, settings: Settings, shard: int, database_url: str = "") -> None:
@@ -89,7 +102,7 @@ class Reconciliation:
         # kickapi: the reconcile thread draws from the deployment's shared API budget
         # (kick_monitor.api_budget) over its own small connection, opened in that thread.
         self.database_url = database_url
-        self.results: queue.SimpleQueue[tuple[float, dict[int, Any], str | None]] = queue.SimpleQueue()
+        self.results: queue.SimpleQueue[ReconcileAnswer] = queue.SimpleQueue()
         self.auth_failed = False
         self.wake_read, self.wake_write = os.pipe()
         os.set_blocking(self.wake_read, False)
@@ -119,11 +132,11 @@ class Reconciliation:
 
     def _run(self, streamers: tuple[StreamerRef, ...], started: float) -> None:
         error: str | None = None
-        answer: dict[int, Any] = {}
         from kick_monitor.kick_api import KickAuthError
 
         try:
-            answer = live_status_by_streamer(self._client(), streamers)
+            for asked, live in self._client().answers_by_streamer(streamers):
+                self._hand_over(ReconcileAnswer(asked, live))
         except KickAuthError as exc:
             # A refused secret does not fix itself: stop asking (the service runs Pusher-only).
             self.enabled = False
@@ -131,7 +144,10 @@ class Reconciliation:
             error = f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # reported to the main loop; the thread never dies silently
             error = f"{type(exc).__name__}: {exc}"
-        self.results.put((started, answer, error))
+        self._hand_over(ReconcileAnswer(started, done=True, error=error))
+
+    def _hand_over(self, answer: ReconcileAnswer) -> None:
+        self.results.put(answer)
         with contextlib.suppress(OSError):  # a full pipe already holds a wake-up
             os.write(self.wake_write, b"x")
 
@@ -204,6 +220,8 @@ class ShardWorker(Role):
         self.generation = 0
         self.next_reconcile = float("inf")
         self.reconcile_again = False  # one was due while another ran: start it when that ends
+        self.repaired_this_pass = 0  # of the running reconciliation, applied as its answers come
+        self.answered_this_pass = 0
         # Streamers without a channel id (no Pusher) are reconciled on their own, shorter, interval.
         self.next_reconcile_unwatched = float("inf")
         self.unwatched_again = False
@@ -357,60 +375,73 @@ class ShardWorker(Role):
             self.reconcile_again = True
 
     def apply_reconciliation(self) -> None:
+        """Apply the answers the reconcile thread has handed over so far, and end the passes that ended."""
         while True:
             try:
-                started, answer, error = self.reconciliation.results.get_nowait()
+                answer = self.reconciliation.results.get_nowait()
             except queue.Empty:
                 return
-            answer_size = len(answer)
-            if error is not None:
-                if self.reconciliation.auth_failed:
-                    log.error("Kick API refused our credentials (%s); reconciliation is off, Pusher-only", error)
-                else:
-                    log.warning("reconciliation failed: %s", error)
-                self._count_reconcile("error")
+            if answer.done:
+                self.end_reconciliation(answer.error)
+            else:
+                self.apply_answer(answer.asked_mono, answer.live)
+
+    def apply_answer(self, asked_mono: float, answer: dict[int, Any]) -> None:
+        """One API request's verdicts: repair where the API disagrees, confirm the streamers just
+        subscribed; a streamer with a frame read since `asked_mono` keeps what the frame said."""
+        self.answered_this_pass += len(answer)
+        tracker = self.tracker
+        known = {
+            sid: (st[0], st[1], tracker.started_at(sid))
+            for sid in answer if (st := tracker.status(sid)) is not None
+        }
+        changes: list[StatusChange] = []
+        # When the question was sent, on the wall clock the writer compares webhooks with.
+        asked_at = time.time() - (time.monotonic() - asked_mono)
+        for streamer_id, info in diff_by_streamer(known, answer, self.settings.broadcast_match_tolerance):
+            if tracker.last_event_mono(streamer_id) >= asked_mono:
+                # A frame arrived after we asked (even one that changed nothing, e.g. the
+                # offline we already believed): it is newer than this answer.
                 continue
-            tracker = self.tracker
-            known = {
-                sid: (st[0], st[1], tracker.started_at(sid))
-                for sid in answer if (st := tracker.status(sid)) is not None
-            }
-            changes: list[StatusChange] = []
-            # When the question was sent, on the wall clock the writer compares webhooks with.
-            asked_at = time.time() - (time.monotonic() - started)
-            for streamer_id, info in diff_by_streamer(known, answer, self.settings.broadcast_match_tolerance):
-                if self.tracker.last_event_mono(streamer_id) >= started:
-                    # A frame arrived after we asked (even one that changed nothing, e.g. the
-                    # offline we already believed): it is newer than this answer.
-                    continue
-                change = self.tracker.set_status(
-                    streamer_id, "online" if info.is_live else "offline", info.livestream_id,
-                    title=info.title, occurred_at=info.started_at if info.is_live else None,
-                    received_at=time.time(), received_mono=time.monotonic(), event="reconcile",
-                    asked_at=asked_at,
-                )
-                if change is not None:
-                    changes.append(change)
-            repaired = len(changes)
-            changed = {change.streamer_id for change in changes}
-            for streamer_id in sorted(self.unconfirmed & answer.keys()):
-                self.unconfirmed.discard(streamer_id)
-                if streamer_id in changed or self.tracker.last_event_mono(streamer_id) >= started:
-                    continue  # a newer change of ours is on its way already
-                confirmation = self.tracker.confirm(
-                    streamer_id, received_at=time.time(), received_mono=time.monotonic(), asked_at=asked_at
-                )
-                if confirmation is not None:
-                    changes.append(confirmation)
-            self.release_unconfirmed()
-            if repaired:
-                log.info("reconciliation repaired %d streamers", repaired)
-            if changes:
-                self.send(changes)
+            change = tracker.set_status(
+                streamer_id, "online" if info.is_live else "offline", info.livestream_id,
+                title=info.title, occurred_at=info.started_at if info.is_live else None,
+                received_at=time.time(), received_mono=time.monotonic(), event="reconcile",
+                asked_at=asked_at,
+            )
+            if change is not None:
+                changes.append(change)
+        self.repaired_this_pass += len(changes)
+        changed = {change.streamer_id for change in changes}
+        for streamer_id in sorted(self.unconfirmed & answer.keys()):
+            self.unconfirmed.discard(streamer_id)
+            if streamer_id in changed or tracker.last_event_mono(streamer_id) >= asked_mono:
+                continue  # a newer change of ours is on its way already
+            confirmation = tracker.confirm(
+                streamer_id, received_at=time.time(), received_mono=time.monotonic(), asked_at=asked_at
+            )
+            if confirmation is not None:
+                changes.append(confirmation)
+        self.release_unconfirmed()
+        if changes:
+            self.send(changes)
+
+    def end_reconciliation(self, error: str | None) -> None:
+        """A pass ended: log and count it once (not per request), then give back its burst's memory."""
+        repaired, answered = self.repaired_this_pass, self.answered_this_pass
+        self.repaired_this_pass = self.answered_this_pass = 0
+        if repaired:
+            log.info("reconciliation repaired %d streamers", repaired)
+        if error is not None:
+            if self.reconciliation.auth_failed:
+                log.error("Kick API refused our credentials (%s); reconciliation is off, Pusher-only", error)
+            else:
+                log.warning("reconciliation failed: %s", error)
+            self._count_reconcile("error")
+        else:
             self._count_reconcile("ok")
-            del answer, known, changes
-            if answer_size > TRIM_AFTER:
-                trim_after_burst()  # the API's answers were the bulk of this burst
+        if answered > TRIM_AFTER:
+            trim_after_burst()  # the API's answers were the bulk of this burst
 
     # -- the planner's assignments ---------------------------------------------------------
     def apply_assignment(self, message: Assign | Subscribe | Unsubscribe) -> None:

@@ -163,7 +163,7 @@ def headline(run: dict[str, Any]) -> str:
         if run.get(key) is not None:
             parts.append(f"{key} {run[key]}")
     if "drop" in run:
-        parts.append(f"recovered {run['drop']['recovered_s']} s")
+        parts.append(f"recovered {run['drop']['recovered_s']} s (half {run['drop'].get('half_recovered_s')} s)")
     return ", ".join(parts) or "done"
 
 

@@ -417,12 +417,22 @@ def drop_and_watch(sim: SimProcess, url: str, sc: PipelineScenario, flip_started
     resubscribed_s = time.time() - dropped_at
     # Recovered = nothing the outage left wrong is still wrong: every streamer whose status the database
     # has wrong (bar those changing right now) is repaired, by reconciliation or by a later frame. A worker
-    # applies its reconciliation's answers when all of them are in, so at the shared API budget this can
-    # take far longer than the reconnect; a run that never gets there says how long it waited.
+    # applies each API request's answer as it comes, but its pass runs at the shared API budget, so this
+    # can take far longer than the reconnect; a run that never gets there says how long it waited.
+    # Half recovered: when at most half of those are still wrong.
     wrong = truth.stale(url)
     left = wrong
+    half_at: float | None = time.time() if wrong == 0 else None
+
+    def repaired() -> bool:
+        nonlocal half_at
+        still = truth.stale(url)
+        if half_at is None and still <= wrong / 2:
+            half_at = time.time()
+        return still == 0
+
     with contextlib.suppress(HarnessError):
-        wait_until(lambda: truth.stale(url) == 0, timeout=RECOVERY_TIMEOUT, interval=0.25,
+        wait_until(repaired, timeout=RECOVERY_TIMEOUT, interval=0.25,
                    what="every streamer the outage left wrong repaired")
         left = 0
     recovered_s = time.time() - dropped_at
@@ -445,6 +455,7 @@ def drop_and_watch(sim: SimProcess, url: str, sc: PipelineScenario, flip_started
         "wrong_after_resubscribe": wrong, "repairs": repairs, "recovered": left == 0,
         "reconciled_s": round(reconciled_s, 3) if reconciled_s else None,
         "recovered_s": round(recovered_s, 3), "dropped_at": dropped_at,
+        "half_recovered_s": round(half_at - dropped_at, 3) if half_at is not None else None,
     }
 
 
@@ -496,6 +507,7 @@ def summarize_pipeline(runs: list[dict[str, Any]]) -> dict[str, Any]:
         summary["resubscribed_s"] = pick(lambda r: r["drop"]["resubscribed_s"])
         summary["reconciled_s"] = pick(lambda r: r["drop"]["reconciled_s"])
         summary["recovered_s"] = pick(lambda r: r["drop"]["recovered_s"])
+        summary["half_recovered_s"] = pick(lambda r: r["drop"]["half_recovered_s"])
         summary["repairs"] = pick(lambda r: r["drop"]["repairs"])
         summary["broadcasts_hidden"] = pick(lambda r: r["broadcasts"]["hidden"])
         summary["repair_p50_ms"] = pick(lambda r: r["repair_ms"]["p50"])

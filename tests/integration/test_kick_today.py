@@ -7,6 +7,7 @@ wrong and confused answers for big batches. Real HTTP on loopback; nothing is mo
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -138,3 +139,27 @@ def test_missing_items_are_unknown_never_offline(
     assert set(status) == {thousand[0].user_id}
     ghost = StreamerRef(streamer_id=1, username="no_such_slug", channel_id=99, kick_user_id=None)
     assert reconciler.fetch_live_status([ghost]) == {}
+
+
+def test_answers_by_streamer_come_one_request_at_a_time(
+    sim: Simulator, make_client: ClientFactory, thousand: list[SimStreamer]
+) -> None:
+    """What a worker reconciles with: each request's answer keyed by row id as soon as it is in."""
+    client = make_client()
+    reconciler = Reconciler(client)
+    by_id = [StreamerRef(i, s.slug, s.channel_id, s.user_id) for i, s in enumerate(thousand[:60])]
+    by_slug = [StreamerRef(100 + i, s.slug.upper(), None, None) for i, s in enumerate(thousand[60:70])]
+    ghost = StreamerRef(999, "no_such_slug", None, 4242)
+    answers = reconciler.answers_by_streamer([*by_id, ghost, *by_slug])
+    before = time.monotonic()
+    asked, first = next(answers)
+    assert before <= asked <= time.monotonic()
+    assert client.stats.total(CHANNELS) == 1  # handed over before the next request is sent
+    pieces = [(asked, first), *answers]
+    assert [len(piece) for _, piece in pieces] == [25, 25, 10, 10]  # 61 user ids (one unknown), then 10 slugs
+    assert [asked for asked, _ in pieces] == sorted(asked for asked, _ in pieces)
+    merged = {sid: info for _, piece in pieces for sid, info in piece.items()}
+    truth = {ref.streamer_id: sim.is_live(ref.username.lower()) for ref in (*by_id, *by_slug)}
+    assert {sid: info.is_live for sid, info in merged.items()} == truth  # the ghost: unknown, left out
+    report = reconciler.last_report
+    assert report is not None and (report.asked, report.answered, report.failed_batches) == (71, 70, 0)

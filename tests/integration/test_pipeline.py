@@ -31,6 +31,7 @@ from tests.service import (
     make_service,
     mismatches,
     percentile,
+    query,
     running,
     settle,
     status_transitions,
@@ -118,6 +119,35 @@ def test_killed_worker_is_restarted_and_nothing_else_disturbed(
         # Frames sent to the dead worker's channels are repaired by reconciliation on reconnect.
         wait_until(lambda: not mismatches(sim, conn), 20, interval=0.2, what="state to match after the kill")
         assert service.stop() == 0
+
+
+def test_reconciliation_repairs_as_each_api_answer_comes(
+    sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, tmp_path: Path
+) -> None:
+    """After a reconnect the worker applies each request's answer at once: the repairs are spread
+    over the pass (16 requests at 4 a second), not committed together when its last answer is in."""
+    streamers = sim.create_streamers(400, prefix="piece")
+    insert_streamers(conn, streamers)
+    service = make_service(sim, database_url, tmp_path, shard_count="1", api_rate="4", api_burst="1")
+    with running(service):
+        service.wait_children(1)
+        wait_until(lambda: sim.subscription_count() >= 800, 20, what="800 subscriptions")
+        wait_until(lambda: query(conn, "SELECT count(*) FROM kick_monitor.streamers WHERE status = 'unknown'")
+                   == [(0,)], 30, interval=0.2, what="the first pass, on connect, to be over")
+        settle(sim, conn)
+        unseen = streamers[::10]  # one streamer of every request's 25 changes behind Pusher's back
+        for streamer in unseen:
+            sim.set_live(streamer.slug, not sim.is_live(streamer.slug), send_event=False)
+        dropped = time.time()
+        assert sim.drop_connections() == 1
+        settle(sim, conn, timeout=30)
+        assert service.stop() == 0
+    repairs = [at for (at,) in query(
+        conn, "SELECT extract(epoch FROM recorded_at)::float8 FROM kick_monitor.status_events"
+              f" WHERE event = 'reconcile' AND recorded_at > to_timestamp({dropped:.6f}) ORDER BY recorded_at")]
+    assert len(repairs) == len(unseen)
+    print(f"\nrepairs committed over {repairs[-1] - repairs[0]:.2f} s after the reconnect")
+    assert repairs[-1] - repairs[0] > 2.0  # all at once (one send, one commit) before this change
 
 
 def test_killed_writer_loses_nothing(

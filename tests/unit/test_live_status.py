@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kick_monitor.events import StatusTracker
-from kick_monitor.live_status import diff_by_streamer, live_status_by_streamer
+from kick_monitor.live_status import diff_by_streamer
 from kick_monitor.messages import StreamerRef
 from kick_monitor.reconcile import LiveInfo
 
@@ -53,32 +53,6 @@ def test_diff_by_streamer() -> None:
         5: LiveInfo(False, None, None, None), 6: live(T0 + 999),
     }
     assert [sid for sid, _ in diff_by_streamer(known, answer, 60.0)] == [2, 3, 4, 5]
-
-
-class TodayReconciler:
-    """Today's Reconciler shape: keyed by `StreamerRef.channel_id`, no by-user method."""
-
-    def __init__(self) -> None:
-        self.asked: list[StreamerRef] = []
-
-    def fetch_live_status(self, refs: list[StreamerRef]) -> dict[int | None, LiveInfo]:
-        self.asked.extend(refs)
-        return {ref.channel_id: live(T0) for ref in refs}
-
-
-class ByUserReconciler(TodayReconciler):
-    def fetch_live_status_by_user(self, user_ids: list[int]) -> dict[int, LiveInfo]:
-        return {uid: live(T0 + uid) for uid in user_ids if uid != 404}
-
-
-def test_adapter_keys_answers_by_streamer_id() -> None:
-    refs = [StreamerRef(1, "a", None, 100), StreamerRef(2, "b", 668, None), StreamerRef(3, "c", None, 404)]
-    today = TodayReconciler()
-    assert set(live_status_by_streamer(today, refs)) == {1, 2, 3}
-    by_user = ByUserReconciler()
-    answer = live_status_by_streamer(by_user, refs)
-    assert answer[1].started_at == T0 + 100 and set(answer) == {1, 2}  # 404: left out, unknown
-    assert [ref.streamer_id for ref in by_user.asked] == [2]  # no user id: asked the old way
 
 
 def test_an_end_with_another_livestream_id_when_offline_is_a_change() -> None:
