@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import orjson
 import pytest
@@ -54,10 +55,11 @@ class Env:
     def connected(
         self, sim: Simulator, channels: list[str], **options: object
     ) -> PusherSession:
-        """A session subscribed to `channels`, once the simulator holds all of them."""
+        """A session subscribed to `channels`, once the simulator holds all of them and the session has
+        read every answer (a test counting frames from here then counts only its own)."""
         session = self.session(sim.pusher_url, **options)
         session.subscribe(channels)
-        assert pump(session, 5, lambda: sim.subscription_count() == len(set(channels)))
+        assert pump(session, 5, lambda: sim.subscription_count() == len(set(channels)) and not session.awaiting())
         return session
 
     def close(self) -> None:
@@ -471,6 +473,50 @@ def test_frames_read_ahead_are_served_without_waiting_for_the_socket(
             events += session.service(time.monotonic(), readable)
         assert not session.has_buffered_data()
     assert [e.channel for e in events] == [f"channel.{n}" for n in range(1, 8)]
+
+
+class CountingSocket:
+    """A socket that counts the recv() calls made on it (and passes everything through)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.recvs = 0
+
+    def recv(self, size: int) -> bytes:
+        self.recvs += 1
+        return self.sock.recv(size)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+@pytest.mark.timeout(60)
+def test_a_burst_costs_one_read_of_the_socket(env: Env) -> None:
+    """Frames that came in one write are read in one recv(): once a read got less than it asked for,
+    the session waits for select() instead of asking the socket again for an EAGAIN."""
+    burst = b"".join(text_frame(f"channel.{n}") for n in range(1, 6))
+    ready = threading.Event()
+
+    def write(sock: socket.socket) -> None:
+        ready.wait(5)
+        sock.sendall(burst)
+        time.sleep(0.3)
+        sock.sendall(burst)
+
+    events: list[AppEvent] = []
+    with bare_server(env, write) as session:
+        assert pump(session, 5, lambda: session.connected)
+        assert session._ws is not None
+        counting = CountingSocket(session._ws.sock)
+        session._ws.sock = counting
+        ready.set()
+        deadline = time.monotonic() + 5
+        while len(events) < 10 and time.monotonic() < deadline:
+            fd = session.fileno()
+            readable = fd is not None and bool(select.select([fd], [], [], 0.5)[0])
+            events += session.service(time.monotonic(), readable)
+    assert [e.channel for e in events] == [f"channel.{n}" for n in range(1, 6)] * 2
+    assert counting.recvs == 2  # one a burst (three a frame without the read-ahead, four with an EAGAIN)
 
 
 @pytest.mark.timeout(60)
