@@ -506,9 +506,10 @@ def test_a_burst_costs_one_read_of_the_socket(env: Env) -> None:
     events: list[AppEvent] = []
     with bare_server(env, write) as session:
         assert pump(session, 5, lambda: session.connected)
-        assert session._ws is not None
-        counting = CountingSocket(session._ws.sock)
-        session._ws.sock = counting
+        ws = session._ws
+        assert ws is not None and ws.sock is not None
+        counting = CountingSocket(ws.sock)
+        ws.sock = counting  # type: ignore[assignment]  # duck-typed: websocket-client only calls its methods
         ready.set()
         deadline = time.monotonic() + 5
         while len(events) < 10 and time.monotonic() < deadline:
