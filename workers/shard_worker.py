@@ -236,6 +236,11 @@ class ShardWorker(Role):
         self.changes_sent = 0
         self._next_report = 0.0
         self._deltas = CounterDeltas()  # running totals already exported as counter increments
+        # With metrics on, frames by lifecycle event and changes by (status, source), counted here and
+        # exported once a second (`report`): a prometheus_client `labels().inc()` in multiprocess mode
+        # costs ~4.4-5.4 µs, paid per frame and per change before (measured), a dict increment ~0.1.
+        self.frames_by_event: dict[str, int] = {}
+        self.changes_by_kind: dict[tuple[str, str], int] = {}
 
     # -- the role ------------------------------------------------------------------------
     def boot(self) -> None:
@@ -553,9 +558,11 @@ class ShardWorker(Role):
     def send(self, changes: list[StatusChange]) -> None:
         self.sender.send(changes)
         self.changes_sent += len(changes)
-        counter = self.telemetry.STATUS_CHANGES
-        for change in changes:
-            counter.labels(shard=str(self.shard), status=change.status, source=change.source).inc()
+        if self.telemetry.enabled:
+            counts = self.changes_by_kind
+            for change in changes:
+                kind = (change.status, change.source)
+                counts[kind] = counts.get(kind, 0) + 1
 
     def finish(self) -> int:
         """Warm stop: leave Pusher (reading what was sent before), wait until the writer has every
@@ -615,7 +622,12 @@ class ShardWorker(Role):
         # Events dropped by name before decoding (chat, goals, anything unknown) are frames
         # received too; the "(is_live=false)" pseudo-names were counted under their own name.
         other = sum(n for name, n in self.stats.ignored.items() if not name.endswith("(is_live=false)"))
-        deltas.advance(m.FRAMES, other, shard=shard, event="other")
+        deltas.advance(m.FRAMES, other + self.frames_by_event.get("other", 0), shard=shard, event="other")
+        for event, total in self.frames_by_event.items():
+            if event != "other":
+                deltas.advance(m.FRAMES, total, shard=shard, event=event)
+        for (status, source), total in self.changes_by_kind.items():
+            deltas.advance(m.STATUS_CHANGES, total, shard=shard, status=status, source=source)
         api = self.reconciliation.api_stats()
         if api is not None:
             deltas.advance_api(m, api)
@@ -623,10 +635,10 @@ class ShardWorker(Role):
     def _count_frames(self, events: list[Any]) -> None:
         # Label by lifecycle name only: event names come from the network, and a label
         # per name would let a hostile stream grow our metrics without bound.
-        frames = self.telemetry.FRAMES
-        shard = str(self.shard)
+        counts = self.frames_by_event
         for ev in events:
-            frames.labels(shard=shard, event=ev.event if ev.event in LIFECYCLE_EVENTS else "other").inc()
+            event = ev.event if ev.event in LIFECYCLE_EVENTS else "other"
+            counts[event] = counts.get(event, 0) + 1
 
     def _count_reconcile(self, outcome: str) -> None:
         self.telemetry.RECONCILIATIONS.labels(shard=str(self.shard), outcome=outcome).inc()

@@ -128,8 +128,11 @@ def test_metrics_move_with_traffic_and_worker_kills(
         transitions = len(status_transitions(sim.truth()))
         online = sum(1 for t in status_transitions(sim.truth()) if t.status == "online")
         assert transitions >= 40
-        after = eventually(url, "commits counted", lambda s: s.value(
-            "kick_monitor_writer_committed_changes_total", outcome="transition") >= transitions)
+        # workers export their frame and change counts once a second (REPORT_EVERY), the writer at each commit
+        after = eventually(url, "commits, changes and frames counted", lambda s: s.value(
+            "kick_monitor_writer_committed_changes_total", outcome="transition") >= transitions
+            and s.value("kick_monitor_status_changes_total", source="pusher") >= transitions
+            and s.value("kick_monitor_frames_received_total", event=r"App\Events\StreamerIsLive") >= online)
         frames = after.value("kick_monitor_frames_received_total") - before.value("kick_monitor_frames_received_total")
         assert frames >= transitions
         assert after.value("kick_monitor_frames_received_total", event=r"App\Events\StreamerIsLive") >= online
