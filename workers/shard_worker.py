@@ -44,6 +44,7 @@ log = logging.getLogger("kick_monitor.worker")
 REPORT_EVERY = 1.0  # seconds between metric reports
 LEAVE_WAIT = 1.0  # at most, at a warm stop: reading what Pusher sent before our unsubscribes
 ACK_WAIT = 2.0  # at most, from subscribing streamers until they are reconciled (the server's answers first)
+ANSWERS_EVERY = 1.0  # seconds: the API answers of a reconciliation are applied at most this often, and at its end
 TRIM_AFTER = 500  # streamers in one message or API answer after which freed memory goes back to the kernel
 # Settings the API client is built from: a change rebuilds it (see Reconciliation.use_settings).
 API_SETTINGS = frozenset({
@@ -222,6 +223,9 @@ class ShardWorker(Role):
         self.reconcile_again = False  # one was due while another ran: start it when that ends
         self.repaired_this_pass = 0  # of the running reconciliation, applied as its answers come
         self.answered_this_pass = 0
+        self.held_answers: list[ReconcileAnswer] = []  # API answers not applied yet (ANSWERS_EVERY)
+        self.answers_due = float("inf")
+        self.answers_applied_at = float("-inf")
         # Streamers without a channel id (no Pusher) are reconciled on their own, shorter, interval.
         self.next_reconcile_unwatched = float("inf")
         self.unwatched_again = False
@@ -287,6 +291,7 @@ class ShardWorker(Role):
             max(0.0, self.next_reconcile - now),
             max(0.0, self.next_reconcile_unwatched - now),
             max(0.0, self.reconcile_by - now),
+            max(0.0, self.answers_due - now),
         )
         if self.session.has_buffered_data():
             timeout = 0.0
@@ -303,7 +308,9 @@ class ShardWorker(Role):
             self.forget_left()
         if self.reconciliation.wake_read in readable:
             self.reconciliation.drain_wakeups()
-            self.apply_reconciliation()
+            self.apply_reconciliation(now)
+        elif self.held_answers and now >= self.answers_due:
+            self.apply_held_answers(now)
         if self.to_reconcile:
             self.reconcile_subscribed(now)
         if now >= self.next_reconcile or (self.reconcile_again and not self.reconciliation.running()):
@@ -379,19 +386,38 @@ class ShardWorker(Role):
         if not self.reconciliation.start(streamers) and self.reconciliation.running():
             self.reconcile_again = True
 
-    def apply_reconciliation(self) -> None:
-        """Apply the answers the reconcile thread has handed over so far, and end the passes that ended."""
+    def apply_reconciliation(self, now: float) -> None:
+        """Take the answers the reconcile thread has handed over so far; apply those held when due
+        (`ANSWERS_EVERY`) or when their pass ended, then end it."""
         while True:
             try:
                 answer = self.reconciliation.results.get_nowait()
             except queue.Empty:
-                return
+                break
             if answer.done:
+                self.apply_held_answers(now)
                 self.end_reconciliation(answer.error)
             else:
-                self.apply_answer(answer.asked_mono, answer.live)
+                if not self.held_answers:
+                    self.answers_due = max(now, self.answers_applied_at + ANSWERS_EVERY)
+                self.held_answers.append(answer)
+        if self.held_answers and now >= self.answers_due:
+            self.apply_held_answers(now)
 
-    def apply_answer(self, asked_mono: float, answer: dict[int, Any]) -> None:
+    def apply_held_answers(self, now: float) -> None:
+        """The verdicts of every answer held, in one batch to the writer: a batch with an API verdict
+        costs the writer a third round trip (the latest broadcast, read again after the locks), so at
+        most one such batch a second from each worker rather than one per request."""
+        changes: list[StatusChange] = []
+        for answer in self.held_answers:
+            changes += self.verdicts(answer.asked_mono, answer.live)
+        self.held_answers.clear()
+        self.answers_due = float("inf")
+        self.answers_applied_at = now
+        if changes:
+            self.send(changes)
+
+    def verdicts(self, asked_mono: float, answer: dict[int, Any]) -> list[StatusChange]:
         """One API request's verdicts: repair where the API disagrees, confirm the streamers just
         subscribed; a streamer with a frame read since `asked_mono` keeps what the frame said."""
         self.answered_this_pass += len(answer)
@@ -428,8 +454,7 @@ class ShardWorker(Role):
             if confirmation is not None:
                 changes.append(confirmation)
         self.release_unconfirmed()
-        if changes:
-            self.send(changes)
+        return changes
 
     def end_reconciliation(self, error: str | None) -> None:
         """A pass ended: log and count it once (not per request), then give back its burst's memory."""

@@ -195,6 +195,15 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
+def latency_by_phase(verdict: Verdict, bounds: Sequence[tuple[str, float, float]]) -> dict[str, dict[str, float]]:
+    """Frame latency summaries of the frames sent within each named [start, end) wall-time window."""
+    return {
+        name: latency_summary(ms for ms, sent in zip(verdict.latencies_ms, verdict.sent_wall, strict=True)
+                              if start <= sent < end)
+        for name, start, end in bounds
+    }
+
+
 def latency_summary(latencies_ms: Iterable[float]) -> dict[str, float]:
     """p50/p90/p99/p99.9/max/mean in ms, and the count."""
     values = sorted(latencies_ms)
@@ -374,6 +383,7 @@ class Verdict:
     """
 
     latencies_ms: list[float] = field(default_factory=list)
+    sent_wall: list[float] = field(default_factory=list)  # each latency's send time (phases of S4)
     receive_ms: list[float] = field(default_factory=list)
     commit_ms: list[float] = field(default_factory=list)
     repair_ms: list[float] = field(default_factory=list)
@@ -452,6 +462,7 @@ def judge(truth: Sequence[dict[str, Any]], rows: Sequence[Row], drop_at: float |
             verdict.duplicated += 1
         if is_frame_row(match):
             verdict.latencies_ms.append((match.recorded_at - t["sent_wall"]) * 1000)
+            verdict.sent_wall.append(t["sent_wall"])
             verdict.receive_ms.append((match.received_at - t["sent_wall"]) * 1000)
             verdict.commit_ms.append((match.recorded_at - match.received_at) * 1000)
         else:

@@ -326,6 +326,13 @@ def run_pipeline(sc: PipelineScenario, ctx: BenchContext, index: int) -> dict[st
             - official_requests(result["api_requests_at_start"]),
             history_per_commit=measure.history_per_commit(url, flip_started),
         )
+        if drop:  # where S4's tail is: before the drop, while the outage is repaired, after
+            repaired_at = drop["dropped_at"] + drop["recovered_s"]
+            result["latency_by_phase"] = measure.latency_by_phase(verdict, (
+                ("before_drop", flip_started, drop["dropped_at"]),
+                ("recovering", drop["dropped_at"], repaired_at),
+                ("after", repaired_at, float("inf")),
+            ))
         cpu = sampler.cpu_between("flip", "settled")
         result["cpu_s"] = cpu
         result["cpu_per_1000_changes"] = per_thousand(cpu, verdict.matched)
