@@ -217,10 +217,18 @@ FROM history h JOIN json_to_recordset($4) AS u (d bigint, u text) ON u.d = h.str
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
-    """What one committed batch did."""
+    """What one committed batch did: `transitions` history rows written, `inferred` of them
+    transitions no source reported (an end or start the writer inferred: one change can write two
+    rows, so `transitions` may exceed `submitted`)."""
 
     submitted: int
     transitions: int
+    inferred: int = 0
+
+    @property
+    def recorded(self) -> int:
+        """Submitted changes that were recorded as a transition (each writes at most one row of its own)."""
+        return self.transitions - self.inferred
 
 
 WriteParams = tuple[str, str, str, str, float, str]
@@ -309,6 +317,7 @@ class StagedBatch:
     transitions: int
     params: WriteParams | None  # None: nothing to write, only the COMMIT
     open: bool  # a transaction is open (False: the batch was empty)
+    inferred: int = 0  # of `transitions`: rows the plan inferred
 
 
 def stage_changes(
@@ -338,7 +347,8 @@ def stage_changes(
         raise
     if not plan.rows:
         return StagedBatch(len(unique), 0, None, open=True)
-    return StagedBatch(len(unique), len(plan.history), encode_plan(plan, tolerance), open=True)
+    inferred = sum(1 for record in plan.history if record.get("f"))
+    return StagedBatch(len(unique), len(plan.history), encode_plan(plan, tolerance), open=True, inferred=inferred)
 
 
 def finish_changes(conn: psycopg2.extensions.connection, staged: StagedBatch) -> BatchResult:
@@ -358,7 +368,7 @@ def finish_changes(conn: psycopg2.extensions.connection, staged: StagedBatch) ->
     finally:
         with contextlib.suppress(psycopg2.Error):
             conn.autocommit = False
-    return BatchResult(staged.submitted, staged.transitions)
+    return BatchResult(staged.submitted, staged.transitions, staged.inferred)
 
 
 def apply_changes(

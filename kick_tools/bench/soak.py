@@ -227,7 +227,9 @@ def run_soak(ctx: BenchContext, index: int = 0) -> dict[str, Any]:
         mismatches = measure.state_mismatches(url, sim.streamers())
         result["tables_end"] = table_sizes(url)
         result["service_exit"] = service.stop()
-    result.update(judge(samples, plan, truth, rows, faults.windows, flips_ended, mismatches, started_wall))
+    with service.process.log_path.open(errors="replace") as log_file:
+        crashes = soak_rules.role_crashes(log_file)
+    result.update(judge(samples, plan, truth, rows, faults.windows, flips_ended, mismatches, started_wall, crashes))
     try:  # an explanation that fails must not cost the run's result
         explain_history(result["history"], *explained)
     except Exception as exc:  # recorded in the result; the counts stand
@@ -327,7 +329,7 @@ def converge(url: str, sim: Any, timeout: float) -> float:
 
 def judge(samples: list[dict[str, Any]], plan: SoakPlan, truth: list[dict[str, Any]], rows: list[measure.Row],
           windows: list[tuple[float, float]], flips_ended: float, mismatches: int,
-          started_wall: float = 0.0) -> dict[str, Any]:
+          started_wall: float = 0.0, crashes: dict[str, Any] | None = None) -> dict[str, Any]:
     slopes = soak_rules.memory_slopes(samples, plan.warmup)
     within = soak_rules.memory_slopes(samples, plan.warmup, within_pids=True)
     fds = soak_rules.returned_to_level(samples, "fds", plan.warmup, flips_ended, soak_rules.FD_TOLERANCE)
@@ -342,12 +344,12 @@ def judge(samples: list[dict[str, Any]], plan: SoakPlan, truth: list[dict[str, A
         example["t"] = round(example["sent_wall"] - started_wall, 1)  # where it happened, next to the faults
     history["not_delivered"] = len(measure.status_transitions(truth)) - len(exposed)
     span = (samples[-1]["t"] if samples else 0.0) - plan.warmup
-    outcome = soak_rules.verdict(slopes, fds, threads, history, mismatches, span)
+    outcome = soak_rules.verdict(slopes, fds, threads, history, mismatches, span, crashes)
     last = samples[-1]["slots"] if samples else {}
     return {
         "slopes_mb_per_h": slopes, "within_pid_slopes_mb_per_h": within, "fds": fds, "threads": threads,
         "history": history,
-        "state_mismatches": mismatches, **outcome,
+        "state_mismatches": mismatches, "crashes": crashes, **outcome,
         "max_slope_mb_per_h": max((s for s in slopes.values() if s is not None), default=None),
         "final_service": footprint.totals(last), "final_roles": footprint.by_role(last),
         "writer_backlog_max": max((s.get("writer_backlog", 0) for s in samples), default=0),

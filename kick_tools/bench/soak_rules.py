@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -153,12 +154,39 @@ def classify_history(transitions: Sequence[dict[str, Any]], recorded: dict[tuple
     return counts
 
 
+def role_crashes(log_lines: Iterable[str]) -> dict[str, Any]:
+    """Roles that died of an exception of their own (`kick_monitor.role`: "<role> crashed"), from the
+    service's JSON log: by role, with the last line of the first traceback. The soak's own SIGKILLs
+    and PostgreSQL's restart are faults the service must absorb; a crash is the service failing to."""
+    by_role: dict[str, int] = {}
+    first: str | None = None
+    for line in log_lines:
+        if '"msg":"' not in line or ' crashed"' not in line:
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        msg = str(record.get("msg", ""))
+        if record.get("logger") != "kick_monitor.role" or not msg.endswith(" crashed"):
+            continue
+        role = msg.removesuffix(" crashed")
+        by_role[role] = by_role.get(role, 0) + 1
+        if first is None:
+            exc = str(record.get("exc", "")).strip().splitlines()
+            first = f"{role}: {exc[-1] if exc else '(no traceback)'}"
+    return {"count": sum(by_role.values()), "by_role": by_role, "first": first}
+
+
 def verdict(slopes: dict[str, float | None], fds: dict[str, dict[str, Any]], threads: dict[str, dict[str, Any]],
-            history: dict[str, Any], state_mismatches: int, span: float = MIN_SPAN) -> dict[str, Any]:
+            history: dict[str, Any], state_mismatches: int, span: float = MIN_SPAN,
+            crashes: dict[str, Any] | None = None) -> dict[str, Any]:
     """PASS only when every part passes; each failing part is named. Memory slopes are judged only
     over at least MIN_SPAN seconds after the warm-up (`span`); a shorter run says so instead."""
     failures = [f"{slot} private memory grows {slope} MB/h" for slot, slope in slopes.items()
                 if slope is not None and slope > MAX_SLOPE_MB_PER_H and span >= MIN_SPAN]
+    if crashes and crashes["count"]:
+        failures.append(f"{crashes['count']} role crashes {crashes['by_role']}, first {crashes['first']}")
     failures += [f"{slot} fds {v['final']} above level {v['level']}" for slot, v in fds.items() if not v["ok"]]
     failures += [f"{slot} threads {v['final']} above level {v['level']}" for slot, v in threads.items() if not v["ok"]]
     if history.get("duplicated"):

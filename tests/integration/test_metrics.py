@@ -151,6 +151,20 @@ def test_metrics_move_with_traffic_and_worker_kills(
             == after.value("kick_monitor_writer_batch_size_count")
         assert after.value("kick_monitor_writer_queue_depth") == 0
 
+        # -- one change, two rows: the end nobody announced is inferred when the next broadcast starts -----
+        writer = service.writer_pid()
+        target = streamers[0].slug
+        if not sim.is_live(target):
+            sim.set_live(target, True)
+        wait_until(lambda: not mismatches(sim, conn), 20, interval=0.2, what=f"{target} online")
+        sim.set_live(target, False, send_event=False)  # its end is never sent
+        sim.set_live(target, True)  # a new livestream id: the writer infers the end of the last one
+        inferred = eventually(url, "an inferred row counted", lambda s: s.value(
+            "kick_monitor_writer_committed_changes_total", outcome="inferred") >= 1)
+        assert inferred.value("kick_monitor_writer_committed_changes_total", outcome="transition") \
+            == after.value("kick_monitor_writer_committed_changes_total", outcome="transition") + 1
+        assert service.writer_pid() == writer, "a batch writing more rows than changes crashed the writer"
+
         # -- parse errors by kind, reconnects by reason --------------------------------------------------
         assert sim.send_malformed("bad_json") > 0
         eventually(url, "parse errors counted", lambda s: s.value(

@@ -90,3 +90,22 @@ def test_history_losses_are_split_by_fault_window_and_staleness() -> None:
     assert examples == [{"channel_id": 4, "status": "online", "livestream_id": 41, "sent_wall": 80.0}]
     failures = soak_rules.verdict({}, {}, {}, counts, 3)["failures"]
     assert len(failures) == 3  # duplicated, lost, state
+
+
+def test_a_role_that_crashed_fails_the_soak_and_names_its_exception() -> None:
+    """The 2-hour soak of round 8's code passed with 40 writer crashes in its first hour: the rule now sees them."""
+    log = [
+        '{"ts":"t","level":"INFO","process":"worker","logger":"kick_monitor.worker","msg":"connected to Pusher"}',
+        '{"ts":"t","level":"ERROR","process":"writer","logger":"kick_monitor.role","msg":"writer crashed",'
+        '"exc":"Traceback (most recent call last):\\n  File \\"w.py\\"\\n'
+        'ValueError: Counters can only be incremented"}',
+        '{"ts":"t","level":"ERROR","process":"writer","logger":"kick_monitor.role","msg":"writer crashed","exc":""}',
+        'not json "msg":"x crashed"',
+        '{"ts":"t","level":"ERROR","logger":"kick_monitor.api","msg":"the API crashed"}',  # not a role's
+    ]
+    crashes = soak_rules.role_crashes(log)
+    assert crashes == {"count": 2, "by_role": {"writer": 2},
+                       "first": "writer: ValueError: Counters can only be incremented"}
+    failures = soak_rules.verdict({}, {}, {}, {}, 0, crashes=crashes)["failures"]
+    assert failures == ["2 role crashes {'writer': 2}, first writer: ValueError: Counters can only be incremented"]
+    assert soak_rules.verdict({}, {}, {}, {}, 0, crashes=soak_rules.role_crashes(log[:1]))["soak_verdict"] == "PASS"
