@@ -93,13 +93,7 @@ class Reconciler:
         started = time.monotonic()
         tally = _Tally()
         result: dict[int, LiveInfo] = {}
-        by_user: dict[int, list[StreamerRef]] = {}
-        by_slug: dict[str, list[StreamerRef]] = {}
-        for ref in streamers:
-            if ref.kick_user_id is not None:
-                by_user.setdefault(ref.kick_user_id, []).append(ref)
-            else:
-                by_slug.setdefault(ref.username.strip().lower(), []).append(ref)
+        by_user, by_slug = _group(streamers)
         for _, answer in self._ask_all(self.client.channels_by_user_id, list(by_user), _user_key, tally):
             for info in answer:
                 refs = by_user[info.broadcaster_user_id]
@@ -139,7 +133,7 @@ class Reconciler:
         """Live status keyed by streamer row id, one API request's answer at a time, each with the
         monotonic time just before it was asked (a frame read after that is newer than the answer).
 
-        What a worker reconciles with: it applies each answer as it comes, so after a reconnect
+        What a worker reconciles with: it applies the answers as they come, so after a reconnect
         most streamers are repaired after the first requests rather than after the whole pass,
         which the shared API budget spreads over seconds to minutes (docs/performance.md, S4).
         Streamers with a Kick user id are asked by it (`fetch_live_status_by_user`), the rest by
@@ -152,23 +146,16 @@ class Reconciler:
         started = time.monotonic()
         tally = _Tally()
         answered = 0
-        owners: dict[int, list[StreamerRef]] = {}
-        by_slug: dict[str, list[StreamerRef]] = {}
-        for ref in streamers:
-            if ref.kick_user_id is not None:
-                owners.setdefault(ref.kick_user_id, []).append(ref)
-            else:
-                by_slug.setdefault(ref.username.strip().lower(), []).append(ref)
-        for asked, answer in self._ask_all(self.client.channels_by_user_id, list(owners), _user_key, tally):
-            piece = {ref.streamer_id: live for info in answer
-                     for live in (_live_info(info),) for ref in owners[info.broadcaster_user_id]}
-            answered += len(piece)
-            yield asked, piece
-        for asked, answer in self._ask_all(self.client.channels_by_slug, list(by_slug), _slug_key, tally):
-            piece = {ref.streamer_id: live for info in answer
-                     for live in (_live_info(info),) for ref in by_slug[info.slug.lower()]}
-            answered += len(piece)
-            yield asked, piece
+        by_user, by_slug = _group(streamers)
+        asks: tuple[tuple[Callable[[Sequence[Any]], list[ChannelInfo]], Mapping[Any, list[StreamerRef]],
+                          Callable[[ChannelInfo], Any]], ...] = (
+            (self.client.channels_by_user_id, by_user, _user_key), (self.client.channels_by_slug, by_slug, _slug_key))
+        for query, owners, key_of in asks:
+            for asked, answer in self._ask_all(query, list(owners), key_of, tally):
+                piece = {ref.streamer_id: live for info in answer
+                         for live in (_live_info(info),) for ref in owners[key_of(info)]}
+                answered += len(piece)
+                yield asked, piece
         self.last_report = ReconcileReport(
             len(streamers), answered, tally.failed, tally.error, time.monotonic() - started, tally.inconsistent
         )
@@ -217,6 +204,18 @@ class Reconciler:
         log.info("reconcile: inconsistent answer for a batch of %d; asking again in halves", len(batch))
         middle = len(batch) // 2
         return self._ask(query, batch[:middle], key_of, tally) + self._ask(query, batch[middle:], key_of, tally)
+
+
+def _group(streamers: Iterable[StreamerRef]) -> tuple[dict[int, list[StreamerRef]], dict[str, list[StreamerRef]]]:
+    """Streamers by the key they are asked by: their Kick user id, else their slug (lower case)."""
+    by_user: dict[int, list[StreamerRef]] = {}
+    by_slug: dict[str, list[StreamerRef]] = {}
+    for ref in streamers:
+        if ref.kick_user_id is not None:
+            by_user.setdefault(ref.kick_user_id, []).append(ref)
+        else:
+            by_slug.setdefault(ref.username.strip().lower(), []).append(ref)
+    return by_user, by_slug
 
 
 def _user_key(info: ChannelInfo) -> int:

@@ -5,8 +5,8 @@ channel (which streamers to watch: `kick_monitor.assignment`), the writer connec
 supervisor's control channel and the reconciler's wake-up pipe. Frames become typed
 `StatusChange`s (kick_monitor.events) and go to the writer through the acknowledged
 hand-off (kick_monitor.handoff). API reconciliation runs on a helper thread so that a
-slow Kick API never delays a frame; its verdicts are applied in the main loop as each
-request's answer comes, and only for streamers that saw no frame since it was asked.
+slow Kick API never delays a frame; its verdicts are applied in the main loop as the
+answers come (at most once a second), and only for streamers that saw no frame since asked.
 
 Streamers are keyed by their row id (`StreamerRef.streamer_id`). Those with a channel id
 are on Pusher; those without are watched by reconciliation alone (by user id), every

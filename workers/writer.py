@@ -485,7 +485,7 @@ class BatchWriter(Role):
         m.COMMIT_SECONDS.observe(seconds)
         # By change: recorded, or not (known already, older than the row); the writer's inferred rows
         # apart. Was `submitted - transitions`, negative when an inferred row came with its change: a
-        # ValueError from prometheus_client that crashed the writer (40 times in an hour of the soak).
+        # ValueError from prometheus_client that crashed the writer (41 times in an hour of the round-8 soak).
         m.COMMITTED.labels(outcome="transition").inc(result.recorded)
         m.COMMITTED.labels(outcome="no_change").inc(max(0, result.submitted - result.recorded))
         if result.inferred:
