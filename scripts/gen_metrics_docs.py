@@ -38,7 +38,9 @@ LABELS = {
     "kick_monitor_pusher_reconnects:reason": "`connection_lost`, `closed_by_server`, `connect_failed`, "
     "`pong_timeout`, `pusher_error`, `frame_too_large`, `send_failed`, `internal_error`",
     "kick_monitor_writer_committed_changes:outcome": "`transition` (a status change recorded) \\| "
-    "`no_change` (already known, or older than what the row holds)",
+    "`no_change` (already known, or older than what the row holds) \\| `inferred` (a transition no source "
+    "reported, which the writer recorded: the end of a broadcast when the next one starts, or a start it never "
+    "saw)",
     "kick_monitor_writer_commit_errors:kind": "`connection` (database unreachable), `rejected` (a change the "
     "database refused: dropped and logged), `spool` (could not write the spool)",
     "kick_monitor_api_requests:endpoint": "`/oauth/token`, `/public/v1/channels`, `/public/v1/livestreams`, "
