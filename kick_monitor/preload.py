@@ -27,6 +27,7 @@ PRELOAD = (
     "kick_monitor.reconcile",
     "kick_monitor.sharding",
     "kick_monitor.api_budget",  # the shared API budget: workers + planner (found after fork by -X importtime)
+    "ctypes",  # release_free_memory: workers, planner, writer
 )
 
 
@@ -55,10 +56,10 @@ def release_free_memory() -> None:
     global _LIBC
     if _LIBC is None:
         import ctypes
-        import ctypes.util
 
-        name = ctypes.util.find_library("c")
-        _LIBC = ctypes.CDLL(name) if name else False
+        # The symbols already loaded into this process (libc's among them): no `ctypes.util.find_library`,
+        # which runs `ldconfig -p` in a subprocess and imports tempfile & co. after fork (0.3 MB private).
+        _LIBC = ctypes.CDLL(None)
     trim = getattr(_LIBC, "malloc_trim", None)
     if trim is not None:
         trim(0)
