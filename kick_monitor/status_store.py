@@ -63,7 +63,7 @@ REREAD = "EXECUTE kick_monitor_reread_streamers (%s, %s, %s, %s)"
 # none is known, a webhook, an API verdict with its asking time (last: when a webhook first reported
 # the start or end, change_plan.is_stale). A statement that waited for a row lock reads the locked row
 # again after the other commit, but every other table as of its own start (READ COMMITTED: a snapshot
-# per statement): when a latest broadcast was read, the rows are read again by REREAD_SQL, the same
+# per statement): the rows whose latest broadcast was read are read again by REREAD_SQL, the same
 # without the lock, in a snapshot taken after the locks (`read_rows`).
 READ_SQL = """
 PREPARE kick_monitor_read_streamers (bigint[], bigint[], bigint[], bigint[]) AS
@@ -291,15 +291,16 @@ def read_rows(
     whatever they hold (the planner asked for it). `begin`: open the transaction and lock the rows
     in the same round trip — and when a latest broadcast was read, read the rows once more after
     the locks (one more round trip: only batches with an end naming a livestream the row does not
-    know, a webhook or an API verdict); without it, the rows must be locked already."""
+    know, a webhook or an API verdict; only those rows: a locked row itself is read as the writer
+    it waited for left it, its latest broadcast is not); without it, the rows must be locked already."""
     ids, channels = affected_ids(changes)
     ends, webhooks = last_broadcast_wanted(changes)
-    params = (int_array(ids), int_array(channels), int_array(sorted(ends | forced)), int_array(webhooks))
-    cur.execute(READ_IN_NEW_TRANSACTION if begin else REREAD, params)
+    wanted, always = int_array(sorted(ends | forced)), int_array(webhooks)
+    cur.execute(READ_IN_NEW_TRANSACTION if begin else REREAD, (int_array(ids), int_array(channels), wanted, always))
     rows = parse_rows(cur.fetchone())
-    if begin and any(row.last_read for row in rows.values()):
-        cur.execute(REREAD, params)  # after the locks: what a writer this one waited for committed
-        rows = parse_rows(cur.fetchone())
+    if begin and (again := sorted(row.id for row in rows.values() if row.last_read)):
+        cur.execute(REREAD, (int_array(again), int_array([]), wanted, always))  # after the locks: what a
+        rows.update(parse_rows(cur.fetchone()))  # writer this one waited for committed, broadcasts included
     if channels:
         by_channel = {row.channel_id: row.id for row in rows.values() if row.channel_id is not None}
         changes = [

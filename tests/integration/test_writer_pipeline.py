@@ -213,25 +213,30 @@ def test_a_writer_that_waited_for_a_row_reads_the_broadcast_the_other_writer_com
     """Two writers (two nodes of a cluster, or the pipeline's two connections) on one streamer:
     the second's locking read waits for the first's commit. What it decides on must be what the
     first committed — the row and the streamer's latest broadcast (here: a webhook started it,
-    so an API verdict asked before that webhook is dropped, not applied as an end)."""
-    assert writer.commit([change(1, "offline", at=T0 - 100)])
+    so an API verdict asked before that webhook is dropped, not applied as an end). Only rows whose
+    latest broadcast was read are read again after the locks: streamer 2's frame in the same batch
+    is decided on its row as the first writer left it (its start recorded, then ended once)."""
+    assert writer.commit([change(s, "offline", at=T0 - 100) for s in (1, 2)])
     first, second = psycopg2.connect(database_url), psycopg2.connect(database_url)
     try:
         prepare(first)
         prepare(second)
-        staged = stage_changes(first, [change(1, "online", source="webhook", at=T0 + 0.2, started=T0)])
+        staged = stage_changes(first, [change(1, "online", source="webhook", at=T0 + 0.2, started=T0),
+                                       change(2, "online", at=T0 + 0.1)])
         verdict = change(1, "offline", source="api", at=T0 + 0.4, asked=T0 - 0.1)
         with ThreadPoolExecutor(max_workers=1) as pool:
-            waiting = pool.submit(apply_changes, second, [verdict])
+            waiting = pool.submit(apply_changes, second, [verdict, change(2, "offline", at=T0 + 0.5)])
             wait_until_blocked(conn, second)
             finish_changes(first, staged)
-            assert waiting.result(timeout=10).transitions == 0
+            assert waiting.result(timeout=10).transitions == 1  # streamer 2's end, not the verdict
     finally:
         first.close()
         second.close()
     with conn.cursor() as cur:
-        cur.execute("SELECT status FROM kick_monitor.streamers WHERE id = 1")
-        assert cur.fetchone() == ("online",)
+        cur.execute("SELECT id, status FROM kick_monitor.streamers WHERE id IN (1, 2) ORDER BY id")
+        assert cur.fetchall() == [(1, "online"), (2, "offline")]
+        cur.execute("SELECT count(*), count(ended_at) FROM kick_monitor.broadcasts WHERE streamer_id = 2")
+        assert cur.fetchone() == (1, 1), "one broadcast for streamer 2, started by the first writer, ended once"
     conn.commit()
 
 
