@@ -54,10 +54,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="miniature sizes that run in seconds (smoke test)")
     parser.add_argument("--streamers", type=int, default=None,
                         help="M only: streamers (default 2,000; 5,000 is one worker at S3's load, one shard)")
+    parser.add_argument("--pg-restarts", type=positive_count, default=1, metavar="N",
+                        help="soak only: stop PostgreSQL N times, evenly spaced (default %(default)s: at the half)")
     parser.add_argument("--service-setting", action="append", default=[], metavar="NAME=VALUE",
                         type=service_setting,
                         help="S1, S2, S4, N: run the service with this setting (a Settings field, e.g."
                              " batch_size=50), after the scenario's own; repeatable. Recorded in the result.")
+
+
+def positive_count(text: str) -> int:
+    """A whole number ≥ 1; argparse turns the ValueError into a usage error."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text!r}")
+    return value
 
 
 def service_setting(text: str) -> tuple[str, str]:
@@ -90,7 +100,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         try:
             ctx = scenarios.BenchContext(work=work, db=db, runs=max(1, args.runs), quick=args.quick,
                                          duration=args.duration, say=say, streamers=args.streamers,
-                                         keep_work=args.keep_work,
+                                         keep_work=args.keep_work, pg_restarts=args.pg_restarts,
                                          service_settings=tuple(args.service_setting))
             machine = report.machine_info(db.info())
             for name in names:
@@ -294,7 +304,7 @@ def memory(ctx: scenarios.BenchContext, machine: dict[str, Any], out: Path) -> l
 def soak(ctx: scenarios.BenchContext, machine: dict[str, Any], out: Path) -> list[Path]:
     from kick_tools.bench import soak as soaking
 
-    plan = soaking.SoakPlan().fitted(ctx.duration, ctx.quick)
+    plan = soaking.SoakPlan(pg_restarts=ctx.pg_restarts).fitted(ctx.duration, ctx.quick)
     result = base_result("soak", f"{plan.streamers:,} streamers for {plan.duration / 60:.0f} min with faults",
                          machine, {k: v for k, v in vars(plan).items()}, ctx.quick)
     once = dataclasses.replace(ctx, runs=1)  # one long run; --runs does not apply

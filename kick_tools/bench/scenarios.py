@@ -80,6 +80,7 @@ class BenchContext:
     streamers: int | None = None  # M only: instead of M_STREAMERS (5,000 = one worker at S3's load)
     keep_work: bool = False  # --keep-work: runs also leave what is needed to explain a verdict (truth.jsonl)
     service_settings: tuple[tuple[str, str], ...] = ()  # --service-setting: over each pipeline scenario's own
+    pg_restarts: int = 1  # soak only: PostgreSQL outages in the run (--pg-restarts)
     _templates: dict[str, str] = field(default_factory=dict)
 
     def run_dir(self, scenario: str, index: int) -> Path:

@@ -3,7 +3,8 @@
 10,000 streamers with steady flips and channel noise for `duration` (30 min by default), while
 faults come on a schedule: a worker SIGKILLed every `kill_every` (round robin over the shards),
 every connection dropped every `drop_every`, the Kick API rate-limited for a minute every
-`rate_limit_every`, and PostgreSQL stopped (for `pg_down` s) and started once, half-way. Every
+`rate_limit_every`, and PostgreSQL stopped (for `pg_down` s) and started once, half-way
+(`--pg-restarts N`: N times, evenly spaced). Every
 `sample_every` s: RSS/PSS/private, fds and threads of every process of the service tree by
 role slot (`footprint.take_sample`), the writer's backlog and each worker's unacknowledged
 changes (the metrics endpoint), the spool's size on disk. Table sizes at start and end. Then the
@@ -47,10 +48,15 @@ class SoakPlan:
     drop_every: float = 600.0
     rate_limit_every: float = 420.0
     rate_limit_for: float = 60.0
-    pg_restart_at: float = 0.5  # fraction of the duration
+    pg_restarts: int = 1  # PostgreSQL stopped for `pg_down` this many times, evenly spaced (one: at the half)
     pg_down: float = 10.0
     fault_window: float = 15.0  # seconds after a fault in which missed frames are expected
     reconcile_interval: float = 60.0
+
+    def pg_stop_times(self) -> list[float]:
+        """Seconds after the start at which PostgreSQL is stopped: the duration cut into `pg_restarts + 1`
+        equal parts (more than one outage tells a one-off step of memory at a restart from growth per outage)."""
+        return [self.duration * k / (self.pg_restarts + 1) for k in range(1, self.pg_restarts + 1)]
 
     def fitted(self, duration: float | None, quick: bool) -> SoakPlan:
         """The plan for `duration`: a short run compresses warm-up and fault spacing to fit."""
@@ -75,7 +81,7 @@ class Faults:
         self.next_drop = plan.drop_every
         self.next_limit = plan.rate_limit_every
         self.limit_until: float | None = None
-        self.pg_at: float | None = plan.duration * plan.pg_restart_at
+        self.pg_stops = plan.pg_stop_times()
         self.pg_back_at: float | None = None
         self.kills = 0
 
@@ -115,8 +121,8 @@ class Faults:
             self.sim.post("/control/rate_limit", {"requests": None})
             self.limit_until = None
             self.record("api_rate_limit_lifted", at)
-        if self.pg_at is not None and at >= self.pg_at:
-            self.pg_at = None
+        if self.pg_stops and self.pg_back_at is None and at >= self.pg_stops[0]:
+            self.pg_stops.pop(0)
             self.ctx.db.pg.stop(force=True)
             self.pg_back_at = at + plan.pg_down
             self.record("postgres_stopped", at)
@@ -184,7 +190,7 @@ def table_sizes(url: str) -> dict[str, dict[str, int]]:
 
 def run_soak(ctx: BenchContext, index: int = 0) -> dict[str, Any]:
     """One soak run; see the module docstring."""
-    plan = SoakPlan().fitted(ctx.duration, ctx.quick)
+    plan = SoakPlan(pg_restarts=ctx.pg_restarts).fitted(ctx.duration, ctx.quick)
     run_dir = ctx.run_dir("soak", index)
     url = ctx.db.fresh(f"bench_soak_{index}")
     port = free_port()
