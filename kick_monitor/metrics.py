@@ -8,6 +8,10 @@ that the CLI imports. Names follow Prometheus conventions: `_total` counters, ba
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterable
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 from . import __version__
@@ -216,3 +220,37 @@ CLUSTER_UNOWNED_SECONDS = Gauge(
     multiprocess_mode="livemax",
 )
 # --- end issue 17 ---
+
+
+def observe_many(child: Any, amounts: Iterable[float]) -> None:
+    """`child.observe(a)` for every amount, as one increment per bucket touched and one of the sum.
+
+    Measured (multiprocess mode, 20 buckets): `labels().observe()` costs 3.4–3.7 µs a value, each a
+    locked write to an mmap file; the writer made one per change (LATENCY), 500 a batch. Grouped
+    here: 0.17 µs a value. prometheus_client has no public call for it, so this reads the child's
+    `_upper_bounds`, `_buckets` and `_sum` (what `observe` itself uses, 0.20–0.26); a child without
+    them (another version, a stand-in) is observed value by value. The samples are the same as
+    `observe`'s (tests/unit/test_observe_many.py), the sum up to floating-point rounding order."""
+    bounds = getattr(child, "_upper_bounds", None)
+    buckets = getattr(child, "_buckets", None)
+    total_value = getattr(child, "_sum", None)
+    check = getattr(child, "_raise_if_not_observable", None)
+    if not bounds or buckets is None or total_value is None or check is None or len(bounds) != len(buckets):
+        for amount in amounts:
+            child.observe(amount)
+        return
+    check()  # a parent that needs labels raises, as observe() does
+    counts = [0] * len(bounds)
+    total, seen = 0.0, 0
+    for amount in amounts:
+        total += amount
+        seen += 1
+        index = bisect_left(bounds, amount)
+        if index < len(bounds) and amount <= bounds[index]:  # NaN: in no bucket, as observe()
+            counts[index] += 1
+    if not seen:
+        return
+    total_value.inc(total)
+    for index, count in enumerate(counts):
+        if count:
+            buckets[index].inc(count)
