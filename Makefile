@@ -8,6 +8,7 @@ STAMP    := $(VENV)/.installed
 CONFIG   ?=
 SCENARIO ?= S1
 DURATION ?= 1800
+PG_RESTARTS ?= 1
 PYTEST_ARGS ?=
 KICK_MONITOR := $(BIN)/kick-monitor $(if $(CONFIG),--config $(CONFIG))
 
@@ -65,8 +66,8 @@ $(VENV)/.installed-bench: $(STAMP)
 bench: $(VENV)/.installed-bench ## run a benchmark scenario (SCENARIO=S1 by default, SCENARIO=all: everything); results in bench/results/
 	$(KICK_MONITOR) bench --scenario $(SCENARIO)
 
-soak: $(VENV)/.installed-bench ## 24/7 in miniature: 10k streamers, faults, memory/fds/threads sampled (DURATION=1800 s; exit 1 on FAIL)
-	$(KICK_MONITOR) bench --scenario soak --runs 1 --duration $(DURATION)
+soak: $(VENV)/.installed-bench ## 24/7 in miniature: 10k streamers, faults, memory/fds/threads sampled (DURATION=1800 s, PG_RESTARTS=1; exit 1 on FAIL)
+	$(KICK_MONITOR) bench --scenario soak --runs 1 --duration $(DURATION) --pg-restarts $(PG_RESTARTS)
 
 # -- operating an installed service (docs/deployment.md); thin wrappers over scripts/ ------------
 N ?=
