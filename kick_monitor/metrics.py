@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .messages import StatusChange
 
 enabled = True  # `kick_monitor.telemetry.NullTelemetry.enabled` is False
 
@@ -228,7 +231,7 @@ def observe_many(child: Any, amounts: Iterable[float]) -> None:
     Measured (multiprocess mode, 20 buckets): `labels().observe()` costs 3.4–3.7 µs a value, each a
     locked write to an mmap file; the writer made one per change (LATENCY), 500 a batch. Grouped
     here: 0.17 µs a value. prometheus_client has no public call for it, so this reads the child's
-    `_upper_bounds`, `_buckets` and `_sum` (what `observe` itself uses, 0.20–0.26); a child without
+    `_upper_bounds`, `_buckets` and `_sum` (what `observe` itself uses in 0.26, the version read); a child without
     them (another version, a stand-in) is observed value by value. The samples are the same as
     `observe`'s (tests/unit/test_observe_many.py), the sum up to floating-point rounding order."""
     bounds = getattr(child, "_upper_bounds", None)
@@ -254,3 +257,13 @@ def observe_many(child: Any, amounts: Iterable[float]) -> None:
     for index, count in enumerate(counts):
         if count:
             buckets[index].inc(count)
+
+
+def observe_latencies(changes: Iterable[StatusChange], now: float) -> None:
+    """LATENCY for a committed batch: each change's receive → commit time, by source, through
+    `observe_many` (the writer's per-batch call; `kick_tools.bench.observe_cost` measures it)."""
+    by_source: dict[str, list[float]] = {}
+    for change in changes:
+        by_source.setdefault(change.source, []).append(max(0.0, now - change.received_at))
+    for source, amounts in by_source.items():
+        observe_many(LATENCY.labels(source=source), amounts)

@@ -497,11 +497,7 @@ class BatchWriter(Role):
         if result.inferred:
             m.COMMITTED.labels(outcome="inferred").inc(result.inferred)
         if m.enabled:  # one histogram increment per bucket and source, not per change (metrics.observe_many)
-            by_source: dict[str, list[float]] = {}
-            for change in changes:
-                by_source.setdefault(change.source, []).append(max(0.0, now - change.received_at))
-            for source, amounts in by_source.items():
-                m.observe_many(m.LATENCY.labels(source=source), amounts)
+            m.observe_latencies(changes, now)
 
     def _report(self) -> None:
         self.telemetry.QUEUE_DEPTH.set(len(self.pending) + len(self.held))

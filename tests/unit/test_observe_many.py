@@ -90,3 +90,28 @@ def test_nan_is_observed_as_observe_would() -> None:
     by_one.observe(0.002)
     observe_many(by_many, [float("nan"), 0.002])
     assert str(samples(many)) == str(samples(one))  # str: nan != nan
+
+
+def test_a_batch_is_observed_by_source() -> None:
+    """The writer's call: each change's receive → commit time under its own source's label."""
+    from prometheus_client import REGISTRY
+
+    from kick_monitor.messages import StatusChange
+    from kick_monitor.metrics import observe_latencies
+
+    def count(source: str, le: str | None = None) -> float:
+        name = "kick_monitor_frame_to_commit_seconds_" + ("bucket" if le else "count")
+        labels = {"source": source, **({"le": le} if le else {})}
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    def change(source: str, received_at: float) -> StatusChange:
+        return StatusChange(change_id=f"{source}:{received_at}", channel_id=1, status="online", source=source,  # type: ignore[arg-type]
+                            event="StreamerIsLive", livestream_id=None, title=None, occurred_at=None,
+                            received_at=received_at, received_mono=0.0, shard=0)
+
+    before = {s: count(s) for s in ("pusher", "api")}
+    fast = count("pusher", "0.001")
+    observe_latencies([change("pusher", 99.9995), change("api", 99.0), change("pusher", 98.0)], now=100.0)
+    assert count("pusher") - before["pusher"] == 2
+    assert count("api") - before["api"] == 1
+    assert count("pusher", "0.001") - fast == 1  # 0.5 ms; the other pusher change took 2 s
