@@ -2,7 +2,7 @@
 
 Append-only segment files of JSON lines under `<data_dir>/spool/<tree>/`, each append
 fsync'ed before the writer acknowledges the changes to the workers. Replay reads the
-oldest segment, commits it, then deletes it; a crash in between replays it again, which
+oldest segment a slice at a time, commits it, then deletes it; a crash in between replays it again, which
 the idempotent history insert absorbs. A torn last line (crash mid-append) is skipped.
 Files are 0600 in a 0700 directory: they hold nothing secret, but nothing for others.
 Workers keep one too (`spool/worker-N`, one segment per spill: see `handoff.overflow_spool`)
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import orjson
@@ -23,6 +23,7 @@ from .messages import StatusChange
 log = logging.getLogger(__name__)
 
 SEGMENT_BYTES = 16 << 20
+READ_ALL = 1 << 30  # a slice size no segment reaches (`read`)
 _FIELDS = StatusChange.__slots__
 
 
@@ -95,23 +96,36 @@ class Spool:
         self._bytes += len(data)
         return path
 
-    def oldest(self) -> tuple[Path, list[StatusChange]] | None:
-        """The oldest segment and its changes, or None when empty."""
-        if not self._segments:
-            return None
-        path = self._segments[0]
-        return path, self.read(path)
+    def oldest_path(self) -> Path | None:
+        """The oldest segment, or None when empty (read it with `read_slices`)."""
+        return self._segments[0] if self._segments else None
 
     def read(self, path: Path) -> list[StatusChange]:
-        """The changes of one segment; unreadable lines (a torn last line) are reported and skipped."""
+        """The changes of one segment at once (a worker's spilled segment is one batch it resends)."""
+        return [change for part in self.read_slices(path, READ_ALL) for change in part]
+
+    def read_slices(self, path: Path, size: int) -> Iterator[list[StatusChange]]:
+        """The changes of one segment, `size` at a time, read line by line: a replay holds one
+        slice in memory, not a whole segment (up to 16 MB of lines). Unreadable lines
+        (a torn last line) are reported and skipped. From now on nothing is appended to it."""
         self._replaying = path
-        changes: list[StatusChange] = []
-        for number, line in enumerate(path.read_bytes().splitlines(), start=1):
-            try:
-                changes.append(StatusChange(*orjson.loads(line)))
-            except (orjson.JSONDecodeError, TypeError) as exc:
-                log.warning("skipping unreadable spool line %s:%d (%s)", path.name, number, exc)
-        return changes
+        return self._slices(path, size)
+
+    @staticmethod
+    def _slices(path: Path, size: int) -> Iterator[list[StatusChange]]:
+        part: list[StatusChange] = []
+        with path.open("rb") as lines:
+            for number, line in enumerate(lines, start=1):
+                try:
+                    part.append(StatusChange(*orjson.loads(line)))
+                except (orjson.JSONDecodeError, TypeError) as exc:
+                    log.warning("skipping unreadable spool line %s:%d (%s)", path.name, number, exc)
+                    continue
+                if len(part) >= size:
+                    yield part
+                    part = []
+        if part:
+            yield part
 
     def remove(self, path: Path) -> None:
         """Forget a segment once its changes are committed."""

@@ -223,6 +223,7 @@ class ShardWorker(Role):
         self.reconcile_again = False  # one was due while another ran: start it when that ends
         self.repaired_this_pass = 0  # of the running reconciliation, applied as its answers come
         self.answered_this_pass = 0
+        self.answered_since_trim = 0  # API answers applied since freed memory was last given back
         self.held_answers: list[ReconcileAnswer] = []  # API answers not applied yet (ANSWERS_EVERY)
         self.answers_due = float("inf")
         self.answers_applied_at = float("-inf")
@@ -411,11 +412,22 @@ class ShardWorker(Role):
         changes: list[StatusChange] = []
         for answer in self.held_answers:
             changes += self.verdicts(answer.asked_mono, answer.live)
+            self.answered_since_trim += len(answer.live)
         self.held_answers.clear()
         self.answers_due = float("inf")
         self.answers_applied_at = now
         if changes:
             self.send(changes)
+        if self.answered_since_trim > TRIM_AFTER:
+            self.trim_during_pass()
+
+    def trim_during_pass(self) -> None:
+        """Give back, while a pass runs, what the reconcile thread freed (the answers it parsed sit
+        in its own malloc arena). A pass the shared API budget spreads over minutes kept ~1.5–2 MB
+        resident until its end: most of a respawned worker's life in the soak, read by the slope
+        rule as growth. `malloc_trim` only, no collection: at most once a second (ANSWERS_EVERY)."""
+        self.answered_since_trim = 0
+        release_free_memory()
 
     def verdicts(self, asked_mono: float, answer: dict[int, Any]) -> list[StatusChange]:
         """One API request's verdicts: repair where the API disagrees, confirm the streamers just
@@ -459,7 +471,7 @@ class ShardWorker(Role):
     def end_reconciliation(self, error: str | None) -> None:
         """A pass ended: log and count it once (not per request), then give back its burst's memory."""
         repaired, answered = self.repaired_this_pass, self.answered_this_pass
-        self.repaired_this_pass = self.answered_this_pass = 0
+        self.repaired_this_pass = self.answered_this_pass = self.answered_since_trim = 0
         if repaired:
             log.info("reconciliation repaired %d streamers", repaired)
         if error is not None:

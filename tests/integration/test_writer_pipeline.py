@@ -272,3 +272,57 @@ def test_the_commit_threads_end_with_the_backlog_and_the_second_connection_after
     assert len(writer_backends(conn)) == 1
     assert writer.commit(flips(range(2, STREAMERS + 1), rounds=2, base=1_000_000))  # opened again when needed
     assert len(writer_backends(conn)) == 2
+
+
+def test_an_outage_is_replayed_slice_by_slice_on_one_connection_in_order_once(
+    writer: BatchWriter, conn: psycopg2.extensions.connection
+) -> None:
+    """An outage's spool and held backlog (round 12): committed a slice at a time on the one
+    connection in the writer's own thread, the spool read a slice at a time — no second
+    connection, no commit threads (their memory stayed resident after the replay)."""
+    spooled = flips(range(2, STREAMERS + 1), rounds=2)  # 44 changes: 11 slices of 4, streamer 1 in each
+    held = flips(range(2, STREAMERS + 1), rounds=2, base=1_000_000)
+    writer.spool.append(spooled[:20])
+    writer.spool.append(spooled[20:])
+    writer.held.add(1, 1, tuple(held), time.monotonic())
+    threads = threading.active_count()
+    started = threading.Thread.start
+    try:
+        threading.Thread.start = lambda self: pytest.fail(f"a thread started during the replay: {self.name}")  # type: ignore[method-assign]
+        writer.recover(time.monotonic())
+    finally:
+        threading.Thread.start = started  # type: ignore[method-assign]
+    assert threading.active_count() == threads
+    assert writer.second is None and len(writer_backends(conn)) == 1
+    assert not writer.spool and not writer.held
+    rows = history(conn)
+    assert len(rows) == len(spooled) + len(held)
+    for streamer in range(2, STREAMERS + 1):
+        assert [status for sid, status, _, _, _ in rows if sid == streamer] == ["online", "offline"] * 2
+    assert [status for sid, status, _, _, _ in rows if sid == 1] == ["online", "offline"] * (len(rows) // 4)
+
+
+def test_a_replay_cut_by_a_lost_connection_keeps_the_segment_and_finishes_it_once(
+    writer: BatchWriter, conn: psycopg2.extensions.connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spooled = flips(range(2, STREAMERS + 1), rounds=2)
+    writer.spool.append(spooled)
+    slices = 0
+    commit_slice = writer._commit_slice
+
+    def lose_the_connection_at_the_third(part: list[StatusChange]) -> bool:
+        nonlocal slices
+        slices += 1
+        if slices == 3:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_terminate_backend(%s)", (writer_backends(conn)[0],))
+            conn.commit()
+        return commit_slice(part)
+
+    monkeypatch.setattr(writer, "_commit_slice", lose_the_connection_at_the_third)
+    writer.recover(time.monotonic())
+    assert writer.conn is None and writer.spool  # two slices committed, the segment kept
+    assert len(history(conn)) == 8
+    writer.recover(time.monotonic())
+    assert not writer.spool
+    assert len(history(conn)) == len(spooled)

@@ -107,3 +107,26 @@ def test_a_burst_trim_empties_the_tuple_free_list() -> None:
         tracemalloc.stop()
     assert kept > 300_000  # 2,000 tuples of 17 values
     assert after_trim < 20_000
+
+
+def test_a_long_reconciliation_gives_back_freed_memory_while_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass spread over minutes by the API budget kept what the reconcile thread freed until its end
+    (round 12's soak): every TRIM_AFTER answers applied, freed memory goes back, not at every batch."""
+    from types import SimpleNamespace
+
+    import workers.shard_worker as shard_worker
+    from workers.shard_worker import TRIM_AFTER, ReconcileAnswer
+
+    trims: list[int] = []
+    monkeypatch.setattr(shard_worker, "release_free_memory", lambda: trims.append(1))
+    holder = SimpleNamespace(
+        held_answers=[], answered_since_trim=0, answers_due=0.0, answers_applied_at=0.0,
+        verdicts=lambda asked, live: [], send=lambda changes: None,
+    )
+    holder.trim_during_pass = lambda: ShardWorker.trim_during_pass(holder)  # type: ignore[arg-type]
+    per_request = TRIM_AFTER // 2 - 10
+    for request in range(1, 5):
+        holder.held_answers.append(ReconcileAnswer(float(request), dict.fromkeys(range(per_request))))
+        ShardWorker.apply_held_answers(holder, float(request))  # type: ignore[arg-type]
+        assert len(trims) == (1 if request >= 3 else 0), f"after request {request}"
+    assert holder.answered_since_trim == per_request
