@@ -74,7 +74,7 @@ class DownThenUpWriter(BatchWriter):
     def connect_database(self) -> bool:
         return self.up
 
-    def commit(self, changes: list[StatusChange]) -> bool:
+    def _commit_slice(self, changes: list[StatusChange]) -> bool:  # what commit and a replay both call
         if not self.up:
             return False
         self.commits.append(list(changes))
