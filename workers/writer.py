@@ -390,8 +390,8 @@ class BatchWriter(Role):
         Not pipelined (`commit`): a replay is rare and bounded (2 s of traffic in memory, then the
         spool), and the commit threads' malloc arena, the buffers libpq grows in them and the second
         connection stayed resident after it. Measured on the soak (6 minutes, one 5-s outage): the
-        writer's private memory stepped +1,420 kB at the outage with the pipelined replay, +964 and
-        +992 kB with this serial one in 500-change slices, +176 kB in slices of `REPLAY_SLICE`."""
+        writer's private memory stepped +1,776 kB at the outage with the pipelined replay, +980 and
+        +992 kB with this serial one in 500-change slices, +180 kB in slices of `REPLAY_SLICE`."""
         size = self.replay_slice
         return all(self._commit_slice(changes[start : start + size]) for start in range(0, len(changes), size))
 
