@@ -3,7 +3,8 @@
 Append-only segment files of JSON lines under `<data_dir>/spool/<tree>/`, each append
 fsync'ed before the writer acknowledges the changes to the workers. Replay reads the
 oldest segment a slice at a time, commits each slice, then deletes the segment; a crash in
-between replays it again, which the idempotent history insert absorbs. A torn last line (crash mid-append) is skipped.
+between replays it again, which the idempotent history insert absorbs. A torn last line
+(crash mid-append) is skipped.
 Files are 0600 in a 0700 directory: they hold nothing secret, but nothing for others.
 Workers keep one too (`spool/worker-N`, one segment per spill: see `handoff.overflow_spool`)
 for changes the writer has not acknowledged in time.

@@ -275,7 +275,7 @@ def test_the_commit_threads_end_with_the_backlog_and_the_second_connection_after
 
 
 def test_an_outage_is_replayed_slice_by_slice_on_one_connection_in_order_once(
-    writer: BatchWriter, conn: psycopg2.extensions.connection
+    writer: BatchWriter, conn: psycopg2.extensions.connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An outage's spool and held backlog (round 12): committed a slice at a time on the one
     connection in the writer's own thread, the spool read a slice at a time — no second
@@ -286,12 +286,11 @@ def test_an_outage_is_replayed_slice_by_slice_on_one_connection_in_order_once(
     writer.spool.append(spooled[20:])
     writer.held.add(1, 1, tuple(held), time.monotonic())
     threads = threading.active_count()
-    started = threading.Thread.start
-    try:
-        threading.Thread.start = lambda self: pytest.fail(f"a thread started during the replay: {self.name}")  # type: ignore[method-assign]
+    with monkeypatch.context() as patched:
+        patched.setattr(
+            threading.Thread, "start", lambda self: pytest.fail(f"a thread started during the replay: {self.name}")
+        )
         writer.recover(time.monotonic())
-    finally:
-        threading.Thread.start = started  # type: ignore[method-assign]
     assert threading.active_count() == threads
     assert writer.second is None and len(writer_backends(conn)) == 1
     assert not writer.spool and not writer.held
