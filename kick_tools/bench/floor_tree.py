@@ -138,7 +138,8 @@ def run_tree(url: str, ws_url: str, processes: int, image: str) -> None:
                 os._exit(code)
         pids[slot] = pid
     print(json.dumps(pids), flush=True)
-    while True:
+    bench = os.getppid()
+    while os.getppid() == bench:  # a bench that died without stopping us: stop too, leave nothing behind
         info = signal.sigtimedwait({signal.SIGTERM, signal.SIGCHLD}, 1.0)
         if info is not None and info.si_signo == signal.SIGTERM:
             break
