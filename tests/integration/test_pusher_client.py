@@ -204,7 +204,10 @@ def test_lifecycle_events_arrive_as_app_events(env: Env) -> None:
     assert [t.change.title for t in titles] == ["new title"]
     assert all(abs(e.received_at - time.time()) < 10 for e in events)
     assert tracker.stats.malformed == {}
-    assert sum(tracker.stats.ignored.values()) > 0  # the chat noise, counted unparsed
+    # the chat noise (200 frames/s), counted unparsed; on a loaded machine the 6 events can all come
+    # before the first noise frame, so read on until one did (nothing else may arrive meanwhile)
+    assert pump(session, 5, lambda: sum(tracker.stats.ignored.values()) > 0, events)
+    assert len(events) == 6
 
 
 @pytest.mark.timeout(60)
