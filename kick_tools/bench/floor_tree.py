@@ -67,11 +67,9 @@ def bare_worker(ws_url: str, sock: socket.socket) -> None:
     while True:
         frame = orjson.loads(ws.recv())
         event = frame.get("event")
-        if event == "floor:end":
+        if event not in (LIVE, OFFLINE):  # noise and the end marker: dropped unparsed, as the product drops them
             continue
         data = orjson.loads(frame["data"])
-        if event not in (LIVE, OFFLINE):
-            continue
         streamer = int(data["livestream"]["channel_id"])
         status = "online" if event == LIVE else "offline"
         if statuses.get(streamer) != status:
@@ -87,17 +85,16 @@ def bare_planner(url: str) -> None:
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute("LISTEN kick_monitor_streamers")
-    listed: dict[int, str] = {}
     while True:
         with conn.cursor() as cur:
             cur.execute("SELECT id, status FROM kick_monitor.streamers")
-            listed = {row[0]: row[1] for row in cur.fetchall()}
+            listed = {row[0]: row[1] for row in cur.fetchall()}  # held until the next read, as a planner holds its list
         deadline = time.monotonic() + 5.0
         while (left := deadline - time.monotonic()) > 0:
             if select.select([conn], [], [], left)[0]:
                 conn.poll()
                 conn.notifies.clear()
-        del listed
+        del listed  # freed before the next read builds its replacement
 
 
 def run_tree(url: str, ws_url: str, processes: int, image: str) -> None:
