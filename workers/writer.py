@@ -16,7 +16,9 @@ serial path and two writes can run at once in PostgreSQL (issue 18, W). A slice 
 with one in flight is staged only after that one committed (its changes apply in order); slices of
 different streamers may commit in any order — the backlog is acknowledged once all have. The second
 connection is opened on the first backlog that needs it and closed after 10 s without one (and the
-heap the burst freed given back: `after_burst`); without it, slices commit one after the other.
+heap the burst freed given back: `after_burst`); without it, slices commit one after the other. 10 s
+after the last batch of more than `BURST_BATCH` changes the main connection is swapped for a fresh
+one (`renew_connection`): libpq keeps the buffers a burst grew for as long as a connection lives.
 
 When PostgreSQL is down, changes wait in memory (unacknowledged, so the workers still
 hold them too); past `memory_buffer` changes or `SPOOL_AFTER` seconds they go to the
@@ -69,6 +71,13 @@ SECOND_CONNECTION_IDLE = 10.0  # seconds without a backlog of several slices bef
 # statement's parameters) left ~1 MB of emptied pymalloc pools resident after it; 100 fit in the pools
 # the live path uses, at the same serial rate (docs/performance.md, round 12).
 REPLAY_SLICE = 100
+# A live batch of more than this many changes is a burst (a reconciliation's answers, a backlog): libpq
+# grows a connection's input and output buffers to the biggest result and statement it has seen and never
+# shrinks them, so BURST_OVER seconds after the last one the writer swaps its main connection for a fresh
+# one (`renew_connection`). Measured in M (docs/performance.md, round 14): the start's reconciliation left
+# the writer 1.6 MB of new memory for good, 0.1 MB when no burst came.
+BURST_BATCH = REPLAY_SLICE
+BURST_OVER = 10.0
 
 
 def statement_timeout(heartbeat_timeout: float) -> float:
@@ -149,6 +158,7 @@ class BatchWriter(Role):
         self.stop_deadline: float | None = None
         self.clock_checked = False
         self.next_clock = 0.0
+        self.burst_at: float | None = None  # when the last batch of more than BURST_BATCH changes came
 
     # -- the role ------------------------------------------------------------------
     def boot(self) -> None:
@@ -199,7 +209,9 @@ class BatchWriter(Role):
             self.spool_held()
         if self.conn is not None and now >= self.next_clock and not self.pending:
             self.measure_clock(now)
-        if self.second is not None and now - self.second_used_at >= SECOND_CONNECTION_IDLE:
+        if self.burst_at is not None and now - self.burst_at >= BURST_OVER and not self.pending:
+            self.renew_connection()  # the second one too, if it is still open
+        elif self.second is not None and now - self.second_used_at >= SECOND_CONNECTION_IDLE:
             self.close_second()  # bursts are rare at low rates: no connection kept for them
         self._report()
 
@@ -230,6 +242,8 @@ class BatchWriter(Role):
     def commit(self, changes: list[StatusChange]) -> bool:
         """Commit in slices of batch_size; False (and the DB marked down) on a connection error.
         Several slices are pipelined on two connections when the second one is open."""
+        if len(changes) > BURST_BATCH:
+            self.burst_at = time.monotonic()
         slices = list(slices_of(changes, self.settings.batch_size))
         if len(slices) > 1 and self.open_second():
             return self._commit_pipelined(slices)
@@ -471,6 +485,27 @@ class BatchWriter(Role):
             return False
         self.second_used_at = now
         return True
+
+    def renew_connection(self) -> None:
+        """A burst is over: swap the main connection for a fresh one (statements prepared), close the
+        second, and give back the heap (`after_burst`). Closing a connection is the only way to free the
+        buffers libpq grew for the burst's slices (BURST_BATCH). If no new connection can be opened now,
+        the current one is kept (a database going down is noticed by the next commit, as always)."""
+        self.burst_at = None
+        if self.conn is not None:
+            try:
+                fresh = self.open_connection()
+            except (DatabaseUnavailable, psycopg2.Error) as exc:
+                log.warning("cannot open a fresh database connection after a burst (%s); keeping the current one",
+                            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            else:
+                old, self.conn = self.conn, fresh
+                with contextlib.suppress(psycopg2.Error):
+                    old.close()
+        if self.second is not None:
+            self.close_second()  # gives back the heap too
+        else:
+            after_burst()
 
     def close_second(self) -> None:
         """Close the second connection, and give back what its burst left behind (`after_burst`)."""

@@ -167,3 +167,61 @@ def tree_pss(slots: dict[str, int]) -> dict[str, float] | None:
         return None
     sharers = Counter(frame for found in frames.values() if found for frame in found)
     return {slot: round(sum(1 / sharers[f] for f in found or ()) * 4 / 1024, 1) for slot, found in frames.items()}
+
+
+ORIGIN_KINDS = ("shared", "copied", "new")
+
+
+def mapping_class(path: str) -> str:
+    """What a mapping of /proc/PID/maps holds, as the docs' anatomy table groups it."""
+    if path in ("", "[anon]"):
+        return "anonymous (pymalloc arenas, big allocations)"
+    if path == "[heap]":
+        return "malloc heap"
+    if path.startswith("["):
+        return "stack and kernel"
+    if "libpython" in path:
+        return "libpython"
+    if ".so" in path:
+        return "extension modules and libraries"
+    return "other files"
+
+
+def present_frames(pagemap: Any, start: int, end: int) -> list[int | None]:
+    """The frame of each page in [start, end), None where nothing is resident."""
+    pagemap.seek(start // 4096 * 8)
+    return [entry & ((1 << 55) - 1) if entry >> 63 else None
+            for (entry,) in struct.iter_unpack("Q", pagemap.read((end - start) // 4096 * 8))]
+
+
+def page_origins(parent_pid: int, child_pid: int) -> dict[str, dict[str, float]] | None:
+    """MB of a forked child's resident pages by mapping class and origin; None without root or if one is gone.
+
+    Origins, comparing the page at the same address in the parent: *shared* (the same frame: still one
+    copy), *copied* (both have one, different frames: one of them wrote it after the fork — with CPython
+    3.11 mostly reference counts and code objects' caches of the image both inherited), *new* (the
+    parent has nothing resident there: the child's own allocations, or pages the parent gave back).
+    """
+    found: dict[str, Counter[str]] = {}
+    try:
+        with (open(f"/proc/{child_pid}/maps") as maps, open(f"/proc/{child_pid}/pagemap", "rb") as child,
+              open(f"/proc/{parent_pid}/pagemap", "rb") as parent):
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                if start >= 0xFFFFFFFFFF600000:  # vsyscall: not in pagemap
+                    continue
+                counts = found.setdefault(mapping_class(fields[5].strip() if len(fields) > 5 else ""), Counter())
+                theirs = present_frames(parent, start, end)
+                for mine, old in zip(present_frames(child, start, end), theirs, strict=True):
+                    if mine is not None:
+                        counts["shared" if mine == old else "copied" if old is not None else "new"] += 1
+    except (OSError, ValueError):
+        return None
+    if not any(counts["copied"] + counts["new"] for counts in found.values()) or \
+            resident_frames(parent_pid) is None:
+        return None  # frames hidden (no CAP_SYS_ADMIN): every page would look shared
+    table = {name: {kind: round(counts[kind] * 4 / 1024, 1) for kind in ORIGIN_KINDS}
+             for name, counts in sorted(found.items()) if sum(counts.values())}
+    table["total"] = {kind: round(sum(c[kind] for c in found.values()) * 4 / 1024, 1) for kind in ORIGIN_KINDS}
+    return table

@@ -986,8 +986,10 @@ def run_memory(ctx: BenchContext, index: int, streamers: int | None = None) -> d
         slots = footprint.service_slots(service.pid)
         sample = footprint.take_sample(slots)
         tree = footprint.tree_pss(slots)
+        # each child's pages against the coordinator's: still shared, copied since the fork, or its own
+        origins = {slot: footprint.page_origins(service.pid, pid) for slot, pid in slots.items() if pid != service.pid}
         result.update(slots=sample, roles=footprint.by_role(sample), service=footprint.totals(sample),
-                      tree_pss_mb=tree, load_after=measure.loadavg())
+                      tree_pss_mb=tree, page_origins=origins, load_after=measure.loadavg())
         result["service_pss_machine_mb"] = result["service"]["pss_mb"]
         result["service_pss_mb"] = round(sum(tree.values()), 1) if tree else result["service"]["pss_mb"]
         result["worker_pss_max_mb"] = result["roles"].get("worker", {}).get("pss_max_mb")
@@ -996,8 +998,14 @@ def run_memory(ctx: BenchContext, index: int, streamers: int | None = None) -> d
 
 
 def summarize_memory(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    from kick_tools.bench import footprint
+
     summary: dict[str, Any] = {key: measure.spread(r.get(key) for r in runs)
                                for key in ("service_pss_mb", "service_pss_machine_mb", "worker_pss_max_mb")}
+    for slot in sorted({slot for r in runs for slot in r.get("page_origins") or {}}):
+        for kind in footprint.ORIGIN_KINDS:  # MB of the slot's pages by origin (footprint.page_origins)
+            summary[f"{slot.replace(' ', '_')}_{kind}_mb"] = measure.spread(
+                ((r.get("page_origins") or {}).get(slot) or {}).get("total", {}).get(kind) for r in runs)
     for role in sorted({role for r in runs for role in r["roles"]}):
         for figure in ("rss_max_mb", "pss_max_mb", "private_max_mb", "pss_total_mb"):
             summary[f"{role}_{figure}"] = measure.spread(r["roles"].get(role, {}).get(figure) for r in runs)

@@ -274,6 +274,47 @@ def test_the_commit_threads_end_with_the_backlog_and_the_second_connection_after
     assert len(writer_backends(conn)) == 2
 
 
+def test_after_a_burst_the_main_connection_is_swapped_for_a_fresh_one_and_still_commits(
+    writer: BatchWriter, conn: psycopg2.extensions.connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libpq keeps the buffers a burst's slices grew until the connection closes (the M bench's 1.6 MB):
+    a quiet while after a burst, the writer renews its main connection; small batches never do."""
+    monkeypatch.setattr("workers.writer.BURST_BATCH", 12)
+    first = writer.conn
+    assert first is not None
+    small = flips(range(2, 5), rounds=2)
+    assert writer.commit(small)  # 12 changes: not a burst
+    monkeypatch.setattr("workers.writer.BURST_OVER", 0.0)
+    writer.step()
+    assert writer.conn is first  # nothing to renew after a batch of BURST_BATCH or fewer
+    monkeypatch.setattr("workers.writer.BURST_OVER", 3600.0)
+    burst = flips(range(5, STREAMERS + 1), rounds=2, base=500_000)
+    assert writer.commit(burst)  # 32 changes: a burst, pipelined
+    writer.step()
+    assert writer.conn is first and writer.second is not None  # the burst is not over yet
+    monkeypatch.setattr("workers.writer.BURST_OVER", 0.0)
+    writer.step()
+    assert writer.conn is not None and writer.conn is not first and first.closed
+    assert writer.second is None  # closed with it
+    deadline = time.monotonic() + 10  # closed connections' backends exit a moment later
+    while len(writer_backends(conn)) != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert writer_backends(conn) == [writer.conn.get_backend_pid()]
+    writer.step()
+    assert writer.conn is not None and not writer.conn.closed  # renewed once, not at every turn
+    later = flips(range(2, 5), rounds=2, base=1_000_000)
+    assert writer.commit(later)  # the fresh connection has the batch statements prepared
+    submitted = [change.change_id for change in small + burst + later]
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM kick_monitor.status_events WHERE change_id = ANY(%s)", (submitted,))
+        assert cur.fetchone() == (len(submitted),)  # every change of every batch recorded once
+    conn.commit()
+    rows = history(conn)
+    for streamer in range(2, STREAMERS + 1):
+        statuses = [status for sid, status, _, _, _ in rows if sid == streamer]
+        assert statuses == ["online", "offline"] * (2 if streamer < 5 else 1)  # in order, none twice
+
+
 def test_an_outage_is_replayed_slice_by_slice_on_one_connection_in_order_once(
     writer: BatchWriter, conn: psycopg2.extensions.connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
