@@ -44,6 +44,7 @@ from kick_monitor.ratelimit import (
     backoff_delay,
     parse_retry_after,
 )
+from kick_monitor.tls import new_session
 
 if TYPE_CHECKING:
     from kick_monitor.config import Settings
@@ -397,7 +398,7 @@ class _Transport:
             if self._closed.is_set():
                 raise KickApiUnavailable("Kick API client closed")
             if self._session is None:
-                self._session = requests.Session()
+                self._session = new_session()  # verified HTTPS shares one TLS context (kick_monitor/tls.py)
                 self._session.headers["User-Agent"] = f"kick-monitor/{__version__}"
                 self._session.headers["Accept"] = "application/json"
             return self._session.request(

@@ -34,6 +34,7 @@ from typing import Any
 import requests
 
 from .notify_targets import mask_url, url_secrets
+from .tls import new_session
 
 RETRY_MIN, RETRY_MAX = 1.0, 300.0  # 5xx and network back-off, seconds
 MAX_ATTEMPTS = 12  # then the delivery fails (about 30 minutes of 5xx)
@@ -167,7 +168,7 @@ class SenderPool:
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:
-            session = self._local.session = requests.Session()
+            session = self._local.session = new_session()  # one TLS context for all threads (kick_monitor/tls.py)
         return session
 
     def _run(self, job: Job) -> None:

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kick_monitor import tls
 from kick_monitor.config import COORDINATOR, Settings, changed_settings, reload_policy
 from kick_monitor.credentials import for_role, scrub_environment
 from kick_monitor.database import with_password
@@ -203,6 +204,8 @@ class Supervisor:
         self.install_signals()
         self.bind_sockets()
         preload_role_modules()  # shared by every child: kick_monitor/preload.py
+        # the one TLS context every HTTPS client uses (kick_monitor/tls.py), before the first fork
+        tls.preload((self.settings.api_base_url, self.settings.oauth_token_url, self.settings.web_api_base_url))
         log.info(
             "starting %d of %d shards", len(self.plan.shards), self.plan.shard_count,
             extra={"tree": self.plan.tree},

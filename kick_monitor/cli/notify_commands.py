@@ -29,6 +29,7 @@ from ..notify_targets import (
     set_enabled,
     url_secrets,
 )
+from ..tls import new_session
 from .database_commands import open_database
 from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError
 from .render import clean_cell, render_table
@@ -149,7 +150,6 @@ def enable_command(args: argparse.Namespace, settings: Settings) -> int:
 
 def test_command(args: argparse.Namespace, settings: Settings) -> int:
     """Post a sample announcement (not recorded as a delivery) and print the answer."""
-    import requests
 
     with open_database(settings) as conn:
         try:
@@ -164,7 +164,7 @@ def test_command(args: argparse.Namespace, settings: Settings) -> int:
         register_secret(secret)
     template = target.template if args.event == "live" else target.offline_template
     body = render_body(target.kind, sample_announcement(args.event), template)
-    with requests.Session() as session:
+    with new_session() as session:
         outcome = post(session, url, body, settings.notify_timeout, attempts=1)
     print(f"target {target.id} ({target.kind} {target.shown_url}): {outcome.detail or outcome.verdict}"
           f" in {outcome.seconds * 1000:.0f} ms")
