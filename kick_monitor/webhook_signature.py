@@ -81,9 +81,12 @@ def fetch_public_key(api_base_url: str, timeout: float = 5.0) -> rsa.RSAPublicKe
     """
     import requests
 
+    from .tls import new_session
+
     url = f"{api_base_url}/public/v1/public-key"
     try:
-        resp = requests.get(url, timeout=timeout, headers={"Accept": "application/json"})
+        with new_session() as session:  # the shared TLS context (kick_monitor/tls.py): no CA bundle loaded for it
+            resp = session.get(url, timeout=timeout, headers={"Accept": "application/json"})
         resp.raise_for_status()
         text = resp.text
         if text.lstrip().startswith("{"):
