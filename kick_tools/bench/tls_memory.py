@@ -31,6 +31,7 @@ from typing import Any
 import certifi
 
 from kick_tools.bench import footprint, measure
+from kick_tools.bench.report import git_describe
 
 MODES = ("per-connection", "shared")
 
@@ -128,7 +129,8 @@ def main() -> int:
     summary = {mode: {key: median(r[key] for r in results if r["mode"] == mode)
                       for key in ("tree_pss_mb", "child_private_mb") if all(r[key] is not None for r in results)}
                for mode in MODES}
-    report = {"children": args.children, "connections": args.connections, "runs": results, "median": summary}
+    report = {"commit": git_describe(), "children": args.children, "connections": args.connections, "runs": results,
+              "median": summary}
     print(json.dumps(report["median"]))
     if args.out:
         args.out.write_text(json.dumps(report, indent=1))
