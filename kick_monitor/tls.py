@@ -2,9 +2,9 @@
 
 For each connection it opens, urllib3 (under requests) builds a new `ssl.SSLContext` and loads the whole
 CA bundle into it (certifi's ~140 certificates), and keeps it as long as the keep-alive connection lives:
-measured, ~0.8 MB of private memory per live connection (docs/performance.md, round 14) — a worker's
-API and token connections, each notifier thread's. A context built once, in the coordinator before it
-forks (`preload`), is shared by every role: ~0.1 MB a connection. Verification is unchanged: the
+measured, ~1.2 MB of private memory per live connection (`python -m kick_tools.bench.tls_memory`,
+docs/performance.md, round 14) — a worker's API and token connections, each notifier thread's. A context
+built once (~1.5 MB), in the coordinator before it forks (`preload`), is shared by every role instead. Verification is unchanged: the
 context is `ssl.create_default_context` with the bundle requests would use (certificate and host name required).
 
 One context per CA bundle file: certifi's, or the one `REQUESTS_CA_BUNDLE` / `CURL_CA_BUNDLE` names (requests
