@@ -4,8 +4,9 @@ For each connection it opens, urllib3 (under requests) builds a new `ssl.SSLCont
 CA bundle into it (certifi's ~140 certificates), and keeps it as long as the keep-alive connection lives:
 measured, ~1.2 MB of private memory per live connection (`python -m kick_tools.bench.tls_memory`,
 docs/performance.md, round 14) — a worker's API and token connections, each notifier thread's. A context
-built once (~1.5 MB), in the coordinator before it forks (`preload`), is shared by every role instead. Verification is unchanged: the
-context is `ssl.create_default_context` with the bundle requests would use (certificate and host name required).
+built once (~1.5 MB), in the coordinator before it forks (`preload`), is shared by every role instead.
+Verification is unchanged: the context is `ssl.create_default_context` with the bundle requests would
+use (certificate and host name required).
 
 One context per CA bundle file: certifi's, or the one `REQUESTS_CA_BUNDLE` / `CURL_CA_BUNDLE` names (requests
 prefers it). A request with `verify=False` or a CA directory gets urllib3's own context as before, so no

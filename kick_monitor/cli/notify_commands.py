@@ -150,7 +150,6 @@ def enable_command(args: argparse.Namespace, settings: Settings) -> int:
 
 def test_command(args: argparse.Namespace, settings: Settings) -> int:
     """Post a sample announcement (not recorded as a delivery) and print the answer."""
-
     with open_database(settings) as conn:
         try:
             target = find_target(conn, args.id)
