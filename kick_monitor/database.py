@@ -27,6 +27,12 @@ class DatabaseUnavailable(RuntimeError):
     """The database could not be reached; the message is safe to show (no password)."""
 
 
+def first_line(exc: BaseException) -> str:
+    """An error's first line for a log line or a message (its type when it says nothing)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def describe_url(url: str) -> str:
     """The URL (or libpq `key=value` string) without credentials, for messages and logs."""
     if "://" not in url:
@@ -137,8 +143,7 @@ def connect(
         }
         conn = psycopg2.connect(url, connection_factory=None, cursor_factory=None, **params)
     except psycopg2.OperationalError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DatabaseUnavailable(f"cannot connect to {describe_url(url)}: {first}") from None
+        raise DatabaseUnavailable(f"cannot connect to {describe_url(url)}: {first_line(exc)}") from None
     except psycopg2.Error:  # "invalid dsn: ..." quotes the whole URL, password included: never show it
         raise DatabaseUnavailable(f"cannot connect to {describe_url(url)}: malformed database URL") from None
     if autocommit:

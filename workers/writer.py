@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import psycopg2
 import psycopg2.extensions
 
-from kick_monitor.database import DatabaseUnavailable, connect
+from kick_monitor.database import DatabaseUnavailable, connect, first_line
 from kick_monitor.exitcodes import EX_OK
 from kick_monitor.handoff import ChangeReceiver
 from kick_monitor.messages import StatusChange
@@ -446,7 +446,7 @@ class BatchWriter(Role):
         try:
             conn = self.open_connection()
         except (DatabaseUnavailable, psycopg2.Error) as exc:
-            self._schedule_retry(str(exc).strip().splitlines()[0])
+            self._schedule_retry(first_line(exc))
             return False
         if self.retry_delay > RETRY_MIN:
             log.info("database is back")
@@ -481,7 +481,7 @@ class BatchWriter(Role):
         except (DatabaseUnavailable, psycopg2.Error) as exc:
             self.second_retry_at = now + SECOND_CONNECTION_RETRY
             log.warning("cannot open a second database connection (%s); committing slices one after the other",
-                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                        first_line(exc))
             return False
         self.second_used_at = now
         return True
@@ -497,7 +497,7 @@ class BatchWriter(Role):
                 fresh = self.open_connection()
             except (DatabaseUnavailable, psycopg2.Error) as exc:
                 log.warning("cannot open a fresh database connection after a burst (%s); keeping the current one",
-                            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                            first_line(exc))
             else:
                 old, self.conn = self.conn, fresh
                 with contextlib.suppress(psycopg2.Error):
@@ -521,7 +521,7 @@ class BatchWriter(Role):
             cur.execute("SET statement_timeout = %s", (timeout_ms,))
 
     def _database_lost(self, exc: Exception) -> None:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = first_line(exc)
         if self.conn is not None:
             with contextlib.suppress(psycopg2.Error):
                 self.conn.close()

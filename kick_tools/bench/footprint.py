@@ -140,6 +140,16 @@ def import_cost_table(modules: list[str]) -> list[tuple[str, float]]:
     return sorted(found, key=lambda item: -item[1])
 
 
+VSYSCALL = 0xFFFFFFFFFF600000  # the vsyscall page: not in pagemap
+
+
+def present_frames(pagemap: Any, start: int, end: int) -> list[int | None]:
+    """The frame of each page in [start, end), None where nothing is resident."""
+    pagemap.seek(start // 4096 * 8)
+    return [entry & ((1 << 55) - 1) if entry >> 63 else None
+            for (entry,) in struct.iter_unpack("Q", pagemap.read((end - start) // 4096 * 8))]
+
+
 def resident_frames(pid: int) -> set[int] | None:
     """Page frame numbers of `pid`'s resident pages; None without the right to see them (non-root)."""
     frames: set[int] = set()
@@ -147,12 +157,9 @@ def resident_frames(pid: int) -> set[int] | None:
         with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/pagemap", "rb") as pagemap:
             for line in maps:
                 start, end = (int(x, 16) for x in line.split(" ", 1)[0].split("-"))
-                if start >= 0xFFFFFFFFFF600000:  # vsyscall: not in pagemap
+                if start >= VSYSCALL:
                     continue
-                pagemap.seek(start // 4096 * 8)
-                for (entry,) in struct.iter_unpack("Q", pagemap.read((end - start) // 4096 * 8)):
-                    if entry >> 63:  # present
-                        frames.add(entry & ((1 << 55) - 1))
+                frames.update(frame for frame in present_frames(pagemap, start, end) if frame is not None)
     except (OSError, ValueError):
         return None
     if frames and frames <= {0}:
@@ -187,13 +194,6 @@ def mapping_class(path: str) -> str:
     return "other files"
 
 
-def present_frames(pagemap: Any, start: int, end: int) -> list[int | None]:
-    """The frame of each page in [start, end), None where nothing is resident."""
-    pagemap.seek(start // 4096 * 8)
-    return [entry & ((1 << 55) - 1) if entry >> 63 else None
-            for (entry,) in struct.iter_unpack("Q", pagemap.read((end - start) // 4096 * 8))]
-
-
 def page_origins(parent_pid: int, child_pid: int) -> dict[str, dict[str, float]] | None:
     """MB of a forked child's resident pages by mapping class and origin; None without root or if one is gone.
 
@@ -203,24 +203,25 @@ def page_origins(parent_pid: int, child_pid: int) -> dict[str, dict[str, float]]
     parent has nothing resident there: the child's own allocations, or pages the parent gave back).
     """
     found: dict[str, Counter[str]] = {}
+    visible = False  # a non-zero frame seen: the kernel shows frames to this user
     try:
         with (open(f"/proc/{child_pid}/maps") as maps, open(f"/proc/{child_pid}/pagemap", "rb") as child,
               open(f"/proc/{parent_pid}/pagemap", "rb") as parent):
             for line in maps:
                 fields = line.split(maxsplit=5)
                 start, end = (int(x, 16) for x in fields[0].split("-"))
-                if start >= 0xFFFFFFFFFF600000:  # vsyscall: not in pagemap
+                if start >= VSYSCALL:
                     continue
                 counts = found.setdefault(mapping_class(fields[5].strip() if len(fields) > 5 else ""), Counter())
                 theirs = present_frames(parent, start, end)
                 for mine, old in zip(present_frames(child, start, end), theirs, strict=True):
                     if mine is not None:
                         counts["shared" if mine == old else "copied" if old is not None else "new"] += 1
+                        visible = visible or bool(mine)
     except (OSError, ValueError):
         return None
-    if not any(counts["copied"] + counts["new"] for counts in found.values()) or \
-            resident_frames(parent_pid) is None:
-        return None  # frames hidden (no CAP_SYS_ADMIN): every page would look shared
+    if not visible:
+        return None  # frames hidden (no CAP_SYS_ADMIN): every frame reads 0, every page would look shared
     table = {name: {kind: round(counts[kind] * 4 / 1024, 1) for kind in ORIGIN_KINDS}
              for name, counts in sorted(found.items()) if sum(counts.values())}
     table["total"] = {kind: round(sum(c[kind] for c in found.values()) * 4 / 1024, 1) for kind in ORIGIN_KINDS}
