@@ -7,6 +7,11 @@ supervisor before any fork and kept across planner restarts, like the writer's),
 list changes. After any reconnection (planner restarted, worker restarted) the worker says
 Hello again and the full `Assign` replaces what it had: no state needs to survive a restart.
 
+The same channel carries API reconciliation (the planner holds the tree's one Kick API client,
+`kick_monitor.reconcile_service`): the worker sends `ReconcileRequest`, the planner answers with
+a `LiveAnswer` per API request and a `ReconcileDone`. A pass cut by a reconnection is asked
+again on the new connection (the worker keeps it until its `ReconcileDone`).
+
 Both ends are non-blocking (`kick_monitor.framing`): a SIGSTOPped worker with 10,000
 streamers queued to it never blocks the planner; a connection whose outbox passes
 `MAX_OUTBOX_BYTES` is dropped (the worker gets everything again when it comes back).
@@ -22,13 +27,23 @@ import socket
 from collections.abc import Iterable
 
 from .framing import FramedSocket, Link, ProtocolError, dial
-from .messages import Assign, Hello, Subscribe, Unsubscribe, WorkerState
+from .messages import (
+    Assign,
+    Hello,
+    LiveAnswer,
+    ReconcileDone,
+    ReconcileRequest,
+    Subscribe,
+    Unsubscribe,
+    WorkerState,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_OUTBOX_BYTES = 256 << 20
 RECONNECT_DELAY = 0.1
-PlannerMessage = Assign | Subscribe | Unsubscribe
+PlannerMessage = Assign | Subscribe | Unsubscribe | LiveAnswer | ReconcileDone
+_PLANNER_MESSAGES = (Assign, Subscribe, Unsubscribe, LiveAnswer, ReconcileDone)
 
 
 class AssignmentClient(Link):
@@ -38,6 +53,19 @@ class AssignmentClient(Link):
         super().__init__(address)
         self.shard = shard
         self.state: WorkerState | None = None  # the last one told; told again after a reconnection
+        self.request: ReconcileRequest | None = None  # the pass asked and not done; asked again after one
+
+    def ask(self, request: ReconcileRequest) -> None:
+        """Ask the planner for a reconciliation pass (sent with the next flush, again after a reconnection
+        until `finished` is called for it)."""
+        self.request = request
+        if self._channel is not None:
+            self._channel.queue(request)
+
+    def finished(self, pass_id: int) -> None:
+        """The planner said the pass ended: it is not asked again."""
+        if self.request is not None and self.request.pass_id == pass_id:
+            self.request = None
 
     def tell_state(self, state: WorkerState) -> None:
         """Queue the worker's state for the planner if it changed (sent with the next flush)."""
@@ -58,7 +86,7 @@ class AssignmentClient(Link):
             self._channel.flush()
             if readable:
                 for message in self._channel.read():
-                    if isinstance(message, (Assign, Subscribe, Unsubscribe)):
+                    if isinstance(message, _PLANNER_MESSAGES):
                         received.append(message)
         except (OSError, ConnectionError, ProtocolError, pickle.UnpicklingError, EOFError) as exc:
             log.info("lost the planner connection (%s); reconnecting", exc)
@@ -74,6 +102,8 @@ class AssignmentClient(Link):
         self._channel.queue(Hello(self.shard))
         if self.state is not None:
             self._channel.queue(self.state)
+        if self.request is not None:
+            self._channel.queue(self.request)
         with contextlib.suppress(OSError):
             self._channel.flush()
 
@@ -89,6 +119,8 @@ class AssignmentServer:
         self._by_fd: dict[int, int] = {}
         self._ids = itertools.count(1)
         self.states: dict[int, WorkerState] = {}  # by shard: what its worker last told (issue 17)
+        self.requests: list[tuple[int, ReconcileRequest]] = []  # (connection id, request), taken by the planner
+        self.closed: list[int] = []  # connection ids closed since the planner last took them
 
     def filenos(self) -> list[int]:
         return [self.listener.fileno(), *self._by_fd]
@@ -119,9 +151,24 @@ class AssignmentServer:
                         hellos.append((conn_id, message.shard))
                     elif isinstance(message, WorkerState):
                         self.states[message.shard] = message
+                    elif isinstance(message, ReconcileRequest):
+                        self.requests.append((conn_id, message))
             except (OSError, ConnectionError, ProtocolError, pickle.UnpicklingError, EOFError) as exc:
                 self._close(conn_id, str(exc))
         return hellos
+
+    def take_requests(self) -> list[tuple[int, ReconcileRequest]]:
+        """Reconciliation passes asked since the last call, with the connection that asked."""
+        requests, self.requests = self.requests, []
+        return requests
+
+    def take_closed(self) -> list[int]:
+        """Connections closed since the last call (their passes are abandoned)."""
+        closed, self.closed = self.closed, []
+        return closed
+
+    def shard_of(self, conn_id: int) -> int | None:
+        return self._shard_of.get(conn_id)
 
     def send(self, conn_id: int, message: PlannerMessage) -> None:
         channel = self._channels.get(conn_id)
@@ -167,6 +214,7 @@ class AssignmentServer:
         channel = self._channels.pop(conn_id, None)
         self._shard_of.pop(conn_id, None)
         if channel is not None:
+            self.closed.append(conn_id)
             self._by_fd.pop(channel.fileno(), None)
             log.info("worker connection closed: %s", reason)
             channel.close()

@@ -120,19 +120,19 @@ class Settings(BaseModel):
         KICK_PUSHER_URL, description="Kick's Pusher websocket URL (app key included); off = no Pusher"
         " (webhooks and reconciliation only: every streamer is reconciled every reconcile_interval_without_pusher)",
     )
-    api_base_url: Annotated[str, live(WORKER, PLANNER)] = Field(
+    api_base_url: Annotated[str, live(PLANNER)] = Field(
         "https://api.kick.com", description="Kick's official API",
     )
-    oauth_token_url: Annotated[str, live(WORKER, PLANNER)] = Field(
+    oauth_token_url: Annotated[str, live(PLANNER)] = Field(
         "https://id.kick.com/oauth/token", description="OAuth token endpoint",
     )
-    web_api_base_url: Annotated[str, live(WORKER, PLANNER)] = Field(
+    web_api_base_url: Annotated[str, live(PLANNER)] = Field(
         "https://kick.com", description="Kick's unofficial web API (id resolution)",
     )
-    client_id: Annotated[str | None, live(WORKER, PLANNER)] = Field(
+    client_id: Annotated[str | None, live(PLANNER)] = Field(
         None, description="Kick app client id (optional; enables reconciliation)",
     )
-    client_secret: Annotated[SecretStr | None, live(WORKER, PLANNER)] = Field(
+    client_secret: Annotated[SecretStr | None, live(PLANNER)] = Field(
         None, description="Kick app client secret (never printed)",
     )
     database_password: Annotated[SecretStr | None, live(WRITER, PLANNER, MIRROR, WEBHOOK, NOTIFIER)] = Field(
@@ -217,24 +217,24 @@ class Settings(BaseModel):
         description="seconds within which two reported starts of one streamer are one broadcast"
         " (Pusher's created_at, the API's start_time and a webhook's started_at differ by this much)",
     )
-    api_batch_size: Annotated[int, live(WORKER, PLANNER)] = Field(
+    api_batch_size: Annotated[int, live(PLANNER)] = Field(
         25, ge=1, le=50,
         description="slugs or user ids per /public/v1/channels request (50-item batches are reported to return"
         " wrong live data)",
     )
-    api_rate: Annotated[float, live(WORKER, PLANNER)] = Field(
+    api_rate: Annotated[float, live(PLANNER)] = Field(
         5.0, gt=0, le=100,
         description="API requests per second for the whole deployment (one budget per Kick app, shared by every"
         " process through the database; halved on a 429, recovers slowly)",
     )
-    api_burst: Annotated[int, live(WORKER, PLANNER)] = Field(
+    api_burst: Annotated[int, live(PLANNER)] = Field(
         10, ge=1, le=1000, description="API requests the shared budget lets through at once after a quiet spell",
     )
-    web_api_backoff: Annotated[float, live(WORKER, PLANNER)] = Field(
+    web_api_backoff: Annotated[float, live(PLANNER)] = Field(
         21600.0, ge=60, le=7 * 86400,
         description="seconds the kick.com web API is left alone after Cloudflare blocked it (it is optional)",
     )
-    api_timeout: Annotated[float, live(WORKER, PLANNER)] = Field(
+    api_timeout: Annotated[float, live(PLANNER)] = Field(
         10.0, gt=0, le=120, description="API request timeout, seconds",
     )
 

@@ -96,8 +96,8 @@ def wipe_environment_block(keys: frozenset[str]) -> int:
 # The secrets each role uses; the rest are left out of the settings it is handed.
 ROLE_SECRETS = {
     "writer": frozenset(),  # it gets the connection string itself, password included
-    "worker": frozenset({"client_secret"}),
-    "planner": frozenset({"client_secret"}),  # id resolution; it gets the connection string itself too
+    "worker": frozenset(),  # the planner asks Kick's API for it (kick_monitor.reconcile_service)
+    "planner": frozenset({"client_secret"}),  # the tree's API client; it gets the connection string itself too
 }
 
 

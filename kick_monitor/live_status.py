@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from kick_monitor.messages import Status
-from kick_monitor.reconcile import LiveInfo
+from kick_monitor.messages import LiveInfo, Status
 
 
 def diff_by_streamer(

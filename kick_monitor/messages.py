@@ -153,6 +153,56 @@ class Unsubscribe:
 
 
 @dataclass(frozen=True, slots=True)
+class LiveInfo:
+    """What the API says about one channel; `observed_mono` is when the answer arrived.
+
+    A socket event newer than `observed_mono` beats this answer: the worker should drop
+    an API verdict older than the last frame it saw for the channel.
+    """
+
+    is_live: bool
+    title: str | None
+    livestream_id: int | None
+    started_at: float | None
+    observed_mono: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileRequest:
+    """Worker → planner: ask Kick's API about these streamers of my shard (one pass).
+
+    The planner holds the tree's one API client (`kick_monitor.reconcile_service`); the worker
+    stays its shard's sequencer and applies the answers itself. A worker has at most one pass
+    asked at a time; it asks again, with the same `pass_id`, after reconnecting to a planner."""
+
+    shard: int
+    pass_id: int
+    streamer_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LiveAnswer:
+    """Planner → worker: one API request's answer within a pass, by streamer row id.
+
+    `asked_mono` is the host's monotonic clock (the same in every process of the tree) just
+    before the request: a frame the worker read after it is newer than the answer."""
+
+    pass_id: int
+    asked_mono: float
+    live: dict[int, LiveInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileDone:
+    """Planner → worker: the pass ended. `outcome` is ok, error (with `error`), or off: no pass ran
+    because the API refused the deployment's credentials (reconciliation waits for a SIGHUP)."""
+
+    pass_id: int
+    outcome: Literal["ok", "error", "off"]
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Reconfigure:
     """Supervisor → any role, after SIGHUP: the new settings (the role applies what it reads).
 

@@ -27,24 +27,11 @@ from kick_monitor.kick_api import (
     KickBlockedError,
     chunks,
 )
-from kick_monitor.messages import Status, StreamerRef
+from kick_monitor.messages import LiveInfo, Status, StreamerRef
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True, slots=True)
-class LiveInfo:
-    """What the API says about one channel; `observed_mono` is when the answer arrived.
-
-    A socket event newer than `observed_mono` beats this answer: the worker should drop
-    an API verdict older than the last frame it saw for the channel.
-    """
-
-    is_live: bool
-    title: str | None
-    livestream_id: int | None
-    started_at: float | None
-    observed_mono: float = 0.0
+__all__ = ["LiveInfo", "ReconcileReport", "Reconciler", "diff_live_status"]  # LiveInfo: kick_monitor.messages
 
 
 @dataclass(frozen=True, slots=True)

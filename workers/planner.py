@@ -25,6 +25,11 @@ but never the reaping, killing and respawning of processes.
 - Retention (`kick_monitor.retention.Pruner`): history older than `history_retention` is
   deleted in small batches on another helper thread, under an advisory lock (one pruner per
   deployment), never in the way of the writer.
+- API reconciliation for every worker of the tree (`kick_monitor.reconcile_service`): a worker
+  asks for a pass over the assignment channel; one helper thread with the tree's one API client
+  asks Kick, round-robin across the workers that asked, and each answer goes back to its worker,
+  which applies it (a worker is the sequencer of its shard). Asks wait for the first load, as
+  Hellos do, so a pass is never asked about an empty plan.
 - Webhook subscriptions (`kick_monitor.webhook_sync.WebhookSync`, issue 16): a third helper
   thread keeps Kick's event subscriptions equal to the streamer list, woken with the
   resolver on every streamer NOTIFY; one process of a deployment at a time.
@@ -56,11 +61,12 @@ from kick_monitor.database import DatabaseUnavailable, connect, take_notificatio
 from kick_monitor.duty import Duty
 from kick_monitor.lease_keeper import LeaseKeeper
 from kick_monitor.leases import Node
-from kick_monitor.messages import Assign, StreamerRef, Subscribe, Unsubscribe
+from kick_monitor.messages import Assign, ReconcileDone, ReconcileRequest, StreamerRef, Subscribe, Unsubscribe
 from kick_monitor.metric_deltas import CounterDeltas
 from kick_monitor.migrations import STREAMERS_CHANNEL
 from kick_monitor.ordering import allocate_generation
 from kick_monitor.preload import release_free_memory
+from kick_monitor.reconcile_service import ReconcileService
 from kick_monitor.resolver import resolve_pending
 from kick_monitor.retention import Pruner
 from kick_monitor.role import Role, RoleContext
@@ -78,6 +84,11 @@ RETRY_MIN, RETRY_MAX = 0.5, 10.0
 RESOLVE_BUDGET = 20.0  # seconds of Kick API lookups per round (5,000 slugs at 25 a request ≈ 200 requests)
 RESOLVE_EVERY = 30.0  # seconds between rounds when nothing wakes the resolver
 RESOLVE_LOCK_KEY = 0x4B4D5245  # advisory lock: one resolver per deployment at a time
+# Settings the API client is built from: a change rebuilds the reconciliation client.
+API_SETTINGS = frozenset({
+    "api_base_url", "oauth_token_url", "web_api_base_url", "client_id", "client_secret",
+    "api_batch_size", "api_rate", "api_burst", "api_timeout", "web_api_backoff",
+})
 WORKERS_GONE_WAIT = 5.0  # at stop: how long the planner waits for its workers before freeing the leases
 
 
@@ -120,10 +131,16 @@ class Planner(Role):
             self.settings.history_retention,
         )
         self.webhook_sync = self.make_webhook_sync()  # issue 16: Kick webhook subscriptions
+        self.reconcile_asks: list[tuple[int, ReconcileRequest]] = []  # waiting for the first load
+        self.reconcile_deltas = CounterDeltas()
+        self.reconciliation = ReconcileService(self.make_api_client, self.export_api_stats)
 
     def boot(self) -> None:
         self.leases.start()
         self.resolver.start()
+        self.reconciliation.start()
+        if not self.settings.has_api_credentials:
+            log.info("no Kick API credentials: running Pusher-only, without reconciliation")
         self.pruner.start()
         self.webhook_sync.start()
 
@@ -137,7 +154,7 @@ class Planner(Role):
         first_load_waits = self.loaded_at == float("-inf") and not self.leases.settled.is_set()
         if first_load_waits:
             timeout = max(timeout, 0.01)
-        rlist: list[Any] = [*self.server.filenos(), self.leases.changed_read]
+        rlist: list[Any] = [*self.server.filenos(), self.leases.changed_read, self.reconciliation.wake_read]
         if self.listen_conn is not None:
             rlist.append(self.listen_conn)
         readable, writable = self.wait(rlist, self.server.writers(), timeout)
@@ -150,6 +167,12 @@ class Planner(Role):
             self.hellos.append((conn_id, shard))
             if now - self.loaded_at > FRESH_FOR_HELLO:
                 self.schedule_reload(now)
+        for conn_id in self.server.take_closed():
+            self.reconciliation.cancel(conn_id)
+        self.reconcile_asks += self.server.take_requests()
+        if self.reconciliation.wake_read in readable:
+            for conn_id, reply in self.reconciliation.take():
+                self.server.send(conn_id, reply)
         if now >= self.next_full_reload:
             self.schedule_reload(now)
         self.follow_leases(now)
@@ -160,6 +183,7 @@ class Planner(Role):
         if self.reload_at is not None and now >= self.reload_at and not first_load_waits:
             self.reload(now)
         self.answer_hellos()
+        self.answer_reconcile_asks()
 
     def finish(self) -> int:
         # Clean stop of the tree: free the leases once our workers (and their Pusher subscriptions)
@@ -167,6 +191,7 @@ class Planner(Role):
         # only the planner restarts; the leases stay for the next planner.
         self.leases.stop(release=self.wait_for_workers(min(self.settings.drain_timeout, WORKERS_GONE_WAIT)))
         self.resolver.stop()
+        self.reconciliation.stop()
         self.pruner.stop()
         self.webhook_sync.stop()
         self.server.close()
@@ -180,6 +205,19 @@ class Planner(Role):
             self.pruner.set_retention(self.settings.history_retention)
         self.resolver.settings_changed()
         self.webhook_sync.settings_changed()
+        if changed & API_SETTINGS:
+            self.reconciliation.settings_changed()
+
+    def make_api_client(self) -> Any:
+        """The tree's API client for reconciliation; draws from the deployment's shared rate budget."""
+        from kick_monitor.kick_api import client_from_settings
+
+        return client_from_settings(self.settings, self.ctx.database_url)
+
+    def export_api_stats(self, snapshot: Any) -> None:
+        """The reconciliation client's running totals as metric increments (from its thread)."""
+        if self.telemetry.enabled:
+            self.reconcile_deltas.advance_api(self.telemetry, snapshot)
 
     def make_webhook_sync(self) -> WebhookSync:
         """The subscription sync duty (kick_monitor/webhook_sync.py): its own connection and API client."""
@@ -380,6 +418,24 @@ class Planner(Role):
                 self.planned[shard] = self.plan[shard]  # one copy of the refs, as after a reload (memory)
             self.server.send(conn_id, Assign(handed))
         self.hellos.clear()
+
+    def answer_reconcile_asks(self) -> None:
+        """Hand each worker's reconciliation pass to the reconcile thread, with the refs of its shard
+        as the worker was sent them; only once Hellos are answered (a planner just restarted has no
+        plan yet, and an empty pass would end at once with nothing asked). Ids no longer planned for
+        the shard are left out: the worker is being told to drop them."""
+        if not self.reconcile_asks or self.hellos or self.loaded_at == float("-inf"):
+            return
+        for conn_id, request in self.reconcile_asks:
+            shard = self.server.shard_of(conn_id)
+            members = self.plan.get(request.shard)
+            if shard != request.shard or members is None:
+                why = f"shard {request.shard} is not this tree's"
+                self.server.send(conn_id, ReconcileDone(request.pass_id, "error", why))
+                continue
+            refs = tuple(ref for sid in request.streamer_ids if (ref := members.get(sid)) is not None)
+            self.reconciliation.submit(conn_id, request, refs)
+        self.reconcile_asks.clear()
 
     def stamp(self, refs: Iterable[StreamerRef]) -> tuple[StreamerRef, ...]:
         """Streamers handed over now get a fresh assignment generation (docs/architecture.md, ordering).

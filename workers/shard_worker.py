@@ -2,11 +2,12 @@
 
 The main loop is a single `select()` over the Pusher socket, the planner's assignment
 channel (which streamers to watch: `kick_monitor.assignment`), the writer connection, the
-supervisor's control channel and the reconciler's wake-up pipe. Frames become typed
-`StatusChange`s (kick_monitor.events) and go to the writer through the acknowledged
-hand-off (kick_monitor.handoff). API reconciliation runs on a helper thread so that a
-slow Kick API never delays a frame; its verdicts are applied in the main loop as the
-answers come (at most once a second), and only for streamers that saw no frame since asked.
+supervisor's control channel. Frames become typed `StatusChange`s (kick_monitor.events)
+and go to the writer through the acknowledged hand-off (kick_monitor.handoff). API
+reconciliation is asked of the planner over the assignment channel (it holds the tree's one
+Kick API client), so a slow Kick API never delays a frame and a worker runs no HTTP; its
+verdicts are applied in the main loop as the answers come (at most once a second), and only
+for streamers that saw no frame since asked.
 
 Streamers are keyed by their row id (`StreamerRef.streamer_id`). Those with a channel id
 are on Pusher; those without are watched by reconciliation alone (by user id), every
@@ -16,24 +17,31 @@ a channel id.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import os
-import queue
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kick_monitor.assignment import AssignmentClient
-from kick_monitor.config import PUSHER_OFF, Settings
+from kick_monitor.config import PUSHER_OFF
 from kick_monitor.events import LIFECYCLE_EVENTS, EventStats, StatusTracker, TitleUpdate, channel_names
 from kick_monitor.exitcodes import EX_CONFIG
 from kick_monitor.handoff import ChangeSender, overflow_spool
 from kick_monitor.live_status import diff_by_streamer
-from kick_monitor.messages import Assign, StatusChange, StreamerRef, Subscribe, Unsubscribe, WorkerState
+from kick_monitor.messages import (
+    Assign,
+    LiveAnswer,
+    ReconcileDone,
+    ReconcileRequest,
+    StatusChange,
+    StreamerRef,
+    Subscribe,
+    Unsubscribe,
+    WorkerState,
+)
 from kick_monitor.metric_deltas import CounterDeltas
 from kick_monitor.preload import release_free_memory
 from kick_monitor.pusher import PusherFatalError, PusherSession
@@ -46,11 +54,6 @@ LEAVE_WAIT = 1.0  # at most, at a warm stop: reading what Pusher sent before our
 ACK_WAIT = 2.0  # at most, from subscribing streamers until they are reconciled (the server's answers first)
 ANSWERS_EVERY = 1.0  # seconds: the API answers of a reconciliation are applied at most this often, and at its end
 TRIM_AFTER = 500  # streamers in one message or API answer after which freed memory goes back to the kernel
-# Settings the API client is built from: a change rebuilds it (see Reconciliation.use_settings).
-API_SETTINGS = frozenset({
-    "api_base_url", "oauth_token_url", "web_api_base_url", "client_id", "client_secret",
-    "api_batch_size", "api_rate", "api_burst", "api_timeout", "web_api_backoff",
-})
 
 
 def trim_after_burst() -> None:
@@ -79,106 +82,53 @@ def lower_priority(increment: int) -> None:
 
 @dataclass(frozen=True, slots=True)
 class ReconcileAnswer:
-    """From the reconcile thread to the main loop: one API request's answer ({streamer_id: LiveInfo},
-    asked at `asked_mono`), or the end of a pass (`done`, with its error if it failed)."""
+    """A planner's reply as the main loop applies it: one API request's answer ({streamer_id: LiveInfo},
+    asked at `asked_mono`), or the end of a pass (`done`, with its outcome and error)."""
 
     asked_mono: float
     live: dict[int, Any] = field(default_factory=dict)
     done: bool = False
     error: str | None = None
+    outcome: str = "ok"  # of a pass that ended: ok, error, or off (the API refused the credentials)
 
 
 class Reconciliation:
-    """Runs API reconciliation on one helper thread; answers come back through a queue.
+    """Asks the planner for API reconciliation passes and keeps the one asked until it ends.
 
-    The thread never touches the tracker: it gets an immutable snapshot and hands over each
-    request's answer as it arrives (after a reconnect most streamers are repaired within the
-    first requests, not after a pass the shared API budget spreads over seconds or minutes);
-    the main loop decides.
+    The planner holds the tree's one Kick API client (`kick_monitor.reconcile_service`): a worker
+    runs no HTTP, no OAuth and no budget connection of its own (docs/performance.md, round 15: those
+    copied ~3.5 MB into every worker). It sends the streamer ids to ask about; each request's answer
+    comes back as it arrives (after a reconnect most streamers are repaired within the first
+    requests, not after a pass the shared API budget spreads over seconds or minutes), and the main
+    loop decides. One pass at a time; a pass cut by a planner restart is asked again on reconnection.
     """
 
-    def __init__(self, settings: Settings, shard: int, database_url: str = "") -> None:
-        self.settings = settings
+    def __init__(self, assignments: AssignmentClient, shard: int) -> None:
+        self.assignments = assignments
         self.shard = shard
-        # kickapi: the reconcile thread draws from the deployment's shared API budget
-        # (kick_monitor.api_budget) over its own small connection, opened in that thread.
-        self.database_url = database_url
-        self.results: queue.SimpleQueue[ReconcileAnswer] = queue.SimpleQueue()
-        self.auth_failed = False
-        self.wake_read, self.wake_write = os.pipe()
-        os.set_blocking(self.wake_read, False)
-        self._thread: threading.Thread | None = None
-        self._reconciler: Any = None
-        self.enabled = settings.has_api_credentials
+        self.pass_id = 0
+        self.current: int | None = None  # the pass asked and not ended
 
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self.current is not None
 
     def start(self, streamers: tuple[StreamerRef, ...]) -> bool:
-        if not self.enabled or self.running():
+        if self.running():
             return False
-        started = time.monotonic()
-        self._thread = threading.Thread(
-            target=self._run, args=(streamers, started), name=f"reconcile-{self.shard}", daemon=True
-        )
-        self._thread.start()
+        self.pass_id += 1
+        self.current = self.pass_id
+        self.assignments.ask(ReconcileRequest(self.shard, self.pass_id, tuple(ref.streamer_id for ref in streamers)))
         return True
 
-    def drain_wakeups(self) -> None:
-        try:
-            while os.read(self.wake_read, 4096):
-                pass
-        except BlockingIOError:
-            pass
-
-    def _run(self, streamers: tuple[StreamerRef, ...], started: float) -> None:
-        error: str | None = None
-        from kick_monitor.kick_api import KickAuthError
-
-        try:
-            for asked, live in self._client().answers_by_streamer(streamers):
-                self._hand_over(ReconcileAnswer(asked, live))
-        except KickAuthError as exc:
-            # A refused secret does not fix itself: stop asking (the service runs Pusher-only).
-            self.enabled = False
-            self.auth_failed = True
-            error = f"{type(exc).__name__}: {exc}"
-        except Exception as exc:  # reported to the main loop; the thread never dies silently
-            error = f"{type(exc).__name__}: {exc}"
-        self._hand_over(ReconcileAnswer(started, done=True, error=error))
-
-    def _hand_over(self, answer: ReconcileAnswer) -> None:
-        self.results.put(answer)
-        with contextlib.suppress(OSError):  # a full pipe already holds a wake-up
-            os.write(self.wake_write, b"x")
-
-    def _client(self) -> Any:
-        if self._reconciler is None:
-            from kick_monitor.kick_api import client_from_settings
-            from kick_monitor.reconcile import Reconciler
-
-            self._reconciler = Reconciler(client_from_settings(self.settings, self.database_url))
-        return self._reconciler
-
-    def use_settings(self, settings: Settings) -> None:
-        """New API settings (SIGHUP): the next reconciliation builds a client with them.
-
-        A secret refused before may be valid now, so reconciliation is tried again."""
-        self.settings = settings
-        self.close()
-        self.enabled = settings.has_api_credentials
-        self.auth_failed = False
-
-    def close(self) -> None:
-        """Close the API client and its budget connection (kickapi; a running thread gets unavailable)."""
-        reconciler, self._reconciler = self._reconciler, None
-        if reconciler is not None:
-            reconciler.client.close()
-
-    def api_stats(self) -> Any:
-        """The API client's counters so far (an ApiStatsSnapshot), None before the first run."""
-        reconciler = self._reconciler
-        return None if reconciler is None else reconciler.client.stats.snapshot()
+    def take(self, reply: LiveAnswer | ReconcileDone) -> ReconcileAnswer | None:
+        """The planner's reply as the loop applies it; None for a pass not asked now (a late reply)."""
+        if reply.pass_id != self.current:
+            return None
+        if isinstance(reply, ReconcileDone):
+            self.current = None
+            self.assignments.finished(reply.pass_id)
+            return ReconcileAnswer(0.0, done=True, error=reply.error, outcome=reply.outcome)
+        return ReconcileAnswer(reply.asked_mono, reply.live)
 
 
 class ShardWorker(Role):
@@ -213,7 +163,7 @@ class ShardWorker(Role):
         self.pusher_off = settings.pusher_url == PUSHER_OFF
         if self.pusher_off:
             self.session.close()
-        self.reconciliation = Reconciliation(settings, shard, ctx.database_url)
+        self.reconciliation = Reconciliation(self.assignments, shard)
         # Channels whose status we took from the database rather than saw ourselves: the
         # writer may still hold older changes for them (a spool from before a restart), so
         # the first API verdict for each is committed even where it agrees (see confirm()).
@@ -253,15 +203,11 @@ class ShardWorker(Role):
         self.schedule_unwatched(time.monotonic())  # those need no Pusher connection to be watched
         if self.pusher_off:
             self.next_reconcile_unwatched = time.monotonic() + 1.0
-        if not self.reconciliation.enabled:
-            log.info("no Kick API credentials: running Pusher-only, without reconciliation")
         if self.pusher_off:
             log.info("Pusher is off (pusher_url=off): every streamer is reconciled every %ss",
                      self.settings.reconcile_interval_without_pusher)
 
     def reconfigure(self, changed: set[str]) -> None:
-        if changed & API_SETTINGS:
-            self.reconciliation.use_settings(self.settings)
         if "reconcile_interval" in changed:
             interval = self.settings.reconcile_interval
             self.next_reconcile = time.monotonic() + interval if interval > 0 else float("inf")
@@ -271,7 +217,7 @@ class ShardWorker(Role):
     def step(self) -> None:
         """One turn of the loop: wait for anything, then serve each source."""
         now = time.monotonic()
-        rlist: list[Any] = [self.reconciliation.wake_read]
+        rlist: list[Any] = []
         ws_fd = self.session.fileno()
         if ws_fd is not None:
             rlist.append(ws_fd)
@@ -304,13 +250,13 @@ class ShardWorker(Role):
         self.sender.service(now, sender_fd in readable if sender_fd else False, bool(sender_fd in writable))
         planner_readable = planner_fd is not None and planner_fd in readable
         for message in self.assignments.service(now, planner_readable):
-            self.apply_assignment(message)
+            if isinstance(message, (LiveAnswer, ReconcileDone)):
+                self.take_reconciliation(message, now)
+            else:
+                self.apply_assignment(message)
         if self.leaving:
             self.forget_left()
-        if self.reconciliation.wake_read in readable:
-            self.reconciliation.drain_wakeups()
-            self.apply_reconciliation(now)
-        elif self.held_answers and now >= self.answers_due:
+        if self.held_answers and now >= self.answers_due:
             self.apply_held_answers(now)
         if self.to_reconcile:
             self.reconcile_subscribed(now)
@@ -387,23 +333,19 @@ class ShardWorker(Role):
         if not self.reconciliation.start(streamers) and self.reconciliation.running():
             self.reconcile_again = True
 
-    def apply_reconciliation(self, now: float) -> None:
-        """Take the answers the reconcile thread has handed over so far; apply those held when due
-        (`ANSWERS_EVERY`) or when their pass ended, then end it."""
-        while True:
-            try:
-                answer = self.reconciliation.results.get_nowait()
-            except queue.Empty:
-                break
-            if answer.done:
-                self.apply_held_answers(now)
-                self.end_reconciliation(answer.error)
-            else:
-                if not self.held_answers:
-                    self.answers_due = max(now, self.answers_applied_at + ANSWERS_EVERY)
-                self.held_answers.append(answer)
-        if self.held_answers and now >= self.answers_due:
+    def take_reconciliation(self, reply: LiveAnswer | ReconcileDone, now: float) -> None:
+        """A reply of the planner to our pass: hold an answer until due (`ANSWERS_EVERY`); at the pass's
+        end apply what is held, then end it."""
+        answer = self.reconciliation.take(reply)
+        if answer is None:
+            return
+        if answer.done:
             self.apply_held_answers(now)
+            self.end_reconciliation(answer)
+            return
+        if not self.held_answers:
+            self.answers_due = max(now, self.answers_applied_at + ANSWERS_EVERY)
+        self.held_answers.append(answer)
 
     def apply_held_answers(self, now: float) -> None:
         """The verdicts of every answer held, in one batch to the writer: a batch with an API verdict
@@ -422,8 +364,8 @@ class ShardWorker(Role):
             self.trim_during_pass()
 
     def trim_during_pass(self) -> None:
-        """Give back, while a pass runs, what the reconcile thread freed (the answers it parsed sit
-        in its own malloc arena). A pass the shared API budget spreads over minutes kept ~1.5–2 MB
+        """Give back, while a pass runs, what its answers freed. A pass the shared API budget spreads
+        over minutes kept ~1.5–2 MB
         resident until its end: most of a respawned worker's life in the soak, read by the slope
         rule as growth. `malloc_trim` only, no collection: at most once a second (ANSWERS_EVERY)."""
         self.answered_since_trim = 0
@@ -468,19 +410,18 @@ class ShardWorker(Role):
         self.release_unconfirmed()
         return changes
 
-    def end_reconciliation(self, error: str | None) -> None:
-        """A pass ended: log and count it once (not per request), then give back its burst's memory."""
+    def end_reconciliation(self, answer: ReconcileAnswer) -> None:
+        """A pass ended: log and count it once (not per request), then give back its burst's memory.
+        A pass the planner did not run ("off": no credentials, or refused ones, said once by the
+        planner) is not counted."""
         repaired, answered = self.repaired_this_pass, self.answered_this_pass
         self.repaired_this_pass = self.answered_this_pass = self.answered_since_trim = 0
         if repaired:
             log.info("reconciliation repaired %d streamers", repaired)
-        if error is not None:
-            if self.reconciliation.auth_failed:
-                log.error("Kick API refused our credentials (%s); reconciliation is off, Pusher-only", error)
-            else:
-                log.warning("reconciliation failed: %s", error)
+        if answer.outcome == "error":
+            log.warning("reconciliation failed: %s", answer.error)
             self._count_reconcile("error")
-        else:
+        elif answer.outcome == "ok":
             self._count_reconcile("ok")
         if answered > TRIM_AFTER:
             trim_after_burst()  # the API's answers were the bulk of this burst
@@ -616,7 +557,6 @@ class ShardWorker(Role):
             )
         self.sender.close()
         self.assignments.close()
-        self.reconciliation.close()  # kickapi: the shared budget's connection
         self._export_counters(self.telemetry, str(self.shard))
         return 0
 
@@ -665,9 +605,6 @@ class ShardWorker(Role):
                 deltas.advance(m.FRAMES, total, shard=shard, event=event)
         for (status, source), total in self.changes_by_kind.items():
             deltas.advance(m.STATUS_CHANGES, total, shard=shard, status=status, source=source)
-        api = self.reconciliation.api_stats()
-        if api is not None:
-            deltas.advance_api(m, api)
 
     def _count_frames(self, events: list[Any]) -> None:
         # Label by lifecycle name only: event names come from the network, and a label

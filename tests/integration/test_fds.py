@@ -1,10 +1,10 @@
 """Nothing crosses a fork that the child does not need: every open fd of a role, accounted for.
 
 Reads /proc of a real running tree: each fd of a shard worker is classified (stdio, its
-Pusher and Kick API TCP connections, its three Unix sockets — hand-off, planner link,
-control —, the reconciler's wake-up pipe, the role's SIGTERM pipe, the shared API budget's one database
-connection, metrics files) and anything else fails the
-test. Listening sockets are counted for every role: each has only its own.
+Pusher connection, its three Unix sockets — hand-off, planner link, control —, the role's
+SIGTERM pipe, metrics files) and anything else fails the test: no Kick API and no database
+connection (the planner asks the API for its workers, `kick_monitor.reconcile_service`).
+Listening sockets are counted for every role: each has only its own.
 """
 
 from __future__ import annotations
@@ -107,8 +107,9 @@ def test_each_role_holds_only_what_it_needs(
         wait_until(lambda: sim.subscription_count() >= 20, 30, what="20 subscriptions")
         roles = role_pids(service)
         worker = roles["worker shard 0"]
-        wait_until(lambda: any(tcp_sockets(worker).get(socket_inode(t) or "", (0, 0, ""))[1] in api_ports
-                               for t in open_fds(worker).values()), 20, what="the worker's first reconciliation")
+        planner = roles["planner"]
+        wait_until(lambda: any(tcp_sockets(planner).get(socket_inode(t) or "", (0, 0, ""))[1] in api_ports
+                               for t in open_fds(planner).values()), 20, what="the first reconciliation (planner)")
 
         run_dir = (data / "run").resolve()
         assert listening(service.pid) == sorted([str(run_dir / "planner-all.sock"), str(run_dir / "writer-all.sock")])
@@ -141,15 +142,14 @@ def test_each_role_holds_only_what_it_needs(
             else:
                 unaccounted.append((fd, target))
         assert not unaccounted, f"fds the worker does not need: {unaccounted}"
-        # hand-off, planner link, control channel, and the reconcile thread's connection to the
-        # shared API budget (kick_monitor.api_budget; a Unix or TCP socket, as the database URL says)
-        assert kinds["unix"] + kinds["db"] == 4, f"three channels and one database connection; found {kinds}"
+        # hand-off, planner link, control channel; no database (a Unix or TCP socket, as the URL says)
+        assert kinds["unix"] + kinds["db"] == 3 and kinds["db"] == 0, f"three channels, no database; found {kinds}"
         with conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'kick-monitor api budget'")
             row = cur.fetchone()
         conn.rollback()
-        assert row is not None and 1 <= row[0] <= 3, f"one budget connection per API caller process; found {row}"
+        assert row is not None and 1 <= row[0] <= 2, f"budget connections of the planner only; found {row}"
         assert kinds["pusher"] == 1, kinds
-        assert 1 <= kinds["api"] <= 2, kinds
-        assert kinds["pipe"] == 4, f"the reconciler's wake-up pipe and the role's SIGTERM pipe only; found {kinds}"
+        assert kinds["api"] == 0, f"the planner asks the Kick API for its workers; found {kinds}"
+        assert kinds["pipe"] == 2, f"the role's SIGTERM pipe only; found {kinds}"
         assert children_of(worker) == {}

@@ -105,7 +105,7 @@ def test_service_logs_are_json_lines_without_secrets(
     assert not leaks(text), f"secret in the service log: {leaks(text)}"
     processes = {(r["process"], r["shard"]) for r in records}
     assert {("coordinator", None), ("writer", None), ("worker", 0), ("worker", 1)} <= processes, processes
-    assert any(r["level"] == "ERROR" and r["process"] == "worker" for r in records)
+    assert any(r["level"] == "ERROR" and r["process"] == "planner" for r in records), "the refused secret (planner)"
     assert any("SIGKILL" in str(r.get("msg")) for r in records), "the killed worker is reported"
 
 

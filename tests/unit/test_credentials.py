@@ -170,7 +170,9 @@ def test_roles_get_only_their_secrets() -> None:
         "KICK_MONITOR_DATABASE_URL": "postgresql://u@h/db", "KICK_MONITOR_CLIENT_ID": "id",
     })
     worker = for_role(settings, "worker")
-    assert worker.client_secret == settings.client_secret and worker.client_id == "id"
+    assert worker.client_secret is None and worker.client_id == "id"  # the planner asks the API for workers
+    planner = for_role(settings, "planner")
+    assert planner.client_secret == settings.client_secret and planner.database_url is None
     assert worker.database_url is None and worker.database_password is None
     writer = for_role(settings, "writer")
     assert writer.client_secret is None and writer.database_url is None

@@ -31,7 +31,7 @@ def test_a_setting_without_a_policy_is_reported() -> None:
     ("heartbeat_timeout", {"coordinator", "writer"}),
     ("reload_interval", {"planner"}),
     ("drain_timeout", {"coordinator", "worker"}),
-    ("client_secret", {"worker", "planner"}),
+    ("client_secret", {"planner"}),  # the planner asks the API for its workers (reconcile_service)
 ])
 def test_settings_the_roles_read_reach_every_one_of_them(name: str, roles: set[str]) -> None:
     policy = reload_policy(name)

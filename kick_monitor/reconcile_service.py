@@ -1,0 +1,214 @@
+"""API reconciliation for every worker of a tree, asked by the planner.
+
+Each worker used to run a reconcile thread of its own, with its own API client, OAuth
+token and budget connection: running requests, pydantic and that connection copied
+~3.5 MB into every worker (docs/performance.md, round 15). Now the planner, which never
+forks and already talks to Kick, asks the API for every worker of its tree, and each
+worker, the sequencer of its shard, applies the answers it is sent
+(`ReconcileRequest` → `LiveAnswer` per API request → `ReconcileDone`, over the assignment
+channel).
+
+One helper thread and one `KickApiClient` drawing from the deployment's shared budget
+(`kick_monitor.api_budget`). Passes are served one request at a time, round-robin across
+the workers that asked, so after an outage of every connection each shard is repaired
+from its first requests on, as when every worker asked on its own. One request at a time
+also means a tree asks at most 1/latency requests a second (the budget, `api_rate`, is
+5/s by default).
+
+    service = ReconcileService(make_client)
+    service.start()
+    service.submit(conn_id, request, refs)      # the planner's loop, on a worker's request
+    for conn_id, message in service.take(): ...  # when `wake_read` is readable: send it on
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from kick_monitor.messages import LiveAnswer, LiveInfo, ReconcileDone, ReconcileRequest, StreamerRef
+from kick_monitor.preload import release_free_memory
+
+log = logging.getLogger("kick_monitor.reconcile")
+
+EXPORT_EVERY = 1.0  # seconds between exports of the API client's counters
+STOP_WAIT = 2.0  # at most, for the thread to leave a request at stop
+TRIM_AFTER = 500  # streamers in a pass after whose end freed memory goes back to the kernel
+
+Reply = LiveAnswer | ReconcileDone
+
+
+@dataclass(slots=True)
+class _Pass:
+    """One worker's pass: its request, the streamers asked about, and the answers still to come."""
+
+    request: ReconcileRequest
+    refs: tuple[StreamerRef, ...]
+    answers: Iterator[tuple[float, dict[int, LiveInfo]]] | None = None
+
+
+class ReconcileService:
+    """See the module docstring. The planner's loop calls `submit`, `cancel`, `take`,
+    `settings_changed`; the thread only asks Kick and hands replies over (queue + wake-up pipe)."""
+
+    def __init__(self, make_client: Callable[[], Any], export: Callable[[Any], None] | None = None) -> None:
+        self._make_client = make_client
+        self._export = export  # called with the client's ApiStatsSnapshot now and then (metrics)
+        self._client: Any = None
+        self._replace_client = False
+        self._turns = threading.Condition()
+        self._passes: dict[int, _Pass] = {}  # by connection id; guarded by _turns
+        self._order: deque[int] = deque()  # connection ids waiting for their next request
+        self._busy: int | None = None  # the connection whose pass the thread is advancing now
+        self._stopping = False
+        self.off: str | None = None  # why the API refused our credentials; reset by settings_changed
+        self._replies: queue.SimpleQueue[tuple[int, Reply]] = queue.SimpleQueue()
+        self.wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self.wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        self._thread: threading.Thread | None = None
+        self._exported_at = float("-inf")
+
+    # -- the planner's side ---------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
+        self._thread.start()
+
+    def submit(self, conn_id: int, request: ReconcileRequest, refs: tuple[StreamerRef, ...]) -> None:
+        """A worker asks for a pass; it replaces any pass that connection asked before (a worker asks
+        one at a time, so an earlier one was abandoned)."""
+        with self._turns:
+            self._passes[conn_id] = _Pass(request, refs)
+            if conn_id != self._busy and conn_id not in self._order:
+                self._order.append(conn_id)
+            self._turns.notify()
+
+    def cancel(self, conn_id: int) -> None:
+        """The worker's connection closed: its pass is not asked further (a new worker asks anew)."""
+        with self._turns:
+            self._passes.pop(conn_id, None)
+
+    def pending(self) -> int:
+        with self._turns:
+            return len(self._passes)
+
+    def settings_changed(self) -> None:
+        """API settings changed (SIGHUP): the next request uses a new client; refused credentials
+        may be valid now, so reconciliation is tried again."""
+        with self._turns:
+            self._replace_client = True
+            self.off = None
+
+    def take(self) -> list[tuple[int, Reply]]:
+        """The replies handed over so far, oldest first, with the connection each goes to."""
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.wake_read, 4096):
+                pass
+        replies: list[tuple[int, Reply]] = []
+        while True:
+            try:
+                replies.append(self._replies.get_nowait())
+            except queue.Empty:
+                return replies
+
+    def stop(self) -> None:
+        with self._turns:
+            self._stopping = True
+            self._passes.clear()
+            self._turns.notify_all()
+        client = self._client
+        if client is not None:
+            client.close()  # wakes a request waiting for the budget or a retry
+        if self._thread is not None:
+            self._thread.join(STOP_WAIT)
+        for fd in (self.wake_read, self._wake_write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    # -- the thread --------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._turns:
+                while not self._stopping and not self._order:
+                    self._turns.wait()
+                if self._stopping:
+                    return
+                conn_id = self._order.popleft()
+                job = self._passes.get(conn_id)
+                if job is None:
+                    continue
+                self._busy = conn_id
+            reply = self._advance(job)
+            with self._turns:
+                self._busy = None
+                current = self._passes.get(conn_id)
+                if current is job:
+                    if isinstance(reply, ReconcileDone):
+                        del self._passes[conn_id]
+                    else:
+                        self._order.append(conn_id)
+                    self._hand_over(conn_id, reply)
+                elif current is not None and conn_id not in self._order:
+                    self._order.append(conn_id)  # replaced while we asked: the new pass takes its turn
+            self._export_stats(force=isinstance(reply, ReconcileDone))
+            if isinstance(reply, ReconcileDone) and len(job.refs) > TRIM_AFTER:
+                release_free_memory()  # a big pass's answers and groupings were a burst of this process
+
+    def _advance(self, job: _Pass) -> Reply:
+        """One API request of the pass (inconsistent answers re-asked in halves count as one)."""
+        pass_id = job.request.pass_id
+        if self.off is not None:
+            return ReconcileDone(pass_id, "off", self.off)
+        try:
+            if job.answers is None:
+                from kick_monitor.reconcile import Reconciler
+
+                reconciler = Reconciler(self._api())
+                if not reconciler.enabled:
+                    return ReconcileDone(pass_id, "off", "no Kick API credentials")
+                job.answers = reconciler.answers_by_streamer(job.refs)
+            asked, live = next(job.answers)
+        except StopIteration:
+            return ReconcileDone(pass_id, "ok")
+        except Exception as exc:  # reported to the worker; the thread never dies
+            from kick_monitor.kick_api import KickAuthError
+
+            error = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, KickAuthError):
+                # A refused secret does not fix itself: stop asking until new settings (the tree runs
+                # Pusher-only); every pass waiting is answered "off" without a request.
+                self.off = error
+                log.error("Kick API refused our credentials (%s); reconciliation is off, Pusher-only,"
+                          " until new credentials (SIGHUP)", error)
+                return ReconcileDone(pass_id, "off", error)
+            return ReconcileDone(pass_id, "error", error)
+        return LiveAnswer(pass_id, asked, live)
+
+    def _api(self) -> Any:
+        if self._client is None or self._replace_client:
+            old, self._replace_client = self._client, False
+            self._client = self._make_client()
+            if old is not None:
+                self._client.carry_state(old)  # a blocked web API stays backed off across a SIGHUP
+                old.close()
+        return self._client
+
+    def _hand_over(self, conn_id: int, reply: Reply) -> None:
+        self._replies.put((conn_id, reply))
+        with contextlib.suppress(OSError):  # a full pipe already holds a wake-up
+            os.write(self._wake_write, b"x")
+
+    def _export_stats(self, force: bool) -> None:
+        now = time.monotonic()
+        if self._export is None or self._client is None or (now - self._exported_at < EXPORT_EVERY and not force):
+            return
+        self._exported_at = now
+        self._export(self._client.stats.snapshot())
