@@ -124,8 +124,8 @@ def test_a_cancelled_pass_asks_nothing_more_and_a_new_pass_replaces_the_old(
     service.submit(6, ReconcileRequest(0, 1, tuple(r.streamer_id for r in refs[:50])), refs[:50])
     service.submit(6, ReconcileRequest(0, 2, tuple(r.streamer_id for r in refs[50:100])), refs[50:100])
     replies = collect(service, lambda got: done_for(got, 6))
-    late = [reply for _, reply in replies if reply.pass_id == 1]
-    assert len(late) <= 1, "at most the request already in flight when the pass was replaced"
+    replaced = [reply for _, reply in replies if reply.pass_id == 1]
+    assert len(replaced) <= 1, "at most the request already in flight when the pass was replaced"
     answered = {sid for _, reply in replies if isinstance(reply, LiveAnswer) and reply.pass_id == 2
                 for sid in reply.live}
     assert answered == {ref.streamer_id for ref in refs[50:100]}
