@@ -103,7 +103,10 @@ API_RATE = Gauge(
     "Kick API requests per second the deployment's shared budget allows now (halved on a 429, recovers slowly)",
     multiprocess_mode="livemax",
 )
-RECONCILIATIONS = Counter("kick_monitor_reconciliations_total", "Reconciliation runs", ["shard", "outcome"])
+RECONCILIATIONS = Counter(
+    "kick_monitor_reconciliations_total", "Reconciliation passes a shard applied (the planner asks the API)",
+    ["shard", "outcome"],
+)
 
 # -- webhook subscriptions (issue 16: kick_monitor/webhook_sync.py) --
 WEBHOOK_SUBSCRIPTIONS = Gauge(
