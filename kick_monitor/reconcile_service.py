@@ -53,6 +53,7 @@ class _Pass:
     request: ReconcileRequest
     refs: tuple[StreamerRef, ...]
     answers: Iterator[tuple[float, dict[int, LiveInfo]]] | None = None
+    client: Any = None  # the client `answers` asks with
 
 
 class ReconcileService:
@@ -168,13 +169,15 @@ class ReconcileService:
         if self.off is not None:
             return ReconcileDone(pass_id, "off", self.off)
         try:
-            if job.answers is None:
+            client = self._api()
+            if job.answers is None or job.client is not client:
+                # a new pass, or one whose client new settings replaced (and closed): asked anew with this one
                 from kick_monitor.reconcile import Reconciler
 
-                reconciler = Reconciler(self._api())
+                reconciler = Reconciler(client)
                 if not reconciler.enabled:
                     return ReconcileDone(pass_id, "off", "no Kick API credentials")
-                job.answers = reconciler.answers_by_streamer(job.refs)
+                job.answers, job.client = reconciler.answers_by_streamer(job.refs), client
             asked, live = next(job.answers)
         except StopIteration:
             return ReconcileDone(pass_id, "ok")

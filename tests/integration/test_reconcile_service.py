@@ -155,6 +155,38 @@ def test_refused_credentials_turn_reconciliation_off_for_every_pass_until_new_se
     assert sum(len(reply.live) for _, reply in after if isinstance(reply, LiveAnswer)) == len(refs)
 
 
+def test_new_api_settings_mid_pass_finish_it_with_the_new_client(sim: Simulator) -> None:
+    """A SIGHUP closes the old client (its budget waits end at once, so it must not go on asking)."""
+    refs = refs_of(sim.create_streamers(200, prefix="rebuilt"), 1)
+    clients: list[KickApiClient] = []
+
+    def client() -> KickApiClient:
+        clients.append(KickApiClient(sim.api_base_url, sim.oauth_token_url, sim.web_api_base_url,
+                                     sim.config.client_id, SecretStr(sim.config.client_secret), retry=FAST))
+        return clients[-1]
+
+    sim.set_api_delay(0.1)
+    sim.set_api_mode("slow", surface="official")
+    service = ReconcileService(client)
+    service.start()
+    try:
+        service.submit(1, ReconcileRequest(0, 1, tuple(r.streamer_id for r in refs)), refs)
+        replies = collect(service, lambda got: len(got) >= 2)
+        service.settings_changed()  # SIGHUP with new API settings
+        asked_by_old = clients[0].stats.total("/public/v1/channels")
+        sim.set_api_mode(None)
+        replies += collect(service, lambda got: done_for(got, 1))
+    finally:
+        service.stop()
+    outcomes = [reply.outcome for _, reply in replies if isinstance(reply, ReconcileDone)]
+    assert outcomes == ["ok"], outcomes
+    answered = {sid for _, reply in replies if isinstance(reply, LiveAnswer) for sid in reply.live}
+    assert answered == {ref.streamer_id for ref in refs}
+    assert len(clients) == 2
+    assert clients[0].stats.total("/public/v1/channels") <= asked_by_old + 1, "the closed client went on asking"
+    assert clients[1].stats.total("/public/v1/channels") >= 1, "the pass went on with the new client"
+
+
 def test_without_credentials_a_pass_ends_off_at_once(
     sim: Simulator, make_service: Callable[..., ReconcileService]
 ) -> None:
