@@ -222,19 +222,36 @@ def role_pid(service: Service, title: str) -> int:
     return next(pid for pid, name in service.children().items() if title in name)
 
 
+@pytest.fixture
+def tree(sim: Simulator, conn: psycopg2.extensions.connection, database_url: str,
+         tmp_path: Path) -> Callable[..., tuple[Service, list[SimStreamer]]]:
+    """The real service on `count` new streamers (API budget 50/s); run it with `running`."""
+
+    def make(count: int, prefix: str, shards: int, **settings: str) -> tuple[Service, list[SimStreamer]]:
+        streamers = sim.create_streamers(count, prefix=prefix, live_fraction=0.3)
+        insert_streamers(conn, streamers)
+        service = Service(service_env(sim, database_url, tmp_path / "data", shard_count=str(shards), api_rate="50",
+                                      api_burst="20", **settings), tmp_path / "service.log")
+        return service, streamers
+
+    return make
+
+
+def wait_reconciled(service: Service, sim: Simulator, conn: psycopg2.extensions.connection,
+                    streamers: list[SimStreamer], shards: int) -> None:
+    service.wait_children(shards)
+    wait_until(lambda: sim.subscription_count() >= 2 * len(streamers), 30, what="subscriptions")
+    wait_until(lambda: "unknown" not in statuses(conn).values(), 30, what="the first reconciliation")
+
+
 @pytest.mark.timeout(150)
 def test_the_planner_reconciles_every_shard_with_one_api_client(
-    sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, tmp_path: Path
+    sim: Simulator, conn: psycopg2.extensions.connection, tree: Callable[..., tuple[Service, list[SimStreamer]]]
 ) -> None:
-    streamers = sim.create_streamers(200, prefix="oneclient", live_fraction=0.3)
-    insert_streamers(conn, streamers)
-    service = Service(service_env(sim, database_url, tmp_path / "data", shard_count="4", api_rate="50",
-                                  api_burst="20", reconcile_interval="3"), tmp_path / "service.log")
+    service, streamers = tree(200, "oneclient", 4, reconcile_interval="3")
     tokens_before = sim.stats()["tokens_issued"]
     with running(service):
-        service.wait_children(4)
-        wait_until(lambda: sim.subscription_count() >= 2 * len(streamers), 30, what="subscriptions")
-        wait_until(lambda: "unknown" not in statuses(conn).values(), 30, what="the first reconciliation")
+        wait_reconciled(service, sim, conn, streamers, 4)
         truth = hide_changes(sim, streamers)
         wait_until(lambda: repaired(conn, truth) == len(streamers), 30, what="every shard repaired by the API")
         workers = {pid for pid, name in service.children().items() if "worker shard" in name}
@@ -248,16 +265,11 @@ def test_the_planner_reconciles_every_shard_with_one_api_client(
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_a_planner_killed_mid_pass_leaves_no_streamer_unrepaired(
-    sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, tmp_path: Path
+    sim: Simulator, conn: psycopg2.extensions.connection, tree: Callable[..., tuple[Service, list[SimStreamer]]]
 ) -> None:
-    streamers = sim.create_streamers(300, prefix="midpass", live_fraction=0.3)
-    insert_streamers(conn, streamers)
-    service = Service(service_env(sim, database_url, tmp_path / "data", shard_count="1", api_rate="50",
-                                  api_burst="20", reconcile_interval="0"), tmp_path / "service.log")
+    service, streamers = tree(300, "midpass", 1, reconcile_interval="0")
     with running(service):
-        service.wait_children(1)
-        wait_until(lambda: sim.subscription_count() >= 2 * len(streamers), 30, what="subscriptions")
-        wait_until(lambda: "unknown" not in statuses(conn).values(), 30, what="the first reconciliation")
+        wait_reconciled(service, sim, conn, streamers, 1)
         worker = role_pid(service, "worker shard 0")
         sim.set_api_delay(0.25)  # a pass of 12 requests takes ~3 s
         sim.set_api_mode("slow", surface="official")
