@@ -28,7 +28,6 @@ import logging
 import os
 import queue
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,7 +38,6 @@ from kick_monitor.preload import release_free_memory
 
 log = logging.getLogger("kick_monitor.reconcile")
 
-EXPORT_EVERY = 1.0  # seconds between exports of the API client's counters
 STOP_WAIT = 2.0  # at most, for the thread to leave a request at stop
 TRIM_AFTER = 500  # streamers in a pass after whose end freed memory goes back to the kernel
 
@@ -60,9 +58,8 @@ class ReconcileService:
     """See the module docstring. The planner's loop calls `submit`, `cancel`, `take`,
     `settings_changed`; the thread only asks Kick and hands replies over (queue + wake-up pipe)."""
 
-    def __init__(self, make_client: Callable[[], Any], export: Callable[[Any], None] | None = None) -> None:
+    def __init__(self, make_client: Callable[[], Any]) -> None:
         self._make_client = make_client
-        self._export = export  # called with the client's ApiStatsSnapshot now and then (metrics)
         self._client: Any = None
         self._replace_client = False
         self._turns = threading.Condition()
@@ -76,7 +73,6 @@ class ReconcileService:
         os.set_blocking(self.wake_read, False)
         os.set_blocking(self._wake_write, False)
         self._thread: threading.Thread | None = None
-        self._exported_at = float("-inf")
 
     # -- the planner's side ---------------------------------------------------------------
     def start(self) -> None:
@@ -96,6 +92,12 @@ class ReconcileService:
         """The worker's connection closed: its pass is not asked further (a new worker asks anew)."""
         with self._turns:
             self._passes.pop(conn_id, None)
+
+    def api_stats(self) -> Any:
+        """The API client's counters so far (an ApiStatsSnapshot), None before the first pass. Read by
+        the planner's loop: a request retrying for seconds (429s) is counted while it retries."""
+        client = self._client
+        return None if client is None else client.stats.snapshot()
 
     def pending(self) -> int:
         with self._turns:
@@ -159,7 +161,6 @@ class ReconcileService:
                     self._hand_over(conn_id, reply)
                 elif current is not None and conn_id not in self._order:
                     self._order.append(conn_id)  # replaced while we asked: the new pass takes its turn
-            self._export_stats(force=isinstance(reply, ReconcileDone))
             if isinstance(reply, ReconcileDone) and len(job.refs) > TRIM_AFTER:
                 release_free_memory()  # a big pass's answers and groupings were a burst of this process
 
@@ -208,10 +209,3 @@ class ReconcileService:
         self._replies.put((conn_id, reply))
         with contextlib.suppress(OSError):  # a full pipe already holds a wake-up
             os.write(self._wake_write, b"x")
-
-    def _export_stats(self, force: bool) -> None:
-        now = time.monotonic()
-        if self._export is None or self._client is None or (now - self._exported_at < EXPORT_EVERY and not force):
-            return
-        self._exported_at = now
-        self._export(self._client.stats.snapshot())

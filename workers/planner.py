@@ -89,6 +89,7 @@ API_SETTINGS = frozenset({
     "api_base_url", "oauth_token_url", "web_api_base_url", "client_id", "client_secret",
     "api_batch_size", "api_rate", "api_burst", "api_timeout", "web_api_backoff",
 })
+API_EXPORT_EVERY = 1.0  # seconds between exports of the reconciliation client's counters
 WORKERS_GONE_WAIT = 5.0  # at stop: how long the planner waits for its workers before freeing the leases
 
 
@@ -133,7 +134,8 @@ class Planner(Role):
         self.webhook_sync = self.make_webhook_sync()  # issue 16: Kick webhook subscriptions
         self.reconcile_asks: list[tuple[int, ReconcileRequest]] = []  # waiting for the first load
         self.reconcile_deltas = CounterDeltas()
-        self.reconciliation = ReconcileService(self.make_api_client, self.export_api_stats)
+        self.reconciliation = ReconcileService(self.make_api_client)
+        self.next_api_export = 0.0
 
     def boot(self) -> None:
         self.leases.start()
@@ -184,6 +186,8 @@ class Planner(Role):
             self.reload(now)
         self.answer_hellos()
         self.answer_reconcile_asks()
+        if self.telemetry.enabled and now >= self.next_api_export:
+            self.export_api_stats(now)
 
     def finish(self) -> int:
         # Clean stop of the tree: free the leases once our workers (and their Pusher subscriptions)
@@ -214,9 +218,12 @@ class Planner(Role):
 
         return client_from_settings(self.settings, self.ctx.database_url)
 
-    def export_api_stats(self, snapshot: Any) -> None:
-        """The reconciliation client's running totals as metric increments (from its thread)."""
-        if self.telemetry.enabled:
+    def export_api_stats(self, now: float) -> None:
+        """The reconciliation client's running totals as metric increments, once a second (as a worker
+        exported its own client's before round 15)."""
+        self.next_api_export = now + API_EXPORT_EVERY
+        snapshot = self.reconciliation.api_stats()
+        if snapshot is not None:
             self.reconcile_deltas.advance_api(self.telemetry, snapshot)
 
     def make_webhook_sync(self) -> WebhookSync:

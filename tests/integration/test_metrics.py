@@ -115,10 +115,10 @@ def test_metrics_move_with_traffic_and_worker_kills(
             "kick_monitor_streamers", status="unresolved") == 1 and sum(s.value(
                 "kick_monitor_streamers", status=st) for st in ("online", "offline", "unknown")) == STREAMERS)
         assert resolved.value("kick_monitor_database_up") == 1
-        # reconciliation at connect asked the official API with a fresh token
+        # reconciliation at connect asked the official API (the planner, for every worker) with a fresh token
         eventually(url, "API requests counted", lambda s: s.value(
             "kick_monitor_api_requests_total", endpoint="/public/v1/channels", status="200") >= SHARDS
-            and s.value("kick_monitor_api_token_refreshes_total") >= SHARDS)
+            and s.value("kick_monitor_api_token_refreshes_total") >= 1)
 
         # -- traffic: frames, changes, commits, latency, batches ----------------------------------------
         before = scrape(url)
