@@ -194,8 +194,8 @@ class LiveAnswer:
 
 @dataclass(frozen=True, slots=True)
 class ReconcileDone:
-    """Planner → worker: the pass ended. `outcome` is ok, error (with `error`), or off: no pass ran
-    because the API refused the deployment's credentials (reconciliation waits for a SIGHUP)."""
+    """Planner → worker: the pass ended. `outcome` is ok, error (with `error`), or off: no pass ran,
+    for want of credentials or because the API refused them (then until new ones come with a SIGHUP)."""
 
     pass_id: int
     outcome: Literal["ok", "error", "off"]

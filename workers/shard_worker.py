@@ -89,7 +89,7 @@ class ReconcileAnswer:
     live: dict[int, Any] = field(default_factory=dict)
     done: bool = False
     error: str | None = None
-    outcome: str = "ok"  # of a pass that ended: ok, error, or off (the API refused the credentials)
+    outcome: str = "ok"  # of a pass that ended: ok, error, or off (no credentials, or refused ones)
 
 
 class Reconciliation:
