@@ -33,8 +33,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from kick_monitor.kick_api import KickAuthError
 from kick_monitor.messages import LiveAnswer, LiveInfo, ReconcileDone, ReconcileRequest, StreamerRef
 from kick_monitor.preload import release_free_memory
+from kick_monitor.reconcile import Reconciler
 
 log = logging.getLogger("kick_monitor.reconcile")
 
@@ -173,8 +175,6 @@ class ReconcileService:
             client = self._api()
             if job.answers is None or job.client is not client:
                 # a new pass, or one whose client new settings replaced (and closed): asked anew with this one
-                from kick_monitor.reconcile import Reconciler
-
                 reconciler = Reconciler(client)
                 if not reconciler.enabled:
                     return ReconcileDone(pass_id, "off", "no Kick API credentials")
@@ -183,8 +183,6 @@ class ReconcileService:
         except StopIteration:
             return ReconcileDone(pass_id, "ok")
         except Exception as exc:  # reported to the worker; the thread never dies
-            from kick_monitor.kick_api import KickAuthError
-
             error = f"{type(exc).__name__}: {exc}"
             if isinstance(exc, KickAuthError):
                 # A refused secret does not fix itself: stop asking until new settings (the tree runs

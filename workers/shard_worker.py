@@ -22,7 +22,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from kick_monitor.assignment import AssignmentClient
@@ -80,18 +80,6 @@ def lower_priority(increment: int) -> None:
         log.warning("could not lower the worker's CPU priority by %d: %s", increment, exc)
 
 
-@dataclass(frozen=True, slots=True)
-class ReconcileAnswer:
-    """A planner's reply as the main loop applies it: one API request's answer ({streamer_id: LiveInfo},
-    asked at `asked_mono`), or the end of a pass (`done`, with its outcome and error)."""
-
-    asked_mono: float
-    live: dict[int, Any] = field(default_factory=dict)
-    done: bool = False
-    error: str | None = None
-    outcome: str = "ok"  # of a pass that ended: ok, error, or off (no credentials, or refused ones)
-
-
 class Reconciliation:
     """Asks the planner for API reconciliation passes and keeps the one asked until it ends.
 
@@ -104,31 +92,28 @@ class Reconciliation:
     """
 
     def __init__(self, assignments: AssignmentClient, shard: int) -> None:
-        self.assignments = assignments
+        self.assignments = assignments  # holds the pass asked and not ended (`request`)
         self.shard = shard
         self.pass_id = 0
-        self.current: int | None = None  # the pass asked and not ended
 
     def running(self) -> bool:
-        return self.current is not None
+        return self.assignments.request is not None
 
     def start(self, streamers: tuple[StreamerRef, ...]) -> bool:
         if self.running():
             return False
         self.pass_id += 1
-        self.current = self.pass_id
         self.assignments.ask(ReconcileRequest(self.shard, self.pass_id, tuple(ref.streamer_id for ref in streamers)))
         return True
 
-    def take(self, reply: LiveAnswer | ReconcileDone) -> ReconcileAnswer | None:
-        """The planner's reply as the loop applies it; None for a pass not asked now (a late reply)."""
-        if reply.pass_id != self.current:
-            return None
+    def take(self, reply: LiveAnswer | ReconcileDone) -> bool:
+        """Whether the planner's reply belongs to the pass asked now (not a late one); its end ends it."""
+        asked = self.assignments.request
+        if asked is None or reply.pass_id != asked.pass_id:
+            return False
         if isinstance(reply, ReconcileDone):
-            self.current = None
             self.assignments.finished(reply.pass_id)
-            return ReconcileAnswer(0.0, done=True, error=reply.error, outcome=reply.outcome)
-        return ReconcileAnswer(reply.asked_mono, reply.live)
+        return True
 
 
 class ShardWorker(Role):
@@ -174,7 +159,7 @@ class ShardWorker(Role):
         self.repaired_this_pass = 0  # of the running reconciliation, applied as its answers come
         self.answered_this_pass = 0
         self.answered_since_trim = 0  # API answers applied since freed memory was last given back
-        self.held_answers: list[ReconcileAnswer] = []  # API answers not applied yet (ANSWERS_EVERY)
+        self.held_answers: list[LiveAnswer] = []  # API answers not applied yet (ANSWERS_EVERY)
         self.answers_due = float("inf")
         self.answers_applied_at = float("-inf")
         # Streamers without a channel id (no Pusher) are reconciled on their own, shorter, interval.
@@ -336,16 +321,15 @@ class ShardWorker(Role):
     def take_reconciliation(self, reply: LiveAnswer | ReconcileDone, now: float) -> None:
         """A reply of the planner to our pass: hold an answer until due (`ANSWERS_EVERY`); at the pass's
         end apply what is held, then end it."""
-        answer = self.reconciliation.take(reply)
-        if answer is None:
+        if not self.reconciliation.take(reply):
             return
-        if answer.done:
+        if isinstance(reply, ReconcileDone):
             self.apply_held_answers(now)
-            self.end_reconciliation(answer)
+            self.end_reconciliation(reply)
             return
         if not self.held_answers:
             self.answers_due = max(now, self.answers_applied_at + ANSWERS_EVERY)
-        self.held_answers.append(answer)
+        self.held_answers.append(reply)
 
     def apply_held_answers(self, now: float) -> None:
         """The verdicts of every answer held, in one batch to the writer: a batch with an API verdict
@@ -410,7 +394,7 @@ class ShardWorker(Role):
         self.release_unconfirmed()
         return changes
 
-    def end_reconciliation(self, answer: ReconcileAnswer) -> None:
+    def end_reconciliation(self, done: ReconcileDone) -> None:
         """A pass ended: log and count it once (not per request), then give back its burst's memory.
         A pass the planner did not run ("off": no credentials, or refused ones, said once by the
         planner) is not counted."""
@@ -418,10 +402,10 @@ class ShardWorker(Role):
         self.repaired_this_pass = self.answered_this_pass = self.answered_since_trim = 0
         if repaired:
             log.info("reconciliation repaired %d streamers", repaired)
-        if answer.outcome == "error":
-            log.warning("reconciliation failed: %s", answer.error)
+        if done.outcome == "error":
+            log.warning("reconciliation failed: %s", done.error)
             self._count_reconcile("error")
-        elif answer.outcome == "ok":
+        elif done.outcome == "ok":
             self._count_reconcile("ok")
         if answered > TRIM_AFTER:
             trim_after_burst()  # the API's answers were the bulk of this burst

@@ -115,7 +115,8 @@ def test_a_long_reconciliation_gives_back_freed_memory_while_it_runs(monkeypatch
     from types import SimpleNamespace
 
     import workers.shard_worker as shard_worker
-    from workers.shard_worker import TRIM_AFTER, ReconcileAnswer
+    from kick_monitor.messages import LiveAnswer, LiveInfo
+    from workers.shard_worker import TRIM_AFTER
 
     trims: list[int] = []
     monkeypatch.setattr(shard_worker, "release_free_memory", lambda: trims.append(1))
@@ -126,7 +127,8 @@ def test_a_long_reconciliation_gives_back_freed_memory_while_it_runs(monkeypatch
     holder.trim_during_pass = lambda: ShardWorker.trim_during_pass(holder)  # type: ignore[arg-type]
     per_request = TRIM_AFTER // 2 - 10
     for request in range(1, 5):
-        holder.held_answers.append(ReconcileAnswer(float(request), dict.fromkeys(range(per_request))))
+        offline = LiveInfo(False, None, None, None)
+        holder.held_answers.append(LiveAnswer(1, float(request), dict.fromkeys(range(per_request), offline)))
         ShardWorker.apply_held_answers(holder, float(request))  # type: ignore[arg-type]
         assert len(trims) == (1 if request >= 3 else 0), f"after request {request}"
     assert holder.answered_since_trim == per_request
