@@ -199,14 +199,25 @@ class LeaseKeeper:
         kept = leases.renew(conn, self.node, held, self.ttl)
         lost = set(held) - set(kept)
         if lost:
+            with self._lock:  # stop listening now, not at the end of the round
+                for shard in lost:
+                    self._held.pop(shard, None)
             log.warning("lost the leases of shards %s to another node", sorted(lost))
             self._count("lost", len(lost))
-        for shard, due in list(self._releasing.items()):
-            if shard not in kept:
+        with self._lock:
+            releasing = dict(self._releasing)
+        freed = bool(lost)
+        for shard, due in releasing.items():
+            if shard in kept and started < due:
+                continue
+            # A shard leaves `_releasing` and `_held` together: a planner reading `current()` between the
+            # two would take a shard being freed for a fresh claim and have its worker subscribe again.
+            with self._lock:
                 del self._releasing[shard]
-            elif started >= due:
+                self._held.pop(shard, None)
+            freed = True
+            if shard in kept:
                 leases.release(conn, self.node, {shard: kept.pop(shard)})
-                del self._releasing[shard]
                 self._count("released")
                 log.info("handed shard %d over", shard)
         giving = bool(self._releasing)
@@ -231,7 +242,7 @@ class LeaseKeeper:
             self._recorded = states
         sole = self._no_contenders(conn)
         with self._lock:
-            changed = kept != self._held or bool(self._releasing) != bool(giving)
+            changed = freed or kept != self._held or bool(self._releasing) != bool(giving)
             self._held = kept
             self._valid_until = started + self.ttl - VALIDITY_MARGIN
             self._sole = sole

@@ -210,7 +210,7 @@ class PusherServer:
         self._silent.discard(ws)
         if client is not None:
             for channel in client.channels:
-                self.index.remove(channel, ws)
+                self.index.remove(channel, ws, client.socket_id)
             client.channels.clear()
 
     def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
@@ -258,7 +258,7 @@ class PusherServer:
             channel = payload(frame).get("channel")
             if isinstance(channel, str) and channel in client.channels:
                 client.channels.discard(channel)
-                self.index.remove(channel, client.ws)
+                self.index.remove(channel, client.ws, client.socket_id)
         elif event != "pusher:pong":
             reason = "only supported on private and presence channels" if event.startswith("client-") else "unknown"
             self._send(client.ws, error_frame(None, f"Event {event[:64]} rejected: {reason}"), "error")
@@ -271,7 +271,7 @@ class PusherServer:
             self._send(client.ws, subscription_error(name, *refusal, self.config.subscription_error_style), "error")
             return
         assert isinstance(channel, str)
-        if self.index.add(channel, client.ws):
+        if self.index.add(channel, client.ws, client.socket_id):
             client.channels.add(channel)
         self._reply(client.ws, subscription_ack(channel))
 

@@ -239,8 +239,8 @@ class Simulator:
             self._core.pusher.index.journal = [] if on else None
         self._call(switch)
 
-    def subscription_journal(self) -> list[tuple[float, str, int, int]]:
-        """(wall time, channel, +1 subscribed / -1 gone, subscribers after it), in order."""
+    def subscription_journal(self) -> list[tuple[float, str, int, int, str]]:
+        """(wall time, channel, +1 subscribed / -1 gone, subscribers after it, socket id), in order."""
         return self._call(lambda: list(self._core.pusher.index.journal or ()))
 
     def truth(self) -> list[Transition]:

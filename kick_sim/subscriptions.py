@@ -60,12 +60,13 @@ class SubscriptionIndex(Generic[Conn]):
     def __init__(self) -> None:
         self.channels: dict[str, set[Conn]] = {}
         self.total = 0  # (connection, channel) pairs
-        # issue 17: while not None, every change as (wall time, channel, +1/-1, subscribers after it)
-        self.journal: list[tuple[float, str, int, int]] | None = None
+        # issue 17: while not None, every change as (wall time, channel, +1/-1, subscribers after it,
+        # the connection's socket id)
+        self.journal: list[tuple[float, str, int, int, str]] | None = None
         self._samplers = {form: _Sampler() for form in FORMS}
 
-    def add(self, channel: str, conn: Conn) -> bool:
-        """Subscribe; False if it already was."""
+    def add(self, channel: str, conn: Conn, who: str = "") -> bool:
+        """Subscribe; False if it already was. `who` names the connection in the journal."""
         subscribers = self.channels.get(channel)
         if subscribers is None:
             subscribers = self.channels[channel] = set()
@@ -77,10 +78,10 @@ class SubscriptionIndex(Generic[Conn]):
         subscribers.add(conn)
         self.total += 1
         if self.journal is not None:
-            self.journal.append((time.time(), channel, 1, len(subscribers)))
+            self.journal.append((time.time(), channel, 1, len(subscribers), who))
         return True
 
-    def remove(self, channel: str, conn: Conn) -> bool:
+    def remove(self, channel: str, conn: Conn, who: str = "") -> bool:
         """Unsubscribe; False if it was not subscribed."""
         subscribers = self.channels.get(channel)
         if subscribers is None or conn not in subscribers:
@@ -88,7 +89,7 @@ class SubscriptionIndex(Generic[Conn]):
         subscribers.discard(conn)
         self.total -= 1
         if self.journal is not None:
-            self.journal.append((time.time(), channel, -1, len(subscribers)))
+            self.journal.append((time.time(), channel, -1, len(subscribers), who))
         if not subscribers:
             del self.channels[channel]
             form = channel_form(channel)

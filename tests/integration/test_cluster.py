@@ -264,10 +264,22 @@ def test_three_thousand_streamers_on_three_nodes_one_subscriber_each_state_equal
         flip(sim, seconds=10.0, rate=50.0)
         settle(sim, conn, timeout=60)
         assert one_subscriber_each(sim, channels)
-        assert Gaps.measure(sim.subscription_journal(), []).most_subscribers == 1, "a channel had two subscribers"
+        journal = sim.subscription_journal()
+        assert Gaps.measure(journal, []).most_subscribers == 1, f"a channel had two subscribers: {doubled(journal)}"
         assert duplicate_transitions(conn) == []
         print(f"\n3,000 streamers on three nodes: {channels} channels subscribed once each {subscribed:.1f}s after"
               f" start; {len(status_transitions(sim.truth()))} transitions, state and history equal to the truth")
+
+
+def doubled(journal: list[tuple[float, str, int, int, str]]) -> str:
+    """The first channels the journal shows with a second subscriber, with every socket id that held
+    them around it (the node logs say which worker each socket id was: "connected to Pusher")."""
+    seen: list[str] = []
+    for at, channel, delta, after, who in journal:
+        if delta > 0 and after > 1 and len(seen) < 3:
+            story = [f"{t:.3f} {'+' if d > 0 else '-'}{w}" for t, c, d, _, w in journal if c == channel]
+            seen.append(f"{channel} at {at:.3f} by {who}: {', '.join(story)}")
+    return "; ".join(seen)
 
 
 def holds_a_shard(conn: psycopg2.extensions.connection, service: Service) -> bool:
@@ -367,12 +379,12 @@ class Gaps:
     most_subscribers: int
 
     @classmethod
-    def measure(cls, journal: list[tuple[float, str, int, int]], channel_ids: list[int]) -> Gaps:
+    def measure(cls, journal: list[tuple[float, str, int, int, str]], channel_ids: list[int]) -> Gaps:
         watched = {cid: 2 for cid in channel_ids}  # recording starts with both channels subscribed once
         since: dict[int, float] = {}
         gaps: dict[int, list[tuple[float, float]]] = {}
         most = 1
-        for at, channel, delta, after in journal:
+        for at, channel, delta, after, _who in journal:
             cid = int(channel.replace("_", ".").split(".", 1)[1])
             most = max(most, after)
             if (delta > 0 and after == 1) or (delta < 0 and after == 0):

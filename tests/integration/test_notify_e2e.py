@@ -159,9 +159,12 @@ def test_hundred_streamers_latency_kills_and_an_outage_never_announce_twice(
         wait_until(lambda: len(announced(chat)) == 100, 30, what="100 go-live announcements")
         arrivals = live_arrivals(chat)
         end_to_end = [arrivals[slug].at - at for slug, at in sent.items()]
-        committed = [x for (x,) in query(conn, "SELECT extract(epoch FROM sent_at - origin_at)::float8"
-                                               " FROM kick_monitor.notify_deliveries d JOIN kick_monitor.notify_targets"
-                                               " t ON t.id = d.target_id WHERE t.kind = 'discord' AND event = 'live'")]
+        discord_live = (" FROM kick_monitor.notify_deliveries d JOIN kick_monitor.notify_targets t"
+                        " ON t.id = d.target_id WHERE t.kind = 'discord' AND event = 'live'")
+        # the chat endpoint has the message before the notifier has its answer and records "sent"
+        wait_until(lambda: query(conn, "SELECT count(*)" + discord_live + " AND sent_at IS NOT NULL") == [(100,)],
+                   10, what="100 go-live deliveries recorded sent")
+        committed = [x for (x,) in query(conn, "SELECT extract(epoch FROM sent_at - origin_at)::float8" + discord_live)]
         for s in streamers:
             sim.set_live(s.slug, False)
             time.sleep(0.01)

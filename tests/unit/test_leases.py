@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from itertools import pairwise
 
@@ -259,6 +260,32 @@ def test_a_shard_given_back_is_freed_as_soon_as_the_planner_lets_go(
         assert owners(plan4)[shard][0] is None and shard not in a.releasing()
         b.tick(time.monotonic())
         assert shard in b.current(time.monotonic())
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_shard_being_freed_is_never_published_as_held_again(
+    plan4: psycopg2.extensions.connection, database_url: str,
+) -> None:
+    """The flake of the 3-node test: the round that freed a given-back shard forgot it was being
+    given back before it forgot it was held, and a planner reading `current()` in between took it
+    for a claim (same epoch) and had its worker subscribe again under the new owner."""
+    a, b = keeper(database_url, "a"), keeper(database_url, "b")
+    try:
+        a.tick(time.monotonic())
+        b.tick(time.monotonic())
+        a.tick(time.monotonic())
+        [shard] = a.releasing()
+        a.let_go(shard)
+        seen: list[dict[int, int]] = []
+        freeing = threading.Thread(target=a.tick, args=(time.monotonic(),))
+        freeing.start()
+        while freeing.is_alive():  # what the planner's loop would read at any moment of the round
+            seen.append(a.current(time.monotonic()))
+        freeing.join()
+        assert owners(plan4)[shard][0] is None, "the round freed it"
+        assert not [held for held in seen if shard in held], f"shard {shard} published as held while freed"
     finally:
         a.stop()
         b.stop()
