@@ -115,6 +115,7 @@ def test_writer_sigkill_mid_batch_at_1000_per_second(
         admin.close()
 
 
+@pytest.mark.slow  # ~7 s; the fault suite's long cases run in `make test-slow`
 @pytest.mark.timeout(150)
 def test_coordinator_sigkill_children_exit_and_a_new_run_recovers(
     sim: Simulator, conn: psycopg2.extensions.connection, services: ServiceFactory, database_url: str,

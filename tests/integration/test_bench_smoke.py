@@ -38,6 +38,7 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
+@pytest.mark.slow  # ~20 s: an end-to-end run of three scenarios (keeps `make test` under 8 minutes)
 @pytest.mark.timeout(180)
 def test_quick_s1_w_and_s4_write_their_reports(tmp_path: Path, server_tmp_path: Path) -> None:
     work = server_tmp_path  # the benchmark's PostgreSQL lives there: not under tmp_path (conftest.make_server_dir)

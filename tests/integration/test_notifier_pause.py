@@ -102,6 +102,7 @@ def announced(chat: ChatEndpoint, slug: str) -> int:
     return sum(slug in str(message.body) for message in chat.delivered("hook"))
 
 
+@pytest.mark.slow  # ~8 s: a notification end-to-end suite (keeps `make test` under 8 minutes)
 def test_a_paused_notifier_loses_the_lock_the_standby_takes_over_and_the_woken_one_sends_nothing(
     conn: psycopg2.extensions.connection, database_url: str, chat: ChatEndpoint, tmp_path: Path,
 ) -> None:

@@ -87,6 +87,7 @@ def test_template_keeps_the_operational_promises() -> None:
     assert f'KICK_MONITOR_CLIENT_SECRET_FILE="{SECRET_FILE}"' in program["environment"], "secrets as files"
 
 
+@pytest.mark.slow  # ~10 s of supervisord end to end (keeps `make test` under 8 minutes)
 def test_supervisord_runs_restarts_and_stops_the_shards(
     database_url: str, tmp_path: Path
 ) -> None:
