@@ -378,7 +378,12 @@ def _interruptible_sleep(closed: threading.Event, seconds: float) -> None:
 
 
 class _Transport:
-    """Paced, retried HTTP on one lazily created session per process."""
+    """Paced, retried HTTP on lazily created sessions, one per request in flight.
+
+    requests.Session is not documented as thread-safe, so a session serves one request at a
+    time; threads asking at once (the planner's reconcile threads) each take an idle one or a
+    new one. As many sessions exist as requests were ever in flight together (a handful).
+    """
 
     def __init__(self, timeout: tuple[float, float], bucket: RateBudget, retry: RetryPolicy,
                  stats: ApiStats, closed: threading.Event) -> None:
@@ -388,22 +393,37 @@ class _Transport:
         self.stats = stats
         self._closed = closed
         self._lock = threading.Lock()
-        self._session: requests.Session | None = None
+        self._idle: list[requests.Session] = []
+        self._sessions: list[requests.Session] = []  # idle and in use
         self._pid = os.getpid()
 
     def _http(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        session = self._take_session()
+        try:
+            return session.request(method, url, timeout=self.timeout, allow_redirects=False, **kwargs)
+        finally:
+            self._give_back(session)
+
+    def _take_session(self) -> requests.Session:
         if self._pid != os.getpid():  # forked child: never reuse the parent's sockets
-            self._lock, self._session, self._pid = threading.Lock(), None, os.getpid()
-        with self._lock:  # requests.Session is not documented as thread-safe
+            self._lock, self._idle, self._sessions, self._pid = threading.Lock(), [], [], os.getpid()
+        with self._lock:
             if self._closed.is_set():
                 raise KickApiUnavailable("Kick API client closed")
-            if self._session is None:
-                self._session = new_session()  # verified HTTPS shares one TLS context (kick_monitor/tls.py)
-                self._session.headers["User-Agent"] = f"kick-monitor/{__version__}"
-                self._session.headers["Accept"] = "application/json"
-            return self._session.request(
-                method, url, timeout=self.timeout, allow_redirects=False, **kwargs
-            )
+            if self._idle:
+                return self._idle.pop()
+            session = new_session()  # verified HTTPS shares one TLS context (kick_monitor/tls.py)
+            session.headers["User-Agent"] = f"kick-monitor/{__version__}"
+            session.headers["Accept"] = "application/json"
+            self._sessions.append(session)
+            return session
+
+    def _give_back(self, session: requests.Session) -> None:
+        with self._lock:
+            if session in self._sessions and not self._closed.is_set():
+                self._idle.append(session)
+                return
+        session.close()  # the client closed (or this process forked) while it was in use
 
     def send(self, method: str, url: str, label: str, **kwargs: Any) -> requests.Response:
         """Send with pacing; retry 429 / 5xx / network errors; raise on Cloudflare blocks.
@@ -459,10 +479,12 @@ class _Transport:
             _interruptible_sleep(self._closed, delay)
 
     def close(self) -> None:
+        """Close the idle sessions; one in use is closed when its request returns."""
         with self._lock:
-            if self._session is not None and self._pid == os.getpid():
-                self._session.close()
-            self._session = None
+            idle = self._idle if self._pid == os.getpid() else []
+            self._idle, self._sessions = [], []
+        for session in idle:
+            session.close()
 
 
 # ---------------------------------------------------------------- token

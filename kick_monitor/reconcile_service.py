@@ -8,12 +8,13 @@ worker, the sequencer of its shard, applies the answers it is sent
 (`ReconcileRequest` → `LiveAnswer` per API request → `ReconcileDone`, over the assignment
 channel).
 
-One helper thread and one `KickApiClient` drawing from the deployment's shared budget
-(`kick_monitor.api_budget`). Passes are served one request at a time, round-robin across
-the workers that asked, so after an outage of every connection each shard is repaired
-from its first requests on, as when every worker asked on its own. One request at a time
-also means a tree asks at most 1/latency requests a second (the budget, `api_rate`, is
-5/s by default).
+`THREADS` helper threads and one `KickApiClient` drawing from the deployment's shared budget
+(`kick_monitor.api_budget`). Each pass is served one request at a time, and the passes take
+turns, round-robin across the workers that asked, so after an outage of every connection each
+shard is repaired from its first requests on, as when every worker asked on its own. Up to
+`THREADS` passes (of different workers) have a request in flight at once: a tree asks up to
+THREADS/latency requests a second, so at Kick's 100–300 ms the budget (`api_rate`, 5/s by
+default) is the bound, not the round trip — as when every worker had a thread of its own.
 
     service = ReconcileService(make_client)
     service.start()
@@ -28,6 +29,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,7 +42,8 @@ from kick_monitor.reconcile import Reconciler
 
 log = logging.getLogger("kick_monitor.reconcile")
 
-STOP_WAIT = 2.0  # at most, for the thread to leave a request at stop
+STOP_WAIT = 2.0  # at most, for the threads to leave their requests at stop
+THREADS = 4  # passes with a request in flight at once (of different workers)
 TRIM_AFTER = 500  # streamers in a pass after whose end freed memory goes back to the kernel
 
 Reply = LiveAnswer | ReconcileDone
@@ -67,26 +70,29 @@ class ReconcileService:
         self._turns = threading.Condition()
         self._passes: dict[int, _Pass] = {}  # by connection id; guarded by _turns
         self._order: deque[int] = deque()  # connection ids waiting for their next request
-        self._busy: int | None = None  # the connection whose pass the thread is advancing now
+        self._busy: set[int] = set()  # the connections whose pass a thread is advancing now
+        self._client_lock = threading.Lock()
         self._stopping = False
         self.off: str | None = None  # why the API refused our credentials; reset by settings_changed
         self._replies: queue.SimpleQueue[tuple[int, Reply]] = queue.SimpleQueue()
         self.wake_read, self._wake_write = os.pipe()
         os.set_blocking(self.wake_read, False)
         os.set_blocking(self._wake_write, False)
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     # -- the planner's side ---------------------------------------------------------------
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
-        self._thread.start()
+    def start(self, threads: int = THREADS) -> None:
+        for number in range(threads):
+            thread = threading.Thread(target=self._run, name=f"reconcile-{number}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def submit(self, conn_id: int, request: ReconcileRequest, refs: tuple[StreamerRef, ...]) -> None:
         """A worker asks for a pass; it replaces any pass that connection asked before (a worker asks
         one at a time, so an earlier one was abandoned)."""
         with self._turns:
             self._passes[conn_id] = _Pass(request, refs)
-            if conn_id != self._busy and conn_id not in self._order:
+            if conn_id not in self._busy and conn_id not in self._order:
                 self._order.append(conn_id)
             self._turns.notify()
 
@@ -132,8 +138,9 @@ class ReconcileService:
         client = self._client
         if client is not None:
             client.close()  # wakes a request waiting for the budget or a retry
-        if self._thread is not None:
-            self._thread.join(STOP_WAIT)
+        deadline = time.monotonic() + STOP_WAIT
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
         for fd in (self.wake_read, self._wake_write):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -150,12 +157,15 @@ class ReconcileService:
                 job = self._passes.get(conn_id)
                 if job is None:
                     continue
-                self._busy = conn_id
+                self._busy.add(conn_id)
             reply = self._advance(job)
             with self._turns:
-                self._busy = None
+                self._busy.discard(conn_id)
                 current = self._passes.get(conn_id)
-                if current is job:
+                if reply is None:  # asked again with the client new settings put in place
+                    if current is not None and conn_id not in self._order:
+                        self._order.append(conn_id)
+                elif current is job:
                     if isinstance(reply, ReconcileDone):
                         del self._passes[conn_id]
                     else:
@@ -166,8 +176,9 @@ class ReconcileService:
             if isinstance(reply, ReconcileDone) and len(job.refs) > TRIM_AFTER:
                 release_free_memory()  # a big pass's answers and groupings were a burst of this process
 
-    def _advance(self, job: _Pass) -> Reply:
-        """One API request of the pass (inconsistent answers re-asked in halves count as one)."""
+    def _advance(self, job: _Pass) -> Reply | None:
+        """One API request of the pass (inconsistent answers re-asked in halves count as one); None when
+        another thread replaced the client (new settings) under this request: the pass is asked anew."""
         pass_id = job.request.pass_id
         if self.off is not None:
             return ReconcileDone(pass_id, "off", self.off)
@@ -183,25 +194,31 @@ class ReconcileService:
         except StopIteration:
             return ReconcileDone(pass_id, "ok")
         except Exception as exc:  # reported to the worker; the thread never dies
+            if job.client is not None and job.client is not self._client:
+                job.answers = None  # closed under us by new settings, not an answer of Kick's
+                return None
             error = f"{type(exc).__name__}: {exc}"
             if isinstance(exc, KickAuthError):
                 # A refused secret does not fix itself: stop asking until new settings (the tree runs
                 # Pusher-only); every pass waiting is answered "off" without a request.
-                self.off = error
-                log.error("Kick API refused our credentials (%s); reconciliation is off, Pusher-only,"
-                          " until new credentials (SIGHUP)", error)
+                with self._client_lock:
+                    first, self.off = self.off is None, error
+                if first:  # said once, whichever thread learnt it
+                    log.error("Kick API refused our credentials (%s); reconciliation is off, Pusher-only,"
+                              " until new credentials (SIGHUP)", error)
                 return ReconcileDone(pass_id, "off", error)
             return ReconcileDone(pass_id, "error", error)
         return LiveAnswer(pass_id, asked, live)
 
     def _api(self) -> Any:
-        if self._client is None or self._replace_client:
-            old, self._replace_client = self._client, False
-            self._client = self._make_client()
-            if old is not None:
-                self._client.carry_state(old)  # a blocked web API stays backed off across a SIGHUP
-                old.close()
-        return self._client
+        with self._client_lock:  # one client for every thread; replaced once on new settings
+            if self._client is None or self._replace_client:
+                old, self._replace_client = self._client, False
+                self._client = self._make_client()
+                if old is not None:
+                    self._client.carry_state(old)  # a blocked web API stays backed off across a SIGHUP
+                    old.close()  # requests in flight on it end; their passes go on with the new one
+            return self._client
 
     def _hand_over(self, conn_id: int, reply: Reply) -> None:
         self._replies.put((conn_id, reply))

@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from kick_monitor.kick_api import KickApiClient
 from kick_monitor.messages import LiveAnswer, ReconcileDone, ReconcileRequest, StreamerRef
 from kick_monitor.ratelimit import RetryPolicy
-from kick_monitor.reconcile_service import ReconcileService
+from kick_monitor.reconcile_service import THREADS, ReconcileService
 from kick_sim import SimStreamer, Simulator
 from tests.service import Service, insert_streamers, running, service_env, wait_until
 
@@ -39,7 +39,7 @@ def refs_of(streamers: list[SimStreamer], first_id: int) -> tuple[StreamerRef, .
 def make_service(sim: Simulator) -> Iterator[Callable[..., ReconcileService]]:
     made: list[ReconcileService] = []
 
-    def make(secret: str | None = None, batch_size: int = 25) -> ReconcileService:
+    def make(secret: str | None = None, batch_size: int = 25, threads: int = THREADS) -> ReconcileService:
         def client() -> KickApiClient:
             return KickApiClient(
                 sim.api_base_url, sim.oauth_token_url, sim.web_api_base_url, sim.config.client_id,
@@ -48,7 +48,7 @@ def make_service(sim: Simulator) -> Iterator[Callable[..., ReconcileService]]:
             )
 
         service = ReconcileService(client)
-        service.start()
+        service.start(threads)
         made.append(service)
         return service
 
@@ -79,7 +79,7 @@ def test_passes_of_several_workers_take_turns_request_by_request(
 ) -> None:
     streamers = sim.create_streamers(150, prefix="turns", live_fraction=0.4)
     first, second = refs_of(streamers[:100], 1), refs_of(streamers[100:], 1001)
-    service = make_service()
+    service = make_service(threads=1)  # the turns themselves: with more threads, requests overlap
     service.submit(1, ReconcileRequest(0, 7, tuple(r.streamer_id for r in first)), first)
     service.submit(2, ReconcileRequest(1, 3, tuple(r.streamer_id for r in second)), second)
     replies = collect(service, lambda got: done_for(got, 1, 2))
@@ -100,6 +100,32 @@ def test_passes_of_several_workers_take_turns_request_by_request(
     outcomes = [reply.outcome for _, reply in replies if isinstance(reply, ReconcileDone)]
     assert outcomes == ["ok", "ok"]
     assert service.pending() == 0
+
+
+def test_passes_of_several_workers_are_asked_at_once_not_one_round_trip_after_another(
+    sim: Simulator, make_service: Callable[..., ReconcileService]
+) -> None:
+    """At Kick's 100–300 ms a request, one request at a time held a tree to a few requests a second,
+    below the budget (round 15's regression against one thread per worker): up to THREADS passes now
+    have a request in flight at once."""
+    streamers = sim.create_streamers(200, prefix="overlap")
+    passes = [refs_of(streamers[i * 50:(i + 1) * 50], 1000 * (i + 1)) for i in range(4)]  # 2 requests each
+    sim.set_api_delay(0.3)
+    sim.set_api_mode("slow", surface="official")
+
+    def repair_all(threads: int) -> float:
+        service = make_service(threads=threads)
+        started = time.monotonic()
+        for conn_id, refs in enumerate(passes, 1):
+            service.submit(conn_id, ReconcileRequest(conn_id, 1, tuple(r.streamer_id for r in refs)), refs)
+        replies = collect(service, lambda got: done_for(got, 1, 2, 3, 4))
+        assert [r.outcome for _, r in replies if isinstance(r, ReconcileDone)] == ["ok"] * 4
+        return time.monotonic() - started
+
+    one, many = repair_all(1), repair_all(THREADS)
+    print(f"\n8 requests of 0.3 s: one thread {one:.2f} s, {THREADS} threads {many:.2f} s")
+    assert one >= 8 * 0.3, one  # 8 requests, one round trip after another
+    assert many < 4 * 0.3, f"{THREADS} threads took {many:.2f}s for 8 requests of 0.3s (one thread: {one:.2f}s)"
 
 
 def test_a_cancelled_pass_asks_nothing_more_and_a_new_pass_replaces_the_old(
