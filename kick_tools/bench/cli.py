@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="M only: streamers (default 2,000; 5,000 is one worker at S3's load, one shard)")
     parser.add_argument("--pg-restarts", type=positive_count, default=1, metavar="N",
                         help="soak only: stop PostgreSQL N times, evenly spaced (default %(default)s: at the half)")
+    parser.add_argument("--api-latency", type=non_negative_seconds, default=0.0, metavar="SECONDS",
+                        help="S1, S2, S4: the simulator's official API answers this late (Kick's round trip is"
+                             " 0.1–0.3 s; default 0: the simulator's 1–3 ms). Recorded in the result.")
     parser.add_argument("--service-setting", action="append", default=[], metavar="NAME=VALUE",
                         type=service_setting,
                         help="S1, S2, S4, N: run the service with this setting (a Settings field, e.g."
@@ -67,6 +70,14 @@ def positive_count(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text!r}")
+    return value
+
+
+def non_negative_seconds(text: str) -> float:
+    """Seconds ≥ 0 (and finite); argparse turns the ValueError into a usage error."""
+    value = float(text)
+    if not 0.0 <= value < 60.0:
+        raise argparse.ArgumentTypeError(f"expected seconds from 0 to 60, got {text!r}")
     return value
 
 
@@ -101,7 +112,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             ctx = scenarios.BenchContext(work=work, db=db, runs=max(1, args.runs), quick=args.quick,
                                          duration=args.duration, say=say, streamers=args.streamers,
                                          keep_work=args.keep_work, pg_restarts=args.pg_restarts,
-                                         service_settings=tuple(args.service_setting))
+                                         service_settings=tuple(args.service_setting),
+                                         api_latency=args.api_latency)
             machine = report.machine_info(db.info())
             for name in names:
                 say(f"== {name} ({ctx.runs} runs) — work dir {work}")

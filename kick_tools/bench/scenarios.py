@@ -81,6 +81,7 @@ class BenchContext:
     keep_work: bool = False  # --keep-work: runs also leave what is needed to explain a verdict (truth.jsonl)
     service_settings: tuple[tuple[str, str], ...] = ()  # --service-setting: over each pipeline scenario's own
     pg_restarts: int = 1  # soak only: PostgreSQL outages in the run (--pg-restarts)
+    api_latency: float = 0.0  # S1, S2, S4: seconds the simulator's official API holds each answer (--api-latency)
     _templates: dict[str, str] = field(default_factory=dict)
 
     def run_dir(self, scenario: str, index: int) -> Path:
@@ -279,6 +280,10 @@ def run_pipeline(sc: PipelineScenario, ctx: BenchContext, index: int) -> dict[st
         if chat is not None:
             add_notify_targets(url, chat, [s["slug"] for s in sim.streamers()])
         result.update(start)
+        if ctx.api_latency > 0:  # Kick's own round trip (100–300 ms) instead of the simulator's 1–3 ms
+            sim.post("/control/api_delay", {"seconds": ctx.api_latency})
+            sim.post("/control/api_mode", {"mode": "slow", "surface": "official"})
+            result["api_latency_s"] = ctx.api_latency
         sampler = measure.RoleSampler(pipeline_discover(service, sim, ctx.db), interval=0.5).start()
         stack.push(sampler)
         sampler.mark("flip")

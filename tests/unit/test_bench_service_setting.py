@@ -36,3 +36,13 @@ def test_they_go_after_the_scenario_own_settings(tmp_path: Path) -> None:
     assert scaled.settings == (("api_rate", scenarios.S4_API_RATE), ("api_rate", "7"))
     assert dict(scaled.settings)["api_rate"] == "7"  # the last one wins where they are applied
     assert scenarios.scaled(scenarios.S2, scenarios.BenchContext(work=tmp_path, db=None)).settings == ()  # type: ignore[arg-type]
+
+
+def test_api_latency_is_seconds_and_a_bad_one_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse("--api-latency", "0.15").api_latency == 0.15
+    assert parse().api_latency == 0.0
+    for bad in ("-1", "nan", "inf", "fast", "90"):
+        with pytest.raises(SystemExit) as exit_info:
+            parse("--api-latency", bad)
+        assert exit_info.value.code == 2
+        assert "--api-latency" in capsys.readouterr().err
