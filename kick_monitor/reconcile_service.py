@@ -15,6 +15,9 @@ shard is repaired from its first requests on, as when every worker asked on its 
 `THREADS` passes (of different workers) have a request in flight at once: a tree asks up to
 THREADS/latency requests a second, so at Kick's 100–300 ms the budget (`api_rate`, 5/s by
 default) is the bound, not the round trip — as when every worker had a thread of its own.
+Measured (S4 with `--api-latency 0.15`, 8 workers at 40 requests/s): one thread recovered in
+60–67 s, four in 19–20 s, eight in ~12 s like a thread per worker; M unchanged
+(docs/performance.md, round 16).
 
     service = ReconcileService(make_client)
     service.start()
@@ -43,7 +46,7 @@ from kick_monitor.reconcile import Reconciler
 log = logging.getLogger("kick_monitor.reconcile")
 
 STOP_WAIT = 2.0  # at most, for the threads to leave their requests at stop
-THREADS = 4  # passes with a request in flight at once (of different workers)
+THREADS = 8  # passes with a request in flight at once (of different workers)
 TRIM_AFTER = 500  # streamers in a pass after whose end freed memory goes back to the kernel
 
 Reply = LiveAnswer | ReconcileDone
