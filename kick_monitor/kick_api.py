@@ -382,7 +382,7 @@ class _Transport:
 
     requests.Session is not documented as thread-safe, so a session serves one request at a
     time; threads asking at once (the planner's reconcile threads) each take an idle one or a
-    new one. As many sessions exist as requests were ever in flight together (a handful).
+    new one. As many sessions exist as requests were ever in flight together (at most a thread each).
     """
 
     def __init__(self, timeout: tuple[float, float], bucket: RateBudget, retry: RetryPolicy,
@@ -393,8 +393,7 @@ class _Transport:
         self.stats = stats
         self._closed = closed
         self._lock = threading.Lock()
-        self._idle: list[requests.Session] = []
-        self._sessions: list[requests.Session] = []  # idle and in use
+        self._idle: list[requests.Session] = []  # sessions in use are held by the thread using them
         self._pid = os.getpid()
 
     def _http(self, method: str, url: str, **kwargs: Any) -> requests.Response:
@@ -406,7 +405,7 @@ class _Transport:
 
     def _take_session(self) -> requests.Session:
         if self._pid != os.getpid():  # forked child: never reuse the parent's sockets
-            self._lock, self._idle, self._sessions, self._pid = threading.Lock(), [], [], os.getpid()
+            self._lock, self._idle, self._pid = threading.Lock(), [], os.getpid()
         with self._lock:
             if self._closed.is_set():
                 raise KickApiUnavailable("Kick API client closed")
@@ -415,15 +414,14 @@ class _Transport:
             session = new_session()  # verified HTTPS shares one TLS context (kick_monitor/tls.py)
             session.headers["User-Agent"] = f"kick-monitor/{__version__}"
             session.headers["Accept"] = "application/json"
-            self._sessions.append(session)
             return session
 
     def _give_back(self, session: requests.Session) -> None:
         with self._lock:
-            if session in self._sessions and not self._closed.is_set():
+            if not self._closed.is_set():
                 self._idle.append(session)
                 return
-        session.close()  # the client closed (or this process forked) while it was in use
+        session.close()  # the client closed while it was in use
 
     def send(self, method: str, url: str, label: str, **kwargs: Any) -> requests.Response:
         """Send with pacing; retry 429 / 5xx / network errors; raise on Cloudflare blocks.
@@ -482,7 +480,7 @@ class _Transport:
         """Close the idle sessions; one in use is closed when its request returns."""
         with self._lock:
             idle = self._idle if self._pid == os.getpid() else []
-            self._idle, self._sessions = [], []
+            self._idle = []
         for session in idle:
             session.close()
 

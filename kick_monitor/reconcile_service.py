@@ -165,17 +165,16 @@ class ReconcileService:
             with self._turns:
                 self._busy.discard(conn_id)
                 current = self._passes.get(conn_id)
-                if reply is None:  # asked again with the client new settings put in place
-                    if current is not None and conn_id not in self._order:
-                        self._order.append(conn_id)
-                elif current is job:
+                if reply is not None and current is job:
                     if isinstance(reply, ReconcileDone):
                         del self._passes[conn_id]
                     else:
                         self._order.append(conn_id)
                     self._hand_over(conn_id, reply)
                 elif current is not None and conn_id not in self._order:
-                    self._order.append(conn_id)  # replaced while we asked: the new pass takes its turn
+                    # asked anew (new settings replaced the client under the request), or a new pass
+                    # of the worker replaced this one while we asked: it takes its turn
+                    self._order.append(conn_id)
             if isinstance(reply, ReconcileDone) and len(job.refs) > TRIM_AFTER:
                 release_free_memory()  # a big pass's answers and groupings were a burst of this process
 

@@ -87,8 +87,8 @@ def test_the_kick_api_transport_and_the_notifier_use_the_shared_context(servers:
     transport = _Transport((5.0, 5.0), bucket=None, retry=None, stats=None,  # type: ignore[arg-type]
                            closed=threading.Event())  # _http only sends: no pacing, no retries, no stats
     assert transport._http("GET", url).text == "ok"
-    [session] = transport._sessions  # one request, one session, idle again
-    assert transport._idle == [session] and pool_contexts(session, url) == [shared()]
+    [session] = transport._idle  # one request, one session, idle again
+    assert pool_contexts(session, url) == [shared()]
     senders = SenderPool(threads=1, timeout=lambda: 5.0)
     try:
         session = senders._session()
