@@ -180,7 +180,9 @@ def test_a_worker_asked_for_its_stacks_writes_them_and_goes_on(
         start(service, sim, 1, 40)
         worker = service.worker_pids()[0]
         os.kill(worker, DUMP_STACKS_SIGNAL)
-        wait_until(lambda: "most recent call first" in service.log_text(), 10, what="the worker's stacks")
+        # the dump is written frame by frame: wait for the main thread's loop, not only for its first line
+        wait_until(lambda: "most recent call first" in service.log_text() and "in step" in service.log_text(), 10,
+                   what="the worker's stacks down to its loop")
         text = service.log_text()
         assert "shard_worker.py" in text and "in step" in text  # the main thread, in its loop
         streamer = sim.streamers()[0]
@@ -189,10 +191,11 @@ def test_a_worker_asked_for_its_stacks_writes_them_and_goes_on(
         assert service.worker_pids()[0] == worker and alive(worker)
 
 
+@pytest.mark.slow  # 8 s and more: the fault suite's long cases run in `make test-slow`
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize(
     ("stop_for", "heartbeat_timeout"),
-    [pytest.param(10.0, 5.0, id="10s-stop"), pytest.param(60.0, 30.0, id="60s-stop", marks=pytest.mark.slow)],
+    [pytest.param(10.0, 5.0, id="10s-stop"), pytest.param(60.0, 30.0, id="60s-stop")],
 )
 def test_sigstopped_worker_is_killed_and_replaced(
     stop_for: float, heartbeat_timeout: float, sim: Simulator, conn: psycopg2.extensions.connection,

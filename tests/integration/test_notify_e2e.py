@@ -76,6 +76,7 @@ def setup(sim: Simulator, conn: psycopg2.extensions.connection, chat: ChatEndpoi
     return streamers
 
 
+@pytest.mark.slow  # ~7 s: notifications end to end run in `make test-slow` (`make test` stays under 8 min)
 def test_go_lives_and_ends_are_announced_once_and_a_flap_once(
     sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, chat: ChatEndpoint, tmp_path: Path,
     cli: object,
