@@ -115,6 +115,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                                          service_settings=tuple(args.service_setting),
                                          api_latency=args.api_latency)
             machine = report.machine_info(db.info())
+            speed = machine["host_speed"]
+            say(f"host speed: {speed['python_ns_per_step']} ns a Python step, zlib {speed['zlib_mb_per_s']} MB/s"
+                f" (load {measure.loadavg()[0]})")
             for name in names:
                 say(f"== {name} ({ctx.runs} runs) — work dir {work}")
                 try:
@@ -232,7 +235,9 @@ def pipeline(base: scenarios.PipelineScenario, ctx: scenarios.BenchContext, mach
         " − the simulator's sent_wall for the frame; same host clock.",
         "lost = transitions the simulator delivered that are missing from the history (unknown→offline rows of"
         " the reconciliation at start are not transitions); cpu_per_1000_<role> = CPU seconds per 1,000"
-        " committed transitions from flip start until the history was complete (noise included).",
+        " committed transitions from flip start until the history was complete (noise included);"
+        " wakeups_per_1000_<role> = voluntary context switches (sleeps ended by a wake-up) per 1,000 committed"
+        " transitions over the same span: unlike CPU seconds, it does not change with the host's speed.",
     ]
     if sc.noise_rate:
         notes.append(f"Noise: {sc.noise_rate:.0f} captured non-lifecycle frames/s on channel_{{id}}"
@@ -372,6 +377,7 @@ def writer(ctx: scenarios.BenchContext, machine: dict[str, Any], out: Path) -> l
         "cpu_per_1000_writer": measure.spread(r["cpu_per_1000_changes"].get("writer") for r in runs),
         "cpu_per_1000_postgres": measure.spread(r["cpu_per_1000_changes"].get("postgres") for r in runs),
         "cpu_per_1000_feeder": measure.spread(r["cpu_per_1000_changes"].get("feeder") for r in runs),
+        "wakeups_per_1000_writer": measure.spread(r.get("wakeups_per_1000_changes", {}).get("writer") for r in runs),
     }
     notes = [
         f"The real workers.writer.BatchWriter in its own process on its own listening socket, fed by {feed.feeders}"

@@ -61,6 +61,19 @@ def cpu_seconds(pid: int, with_reaped: bool = False) -> float | None:
     return ticks / CLK_TCK
 
 
+def wakeups(pid: int) -> int | None:
+    """Voluntary context switches of `pid` (every time it slept, in select() or on a lock, and was woken),
+    or None if it is gone. Unlike CPU seconds, a count a change does not depend on the host's speed."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def memory_kb(pid: int) -> tuple[int, int] | None:
     """(VmRSS, VmHWM) in kB, or None if the process is gone (or a zombie)."""
     rss = hwm = None
@@ -103,7 +116,7 @@ class RolePeaks:
 
 
 class RoleSampler:
-    """Samples CPU and memory of every role on a thread; `mark()` snapshots CPU per role.
+    """Samples CPU, wake-ups and memory of every role on a thread; `mark()` snapshots CPU and wake-ups per role.
 
         sampler = RoleSampler(discover, interval=0.5).start()
         sampler.mark("flip")
@@ -111,6 +124,7 @@ class RoleSampler:
         sampler.mark("done")
         sampler.stop()
         cpu = sampler.cpu_between("flip", "done")   # {role: seconds}
+        woken = sampler.wakeups_between("flip", "done")   # {role: voluntary context switches}
     """
 
     def __init__(self, discover: Discover, interval: float = 0.5, pss: bool = False) -> None:
@@ -118,7 +132,9 @@ class RoleSampler:
         self.interval = interval
         self.pss = pss
         self._cpu: dict[str, dict[int, float]] = defaultdict(dict)
+        self._wakeups: dict[str, dict[int, int]] = defaultdict(dict)
         self._marks: dict[str, dict[str, float]] = {}
+        self._wakeup_marks: dict[str, dict[str, int]] = {}
         self.peaks: dict[str, RolePeaks] = defaultdict(RolePeaks)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -155,6 +171,9 @@ class RoleSampler:
                     cpu = cpu_seconds(pid, with_reaped=pid in spec.reaped)
                     if cpu is not None:
                         known[pid] = cpu
+                    woken = wakeups(pid)
+                    if woken is not None:
+                        self._wakeups[role][pid] = woken
                     mem = memory_kb(pid)
                     if mem is not None:
                         rss_total += mem[0] / 1024
@@ -172,11 +191,17 @@ class RoleSampler:
         self.sample()
         with self._lock:
             self._marks[label] = {role: sum(pids.values()) for role, pids in self._cpu.items()}
+            self._wakeup_marks[label] = {role: sum(pids.values()) for role, pids in self._wakeups.items()}
 
     def cpu_between(self, start: str, end: str) -> dict[str, float]:
         """CPU seconds each role used between two marks."""
         first, last = self._marks[start], self._marks[end]
         return {role: round(last[role] - first.get(role, 0.0), 3) for role in last}
+
+    def wakeups_between(self, start: str, end: str) -> dict[str, int]:
+        """Voluntary context switches each role made between two marks (of the processes seen alive)."""
+        first, last = self._wakeup_marks[start], self._wakeup_marks[end]
+        return {role: last[role] - first.get(role, 0) for role in last}
 
     def peaks_json(self) -> dict[str, dict[str, float]]:
         return {

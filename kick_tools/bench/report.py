@@ -14,8 +14,11 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
+import time
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,7 +47,36 @@ def machine_info(postgres: dict[str, str] | None = None) -> dict[str, Any]:
         pass
     info["postgres"] = postgres or {}
     info["git"] = git_describe()
+    info["host_speed"] = host_speed()
     return info
+
+
+_PYTHON_STEPS = 200_000
+_ZLIB_INPUT = b"".join(b"kick-monitor status change %d online pusher\n" % i for i in range(25_000))
+
+
+def _python_steps(count: int) -> int:
+    table: dict[int, int] = {}
+    for i in range(count):
+        table[i & 1023] = table.get(i & 511, 0) + i
+    return len(table)
+
+
+def host_speed(repeats: int = 5) -> dict[str, float]:
+    """How fast this host is now, by two fixed workloads (median of `repeats` short runs, ~0.1 s each):
+    ns a step of a pure-Python loop (what our processes run) and MB/s of zlib over a fixed text (C code, as
+    PostgreSQL's work is). The shared VMs here changed speed twofold within 15 minutes (docs/performance.md,
+    rounds 16 and 17): figures of two runs compare only with these beside them."""
+    python_ns, zlib_mb_s = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        _python_steps(_PYTHON_STEPS)
+        python_ns.append((time.perf_counter() - started) * 1e9 / _PYTHON_STEPS)
+        started = time.perf_counter()
+        zlib.compress(_ZLIB_INPUT, 6)
+        zlib_mb_s.append(len(_ZLIB_INPUT) / 1e6 / (time.perf_counter() - started))
+    return {"python_ns_per_step": round(statistics.median(python_ns), 1),
+            "zlib_mb_per_s": round(statistics.median(zlib_mb_s), 1)}
 
 
 def git_describe() -> str | None:
@@ -114,6 +146,7 @@ def markdown(result: dict[str, Any]) -> str:
     """The human-readable report of one scenario."""
     machine = result["machine"]
     pg = machine.get("postgres", {})
+    speed = machine.get("host_speed") or {}
     loads = ", ".join(f"{fmt(r.get('load_before', [None])[0])}→{fmt(r.get('load_after', [None])[0])}"
                       for r in result["runs"])
     lines = [
@@ -123,6 +156,9 @@ def markdown(result: dict[str, Any]) -> str:
         f" ({machine.get('cpu', '?')}) · Python {machine.get('python')} · PostgreSQL {pg.get('version', '?')}"
         f" (fsync {pg.get('fsync', '?')}, synchronous_commit {pg.get('synchronous_commit', '?')})"
         f" · commit {machine.get('git') or '?'}",
+        "",
+        f"Host speed at the start (`report.host_speed`): {fmt(speed.get('python_ns_per_step'))} ns a Python step,"
+        f" zlib {fmt(speed.get('zlib_mb_per_s'))} MB/s (lower ns, higher MB/s: faster).",
         "",
         f"{len(result['runs'])} runs; figures are median (min–max) over runs. "
         f"Load average (1 min) before→after each run: {loads}.",

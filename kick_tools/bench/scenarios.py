@@ -23,7 +23,7 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -199,11 +199,11 @@ def postgres_roles(db: BenchDatabase) -> dict[str, measure.RoleSpec]:
     return {"postgres": measure.RoleSpec((postmaster, *children_of(postmaster)), reaped=(postmaster,))}
 
 
-def per_thousand(cpu: dict[str, float], changes: int) -> dict[str, float]:
-    """CPU seconds per 1,000 changes for each role."""
+def per_thousand(amounts: Mapping[str, float], changes: int) -> dict[str, float]:
+    """Each role's amount (CPU seconds, wake-ups) per 1,000 changes."""
     if changes <= 0:
         return {}
-    return {role: round(seconds * 1000 / changes, 4) for role, seconds in cpu.items()}
+    return {role: round(amount * 1000 / changes, 4) for role, amount in amounts.items()}
 
 
 def start_pipeline(ctx: BenchContext, stack: Stack, run_dir: Path, url: str, *, streamers: int, shards: int | None,
@@ -342,6 +342,7 @@ def run_pipeline(sc: PipelineScenario, ctx: BenchContext, index: int) -> dict[st
         cpu = sampler.cpu_between("flip", "settled")
         result["cpu_s"] = cpu
         result["cpu_per_1000_changes"] = per_thousand(cpu, verdict.matched)
+        result["wakeups_per_1000_changes"] = per_thousand(sampler.wakeups_between("flip", "settled"), verdict.matched)
         sampler.stop()
         result["memory_mb"] = sampler.peaks_json()
         result["_latencies"] = verdict.latencies_ms
@@ -507,6 +508,9 @@ def summarize_pipeline(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
     for role in sorted({role for run in runs for role in run.get("cpu_per_1000_changes", {})}):
         summary[f"cpu_per_1000_{role}"] = measure.spread(r.get("cpu_per_1000_changes", {}).get(role) for r in runs)
+    for role in sorted({role for run in runs for role in run.get("wakeups_per_1000_changes", {})}):
+        summary[f"wakeups_per_1000_{role}"] = measure.spread(
+            r.get("wakeups_per_1000_changes", {}).get(role) for r in runs)
     for role in sorted({role for run in runs for role in run.get("memory_mb", {})}):
         summary[f"peak_rss_mb_{role}"] = measure.spread(
             r.get("memory_mb", {}).get(role, {}).get("hwm_max_process") for r in runs)
@@ -710,6 +714,7 @@ def run_writer(ctx: BenchContext, mode: str, feed: Feed, index: int, name: str) 
         throughput=round(committed / span, 1) if span > 0 else None,
         latency_ms=measure.latency_summary(written["latencies_ms"]),
         cpu_s=cpu, cpu_per_1000_changes=per_thousand(cpu, committed),
+        wakeups_per_1000_changes=per_thousand(sampler.wakeups_between("start", "end"), committed),
         load_after=measure.loadavg(),
     )
     result["_latencies"] = written["latencies_ms"]
