@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 
 SPILL_BATCH = 5000  # changes per ChangeBatch when a spilled segment is sent again
 SPILL_WINDOW = 2  # spilled segments in flight at once: bounds what re-sending reads into memory
+# Seconds an acknowledgement may wait to be read while the worker has other reasons to wake: an ack only
+# frees memory, so it is read when the loop is awake anyway (a Pusher frame), and wakes the loop only once
+# this overdue (docs/performance.md, round 17: 19 % of a worker's wake-ups in S2 were for an ack alone).
+ACK_READ_AFTER = 0.1
 
 
 @dataclass(eq=False, slots=True)
@@ -56,6 +60,7 @@ class _Unacked:
     changes: tuple[StatusChange, ...] = ()
     path: Path | None = None  # set when on disk
     seq: int = 0  # the highest seq it was queued under on the current connection
+    queued_at: float = 0.0  # when it was queued on the current connection (sender's clock)
 
 
 class ChangeSender(Link):
@@ -122,14 +127,43 @@ class ChangeSender(Link):
         self._queue_pending()
         self._flush()
 
+    def wants_read(self, now: float) -> bool:
+        """Should the loop wake when the writer's socket turns readable? Not for an acknowledgement that is
+        not yet overdue (`ACK_READ_AFTER`): `service()` reads acks whenever it runs. With nothing awaiting
+        an ack, only an EOF can come: watch for it (no cost)."""
+        if self._channel is None:
+            return False
+        oldest = self._oldest_queued_at()
+        return oldest is None or now - oldest >= ACK_READ_AFTER
+
+    def next_timeout(self, now: float) -> float:
+        """Seconds until `service()` must run without input: a reconnect, or the moment an acknowledgement
+        turns overdue (from then on the socket is watched: an ack that is slow to come, a writer stalled
+        in a long commit, must not make the loop spin)."""
+        if self._channel is None:
+            return max(0.0, self._retry_at - now)
+        oldest = self._oldest_queued_at()
+        if oldest is None or now - oldest >= ACK_READ_AFTER:
+            return float("inf")
+        return oldest + ACK_READ_AFTER - now
+
+    def _oldest_queued_at(self) -> float | None:
+        """When the oldest batch on the connection that awaits its acknowledgement was queued, or None."""
+        if self._queued_disk:
+            return self.disk[0].queued_at
+        if self._queued_memory:
+            return self.memory[0].queued_at
+        return None
+
     def service(self, now: float, readable: bool = False, writable: bool = False) -> None:
-        """Connect when due, read acks, write what is pending. Never raises."""
+        """Connect when due, read acks (whether or not select() said readable: see `wants_read`), write
+        what is pending. Never raises."""
         if self._channel is None:
             if now >= self._retry_at:
                 self._connect(now)
             return
         try:
-            if readable:
+            if readable or self._queued_disk or self._queued_memory:
                 for message in self._channel.read():
                     if isinstance(message, Ack):
                         self._forget_through(message.seq)
@@ -184,6 +218,7 @@ class ChangeSender(Link):
                 self._seq += 1
                 channel.queue(ChangeBatch(self.sender, self._seq, tuple(changes[start : start + SPILL_BATCH])))
             item.seq = self._seq
+            item.queued_at = self.clock()
             self._queued_disk += 1
         if self._queued_disk < len(self.disk):
             return  # memory waits until every older spilled change is on the wire
@@ -192,6 +227,7 @@ class ChangeSender(Link):
             self._seq += 1
             channel.queue(ChangeBatch(self.sender, self._seq, item.changes))
             item.seq = self._seq
+            item.queued_at = self.clock()
             self._queued_memory += 1
 
     def _read_spilled(self, item: _Unacked) -> list[StatusChange]:

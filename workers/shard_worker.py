@@ -207,7 +207,7 @@ class ShardWorker(Role):
         if ws_fd is not None:
             rlist.append(ws_fd)
         sender_fd = self.sender.fileno()
-        if sender_fd is not None:
+        if sender_fd is not None and self.sender.wants_read(now):  # an ack not yet overdue waits for another wake-up
             rlist.append(sender_fd)
         planner_fd = self.assignments.fileno()
         if planner_fd is not None:

@@ -112,7 +112,7 @@ class WebhookReceiver(Role):
         now = time.monotonic()
         sender_fd = self.sender.fileno()
         rlist: list[Any] = [self.intake.wake_read]
-        if sender_fd is not None:
+        if sender_fd is not None:  # always, unlike a shard worker: an ack is what answers Kick's delivery
             rlist.append(sender_fd)
         wlist = [sender_fd] if sender_fd is not None and self.sender.wants_write else []
         timeout = min(self.sender.next_timeout(now), HEARTBEAT_EVERY)

@@ -175,6 +175,42 @@ def test_killed_writer_loses_nothing(
         assert service.stop() == 0
 
 
+def test_a_worker_waiting_for_a_stalled_writers_acknowledgement_sleeps_and_loses_nothing(
+    sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, tmp_path: Path
+) -> None:
+    """A worker reads acknowledgements when it is awake anyway, and is woken by one only once it is overdue
+    (handoff.ACK_READ_AFTER). An acknowledgement that does not come (the writer SIGSTOPped with changes
+    unacknowledged) must not make the worker's loop spin: found in review, a zero timeout once overdue."""
+    streamers = sim.create_streamers(20)
+    insert_streamers(conn, streamers)
+    service = make_service(sim, database_url, tmp_path, shard_count="1")
+    with running(service):
+        service.wait_children(1)
+        wait_until(lambda: sim.subscription_count() >= 40, 20, what="subscriptions")
+        settle(sim, conn)
+        writer, worker = service.writer_pid(), service.worker_pids()[0]
+        assert writer is not None
+        os.kill(writer, signal.SIGSTOP)
+        try:
+            for streamer in streamers[:10]:
+                sim.set_live(streamer.slug, not sim.is_live(streamer.slug))
+            time.sleep(0.5)  # sent to the writer, which cannot acknowledge them
+            before = cpu_seconds(worker)
+            time.sleep(2.0)
+            used = cpu_seconds(worker) - before
+        finally:
+            os.kill(writer, signal.SIGCONT)
+        assert used < 0.3, f"the worker used {used:.2f} s of CPU in 2 s waiting for an acknowledgement"
+        settle(sim, conn)
+        assert service.stop() == 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @pytest.mark.slow  # long end to end: make test-slow
 def test_postgres_down_for_20_seconds_loses_nothing(sim: Simulator, tmp_path: Path, server_tmp_path: Path) -> None:
     pg = EmbeddedPostgres(server_tmp_path / "own-pg")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from kick_monitor.framing import bind_listener
-from kick_monitor.handoff import ChangeReceiver, ChangeSender, overflow_spool
+from kick_monitor.handoff import ACK_READ_AFTER, ChangeReceiver, ChangeSender, overflow_spool
 from kick_monitor.messages import ChangeBatch, StatusChange
 
 
@@ -126,6 +126,49 @@ def test_on_acked_names_exactly_the_changes_made_durable(address: str, listener:
     writer.ack_all()
     sender.service(clock(), readable=True)
     assert durable == changes(0, 3)
+    sender.close()
+
+
+def test_an_acknowledgement_that_is_not_overdue_does_not_wake_the_loop(
+    address: str, listener: socket.socket, clock: Clock
+) -> None:
+    """A worker reads acknowledgements when it is awake anyway (round 17: 19 % of a worker's wake-ups in S2
+    were for an ack alone); it asks to be woken by the writer's socket only once an ack is overdue."""
+    sender = connected_sender(address, clock)
+    writer = Writer(listener)
+    assert sender.wants_read(clock())  # nothing awaits an ack: only an EOF can come, watch for it
+    sender.send(changes(0, 2))
+    assert not sender.wants_read(clock())
+    assert sender.next_timeout(clock()) == pytest.approx(ACK_READ_AFTER)
+    writer.read()
+    writer.ack_all()
+    clock.advance(ACK_READ_AFTER / 2)
+    assert not sender.wants_read(clock())
+    assert sender.next_timeout(clock()) == pytest.approx(ACK_READ_AFTER / 2)
+    sender.service(clock())  # awake for something else (a Pusher frame): the ack is read all the same
+    assert sender.unacked == 0
+    assert sender.wants_read(clock()) and sender.next_timeout(clock()) == float("inf")
+    sender.close()
+
+
+def test_an_overdue_acknowledgement_wakes_the_loop_and_a_dead_writer_is_noticed(
+    address: str, listener: socket.socket, clock: Clock
+) -> None:
+    sender = connected_sender(address, clock)
+    writer = Writer(listener)
+    sender.send(changes(0, 1))
+    clock.advance(ACK_READ_AFTER + 0.001)
+    assert sender.wants_read(clock())
+    assert sender.next_timeout(clock()) == float("inf")  # the socket wakes the loop now: no timeout, no spinning
+    writer.read()
+    for channel in list(writer.receiver.channels.values()):  # the writer dies before it acknowledged
+        channel.close()
+    sender.service(clock())  # read without select() saying readable: the EOF is seen
+    assert not sender.connected and sender.unacked == 1
+    clock.advance(1.0)
+    sender.service(clock())
+    assert sender.connected
+    assert [c for _, b in Writer(listener).read() for c in b.changes] == changes(0, 1)
     sender.close()
 
 
