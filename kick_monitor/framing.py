@@ -15,15 +15,30 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import mmap
 import os
 import pickle
 import socket
 import struct
+import threading
 
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("!I")
 MAX_MESSAGE_BYTES = 64 << 20
+# Bytes one recv may take. Received into a buffer each reading thread keeps, not into a fresh object: a
+# `recv(1 MiB)` allocated a megabyte a call, which glibc served with mmap, mremap and munmap (strace of a
+# worker: three syscalls for every acknowledgement read; docs/performance.md, round 17). An anonymous
+# mapping: a page is resident only once a read has filled it (a zeroed bytearray would be all resident).
+RECEIVE_BYTES = 256 << 10
+_RECEIVE = threading.local()
+
+
+def _receive_buffer() -> memoryview:
+    view: memoryview | None = getattr(_RECEIVE, "view", None)
+    if view is None:
+        view = _RECEIVE.view = memoryview(mmap.mmap(-1, RECEIVE_BYTES))
+    return view
 
 
 class ProtocolError(Exception):
@@ -79,15 +94,16 @@ class FramedSocket:
 
     def read(self) -> list[object]:
         """Every complete message readable now; raise ConnectionError at EOF, ProtocolError on garbage."""
+        buffer = _receive_buffer()
         while True:
             try:
-                chunk = self.sock.recv(1 << 20)
+                received = self.sock.recv_into(buffer)
             except BlockingIOError:
                 break
-            if not chunk:
+            if not received:
                 raise ConnectionError("peer closed the connection")
-            self._inbox += chunk
-            if len(chunk) < (1 << 20):
+            self._inbox += buffer[:received]
+            if received < len(buffer):
                 break
         messages: list[object] = []
         offset = 0
