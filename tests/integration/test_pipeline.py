@@ -175,6 +175,7 @@ def test_killed_writer_loses_nothing(
         assert service.stop() == 0
 
 
+@pytest.mark.slow  # 10 s end to end, make test-slow (make test stays under 8 minutes)
 def test_a_worker_waiting_for_a_stalled_writers_acknowledgement_sleeps_and_loses_nothing(
     sim: Simulator, conn: psycopg2.extensions.connection, database_url: str, tmp_path: Path
 ) -> None:
