@@ -26,6 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from kick_tools.bench.measure import status_number
 from kick_tools.harness import children_of
 
 ROLLUP_KEYS = {"Rss:": "rss_kb", "Pss:": "pss_kb", "Private_Clean:": "private_kb", "Private_Dirty:": "private_kb",
@@ -55,14 +56,7 @@ def open_fds(pid: int) -> int | None:
 
 
 def thread_count(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("Threads:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
+    return status_number(pid, "Threads")
 
 
 def slot_of(title: str) -> str | None:

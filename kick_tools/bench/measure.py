@@ -61,17 +61,23 @@ def cpu_seconds(pid: int, with_reaped: bool = False) -> float | None:
     return ticks / CLK_TCK
 
 
-def wakeups(pid: int) -> int | None:
-    """Voluntary context switches of `pid` (every time it slept, in select() or on a lock, and was woken),
-    or None if it is gone. Unlike CPU seconds, a count a change does not depend on the host's speed."""
+def status_number(pid: int, field: str) -> int | None:
+    """One number of /proc/PID/status (`Threads`, `voluntary_ctxt_switches`, …), or None if the process is gone."""
+    prefix = field + ":"
     try:
         with open(f"/proc/{pid}/status") as status:
             for line in status:
-                if line.startswith("voluntary_ctxt_switches:"):
+                if line.startswith(prefix):
                     return int(line.split()[1])
     except (OSError, ValueError):
         return None
     return None
+
+
+def wakeups(pid: int) -> int | None:
+    """Voluntary context switches of `pid` (every time it slept, in select() or on a lock, and was woken),
+    or None if it is gone. Unlike CPU seconds, a count a change does not depend on the host's speed."""
+    return status_number(pid, "voluntary_ctxt_switches")
 
 
 def memory_kb(pid: int) -> tuple[int, int] | None:
