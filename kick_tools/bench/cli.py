@@ -237,7 +237,8 @@ def pipeline(base: scenarios.PipelineScenario, ctx: scenarios.BenchContext, mach
         " the reconciliation at start are not transitions); cpu_per_1000_<role> = CPU seconds per 1,000"
         " committed transitions from flip start until the history was complete (noise included);"
         " wakeups_per_1000_<role> = voluntary context switches (sleeps ended by a wake-up) per 1,000 committed"
-        " transitions over the same span: unlike CPU seconds, it does not change with the host's speed.",
+        " transitions over the same span: not seconds, so not scaled by the host's speed (it does move with how"
+        " changes batch, which load changes).",
     ]
     if sc.noise_rate:
         notes.append(f"Noise: {sc.noise_rate:.0f} captured non-lifecycle frames/s on channel_{{id}}"

@@ -76,7 +76,7 @@ def status_number(pid: int, field: str) -> int | None:
 
 def wakeups(pid: int) -> int | None:
     """Voluntary context switches of `pid` (every time it slept, in select() or on a lock, and was woken),
-    or None if it is gone. Unlike CPU seconds, a count a change does not depend on the host's speed."""
+    or None if it is gone. A count, not seconds: not scaled by the host's speed (it moves with how changes batch)."""
     return status_number(pid, "voluntary_ctxt_switches")
 
 

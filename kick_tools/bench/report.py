@@ -66,7 +66,8 @@ def host_speed(repeats: int = 5) -> dict[str, float]:
     """How fast this host is now, by two fixed workloads (median of `repeats` short runs, ~0.1 s each):
     ns a step of a pure-Python loop (what our processes run) and MB/s of zlib over a fixed text (C code, as
     PostgreSQL's work is). The shared VMs here changed speed twofold within 15 minutes (docs/performance.md,
-    rounds 16 and 17): figures of two runs compare only with these beside them."""
+    rounds 16 and 17). A reading of the moment a run starts: it falls with whatever runs beside it, and the
+    host may change during the run, so compare code side by side, interleaved, and keep this beside the figures."""
     python_ns, zlib_mb_s = [], []
     for _ in range(repeats):
         started = time.perf_counter()
