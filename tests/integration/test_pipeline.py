@@ -24,6 +24,7 @@ from kick_monitor.database import connect
 from kick_monitor.embedded_pg import EmbeddedPostgres
 from kick_monitor.migrations import migrate
 from kick_sim import Simulator
+from kick_tools.bench.measure import cpu_seconds
 from tests.service import (
     Service,
     alive,
@@ -196,20 +197,15 @@ def test_a_worker_waiting_for_a_stalled_writers_acknowledgement_sleeps_and_loses
             for streamer in streamers[:10]:
                 sim.set_live(streamer.slug, not sim.is_live(streamer.slug))
             time.sleep(0.5)  # sent to the writer, which cannot acknowledge them
-            before = cpu_seconds(worker)
+            before = cpu_seconds(worker) or 0.0
             time.sleep(2.0)
-            used = cpu_seconds(worker) - before
+            used = (cpu_seconds(worker) or 0.0) - before
         finally:
             os.kill(writer, signal.SIGCONT)
+        assert service.worker_pids()[0] == worker, "the worker was replaced: its CPU was not measured"
         assert used < 0.3, f"the worker used {used:.2f} s of CPU in 2 s waiting for an acknowledgement"
         settle(sim, conn)
         assert service.stop() == 0
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @pytest.mark.slow  # long end to end: make test-slow
