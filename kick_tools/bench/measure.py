@@ -61,17 +61,25 @@ def cpu_seconds(pid: int, with_reaped: bool = False) -> float | None:
     return ticks / CLK_TCK
 
 
-def status_number(pid: int, field: str) -> int | None:
-    """One number of /proc/PID/status (`Threads`, `voluntary_ctxt_switches`, …), or None if the process is gone."""
-    prefix = field + ":"
+def status_numbers(pid: int, fields: tuple[str, ...]) -> dict[str, int] | None:
+    """Numbers of /proc/PID/status (`VmRSS`, `Threads`, `voluntary_ctxt_switches`, …) in one read, or None if
+    the process is gone; a field it does not show is left out."""
+    prefixes = {field + ":": field for field in fields}
+    found: dict[str, int] = {}
     try:
         with open(f"/proc/{pid}/status") as status:
             for line in status:
-                if line.startswith(prefix):
-                    return int(line.split()[1])
+                name = prefixes.get(line[: line.find(":") + 1])
+                if name is not None:
+                    found[name] = int(line.split()[1])
     except (OSError, ValueError):
         return None
-    return None
+    return found
+
+
+def status_number(pid: int, field: str) -> int | None:
+    """One number of /proc/PID/status, or None if the process is gone or does not show it."""
+    return (status_numbers(pid, (field,)) or {}).get(field)
 
 
 def wakeups(pid: int) -> int | None:
@@ -80,21 +88,14 @@ def wakeups(pid: int) -> int | None:
     return status_number(pid, "voluntary_ctxt_switches")
 
 
-def memory_kb(pid: int) -> tuple[int, int] | None:
+SAMPLED_STATUS = ("VmRSS", "VmHWM", "voluntary_ctxt_switches")
+
+
+def _memory_of(numbers: dict[str, int] | None) -> tuple[int, int] | None:
     """(VmRSS, VmHWM) in kB, or None if the process is gone (or a zombie)."""
-    rss = hwm = None
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    rss = int(line.split()[1])
-                elif line.startswith("VmHWM:"):
-                    hwm = int(line.split()[1])
-    except OSError:
+    if not numbers or "VmRSS" not in numbers or "VmHWM" not in numbers:
         return None
-    if rss is None or hwm is None:
-        return None
-    return rss, hwm
+    return numbers["VmRSS"], numbers["VmHWM"]
 
 
 def pss_kb(pid: int) -> int | None:
@@ -177,10 +178,11 @@ class RoleSampler:
                     cpu = cpu_seconds(pid, with_reaped=pid in spec.reaped)
                     if cpu is not None:
                         known[pid] = cpu
-                    woken = wakeups(pid)
+                    numbers = status_numbers(pid, SAMPLED_STATUS)  # one read for memory and wake-ups
+                    woken = (numbers or {}).get("voluntary_ctxt_switches")
                     if woken is not None:
                         self._wakeups[role][pid] = woken
-                    mem = memory_kb(pid)
+                    mem = _memory_of(numbers)
                     if mem is not None:
                         rss_total += mem[0] / 1024
                         peaks.rss_max_process = max(peaks.rss_max_process, mem[0] / 1024)
