@@ -65,7 +65,7 @@ from kick_monitor.messages import Assign, ReconcileDone, ReconcileRequest, Strea
 from kick_monitor.metric_deltas import CounterDeltas
 from kick_monitor.migrations import STREAMERS_CHANNEL
 from kick_monitor.ordering import allocate_generation
-from kick_monitor.preload import release_free_memory
+from kick_monitor.preload import limit_malloc_arenas, release_free_memory
 from kick_monitor.reconcile_service import ReconcileService
 from kick_monitor.resolver import resolve_pending
 from kick_monitor.retention import Pruner
@@ -138,6 +138,7 @@ class Planner(Role):
         self.next_api_export = 0.0
 
     def boot(self) -> None:
+        limit_malloc_arenas()  # before the helper threads: one arena, not one a thread (kick_monitor.preload)
         self.leases.start()
         self.resolver.start()
         self.reconciliation.start()

@@ -18,7 +18,15 @@ import psycopg2.extensions
 import pytest
 
 from kick_sim import Simulator
-from tests.service import Service, children_of, insert_streamers, running, service_env, wait_until
+from tests.service import (
+    Service,
+    children_of,
+    insert_streamers,
+    malloc_thread_arenas,
+    running,
+    service_env,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -110,6 +118,8 @@ def test_each_role_holds_only_what_it_needs(
         planner = roles["planner"]
         wait_until(lambda: any(tcp_sockets(planner).get(socket_inode(t) or "", (0, 0, ""))[1] in api_ports
                                for t in open_fds(planner).values()), 20, what="the first reconciliation (planner)")
+        # its helper threads (leases, resolver, eight reconciliation threads...) share the main malloc arena
+        assert malloc_thread_arenas(planner) == 0
 
         run_dir = (data / "run").resolve()
         assert listening(service.pid) == sorted([str(run_dir / "planner-all.sock"), str(run_dir / "writer-all.sock")])
