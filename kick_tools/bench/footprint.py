@@ -59,6 +59,29 @@ def thread_count(pid: int) -> int | None:
     return status_number(pid, "Threads")
 
 
+HEAP_MAX = 64 << 20  # glibc's reservation for each thread arena's heap (64-bit)
+
+
+def malloc_thread_arenas(pid: int | str = "self") -> int:
+    """glibc thread arenas in `pid`: each is a 64 MiB-aligned anonymous reservation whose start is
+    usable (rw-p) and the rest of its 64 MiB inaccessible (---p) until the arena grows."""
+    regions = []
+    with open(f"/proc/{pid}/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            regions.append((start, end, fields[1], len(fields) > 5))
+    count = 0
+    for i, (start, end, perms, named) in enumerate(regions):
+        if named or perms != "rw-p" or start % HEAP_MAX:
+            continue
+        rest = regions[i + 1] if i + 1 < len(regions) else None
+        reserved = rest[1] if rest and rest[0] == end and rest[2] == "---p" and not rest[3] else end
+        if reserved - start == HEAP_MAX:
+            count += 1
+    return count
+
+
 def slot_of(title: str) -> str | None:
     """The role slot from a child's process title (`kick-monitor: worker shard 3` → `worker 3`)."""
     text = title.removeprefix("kick-monitor:").strip()

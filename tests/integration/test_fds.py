@@ -18,11 +18,11 @@ import psycopg2.extensions
 import pytest
 
 from kick_sim import Simulator
+from kick_tools.bench.footprint import malloc_thread_arenas
 from tests.service import (
     Service,
     children_of,
     insert_streamers,
-    malloc_thread_arenas,
     running,
     service_env,
     wait_until,

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(60)
 PROGRAM = r"""
 import sys, threading
 from kick_monitor.preload import limit_malloc_arenas
-from tests.service import malloc_thread_arenas
+from kick_tools.bench.footprint import malloc_thread_arenas
 
 limited = limit_malloc_arenas() if sys.argv[1] == "limit" else None
 ready = threading.Barrier(8)
