@@ -70,11 +70,10 @@ def limit_malloc_arenas(arenas: int = 1) -> bool:
     """Let this process's threads share `arenas` malloc arenas; call before it starts threads.
 
     glibc gives each thread that allocates an arena of its own (up to 8 a core). Measured in the
-    planner (8 reconciliation threads asking the API; docs/performance.md, round 18): its private
-    memory grew with every request, in those arenas, where small live chunks among freed ones keep
-    pages that `malloc_trim` cannot return (9.4 MB/h at 80 requests/s, 0.76 MB/h in the 2-hour soak
-    at 5/s); with one arena, 2.3 MB less and a third of the growth. The threads wait on the network,
-    not on malloc's lock. An operator's `MALLOC_ARENA_MAX` wins (glibc read it at start-up).
+    planner (its helper threads, eight of them asking Kick's API; docs/performance.md, round 18):
+    30 minutes at ~75 API requests/s, its private memory was 20.4–21.4 MB with one arena against
+    23.0–24.9 MB with twelve, and steady where the twelve swung by up to 1 MB. Its threads wait on
+    the network, not on malloc's lock. An operator's `MALLOC_ARENA_MAX` wins (glibc read it at start-up).
     Returns whether the limit was set (False: the operator's, or no glibc)."""
     if "MALLOC_ARENA_MAX" in os.environ:
         return False

@@ -1,7 +1,7 @@
 """`limit_malloc_arenas`: a threaded role's threads share one malloc arena (issue 18, round 18).
 
-The planner's eight reconciliation threads each got a glibc arena of their own, and its private
-memory grew with every API request in them. Run in a fresh interpreter: arenas are per process and
+The planner's helper threads each got a glibc arena of their own: 2.5–3.5 MB more private memory,
+swinging with the API requests (docs/performance.md, round 18). Run in a fresh interpreter: arenas are per process and
 glibc reads MALLOC_ARENA_MAX at start-up, so the environment is the test's to choose.
 """
 
